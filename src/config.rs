@@ -1,0 +1,82 @@
+//! A run's configuration: data, model and training recipe, read from TOML (`configs/*.toml`).
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::models::ModelConfig;
+use crate::train::TrainConfig;
+
+/// The seed ARM's config, embedded so `armory train` runs with no files at hand.
+pub const SEED_CONFIG: &str = include_str!("../configs/seed-arm.toml");
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// `digits` (embedded) or a path to a file in the digits CSV format.
+    pub dataset: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    pub data: DataConfig,
+    pub model: ModelConfig,
+    pub train: TrainConfig,
+}
+
+impl RunConfig {
+    pub fn seed() -> Self {
+        Self::parse(SEED_CONFIG, Path::new("<embedded configs/seed-arm.toml>")).expect("the embedded config parses")
+    }
+
+    /// Parses TOML text; `path` names the source in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self> {
+        let cfg: RunConfig =
+            toml::from_str(text).map_err(|e| Error::Config(format!("{}: {}", path.display(), e.message())))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::parse(&text, path)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        self.model.validate()?;
+        self.train.validate()
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("a config serialises")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_seed_config_is_the_seed_network() {
+        let cfg = RunConfig::seed();
+        let ModelConfig::CausalConv(m) = &cfg.model;
+        assert_eq!(m, &crate::models::causal_conv::Config::default());
+        assert_eq!(RunConfig::parse(&cfg.to_toml(), Path::new("x")).unwrap(), cfg);
+    }
+
+    #[test]
+    fn a_type_b_first_layer_is_refused_with_the_reason() {
+        let text = SEED_CONFIG.replace(
+            "input = \"raw\"",
+            "input = \"raw\"\nlayer_types = [\"B\", \"B\", \"B\", \"B\"]",
+        );
+        let e = RunConfig::parse(&text, Path::new("cfg.toml")).unwrap_err().to_string();
+        assert!(e.contains("first layer is type B") && e.contains("see x_d"), "{e}");
+        let e = RunConfig::parse("[model]\nkind = \"nope\"", Path::new("cfg.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cfg.toml"), "{e}");
+    }
+}

@@ -1,0 +1,121 @@
+//! The UCI "Optical Recognition of Handwritten Digits" test set (E. Alpaydin, C. Kaynak, 1998; CC BY 4.0) as
+//! scikit-learn ships it: 1,797 rows of 64 pixel values in 0..16 (8×8, row-major) and a label 0..9.
+//! A copy lives in `data/digits.csv.gz` and is embedded in the binary as the default dataset.
+
+use std::io::Read;
+use std::path::Path;
+
+use super::Dataset;
+use crate::error::{Error, Result};
+
+const EMBEDDED: &[u8] = include_bytes!("../../data/digits.csv.gz");
+pub const SIDE: usize = 8;
+pub const NUM_VALUES: usize = 17;
+
+/// The embedded copy.
+pub fn embedded() -> Result<Dataset> {
+    parse(EMBEDDED, Path::new("<embedded digits.csv.gz>"))
+}
+
+/// A file in the same format, gzipped or plain.
+pub fn from_file(path: &Path) -> Result<Dataset> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    parse(&bytes, path)
+}
+
+/// Parses rows of 64 values in 0..16 and a label in 0..9; `path` names the source in errors.
+pub fn parse(bytes: &[u8], path: &Path) -> Result<Dataset> {
+    let text = if bytes.starts_with(&[0x1f, 0x8b]) {
+        let mut s = String::new();
+        flate2::read::MultiGzDecoder::new(bytes)
+            .read_to_string(&mut s)
+            .map_err(|e| Error::data(path, format!("corrupt or truncated gzip data: {e}")))?;
+        s
+    } else {
+        String::from_utf8(bytes.to_vec()).map_err(|_| Error::data(path, "not a text (CSV) file"))?
+    };
+    let d = SIDE * SIDE;
+    let (mut values, mut labels) = (Vec::new(), Vec::new());
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let row: Vec<&str> = line.trim().split(',').collect();
+        if row.len() != d + 1 {
+            return Err(Error::data(
+                path,
+                format!(
+                    "line {}: expected {} comma-separated values (64 pixels and a label), found {} (truncated?)",
+                    i + 1,
+                    d + 1,
+                    row.len()
+                ),
+            ));
+        }
+        for (j, field) in row.iter().enumerate() {
+            let v: i64 = field.trim().parse().map_err(|_| {
+                Error::data(
+                    path,
+                    format!("line {}, column {}: `{field}` is not an integer", i + 1, j + 1),
+                )
+            })?;
+            let max = if j < d { NUM_VALUES as i64 - 1 } else { 9 };
+            if !(0..=max).contains(&v) {
+                let what = if j < d { "pixel value" } else { "label" };
+                return Err(Error::data(
+                    path,
+                    format!("line {}, column {}: {what} {v} is outside 0..{max}", i + 1, j + 1),
+                ));
+            }
+            if j < d {
+                values.push(v as u32);
+            } else {
+                labels.push(v as u32);
+            }
+        }
+    }
+    if labels.is_empty() {
+        return Err(Error::data(path, "no data rows"));
+    }
+    Ok(Dataset {
+        values,
+        labels: Some(labels),
+        dim: d,
+        num_values: NUM_VALUES,
+        image_shape: (1, SIDE, SIDE),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_digits_match_the_seed_split() -> Result<()> {
+        let all = embedded()?;
+        assert_eq!((all.len(), all.dim), (1797, 64));
+        let s = super::super::Splits::by_position(&all)?;
+        assert_eq!((s.train.len(), s.val.len(), s.test.len()), (1000, 350, 447));
+        assert_eq!(&s.test.example(0)[..4], all.example(1350).get(..4).unwrap());
+        assert!(all.values.iter().all(|&v| v <= 16) && all.values.contains(&16));
+        Ok(())
+    }
+
+    #[test]
+    fn bad_files_give_clear_errors() {
+        let p = Path::new("bad.csv");
+        let row = |v: &str| format!("{}{v},3\n", "0,".repeat(63));
+        let e = parse(row("17").as_bytes(), p).unwrap_err().to_string();
+        assert!(
+            e.contains("bad.csv") && e.contains("pixel value 17 is outside 0..16"),
+            "{e}"
+        );
+        let e = parse(b"0,1,2\n", p).unwrap_err().to_string();
+        assert!(e.contains("line 1") && e.contains("found 3"), "{e}");
+        let e = parse(row("x").as_bytes(), p).unwrap_err().to_string();
+        assert!(e.contains("`x` is not an integer"), "{e}");
+        let e = parse(&EMBEDDED[..EMBEDDED.len() / 2], p).unwrap_err().to_string();
+        assert!(e.contains("truncated"), "{e}");
+        let e = parse(b"", p).unwrap_err().to_string();
+        assert!(e.contains("no data rows"), "{e}");
+        let e = from_file(Path::new("/no/such/digits.csv")).unwrap_err().to_string();
+        assert!(e.contains("/no/such/digits.csv"), "{e}");
+    }
+}

@@ -1,0 +1,74 @@
+//! One error type for the library. Every variant names the file, flag or tensor at fault and the problem.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A data file that cannot be parsed: corrupt, truncated or holding values out of range.
+    #[error("{path}: {msg}")]
+    Data { path: PathBuf, msg: String },
+
+    /// A value outside 0..K-1 handed to a model with K values.
+    #[error("value {value} at position {position} is outside 0..{max} (the model has {k} values)", max = .k - 1)]
+    ValueOutOfRange { value: i64, position: usize, k: usize },
+
+    /// A configuration that cannot be built, or that would break causality.
+    #[error("invalid config: {0}")]
+    Config(String),
+
+    /// A checkpoint tensor whose shape does not fit the model.
+    #[error("{path}: tensor `{tensor}` has shape {found:?}, the model expects {expected:?}")]
+    CheckpointMismatch {
+        path: PathBuf,
+        tensor: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+
+    /// A tensor the model needs that the checkpoint does not hold.
+    #[error("{path}: tensor `{tensor}` is missing from the checkpoint (it holds {held})")]
+    MissingTensor {
+        path: PathBuf,
+        tensor: String,
+        held: String,
+    },
+
+    /// A checkpoint file that cannot be read at all.
+    #[error("{path}: not a readable safetensors checkpoint: {msg}")]
+    Checkpoint { path: PathBuf, msg: String },
+
+    /// A picture or plot that could not be drawn or written.
+    #[error("{path}: cannot write picture: {msg}")]
+    Plot { path: PathBuf, msg: String },
+
+    /// Training produced a NaN or infinite loss.
+    #[error("loss became non-finite ({loss}) at epoch {epoch}, step {step}; the last good checkpoint is kept")]
+    NonFiniteLoss { loss: f32, epoch: usize, step: usize },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+    pub fn data(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
+        Error::Data {
+            path: path.into(),
+            msg: msg.into(),
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! The seed chapter's ARM: a stack of causal 1-D convolutions (type A first, then type B), LeakyReLU between
+//! layers, a categorical output over K values. With dilations 1, 2, 4, 8 the same file gives the dilated
+//! stack of WaveNet without gates (van den Oord et al. 2016a).
+
+use candle_core::Tensor;
+use candle_nn::VarBuilder;
+use serde::{Deserialize, Serialize};
+
+use super::{CausalNet, InputEncoding};
+use crate::error::{Error, Result};
+use crate::nn::{causal_conv1d, leaky_relu, CausalConv1d, CausalConv1dConfig, ConvType};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub num_values: usize, // K: 17 for digits (0..16)
+    pub length: usize,     // D: 64 for 8×8 digits
+    pub hidden: usize,     // channels of every hidden layer; the seed uses 256
+    pub kernel: usize,     // the seed uses 7
+    /// One dilation per layer; the number of layers is its length (the seed: [1, 1, 1, 1]).
+    pub dilations: Vec<usize>,
+    /// Layer types; default A then B. A first layer of type B would let θ_d see x_d and is refused.
+    #[serde(default)]
+    pub layer_types: Option<Vec<ConvType>>,
+    #[serde(default = "default_slope")]
+    pub leaky_slope: f64, // LeakyReLU slope between layers (PyTorch's default 0.01)
+    #[serde(default)]
+    pub input: InputEncoding, // the seed feeds the raw value 0..16 as a float
+}
+
+fn default_slope() -> f64 {
+    0.01
+}
+
+impl Default for Config {
+    /// The seed chapter's network on 8×8 digits: 1 → 256 → 256 → 256 → 17, kernel 7.
+    fn default() -> Self {
+        Self {
+            num_values: 17,
+            length: 64,
+            hidden: 256,
+            kernel: 7,
+            dilations: vec![1; 4],
+            layer_types: None,
+            leaky_slope: 0.01,
+            input: InputEncoding::Raw,
+        }
+    }
+}
+
+impl Config {
+    pub fn layer_types(&self) -> Vec<ConvType> {
+        self.layer_types.clone().unwrap_or_else(|| {
+            (0..self.dilations.len())
+                .map(|i| if i == 0 { ConvType::A } else { ConvType::B })
+                .collect()
+        })
+    }
+
+    fn layer_configs(&self) -> Vec<CausalConv1dConfig> {
+        self.dilations
+            .iter()
+            .zip(self.layer_types())
+            .map(|(&dilation, kind)| CausalConv1dConfig {
+                kernel: self.kernel,
+                dilation,
+                kind,
+            })
+            .collect()
+    }
+
+    /// Previous positions θ_d sees: (k−1)·d + 1 for the type-A layer, plus (k−1)·d per type-B layer.
+    pub fn receptive_field(&self) -> usize {
+        self.layer_configs()
+            .iter()
+            .map(|c| c.reach())
+            .sum::<usize>()
+            .min(self.length)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(m));
+        if self.num_values < 2 {
+            return bad(format!(
+                "num_values = {}: a categorical needs at least 2 values",
+                self.num_values
+            ));
+        }
+        if self.length == 0 || self.hidden == 0 || self.kernel == 0 {
+            return bad("length, hidden and kernel must be positive".into());
+        }
+        if self.dilations.is_empty() || self.dilations.contains(&0) {
+            return bad(format!(
+                "dilations = {:?}: need at least one layer, each dilation ≥ 1",
+                self.dilations
+            ));
+        }
+        let types = self.layer_types();
+        if types.len() != self.dilations.len() {
+            return bad(format!(
+                "layer_types has {} entries but dilations has {} (one per layer)",
+                types.len(),
+                self.dilations.len()
+            ));
+        }
+        if types[0] != ConvType::A {
+            return bad(
+                "the first layer is type B: it would see x_d, so θ_d would depend on the value it predicts. \
+                 The first causal convolution must be type A"
+                    .into(),
+            );
+        }
+        if !(self.leaky_slope.is_finite()) {
+            return bad(format!("leaky_slope = {} is not finite", self.leaky_slope));
+        }
+        Ok(())
+    }
+}
+
+pub struct CausalConvNet {
+    layers: Vec<CausalConv1d>,
+    cfg: Config,
+}
+
+impl CausalConvNet {
+    /// Weight names follow the seed's PyTorch `nn.Sequential`: `net.{0,2,4,…}.conv1d.{weight,bias}` (the odd
+    /// indices are the LeakyReLUs), so the reference `state_dict` loads as it is.
+    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        cfg.validate()?;
+        let n = cfg.dilations.len();
+        let c_in = cfg.input.channels(cfg.num_values);
+        let mut layers = Vec::with_capacity(n);
+        for (i, lc) in cfg.layer_configs().into_iter().enumerate() {
+            let from = if i == 0 { c_in } else { cfg.hidden };
+            let to = if i + 1 == n { cfg.num_values } else { cfg.hidden };
+            layers.push(causal_conv1d(from, to, lc, vb.pp("net").pp(2 * i).pp("conv1d"))?);
+        }
+        Ok(Self {
+            layers,
+            cfg: cfg.clone(),
+        })
+    }
+}
+
+impl CausalNet for CausalConvNet {
+    fn forward(&self, x: &Tensor, _train: bool) -> Result<Tensor> {
+        let dtype = self.layers[0].weight().dtype();
+        let mut h = self.cfg.input.encode(x, self.cfg.num_values, dtype)?; // [B, D, C_in]
+        for (i, layer) in self.layers.iter().enumerate() {
+            h = layer.forward_blc(&h)?; // [B, D, hidden] … [B, D, K]
+            if i + 1 < self.layers.len() {
+                h = leaky_relu(&h, self.cfg.leaky_slope)?;
+            }
+        }
+        Ok(h)
+    }
+
+    fn receptive_field(&self) -> usize {
+        self.cfg.receptive_field()
+    }
+}

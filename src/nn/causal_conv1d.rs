@@ -1,0 +1,221 @@
+//! Causal 1-D convolution (Bai et al. 2018; van den Oord et al. 2016a).
+//!
+//! Type A: output d sees inputs < d (left pad (k−1)·d + 1, drop the last position) — the first layer of an
+//! ARM must be type A, or θ_d would depend on x_d. Type B: output d sees inputs ≤ d (left pad (k−1)·d).
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{Init, VarBuilder};
+use serde::{Deserialize, Serialize};
+
+use super::kernels::causal_conv1d::causal_conv1d_blc;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConvType {
+    /// Excludes the current position: output d depends on x_<d.
+    A,
+    /// Includes the current position: output d depends on x_≤d.
+    B,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CausalConv1dConfig {
+    pub kernel: usize,
+    pub dilation: usize,
+    pub kind: ConvType,
+}
+
+impl Default for CausalConv1dConfig {
+    fn default() -> Self {
+        Self {
+            kernel: 2,
+            dilation: 1,
+            kind: ConvType::B,
+        }
+    }
+}
+
+impl CausalConv1dConfig {
+    /// Zeros added on the left so that the output keeps the input's length and stays causal.
+    pub fn left_pad(&self) -> usize {
+        (self.kernel - 1) * self.dilation + usize::from(self.kind == ConvType::A)
+    }
+    /// How many past positions one output sees (type A: k·d positions back, excluding the current one).
+    pub fn reach(&self) -> usize {
+        (self.kernel - 1) * self.dilation + usize::from(self.kind == ConvType::A)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CausalConv1d {
+    weight: Tensor, // [C_out, C_in, K], PyTorch's layout
+    bias: Option<Tensor>,
+    cfg: CausalConv1dConfig,
+}
+
+impl CausalConv1d {
+    pub fn new(weight: Tensor, bias: Option<Tensor>, cfg: CausalConv1dConfig) -> Self {
+        Self { weight, bias, cfg }
+    }
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+    pub fn config(&self) -> &CausalConv1dConfig {
+        &self.cfg
+    }
+
+    /// Channels-last, the layout the ARMs use inside: xs `[B, L, C_in]` → `[B, L, C_out]`.
+    pub fn forward_blc(&self, xs: &Tensor) -> Result<Tensor> {
+        let _ = xs.dims3()?;
+        let ys = if xs.device().is_cpu() {
+            causal_conv1d_blc(xs, &self.weight, self.cfg.dilation, self.cfg.left_pad())?
+        } else {
+            // Accelerators: candle's own conv1d on the padded input (its CPU backward is what we avoid).
+            let l = xs.dim(1)?;
+            xs.transpose(1, 2)?
+                .pad_with_zeros(2, self.cfg.left_pad(), 0)?
+                .conv1d(&self.weight, 0, 1, self.cfg.dilation, 1)?
+                .narrow(2, 0, l)?
+                .transpose(1, 2)?
+        };
+        match &self.bias {
+            Some(b) => ys.broadcast_add(b),
+            None => Ok(ys),
+        }
+    }
+}
+
+impl Module for CausalConv1d {
+    /// xs `[B, C_in, L]` → `[B, C_out, L]`, as `torch.nn.Conv1d` lays it out.
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        self.forward_blc(&xs.transpose(1, 2)?)?.transpose(1, 2)
+    }
+}
+
+/// PyTorch's default `Conv1d` initialisation (kaiming_uniform with a = √5): weight and bias uniform in
+/// ±1/√fan_in, with fan_in = C_in·K. The seed's reference was trained from this initialisation.
+pub fn causal_conv1d(c_in: usize, c_out: usize, cfg: CausalConv1dConfig, vb: VarBuilder) -> Result<CausalConv1d> {
+    let bound = 1.0 / ((c_in * cfg.kernel) as f64).sqrt();
+    let init = Init::Uniform { lo: -bound, up: bound };
+    let w = vb.get_with_hints((c_out, c_in, cfg.kernel), "weight", init)?;
+    let b = vb.get_with_hints(c_out, "bias", init)?;
+    Ok(CausalConv1d::new(w, Some(b), cfg))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+
+    fn layer(c_in: usize, c_out: usize, cfg: CausalConv1dConfig, dtype: DType) -> Result<CausalConv1d> {
+        let store = crate::params::ParamStore::new(7);
+        causal_conv1d(c_in, c_out, cfg, store.var_builder(dtype, &Device::Cpu))
+    }
+
+    /// Perturbing input j changes outputs only at positions > j (type A) or ≥ j (type B).
+    #[test]
+    fn type_a_output_ignores_current_input_and_type_b_sees_it() -> Result<()> {
+        let dev = Device::Cpu;
+        for kind in [ConvType::A, ConvType::B] {
+            for dilation in [1, 2, 3] {
+                let conv = layer(
+                    2,
+                    3,
+                    CausalConv1dConfig {
+                        kernel: 3,
+                        dilation,
+                        kind,
+                    },
+                    DType::F64,
+                )?;
+                let l = 12;
+                let x = Tensor::randn(0f64, 1., (1, 2, l), &dev)?;
+                let y = conv.forward(&x)?;
+                for j in 0..l {
+                    let bump = Tensor::zeros((1, 2, l), DType::F64, &dev)?
+                        .slice_assign(&[0..1, 0..2, j..j + 1], &Tensor::ones((1, 2, 1), DType::F64, &dev)?)?;
+                    let dy = (conv.forward(&(&x + bump)?)? - &y)?
+                        .abs()?
+                        .max(1)?
+                        .squeeze(0)?
+                        .to_vec1::<f64>()?;
+                    for (t, d) in dy.iter().enumerate() {
+                        let may_change = match kind {
+                            ConvType::A => t > j && t - j <= (3 - 1) * dilation + 1,
+                            ConvType::B => t >= j && t - j <= (3 - 1) * dilation,
+                        };
+                        if !may_change {
+                            assert_eq!(*d, 0.0, "{kind:?} d={dilation}: output {t} changed with input {j}");
+                        }
+                    }
+                    // Type B output j always sees x_j; type A output j+1 always does.
+                    let seen = if kind == ConvType::A { j + 1 } else { j };
+                    if seen < l {
+                        assert!(dy[seen] > 0.0, "{kind:?}: output {seen} should see input {j}");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Finite differences in f64 against the custom op's backward pass, through the whole layer (bias too).
+    #[test]
+    fn gradient_matches_finite_differences_f64() -> Result<()> {
+        let dev = Device::Cpu;
+        for kind in [ConvType::A, ConvType::B] {
+            let conv = layer(
+                3,
+                4,
+                CausalConv1dConfig {
+                    kernel: 3,
+                    dilation: 2,
+                    kind,
+                },
+                DType::F64,
+            )?;
+            let x = candle_core::Var::randn(0f64, 1., (2, 3, 9), &dev)?;
+            let proj = Tensor::randn(0f64, 1., (2, 4, 9), &dev)?;
+            let f = |x: &Tensor| -> Result<Tensor> { (conv.forward(x)?.tanh()? * &proj)?.sum_all() };
+            let grads = f(x.as_tensor())?.backward()?;
+            for (name, param) in [
+                ("x", x.as_tensor()),
+                ("weight", conv.weight()),
+                ("bias", conv.bias().unwrap()),
+            ] {
+                let g = grads.get(param).expect("gradient").flatten_all()?.to_vec1::<f64>()?;
+                let flat = param.flatten_all()?.to_vec1::<f64>()?;
+                for i in (0..flat.len()).step_by(5) {
+                    let mut plus = flat.clone();
+                    plus[i] += 1e-6;
+                    let mut minus = flat.clone();
+                    minus[i] -= 1e-6;
+                    let eval = |v: Vec<f64>| -> Result<f64> {
+                        let t = Tensor::from_vec(v, param.shape(), &dev)?;
+                        let out = match name {
+                            "x" => f(&t)?,
+                            "weight" => {
+                                let c = CausalConv1d::new(t, conv.bias().cloned(), *conv.config());
+                                (c.forward(x.as_tensor())?.tanh()? * &proj)?.sum_all()?
+                            }
+                            _ => {
+                                let c = CausalConv1d::new(conv.weight().clone(), Some(t), *conv.config());
+                                (c.forward(x.as_tensor())?.tanh()? * &proj)?.sum_all()?
+                            }
+                        };
+                        out.to_scalar::<f64>()
+                    };
+                    let fd = (eval(plus)? - eval(minus)?) / 2e-6;
+                    assert!(
+                        (fd - g[i]).abs() < 1e-6 * (1.0 + fd.abs()),
+                        "{kind:?} {name}[{i}]: fd {fd} vs {}",
+                        g[i]
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}

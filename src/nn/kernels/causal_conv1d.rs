@@ -1,0 +1,404 @@
+//! The project's own causal 1-D convolution kernel: a candle `CustomOp2` with forward and backward on
+//! the CPU, built on the `gemm` crate.
+//!
+//! Why our own: candle 0.11.1's CPU conv1d backward is wrong (the weight gradient reads the wrong storage
+//! for a non-contiguous kernel; the input gradient goes through a matmul that folds the batch), and its
+//! forward runs im2col on one core. This kernel works channels-last (`[B, L, C]`), where a causal
+//! convolution is a handful of large matrix products with no im2col copy:
+//!
+//! The input is left-padded per sequence into `xpad: [B·(L+P), C_in]` rows. Output row `r` (sequence `b`,
+//! position `t`, `r = b·(L+P) + t`) is `Σ_j xpad[r + j·d] · W_j`, with `W_j = w[:, :, j]ᵀ: [C_in, C_out]`.
+//! Treating all `B·(L+P)` rows as one matrix makes every product large (M ≈ B·L); the `P` rows per sequence
+//! that straddle two sequences are computed and thrown away (a P/L overhead, ≈ 10 % for the seed net).
+//! With dilation 1 the `K` taps of row `r` are `K·C_in` consecutive numbers, so the forward pass is a single
+//! product over an overlapping strided view (row stride `C_in`) of `xpad`.
+//!
+//! Shapes: x `[B, L, C_in]`, w `[C_out, C_in, K]` (PyTorch's layout, so checkpoints load unchanged),
+//! output `[B, L, C_out]`. `pad` is `(K−1)·d` for type B and `(K−1)·d + 1` for type A.
+
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
+use gemm::Parallelism;
+
+/// Geometry of one causal convolution call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvGeometry {
+    pub b: usize,
+    pub l: usize,
+    pub c_in: usize,
+    pub c_out: usize,
+    pub k: usize,
+    pub dilation: usize,
+    /// Left padding: `(k−1)·d` (type B) or `(k−1)·d + 1` (type A).
+    pub pad: usize,
+}
+
+impl ConvGeometry {
+    fn lp(&self) -> usize {
+        self.l + self.pad
+    }
+    /// Rows of the padded input, `B·(L+P)`.
+    fn rows(&self) -> usize {
+        self.b * self.lp()
+    }
+    /// Output rows computed in one product: the last sequence's trailing rows would read past the end.
+    fn m(&self) -> usize {
+        self.rows() - (self.k - 1) * self.dilation
+    }
+}
+
+fn parallelism(flops: usize) -> Parallelism {
+    // Splitting a tiny product across threads costs more than it saves.
+    if flops < 2_000_000 {
+        Parallelism::None
+    } else {
+        Parallelism::Rayon(rayon::current_num_threads())
+    }
+}
+
+/// `dst[m×n] (+)= lhs[m×k] · rhs[k×n]`, every operand given by (pointer, row stride, column stride).
+#[allow(clippy::too_many_arguments)]
+unsafe fn matmul<T: 'static + WithDType>(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut T,
+    (dst_rs, dst_cs): (usize, usize),
+    accumulate: bool,
+    lhs: *const T,
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: *const T,
+    (rhs_rs, rhs_cs): (usize, usize),
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        dst_cs as isize,
+        dst_rs as isize,
+        accumulate,
+        lhs,
+        lhs_cs as isize,
+        lhs_rs as isize,
+        rhs,
+        rhs_cs as isize,
+        rhs_rs as isize,
+        T::from_f64(1.0),
+        T::from_f64(1.0),
+        false,
+        false,
+        false,
+        parallelism(2 * m * n * k),
+    )
+}
+
+/// Copies `[B, L, C]` rows into `[B·(L+P), C]` with `P` zero rows before each sequence.
+fn pad_rows<T: WithDType>(x: &[T], g: &ConvGeometry, c: usize) -> Vec<T> {
+    let mut xpad = vec![T::from_f64(0.0); g.rows() * c];
+    for (src, dst) in x.chunks_exact(g.l * c).zip(xpad.chunks_exact_mut(g.lp() * c)) {
+        dst[g.pad * c..].copy_from_slice(src);
+    }
+    xpad
+}
+
+/// The forward pass on plain slices: x `[B, L, C_in]`, w `[C_out, C_in, K]` → `[B, L, C_out]`.
+pub fn forward<T: WithDType>(x: &[T], w: &[T], g: &ConvGeometry) -> Vec<T> {
+    let (c_in, c_out, k, d) = (g.c_in, g.c_out, g.k, g.dilation);
+    let xpad = pad_rows(x, g, c_in);
+    let m = g.m();
+    let mut full = vec![T::from_f64(0.0); g.rows() * c_out];
+    unsafe {
+        if d == 1 {
+            // One product: row r of the (overlapping) view is xpad[r .. r+K] flattened, K·C_in numbers;
+            // the weights are permuted to [K, C_in, C_out] to match.
+            let mut wt = vec![T::from_f64(0.0); k * c_in * c_out];
+            for co in 0..c_out {
+                for ci in 0..c_in {
+                    for j in 0..k {
+                        wt[(j * c_in + ci) * c_out + co] = w[(co * c_in + ci) * k + j];
+                    }
+                }
+            }
+            matmul(
+                (m, c_out, k * c_in),
+                full.as_mut_ptr(),
+                (c_out, 1),
+                false,
+                xpad.as_ptr(),
+                (c_in, 1),
+                wt.as_ptr(),
+                (c_out, 1),
+            );
+        } else {
+            for j in 0..k {
+                // W_j[ci, co] = w[co, ci, j]
+                matmul(
+                    (m, c_out, c_in),
+                    full.as_mut_ptr(),
+                    (c_out, 1),
+                    j > 0,
+                    xpad.as_ptr().add(j * d * c_in),
+                    (c_in, 1),
+                    w.as_ptr().add(j),
+                    (k, c_in * k),
+                );
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(g.b * g.l * c_out);
+    for seq in full.chunks_exact(g.lp() * c_out) {
+        out.extend_from_slice(&seq[..g.l * c_out]);
+    }
+    out
+}
+
+/// The backward pass on plain slices: given `grad_out [B, L, C_out]`, returns
+/// `(grad_x [B, L, C_in], grad_w [C_out, C_in, K])`.
+pub fn backward<T: WithDType>(x: &[T], w: &[T], grad_out: &[T], g: &ConvGeometry) -> (Vec<T>, Vec<T>) {
+    let (c_in, c_out, k, d) = (g.c_in, g.c_out, g.k, g.dilation);
+    let m = g.m();
+    let xpad = pad_rows(x, g, c_in);
+    // The gradient of the thrown-away rows is zero, so they contribute nothing below.
+    let mut gfull = vec![T::from_f64(0.0); g.rows() * c_out];
+    for (src, dst) in grad_out
+        .chunks_exact(g.l * c_out)
+        .zip(gfull.chunks_exact_mut(g.lp() * c_out))
+    {
+        dst[..g.l * c_out].copy_from_slice(src);
+    }
+    let mut gw = vec![T::from_f64(0.0); c_out * c_in * k];
+    let mut gxpad = vec![T::from_f64(0.0); g.rows() * c_in];
+    unsafe {
+        for j in 0..k {
+            // grad W_j [C_in, C_out] = X_jᵀ · G, written straight into w's layout: gw[co, ci, j].
+            matmul(
+                (c_in, c_out, m),
+                gw.as_mut_ptr().add(j),
+                (k, c_in * k),
+                false,
+                xpad.as_ptr().add(j * d * c_in),
+                (1, c_in),
+                gfull.as_ptr(),
+                (c_out, 1),
+            );
+            // grad xpad[r + j·d] += G[r] · W_jᵀ, with W_jᵀ[co, ci] = w[co, ci, j].
+            matmul(
+                (m, c_in, c_out),
+                gxpad.as_mut_ptr().add(j * d * c_in),
+                (c_in, 1),
+                true,
+                gfull.as_ptr(),
+                (c_out, 1),
+                w.as_ptr().add(j),
+                (c_in * k, k),
+            );
+        }
+    }
+    let mut gx = Vec::with_capacity(g.b * g.l * c_in);
+    for seq in gxpad.chunks_exact(g.lp() * c_in) {
+        gx.extend_from_slice(&seq[g.pad * c_in..]);
+    }
+    (gx, gw)
+}
+
+/// The candle op. Its inputs must be contiguous (the layer makes them so).
+#[derive(Debug, Clone, Copy)]
+pub struct CausalConv1dOp {
+    pub dilation: usize,
+    pub pad: usize,
+}
+
+impl CausalConv1dOp {
+    fn geometry(&self, x: &Shape, w: &Shape) -> Result<ConvGeometry> {
+        let (b, l, c_in) = x.dims3()?;
+        let (c_out, c_in_w, k) = w.dims3()?;
+        if c_in != c_in_w {
+            candle_core::bail!("causal_conv1d: input has {c_in} channels, the kernel expects {c_in_w}");
+        }
+        if k == 0 || self.dilation == 0 || self.pad < (k - 1) * self.dilation {
+            candle_core::bail!(
+                "causal_conv1d: pad {} is less than (k-1)·d = {} (k = {k}, d = {})",
+                self.pad,
+                (k.max(1) - 1) * self.dilation,
+                self.dilation
+            );
+        }
+        Ok(ConvGeometry {
+            b,
+            l,
+            c_in,
+            c_out,
+            k,
+            dilation: self.dilation,
+            pad: self.pad,
+        })
+    }
+}
+
+fn contiguous<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((start, end)) => Ok(&T::cpu_storage_as_slice(s)?[start..end]),
+        None => candle_core::bail!("causal_conv1d: inputs must be contiguous"),
+    }
+}
+
+impl CustomOp2 for CausalConv1dOp {
+    fn name(&self) -> &'static str {
+        "causal-conv1d"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = self.geometry(l1.shape(), l2.shape())?;
+        let out = match (s1, s2) {
+            (CpuStorage::F32(_), CpuStorage::F32(_)) => {
+                CpuStorage::F32(forward(contiguous::<f32>(s1, l1)?, contiguous::<f32>(s2, l2)?, &g))
+            }
+            (CpuStorage::F64(_), CpuStorage::F64(_)) => {
+                CpuStorage::F64(forward(contiguous::<f64>(s1, l1)?, contiguous::<f64>(s2, l2)?, &g))
+            }
+            _ => candle_core::bail!("causal_conv1d: supports f32 and f64 with matching dtypes"),
+        };
+        Ok((out, Shape::from((g.b, g.l, g.c_out))))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = self.geometry(x.shape(), w.shape())?;
+        fn run<T: WithDType>(
+            x: &Tensor,
+            w: &Tensor,
+            grad: &Tensor,
+            g: &ConvGeometry,
+        ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+            let xs = x.flatten_all()?.to_vec1::<T>()?;
+            let ws = w.flatten_all()?.to_vec1::<T>()?;
+            let gs = grad.contiguous()?.flatten_all()?.to_vec1::<T>()?;
+            let (gx, gw) = backward(&xs, &ws, &gs, g);
+            Ok((
+                Some(Tensor::from_vec(gx, x.shape(), x.device())?),
+                Some(Tensor::from_vec(gw, w.shape(), w.device())?),
+            ))
+        }
+        match x.dtype() {
+            candle_core::DType::F32 => run::<f32>(x, w, grad, &g),
+            candle_core::DType::F64 => run::<f64>(x, w, grad, &g),
+            dt => candle_core::bail!("causal_conv1d: unsupported dtype {dt:?}"),
+        }
+    }
+}
+
+/// x `[B, L, C_in]`, w `[C_out, C_in, K]` → `[B, L, C_out]`: `out[b, t] = Σ_j w[:, :, j] · x[b, t + j·d − pad]`
+/// (zero before the start). Differentiable in both arguments.
+pub fn causal_conv1d_blc(x: &Tensor, w: &Tensor, dilation: usize, pad: usize) -> Result<Tensor> {
+    x.contiguous()?
+        .apply_op2(&w.contiguous()?, CausalConv1dOp { dilation, pad })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// The definition, as a naive loop.
+    fn naive(x: &[f64], w: &[f64], g: &ConvGeometry) -> Vec<f64> {
+        let mut out = vec![0.0; g.b * g.l * g.c_out];
+        for b in 0..g.b {
+            for t in 0..g.l {
+                for co in 0..g.c_out {
+                    let mut s = 0.0;
+                    for j in 0..g.k {
+                        let src = t as isize + (j * g.dilation) as isize - g.pad as isize;
+                        if src < 0 {
+                            continue;
+                        }
+                        for ci in 0..g.c_in {
+                            s += w[(co * g.c_in + ci) * g.k + j] * x[(b * g.l + src as usize) * g.c_in + ci];
+                        }
+                    }
+                    out[(b * g.l + t) * g.c_out + co] = s;
+                }
+            }
+        }
+        out
+    }
+
+    fn random(n: usize, rng: &mut impl Rng) -> Vec<f64> {
+        (0..n).map(|_| rng.random_range(-1.0..1.0)).collect()
+    }
+
+    fn geometries() -> Vec<ConvGeometry> {
+        let mut v = vec![];
+        for &(b, l, c_in, c_out) in &[(1, 5, 1, 3), (3, 9, 4, 2), (2, 16, 3, 5)] {
+            for &k in &[1, 2, 3] {
+                for &d in &[1, 2, 3] {
+                    for a in [0, 1] {
+                        v.push(ConvGeometry {
+                            b,
+                            l,
+                            c_in,
+                            c_out,
+                            k,
+                            dilation: d,
+                            pad: (k - 1) * d + a,
+                        });
+                    }
+                }
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn forward_matches_naive_loop() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+        for g in geometries() {
+            let x = random(g.b * g.l * g.c_in, &mut rng);
+            let w = random(g.c_out * g.c_in * g.k, &mut rng);
+            let (fast, slow) = (forward(&x, &w, &g), naive(&x, &w, &g));
+            let err = fast.iter().zip(&slow).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+            assert!(err < 1e-12, "{g:?}: max err {err}");
+        }
+    }
+
+    /// The backward pass is the exact adjoint of the (linear) forward: <G, f(x, w)> = <∂x, x> = <∂w, w>.
+    #[test]
+    fn backward_is_the_adjoint_of_the_naive_loop() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        for g in geometries() {
+            let x = random(g.b * g.l * g.c_in, &mut rng);
+            let w = random(g.c_out * g.c_in * g.k, &mut rng);
+            let go = random(g.b * g.l * g.c_out, &mut rng);
+            let (gx, gw) = backward(&x, &w, &go, &g);
+            // Check each partial derivative against the naive loop, one unit direction at a time.
+            let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(p, q)| p * q).sum::<f64>();
+            for i in 0..x.len() {
+                let mut e = vec![0.0; x.len()];
+                e[i] = 1.0;
+                let want = dot(&go, &naive(&e, &w, &g));
+                assert!((gx[i] - want).abs() < 1e-12, "{g:?} grad_x[{i}]: {} vs {want}", gx[i]);
+            }
+            for i in 0..w.len() {
+                let mut e = vec![0.0; w.len()];
+                e[i] = 1.0;
+                let want = dot(&go, &naive(&x, &e, &g));
+                assert!((gw[i] - want).abs() < 1e-12, "{g:?} grad_w[{i}]: {} vs {want}", gw[i]);
+            }
+        }
+    }
+
+    /// The op through candle's autograd agrees with candle's own conv1d forward (which is correct) on the
+    /// same causal problem, in f32 and on a large, multi-threaded size.
+    #[test]
+    fn op_matches_candle_conv1d_forward() -> Result<()> {
+        let dev = candle_core::Device::Cpu;
+        let (b, l, c_in, c_out, k, d) = (4, 64, 32, 48, 7, 2);
+        for a in [0, 1] {
+            let pad = (k - 1) * d + a;
+            let x = Tensor::randn(0f32, 1., (b, l, c_in), &dev)?;
+            let w = Tensor::randn(0f32, 1., (c_out, c_in, k), &dev)?;
+            let ours = causal_conv1d_blc(&x, &w, d, pad)?;
+            let xs = x.transpose(1, 2)?.pad_with_zeros(2, pad, 0)?.contiguous()?;
+            let theirs = xs.conv1d(&w, 0, 1, d, 1)?.narrow(2, 0, l)?.transpose(1, 2)?;
+            let err = (ours - theirs)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(err < 1e-3, "type {a}: max err {err}");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,269 @@
+//! The parameter store: every trainable tensor of a model, by its checkpoint name.
+//!
+//! It is a candle `VarBuilder` backend, so model code asks `vb.pp("net").pp(0).pp("conv1d").get(..)` and never
+//! knows whether the weights are fresh or loaded. Fresh tensors are drawn from a generator seeded by
+//! `(seed, name)`, so initialisation is deterministic and independent of construction order. Names follow
+//! PyTorch's `state_dict` (`net.0.conv1d.weight`), so a PyTorch export loads with no renaming table.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use candle_core::{DType, Device, Shape, Tensor, Var};
+use candle_nn::{var_builder::SimpleBackend, Init, VarBuilder};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::error::{Error, Result};
+
+#[derive(Clone)]
+pub struct ParamStore {
+    seed: u64,
+    vars: Arc<Mutex<BTreeMap<String, Var>>>,
+}
+
+/// FNV-1a: a stable hash of a tensor name (std's hasher may change between releases).
+fn stable_hash(s: &str) -> u64 {
+    s.bytes()
+        .fold(0xcbf29ce484222325, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3))
+}
+
+fn init_values(init: Init, shape: &Shape, rng: &mut ChaCha8Rng) -> Vec<f64> {
+    let n = shape.elem_count();
+    let dims = shape.dims();
+    let uniform =
+        |rng: &mut ChaCha8Rng, lo: f64, up: f64| -> Vec<f64> { (0..n).map(|_| rng.random_range(lo..up)).collect() };
+    let normal = |rng: &mut ChaCha8Rng, mean: f64, std: f64| -> Vec<f64> {
+        (0..n)
+            .map(|_| {
+                // Box–Muller
+                let (u1, u2): (f64, f64) = (1.0 - rng.random::<f64>(), rng.random::<f64>());
+                mean + std * (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+            })
+            .collect()
+    };
+    match init {
+        Init::Const(v) => vec![v; n],
+        Init::Uniform { lo, up } => uniform(rng, lo, up),
+        Init::Randn { mean, stdev } => normal(rng, mean, stdev),
+        Init::Kaiming {
+            dist,
+            fan,
+            non_linearity,
+        } => {
+            let receptive: usize = dims.iter().skip(2).product();
+            let fan_n = match fan {
+                candle_nn::init::FanInOut::FanIn => dims.get(1).copied().unwrap_or(1) * receptive,
+                candle_nn::init::FanInOut::FanOut => dims.first().copied().unwrap_or(1) * receptive,
+            };
+            let std = non_linearity.gain() / (fan_n.max(1) as f64).sqrt();
+            match dist {
+                candle_nn::init::NormalOrUniform::Uniform => {
+                    let bound = 3f64.sqrt() * std;
+                    uniform(rng, -bound, bound)
+                }
+                candle_nn::init::NormalOrUniform::Normal => normal(rng, 0.0, std),
+            }
+        }
+    }
+}
+
+impl ParamStore {
+    pub fn new(seed: u64) -> Self {
+        Self {
+            seed,
+            vars: Arc::new(Mutex::new(BTreeMap::new())),
+        }
+    }
+
+    /// A `VarBuilder` whose `get` creates (or returns) trainable variables in this store.
+    pub fn var_builder(&self, dtype: DType, device: &Device) -> VarBuilder<'static> {
+        VarBuilder::from_backend(Box::new(self.clone()), dtype, device.clone())
+    }
+
+    /// All variables, sorted by name.
+    pub fn vars(&self) -> Vec<(String, Var)> {
+        self.vars
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    pub fn num_params(&self) -> usize {
+        self.vars.lock().unwrap().values().map(|v| v.elem_count()).sum()
+    }
+
+    /// The current values, by name (a snapshot: later training steps do not change it).
+    pub fn tensors(&self) -> Result<HashMap<String, Tensor>> {
+        let vars = self.vars.lock().unwrap();
+        let mut out = HashMap::new();
+        for (k, v) in vars.iter() {
+            out.insert(k.clone(), v.as_tensor().copy()?);
+        }
+        Ok(out)
+    }
+
+    /// Writes all variables to a safetensors file (to a temporary file first, then renamed into place).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        save_tensors(&self.tensors()?, path)
+    }
+
+    /// Loads every variable from `tensors` (read from `path`), which must hold exactly the model's tensors
+    /// with the model's shapes. Values are converted to the model's dtype.
+    pub fn assign(&self, tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
+        let vars = self.vars.lock().unwrap();
+        let held = || {
+            let mut names: Vec<&String> = tensors.keys().collect();
+            names.sort();
+            let shown: Vec<String> = names.iter().take(8).map(|s| s.to_string()).collect();
+            let more = if names.len() > 8 {
+                format!(", … {} in all", names.len())
+            } else {
+                String::new()
+            };
+            format!("{}{more}", shown.join(", "))
+        };
+        for (name, var) in vars.iter() {
+            let t = tensors.get(name).ok_or_else(|| Error::MissingTensor {
+                path: path.into(),
+                tensor: name.clone(),
+                held: held(),
+            })?;
+            if t.dims() != var.dims() {
+                return Err(Error::CheckpointMismatch {
+                    path: path.into(),
+                    tensor: name.clone(),
+                    expected: var.dims().to_vec(),
+                    found: t.dims().to_vec(),
+                });
+            }
+        }
+        if let Some(extra) = tensors.keys().find(|k| !vars.contains_key(*k)) {
+            return Err(Error::Checkpoint {
+                path: path.into(),
+                msg: format!("it holds tensor `{extra}`, which this model does not have (a different architecture?)"),
+            });
+        }
+        for (name, var) in vars.iter() {
+            var.set(&tensors[name].to_dtype(var.dtype())?.to_device(var.device())?)?;
+        }
+        Ok(())
+    }
+
+    /// Reads a safetensors checkpoint and loads it (see [`ParamStore::assign`]).
+    pub fn load(&self, path: &Path) -> Result<()> {
+        self.assign(&load_tensors(path)?, path)
+    }
+}
+
+/// Reads every tensor of a safetensors file, with errors that name the file.
+pub fn load_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).map_err(|e| Error::Checkpoint {
+        path: path.into(),
+        msg: e.to_string(),
+    })
+}
+
+/// Writes tensors to a safetensors file atomically: a crash mid-write leaves the old file intact.
+pub fn save_tensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
+    let tmp = path.with_extension("safetensors.tmp");
+    candle_core::safetensors::save(tensors, &tmp).map_err(|e| Error::Checkpoint {
+        path: tmp.clone(),
+        msg: e.to_string(),
+    })?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+impl SimpleBackend for ParamStore {
+    fn get(&self, s: Shape, name: &str, h: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let mut vars = self.vars.lock().unwrap();
+        if let Some(v) = vars.get(name) {
+            if v.shape() != &s {
+                candle_core::bail!(
+                    "parameter `{name}` exists with shape {:?}, asked for {:?}",
+                    v.dims(),
+                    s.dims()
+                );
+            }
+            return Ok(v.as_tensor().clone());
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed.wrapping_mul(0x9E3779B97F4A7C15) ^ stable_hash(name));
+        let values = init_values(h, &s, &mut rng);
+        let t = Tensor::from_vec(values, s, dev)?.to_dtype(dtype)?;
+        let var = Var::from_tensor(&t)?;
+        vars.insert(name.to_string(), var.clone());
+        Ok(var.as_tensor().clone())
+    }
+
+    fn get_unchecked(&self, name: &str, _dtype: DType, _dev: &Device) -> candle_core::Result<Tensor> {
+        match self.vars.lock().unwrap().get(name) {
+            Some(v) => Ok(v.as_tensor().clone()),
+            None => candle_core::bail!("no parameter named `{name}`"),
+        }
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.vars.lock().unwrap().contains_key(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_is_deterministic_per_seed_and_name() -> Result<()> {
+        let dev = Device::Cpu;
+        let get = |seed: u64, name: &str| -> Result<Vec<f32>> {
+            let store = ParamStore::new(seed);
+            let vb = store.var_builder(DType::F32, &dev);
+            Ok(vb
+                .get_with_hints(16, name, Init::Uniform { lo: -1., up: 1. })?
+                .to_vec1::<f32>()?)
+        };
+        assert_eq!(get(3, "a")?, get(3, "a")?);
+        assert_ne!(get(3, "a")?, get(4, "a")?);
+        assert_ne!(get(3, "a")?, get(3, "b")?);
+        assert!(get(3, "a")?.iter().all(|v| (-1.0..1.0).contains(v)));
+        Ok(())
+    }
+
+    #[test]
+    fn load_names_the_missing_or_misshapen_tensor() -> Result<()> {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = Device::Cpu;
+        let store = ParamStore::new(0);
+        let vb = store.var_builder(DType::F32, &dev);
+        vb.get_with_hints((2, 3), "layer.weight", Init::Const(1.0))?;
+        vb.get_with_hints(2, "layer.bias", Init::Const(0.0))?;
+        let path = dir.path().join("ok.safetensors");
+        store.save(&path)?;
+        store.load(&path)?;
+
+        let mut t = store.tensors()?;
+        t.remove("layer.bias");
+        let path = dir.path().join("missing.safetensors");
+        save_tensors(&t, &path)?;
+        let e = store.load(&path).unwrap_err().to_string();
+        assert!(e.contains("layer.bias") && e.contains("missing"), "{e}");
+
+        let mut t = store.tensors()?;
+        t.insert("layer.weight".into(), Tensor::zeros((3, 2), DType::F32, &dev)?);
+        let path = dir.path().join("shape.safetensors");
+        save_tensors(&t, &path)?;
+        let e = store.load(&path).unwrap_err().to_string();
+        assert!(
+            e.contains("layer.weight") && e.contains("[3, 2]") && e.contains("[2, 3]"),
+            "{e}"
+        );
+
+        let path = dir.path().join("corrupt.safetensors");
+        std::fs::write(&path, b"not a checkpoint").unwrap();
+        let e = store.load(&path).unwrap_err().to_string();
+        assert!(e.contains("corrupt.safetensors"), "{e}");
+        Ok(())
+    }
+}

@@ -1,0 +1,25 @@
+//! The seed's sampler: start from zeros, and for each position run the whole network and draw x_d.
+//! D full forward passes; plain on purpose, it is the reference every faster sampler is tested against.
+
+use candle_core::Tensor;
+
+use super::Noise;
+use crate::error::Result;
+use crate::models::Arm;
+
+/// Draws `noise.len()` examples: `[N, D]` values in 0..K, row-major.
+pub fn sample_naive(arm: &Arm, noise: &Noise, temperature: f64) -> Result<Vec<u32>> {
+    let (n, dim) = (noise.len(), arm.dim());
+    let mut x = vec![0u32; n * dim];
+    for d in 0..dim {
+        // θ for every position from the current canvas; only row d is used.
+        let canvas = Tensor::from_vec(x.clone(), (n, dim), arm.device())?;
+        let theta = arm.forward(&canvas, false)?.narrow(1, d, 1)?.squeeze(1)?; // [N, P]
+        let theta = theta.to_dtype(candle_core::DType::F32)?.contiguous()?;
+        let rows = theta.to_vec2::<f32>()?;
+        for (i, row) in rows.iter().enumerate() {
+            x[i * dim + d] = arm.likelihood().sample_with_noise(row, noise.at(i, d), temperature);
+        }
+    }
+    Ok(x)
+}

@@ -1,0 +1,111 @@
+//! Evaluation (nats per example, bits per dimension) and the per-epoch metrics file.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::Dataset;
+use crate::error::{Error, Result};
+use crate::models::Arm;
+
+/// Mean negative log-likelihood over a dataset.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Evaluation {
+    /// −log p(x) in nats, averaged over examples.
+    pub nll: f64,
+    /// The same in bits per dimension: nll / (D · ln 2).
+    pub bpd: f64,
+    pub examples: usize,
+}
+
+/// Evaluates −log p(x) on every example of `data`, `batch_size` at a time, summing in f64.
+pub fn evaluate(arm: &Arm, data: &Dataset, batch_size: usize) -> Result<Evaluation> {
+    if data.is_empty() {
+        return Err(Error::Config("cannot evaluate on an empty dataset".into()));
+    }
+    let idx: Vec<usize> = (0..data.len()).collect();
+    let mut total = 0.0;
+    for chunk in idx.chunks(batch_size.max(1)) {
+        let x = data.batch(chunk, arm.device())?;
+        let lp = arm.log_prob(&x)?.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?;
+        total -= lp.iter().sum::<f64>();
+    }
+    let nll = total / data.len() as f64;
+    Ok(Evaluation {
+        nll,
+        bpd: nll / (data.dim as f64 * std::f64::consts::LN_2),
+        examples: data.len(),
+    })
+}
+
+/// One row of `metrics.csv`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EpochRow {
+    pub epoch: usize, // 1-based
+    pub train_nll: f64,
+    pub val_nll: f64,
+    pub val_bpd: f64,
+    pub best_val_nll: f64,
+    pub epoch_secs: f64,
+    pub elapsed_secs: f64,
+}
+
+pub const HEADER: &str = "epoch,train_nll,val_nll,val_bpd,best_val_nll,epoch_secs,elapsed_secs";
+
+impl EpochRow {
+    pub fn to_csv(&self) -> String {
+        format!(
+            "{},{:.6},{:.6},{:.6},{:.6},{:.3},{:.3}",
+            self.epoch,
+            self.train_nll,
+            self.val_nll,
+            self.val_bpd,
+            self.best_val_nll,
+            self.epoch_secs,
+            self.elapsed_secs
+        )
+    }
+}
+
+/// Reads `metrics.csv` back (for the learning curve and for resuming).
+pub fn read_csv(path: &Path) -> Result<Vec<EpochRow>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    let mut rows = vec![];
+    for (i, line) in text.lines().enumerate().skip(1).filter(|(_, l)| !l.is_empty()) {
+        let f: Vec<f64> = line
+            .split(',')
+            .map(|s| s.parse::<f64>())
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|_| Error::data(path, format!("line {}: not a metrics row", i + 1)))?;
+        if f.len() != 7 {
+            return Err(Error::data(
+                path,
+                format!("line {}: expected 7 columns, found {}", i + 1, f.len()),
+            ));
+        }
+        rows.push(EpochRow {
+            epoch: f[0] as usize,
+            train_nll: f[1],
+            val_nll: f[2],
+            val_bpd: f[3],
+            best_val_nll: f[4],
+            epoch_secs: f[5],
+            elapsed_secs: f[6],
+        });
+    }
+    Ok(rows)
+}
+
+pub fn write_csv(path: &Path, rows: &[EpochRow]) -> Result<()> {
+    let mut s = String::from(HEADER);
+    s.push('\n');
+    for r in rows {
+        s.push_str(&r.to_csv());
+        s.push('\n');
+    }
+    super::run_dir::write_atomic(path, s.as_bytes())
+}

@@ -1,0 +1,304 @@
+//! Maximum-likelihood training: shuffled mini-batches, Adam/Adamax, early stopping on validation NLL, the
+//! best weights kept, checkpoints every epoch, exact resume, and a clean stop on Ctrl-C or a non-finite loss.
+
+pub mod early_stopping;
+pub mod metrics;
+pub mod optim;
+pub mod run_dir;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::data::Splits;
+use crate::error::{Error, Result};
+use crate::models::{Arm, Reduction};
+pub use early_stopping::{EarlyStopping, Verdict};
+pub use metrics::{evaluate, EpochRow, Evaluation};
+pub use optim::{Optimizer, OptimizerKind};
+pub use run_dir::RunDir;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    pub optimizer: OptimizerKind, // the seed uses Adamax
+    pub lr: f64,
+    pub batch_size: usize,
+    pub max_epochs: usize,
+    pub patience: usize, // epochs without a better validation NLL before stopping
+    pub seed: u64,       // parameters, shuffling and samples all derive from it
+    /// Clip the global gradient norm to this value (off by default; RNNs want it).
+    #[serde(default)]
+    pub grad_clip: Option<f64>,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            optimizer: OptimizerKind::Adamax,
+            lr: 1e-3,
+            batch_size: 64,
+            max_epochs: 1000,
+            patience: 20,
+            seed: 0,
+            grad_clip: None,
+        }
+    }
+}
+
+impl TrainConfig {
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: &str| Err(Error::Config(m.into()));
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return bad("train.lr must be a positive number");
+        }
+        if self.batch_size == 0 || self.max_epochs == 0 || self.patience == 0 {
+            return bad("train.batch_size, train.max_epochs and train.patience must be at least 1");
+        }
+        if self.grad_clip.is_some_and(|c| c <= 0.0 || !c.is_finite()) {
+            return bad("train.grad_clip must be a positive number");
+        }
+        Ok(())
+    }
+}
+
+/// Where the loop is: saved in `resume.safetensors` so that `--resume` continues exactly.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+struct LoopState {
+    epoch: usize,      // epochs completed
+    step: usize,       // batches completed in the current epoch
+    loss_sum: f64,     // Σ −log p over the current epoch's examples so far
+    loss_count: usize, // examples so far in the current epoch
+    early: EarlyStopping,
+    optimizer_steps: usize,
+    elapsed_secs: f64,
+    epoch_secs: f64, // time spent in the current epoch before an interruption
+}
+
+/// How a call to [`train`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    EarlyStopped,
+    MaxEpochs,
+    /// Ctrl-C (or `stop_after_steps`): the state is saved; `--resume` continues.
+    Interrupted,
+}
+
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub outcome: Outcome,
+    pub epochs: usize,
+    pub best_epoch: usize,
+    pub best_val_nll: f64,
+    pub wall_secs: f64,
+}
+
+/// Things outside the recipe that steer one call of [`train`].
+#[derive(Debug, Clone, Default)]
+pub struct Controls {
+    /// Set (by a Ctrl-C handler) to stop after the current step, saving the state.
+    pub interrupt: Arc<AtomicBool>,
+    /// Behave as if interrupted after this many steps (for tests of resume).
+    pub stop_after_steps: Option<usize>,
+    /// No progress bar or epoch lines.
+    pub quiet: bool,
+}
+
+/// The order of epoch `epoch`'s examples: a function of (seed, epoch) only, so a resumed run replays it.
+fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..n).collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (epoch as u64 + 1).wrapping_mul(0x9E3779B97F4A7C15));
+    idx.shuffle(&mut rng);
+    idx
+}
+
+/// Trains `arm` on `splits.train`, selecting on `splits.val`, writing into `run`. With `resume`, continues
+/// from `run`'s `resume.safetensors`. On return (other than an interruption) `arm` holds the best weights.
+pub fn train(
+    arm: &Arm,
+    splits: &Splits,
+    cfg: &TrainConfig,
+    run: &RunDir,
+    resume: bool,
+    controls: &Controls,
+) -> Result<Summary> {
+    cfg.validate()?;
+    let params = arm.params();
+    let mut opt = Optimizer::new(cfg.optimizer, cfg.lr, params.vars())?;
+    let metrics_path = run.file("metrics.csv");
+    let mut rows = vec![];
+    let mut st = LoopState {
+        epoch: 0,
+        step: 0,
+        loss_sum: 0.0,
+        loss_count: 0,
+        early: EarlyStopping::new(cfg.patience),
+        optimizer_steps: 0,
+        elapsed_secs: 0.0,
+        epoch_secs: 0.0,
+    };
+    if resume {
+        let (tensors, state) = run.load_resume()?;
+        let path = run.file("resume.safetensors");
+        st = serde_json::from_str(&state).map_err(|e| Error::Checkpoint {
+            path: path.clone(),
+            msg: format!("bad training state: {e}"),
+        })?;
+        st.early.patience = cfg.patience;
+        let weights = tensors
+            .iter()
+            .filter(|(k, _)| !k.starts_with("optim."))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        params.assign(&weights, &path)?;
+        opt.load_state(&tensors, st.optimizer_steps, &path)?;
+        // Rows written after the saved state (an epoch that finished but was not checkpointed) are redone.
+        rows = metrics::read_csv(&metrics_path)?
+            .into_iter()
+            .filter(|r| r.epoch <= st.epoch)
+            .collect();
+    }
+    let n = splits.train.len();
+    let steps_per_epoch = n.div_ceil(cfg.batch_size);
+    let pb = if controls.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::with_draw_target(Some(cfg.max_epochs as u64), ProgressDrawTarget::stderr())
+    };
+    pb.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] epoch {pos}/{len} {msg}")
+            .unwrap()
+            .progress_chars("=> "),
+    );
+    pb.set_prefix("train");
+    pb.set_position(st.epoch as u64);
+    let save_resume = |st: &LoopState, opt: &Optimizer| -> Result<()> {
+        let mut tensors = params.tensors()?;
+        tensors.extend(opt.state_tensors());
+        let state = serde_json::to_string(st).expect("state serialises");
+        run.save_resume(&tensors, &state)
+    };
+    let started = Instant::now() - std::time::Duration::from_secs_f64(st.elapsed_secs);
+    let mut steps_this_call = 0usize;
+    let outcome = 'epochs: loop {
+        if st.epoch >= cfg.max_epochs {
+            break Outcome::MaxEpochs;
+        }
+        if st.early.bad_epochs >= cfg.patience {
+            break Outcome::EarlyStopped;
+        }
+        let epoch_started = Instant::now() - std::time::Duration::from_secs_f64(st.epoch_secs);
+        let order = epoch_order(n, cfg.seed, st.epoch);
+        for (step, idx) in order.chunks(cfg.batch_size).enumerate().skip(st.step) {
+            if controls.interrupt.load(Ordering::SeqCst)
+                || controls.stop_after_steps.is_some_and(|s| steps_this_call >= s)
+            {
+                st.epoch_secs = epoch_started.elapsed().as_secs_f64();
+                st.elapsed_secs = started.elapsed().as_secs_f64();
+                save_resume(&st, &opt)?;
+                break 'epochs Outcome::Interrupted;
+            }
+            let x = splits.train.batch(idx, arm.device())?;
+            let loss = arm.loss(&x, Reduction::Mean, true)?;
+            let value = loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+            if !value.is_finite() {
+                // The weights are not saved: last.safetensors and resume.safetensors hold the last good epoch.
+                return Err(Error::NonFiniteLoss {
+                    loss: value as f32,
+                    epoch: st.epoch + 1,
+                    step,
+                });
+            }
+            let mut grads = loss.backward()?;
+            if let Some(max_norm) = cfg.grad_clip {
+                opt.clip_grad_norm(&mut grads, max_norm)?;
+            }
+            opt.step(&grads)?;
+            st.step = step + 1;
+            st.loss_sum += value * idx.len() as f64;
+            st.loss_count += idx.len();
+            st.optimizer_steps = opt.steps_taken();
+            steps_this_call += 1;
+            pb.set_message(format!("step {}/{steps_per_epoch} loss {value:.3}", step + 1));
+        }
+        let val = evaluate(arm, &splits.val, 256)?;
+        let epoch = st.epoch + 1;
+        let verdict = st.early.update(epoch, val.nll);
+        if verdict == Verdict::Improved {
+            params.save(&run.file("best.safetensors"))?;
+        }
+        let epoch_secs = epoch_started.elapsed().as_secs_f64();
+        let row = EpochRow {
+            epoch,
+            train_nll: st.loss_sum / st.loss_count.max(1) as f64,
+            val_nll: val.nll,
+            val_bpd: val.bpd,
+            best_val_nll: st.early.best.unwrap_or(f64::NAN),
+            epoch_secs,
+            elapsed_secs: started.elapsed().as_secs_f64(),
+        };
+        rows.push(row.clone());
+        metrics::write_csv(&metrics_path, &rows)?;
+        params.save(&run.file("last.safetensors"))?;
+        st = LoopState {
+            epoch,
+            step: 0,
+            loss_sum: 0.0,
+            loss_count: 0,
+            epoch_secs: 0.0,
+            elapsed_secs: row.elapsed_secs,
+            ..st
+        };
+        save_resume(&st, &opt)?;
+        let left = |epochs: usize| format_secs(epochs as f64 * epoch_secs);
+        pb.set_position(epoch as u64);
+        pb.set_message(format!(
+            "train {:.3} val {:.3} best {:.3}@{} | left ≤{} (patience) ≤{} (max epochs)",
+            row.train_nll,
+            row.val_nll,
+            row.best_val_nll,
+            st.early.best_epoch,
+            left(cfg.patience - st.early.bad_epochs),
+            left(cfg.max_epochs - epoch)
+        ));
+        if !controls.quiet {
+            pb.println(format!(
+                "epoch {epoch:4}  train {:.3}  val {:.3} nats ({:.4} bpd)  best {:.3} @ {}  {:.1}s{}",
+                row.train_nll,
+                row.val_nll,
+                row.val_bpd,
+                row.best_val_nll,
+                st.early.best_epoch,
+                epoch_secs,
+                if verdict == Verdict::Improved { "  *" } else { "" }
+            ));
+        }
+    };
+    pb.finish_and_clear();
+    if outcome != Outcome::Interrupted {
+        params.load(&run.file("best.safetensors"))?;
+    }
+    Ok(Summary {
+        outcome,
+        epochs: st.epoch,
+        best_epoch: st.early.best_epoch,
+        best_val_nll: st.early.best.unwrap_or(f64::NAN),
+        wall_secs: started.elapsed().as_secs_f64(),
+    })
+}
+
+fn format_secs(s: f64) -> String {
+    if s < 120.0 {
+        format!("{s:.0}s")
+    } else if s < 7200.0 {
+        format!("{:.0}m", s / 60.0)
+    } else {
+        format!("{:.1}h", s / 3600.0)
+    }
+}
