@@ -4,6 +4,7 @@
 pub mod early_stopping;
 pub mod metrics;
 pub mod optim;
+pub mod pictures;
 pub mod run_dir;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -268,7 +269,7 @@ pub fn train(
             left(cfg.max_epochs - epoch)
         ));
         if !controls.quiet {
-            pb.println(format!(
+            let line = format!(
                 "epoch {epoch:4}  train {:.3}  val {:.3} nats ({:.4} bpd)  best {:.3} @ {}  {:.1}s{}",
                 row.train_nll,
                 row.val_nll,
@@ -277,7 +278,8 @@ pub fn train(
                 st.early.best_epoch,
                 epoch_secs,
                 if verdict == Verdict::Improved { "  *" } else { "" }
-            ));
+            );
+            pb.suspend(|| eprintln!("{line}"));
         }
     };
     pb.finish_and_clear();

@@ -108,15 +108,8 @@ pub fn forward<T: WithDType>(x: &[T], w: &[T], g: &ConvGeometry) -> Vec<T> {
     unsafe {
         if d == 1 {
             // One product: row r of the (overlapping) view is xpad[r .. r+K] flattened, K·C_in numbers;
-            // the weights are permuted to [K, C_in, C_out] to match.
-            let mut wt = vec![T::from_f64(0.0); k * c_in * c_out];
-            for co in 0..c_out {
-                for ci in 0..c_in {
-                    for j in 0..k {
-                        wt[(j * c_in + ci) * c_out + co] = w[(co * c_in + ci) * k + j];
-                    }
-                }
-            }
+            // the weights are permuted to match: wt[(j, ci), co] = w[co, ci, j].
+            let wt = permute_taps(w, g, false);
             matmul(
                 (m, c_out, k * c_in),
                 full.as_mut_ptr(),
@@ -150,9 +143,55 @@ pub fn forward<T: WithDType>(x: &[T], w: &[T], g: &ConvGeometry) -> Vec<T> {
     out
 }
 
+/// Permutes w `[C_out, C_in, K]` to `[(j, ci), co]` (or, `reversed`, to `[(K−1−j, co), ci]`), in 16×16 tiles
+/// so that both the reads and the writes stay within a few cache lines.
+fn permute_taps<T: WithDType>(w: &[T], g: &ConvGeometry, reversed: bool) -> Vec<T> {
+    let (c_in, c_out, k) = (g.c_in, g.c_out, g.k);
+    let mut out = vec![T::from_f64(0.0); w.len()];
+    const TILE: usize = 16;
+    for co0 in (0..c_out).step_by(TILE) {
+        for ci0 in (0..c_in).step_by(TILE) {
+            for co in co0..(co0 + TILE).min(c_out) {
+                for ci in ci0..(ci0 + TILE).min(c_in) {
+                    let src = &w[(co * c_in + ci) * k..(co * c_in + ci + 1) * k];
+                    for (j, &v) in src.iter().enumerate() {
+                        let to = if reversed {
+                            ((k - 1 - j) * c_out + co) * c_in + ci
+                        } else {
+                            (j * c_in + ci) * c_out + co
+                        };
+                        out[to] = v;
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The inverse of `permute_taps(.., false)`: `[(j, ci), co]` back to `[C_out, C_in, K]`.
+fn unpermute_taps<T: WithDType>(wt: &[T], g: &ConvGeometry) -> Vec<T> {
+    let (c_in, c_out, k) = (g.c_in, g.c_out, g.k);
+    let mut out = vec![T::from_f64(0.0); wt.len()];
+    const TILE: usize = 16;
+    for co0 in (0..c_out).step_by(TILE) {
+        for ci0 in (0..c_in).step_by(TILE) {
+            for co in co0..(co0 + TILE).min(c_out) {
+                for ci in ci0..(ci0 + TILE).min(c_in) {
+                    let dst = &mut out[(co * c_in + ci) * k..(co * c_in + ci + 1) * k];
+                    for (j, v) in dst.iter_mut().enumerate() {
+                        *v = wt[(j * c_in + ci) * c_out + co];
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
 /// The backward pass on plain slices: given `grad_out [B, L, C_out]`, returns
-/// `(grad_x [B, L, C_in], grad_w [C_out, C_in, K])`.
-pub fn backward<T: WithDType>(x: &[T], w: &[T], grad_out: &[T], g: &ConvGeometry) -> (Vec<T>, Vec<T>) {
+/// `(grad_x [B, L, C_in], grad_w [C_out, C_in, K])`; grad_x is empty unless `need_gx`.
+pub fn backward<T: WithDType>(x: &[T], w: &[T], grad_out: &[T], g: &ConvGeometry, need_gx: bool) -> (Vec<T>, Vec<T>) {
     let (c_in, c_out, k, d) = (g.c_in, g.c_out, g.k, g.dilation);
     let m = g.m();
     let xpad = pad_rows(x, g, c_in);
@@ -165,32 +204,70 @@ pub fn backward<T: WithDType>(x: &[T], w: &[T], grad_out: &[T], g: &ConvGeometry
         dst[..g.l * c_out].copy_from_slice(src);
     }
     let mut gw = vec![T::from_f64(0.0); c_out * c_in * k];
-    let mut gxpad = vec![T::from_f64(0.0); g.rows() * c_in];
+    let mut gxpad = vec![T::from_f64(0.0); if need_gx { g.rows() * c_in } else { 0 }];
     unsafe {
-        for j in 0..k {
-            // grad W_j [C_in, C_out] = X_jᵀ · G, written straight into w's layout: gw[co, ci, j].
+        if d == 1 {
+            // grad W as one product over the overlapping view of xpad: gwt[(j, ci), co] = Σ_r xpad[r + j]·G[r].
+            let mut gwt = vec![T::from_f64(0.0); k * c_in * c_out];
             matmul(
-                (c_in, c_out, m),
-                gw.as_mut_ptr().add(j),
-                (k, c_in * k),
+                (k * c_in, c_out, m),
+                gwt.as_mut_ptr(),
+                (c_out, 1),
                 false,
-                xpad.as_ptr().add(j * d * c_in),
+                xpad.as_ptr(),
                 (1, c_in),
                 gfull.as_ptr(),
                 (c_out, 1),
             );
-            // grad xpad[r + j·d] += G[r] · W_jᵀ, with W_jᵀ[co, ci] = w[co, ci, j].
-            matmul(
-                (m, c_in, c_out),
-                gxpad.as_mut_ptr().add(j * d * c_in),
-                (c_in, 1),
-                true,
-                gfull.as_ptr(),
-                (c_out, 1),
-                w.as_ptr().add(j),
-                (c_in * k, k),
-            );
+            gw = unpermute_taps(&gwt, g);
+            if need_gx {
+                // grad xpad[r] = Σ_j G[r − j]·W_jᵀ: a causal conv of G (with K−1 zero rows in front) by the
+                // taps in reverse order, again one product over an overlapping view.
+                let mut gpad = vec![T::from_f64(0.0); (k - 1) * c_out];
+                gpad.extend_from_slice(&gfull);
+                let wr = permute_taps(w, g, true);
+                matmul(
+                    (g.rows(), c_in, k * c_out),
+                    gxpad.as_mut_ptr(),
+                    (c_in, 1),
+                    false,
+                    gpad.as_ptr(),
+                    (c_out, 1),
+                    wr.as_ptr(),
+                    (c_in, 1),
+                );
+            }
+        } else {
+            for j in 0..k {
+                // grad W_j [C_in, C_out] = X_jᵀ · G, written straight into w's layout: gw[co, ci, j].
+                matmul(
+                    (c_in, c_out, m),
+                    gw.as_mut_ptr().add(j),
+                    (k, c_in * k),
+                    false,
+                    xpad.as_ptr().add(j * d * c_in),
+                    (1, c_in),
+                    gfull.as_ptr(),
+                    (c_out, 1),
+                );
+                if need_gx {
+                    // grad xpad[r + j·d] += G[r] · W_jᵀ, with W_jᵀ[co, ci] = w[co, ci, j].
+                    matmul(
+                        (m, c_in, c_out),
+                        gxpad.as_mut_ptr().add(j * d * c_in),
+                        (c_in, 1),
+                        true,
+                        gfull.as_ptr(),
+                        (c_out, 1),
+                        w.as_ptr().add(j),
+                        (c_in * k, k),
+                    );
+                }
+            }
         }
+    }
+    if !need_gx {
+        return (vec![], gw);
     }
     let mut gx = Vec::with_capacity(g.b * g.l * c_in);
     for seq in gxpad.chunks_exact(g.lp() * c_in) {
@@ -270,11 +347,15 @@ impl CustomOp2 for CausalConv1dOp {
             let xs = x.flatten_all()?.to_vec1::<T>()?;
             let ws = w.flatten_all()?.to_vec1::<T>()?;
             let gs = grad.contiguous()?.flatten_all()?.to_vec1::<T>()?;
-            let (gx, gw) = backward(&xs, &ws, &gs, g);
-            Ok((
-                Some(Tensor::from_vec(gx, x.shape(), x.device())?),
-                Some(Tensor::from_vec(gw, w.shape(), w.device())?),
-            ))
+            // The input of a first layer is data: no gradient needed (nor computed).
+            let need_gx = x.track_op();
+            let (gx, gw) = backward(&xs, &ws, &gs, g, need_gx);
+            let gx = if need_gx {
+                Some(Tensor::from_vec(gx, x.shape(), x.device())?)
+            } else {
+                None
+            };
+            Ok((gx, Some(Tensor::from_vec(gw, w.shape(), w.device())?)))
         }
         match x.dtype() {
             candle_core::DType::F32 => run::<f32>(x, w, grad, &g),
@@ -365,7 +446,7 @@ mod tests {
             let x = random(g.b * g.l * g.c_in, &mut rng);
             let w = random(g.c_out * g.c_in * g.k, &mut rng);
             let go = random(g.b * g.l * g.c_out, &mut rng);
-            let (gx, gw) = backward(&x, &w, &go, &g);
+            let (gx, gw) = backward(&x, &w, &go, &g, true);
             // Check each partial derivative against the naive loop, one unit direction at a time.
             let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(p, q)| p * q).sum::<f64>();
             for i in 0..x.len() {

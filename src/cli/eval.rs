@@ -1,0 +1,42 @@
+use anyhow::Context;
+use armory::data::{self, Split, Splits};
+use armory::train::evaluate;
+
+use super::model_source::ModelSource;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    model: ModelSource,
+    /// Which part of the data.
+    #[arg(long, value_enum, default_value = "test")]
+    split: Split,
+    /// Dataset instead of the config's: `digits` or a file in the digits CSV format.
+    #[arg(long)]
+    data: Option<String>,
+    #[arg(long, default_value_t = 256)]
+    batch_size: usize,
+    /// Print one JSON object instead of a sentence.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let (cfg, arm) = a.model.load()?;
+    let spec = a.data.unwrap_or(cfg.data.dataset);
+    let splits = Splits::by_position(&data::load(&spec)?).with_context(|| format!("splitting {spec}"))?;
+    let part = splits.get(a.split);
+    let ev = evaluate(&arm, part, a.batch_size)?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({"split": a.split, "nll_nats": ev.nll, "bits_per_dim": ev.bpd, "examples": ev.examples})
+        );
+    } else {
+        println!(
+            "{:?} split of {spec}: {:.3} nats per example, {:.4} bits per dimension ({} examples)",
+            a.split, ev.nll, ev.bpd, ev.examples
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,28 @@
+use std::path::PathBuf;
+
+use armory::config::RunConfig;
+use armory::models::Arm;
+use candle_core::{DType, Device};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// A config file (default: the seed ARM's).
+    #[arg(long, conflicts_with = "run")]
+    config: Option<PathBuf>,
+    /// A run directory.
+    #[arg(long)]
+    run: Option<PathBuf>,
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let cfg = match (&a.config, &a.run) {
+        (Some(p), _) => RunConfig::from_file(p)?,
+        (_, Some(r)) => armory::train::RunDir::open(r)?.read_config()?,
+        _ => RunConfig::seed(),
+    };
+    let arm = Arm::new(&cfg.model, cfg.train.seed, DType::F32, &Device::Cpu)?;
+    println!("parameters: {}", arm.params().num_params());
+    println!("receptive field: {} of {} positions", arm.receptive_field(), arm.dim());
+    println!("\n{}", cfg.to_toml());
+    Ok(())
+}

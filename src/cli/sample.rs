@@ -1,0 +1,51 @@
+use std::path::PathBuf;
+
+use anyhow::Context;
+use armory::sample::{sample_naive, Noise};
+use armory::viz::image_grid_png;
+
+use super::model_source::ModelSource;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    model: ModelSource,
+    /// How many samples.
+    #[arg(short, long, default_value_t = 16)]
+    n: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Softmax temperature (1 = the model's distribution).
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f64,
+    /// PNG grid of the samples.
+    #[arg(long, default_value = "samples.png")]
+    out: PathBuf,
+    /// The raw values, one sample per line (comma-separated, raster order).
+    #[arg(long)]
+    raw: Option<PathBuf>,
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    anyhow::ensure!(a.n > 0, "--n must be at least 1");
+    anyhow::ensure!(a.temperature > 0.0, "--temperature must be positive");
+    let (_, arm) = a.model.load()?;
+    let d = arm.dim();
+    let started = std::time::Instant::now();
+    let x = sample_naive(&arm, &Noise::new(a.n, d, a.seed), a.temperature)?;
+    let secs = started.elapsed().as_secs_f64();
+    let samples: Vec<Vec<u32>> = x.chunks(d).map(|s| s.to_vec()).collect();
+    let side = (d as f64).sqrt() as usize;
+    let (h, w) = if side * side == d { (side, side) } else { (1, d) };
+    image_grid_png(&a.out, &samples, h, w, 1, arm.num_values() as u32, 8.min(a.n), 4)?;
+    println!("{} samples in {:.3}s (naive sampler) → {}", a.n, secs, a.out.display());
+    if let Some(raw) = &a.raw {
+        let text: String = samples
+            .iter()
+            .map(|s| s.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(",") + "\n")
+            .collect();
+        std::fs::write(raw, text).with_context(|| format!("writing {}", raw.display()))?;
+        println!("raw values → {}", raw.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,211 @@
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use armory::config::RunConfig;
+use armory::data::{self, Splits};
+use armory::models::{Arm, ModelConfig};
+use armory::train::{self, evaluate, Controls, OptimizerKind, Outcome, RunDir};
+use candle_core::{DType, Device};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// A config file (default: configs/seed-arm.toml, embedded).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Run name: the run is written to <runs-dir>/<name>/ (default: the config file's name, or seed-arm).
+    #[arg(long)]
+    name: Option<String>,
+    #[arg(long, default_value = "runs")]
+    runs_dir: PathBuf,
+    /// Overwrite an existing run directory of the same name.
+    #[arg(long)]
+    force: bool,
+    /// Continue an interrupted run exactly where it stopped (a run directory).
+    #[arg(long, conflicts_with_all = ["config", "name", "force"])]
+    resume: Option<PathBuf>,
+    /// Dataset: `digits` (embedded) or a file in the digits CSV format.
+    #[arg(long)]
+    data: Option<String>,
+    #[arg(long)]
+    seed: Option<u64>,
+    #[arg(long, value_enum)]
+    optimizer: Option<OptimizerKind>,
+    #[arg(long)]
+    lr: Option<f64>,
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Maximum number of epochs.
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Early stopping: epochs without a better validation NLL.
+    #[arg(long)]
+    patience: Option<usize>,
+    /// Clip the global gradient norm.
+    #[arg(long)]
+    grad_clip: Option<f64>,
+    /// Hidden channels of the causal conv net.
+    #[arg(long)]
+    hidden: Option<usize>,
+    /// Kernel size of the causal conv net.
+    #[arg(long)]
+    kernel: Option<usize>,
+    /// Dilations, one per layer, e.g. 1,2,4,8.
+    #[arg(long, value_delimiter = ',')]
+    dilations: Option<Vec<usize>>,
+    /// Number of layers (all dilation 1 unless --dilations is given).
+    #[arg(long)]
+    layers: Option<usize>,
+    /// No progress bar or per-epoch lines.
+    #[arg(long)]
+    quiet: bool,
+    /// Stop as Ctrl-C would after this many steps (for testing resume).
+    #[arg(long, hide = true)]
+    stop_after_steps: Option<usize>,
+}
+
+fn apply_overrides(cfg: &mut RunConfig, a: &Args) -> anyhow::Result<()> {
+    if let Some(d) = &a.data {
+        cfg.data.dataset = d.clone();
+    }
+    let t = &mut cfg.train;
+    t.seed = a.seed.unwrap_or(t.seed);
+    t.optimizer = a.optimizer.unwrap_or(t.optimizer);
+    t.lr = a.lr.unwrap_or(t.lr);
+    t.batch_size = a.batch_size.unwrap_or(t.batch_size);
+    t.max_epochs = a.epochs.unwrap_or(t.max_epochs);
+    t.patience = a.patience.unwrap_or(t.patience);
+    t.grad_clip = a.grad_clip.or(t.grad_clip);
+    let ModelConfig::CausalConv(m) = &mut cfg.model;
+    m.hidden = a.hidden.unwrap_or(m.hidden);
+    m.kernel = a.kernel.unwrap_or(m.kernel);
+    match (&a.dilations, a.layers) {
+        (Some(d), Some(n)) if d.len() != n => bail!("--dilations has {} entries but --layers is {n}", d.len()),
+        (Some(d), _) => m.dilations = d.clone(),
+        (None, Some(n)) => m.dilations = vec![1; n],
+        (None, None) => {}
+    }
+    if a.dilations.is_some() || a.layers.is_some() {
+        m.layer_types = None; // re-derived: A first, then B
+    }
+    cfg.validate()?;
+    Ok(())
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let (cfg, run, resume) = match &a.resume {
+        Some(dir) => {
+            let run = RunDir::open(dir)?;
+            let cfg = run.read_config()?;
+            if !run.file("resume.safetensors").is_file() {
+                bail!("{} has no resume.safetensors to continue from", dir.display());
+            }
+            (cfg, run, true)
+        }
+        None => {
+            let mut cfg = match &a.config {
+                Some(p) => RunConfig::from_file(p)?,
+                None => RunConfig::seed(),
+            };
+            apply_overrides(&mut cfg, &a)?;
+            let name = a.name.clone().unwrap_or_else(|| {
+                a.config
+                    .as_ref()
+                    .and_then(|p| p.file_stem())
+                    .map_or("seed-arm".into(), |s| s.to_string_lossy().into())
+            });
+            let dir = a.runs_dir.join(name);
+            if dir.join("config.toml").exists() && !a.force {
+                bail!(
+                    "{} already holds a run: continue it with --resume {}, or choose --name, or overwrite with --force",
+                    dir.display(),
+                    dir.display()
+                );
+            }
+            let run = RunDir::create(&dir)?;
+            run.write_config(&cfg)?;
+            (cfg, run, false)
+        }
+    };
+
+    let all = data::load(&cfg.data.dataset)?;
+    anyhow::ensure!(
+        all.dim == cfg.model.dim() && all.num_values <= cfg.model.num_values(),
+        "the data has {} dimensions with {} values, the model expects {} and {}",
+        all.dim,
+        all.num_values,
+        cfg.model.dim(),
+        cfg.model.num_values()
+    );
+    let splits = Splits::by_position(&all)?;
+    let arm = Arm::new(&cfg.model, cfg.train.seed, DType::F32, &Device::Cpu)?;
+    if !a.quiet {
+        eprintln!(
+            "{} {}: {} parameters, receptive field {} of {}; data {} (train {}, val {}, test {}); {} threads",
+            if resume { "resuming" } else { "training" },
+            run.path.display(),
+            arm.params().num_params(),
+            arm.receptive_field(),
+            arm.dim(),
+            cfg.data.dataset,
+            splits.train.len(),
+            splits.val.len(),
+            splits.test.len(),
+            rayon::current_num_threads()
+        );
+    }
+
+    let interrupt = Arc::new(AtomicBool::new(false));
+    let flag = interrupt.clone();
+    let _ = ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130); // a second Ctrl-C: stop now
+        }
+        eprintln!("\ninterrupted: saving the state after this step (Ctrl-C again to quit at once)");
+    });
+    let controls = Controls {
+        interrupt,
+        stop_after_steps: a.stop_after_steps,
+        quiet: a.quiet,
+    };
+    let summary = train::train(&arm, &splits, &cfg.train, &run, resume, &controls)
+        .with_context(|| format!("training {}", run.path.display()))?;
+    if summary.outcome == Outcome::Interrupted {
+        println!(
+            "stopped at epoch {}; state saved. Continue with: armory train --resume {}",
+            summary.epochs + 1,
+            run.path.display()
+        );
+        return Ok(());
+    }
+    let test = evaluate(&arm, &splits.test, 256)?;
+    let rows = train::metrics::read_csv(&run.file("metrics.csv"))?;
+    train::pictures::draw(&run, &arm, &splits.test, &rows, cfg.train.seed)?;
+    let summary_json = serde_json::json!({
+        "outcome": format!("{:?}", summary.outcome),
+        "epochs": summary.epochs,
+        "best_epoch": summary.best_epoch,
+        "best_val_nll": summary.best_val_nll,
+        "test_nll": test.nll,
+        "test_bpd": test.bpd,
+        "wall_secs": summary.wall_secs,
+        "parameters": arm.params().num_params(),
+    });
+    train::run_dir::write_atomic(
+        &run.file("summary.json"),
+        serde_json::to_string_pretty(&summary_json)?.as_bytes(),
+    )?;
+    println!(
+        "{:?} after {} epochs (best {} at epoch {}), {:.0}s\ntest: {:.3} nats per image, {:.4} bits/dim\nrun: {} (weights, metrics.csv, real.png, samples.png, curve.png)",
+        summary.outcome,
+        summary.epochs,
+        format!("{:.3}", summary.best_val_nll),
+        summary.best_epoch,
+        summary.wall_secs,
+        test.nll,
+        test.bpd,
+        run.path.display()
+    );
+    Ok(())
+}

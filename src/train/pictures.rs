@@ -1,0 +1,44 @@
+//! The seed chapter's Figure "A B C" for a run: real test images, samples, and the validation curve.
+
+use crate::data::Dataset;
+use crate::error::Result;
+use crate::models::Arm;
+use crate::sample::{sample_naive, Noise};
+use crate::viz::{image_grid_png, line_plot_png, Series};
+
+use super::metrics::EpochRow;
+use super::RunDir;
+
+/// Writes `real.png` (the first 64 test images), `samples.png` (64 samples, naive sampler, `seed`) and
+/// `curve.png` (train and validation NLL per epoch, the best epoch marked) into the run directory.
+pub fn draw(run: &RunDir, arm: &Arm, test: &Dataset, rows: &[EpochRow], seed: u64) -> Result<()> {
+    let (c, h, w) = test.image_shape;
+    let levels = arm.num_values() as u32;
+    let real: Vec<Vec<u32>> = (0..test.len().min(64)).map(|i| test.example(i).to_vec()).collect();
+    image_grid_png(&run.file("real.png"), &real, h, w, c, levels, 8, 4)?;
+
+    let noise = Noise::new(64, arm.dim(), seed);
+    let flat = sample_naive(arm, &noise, 1.0)?;
+    let samples: Vec<Vec<u32>> = flat.chunks(arm.dim()).map(|s| s.to_vec()).collect();
+    image_grid_png(&run.file("samples.png"), &samples, h, w, c, levels, 8, 4)?;
+
+    if !rows.is_empty() {
+        let series = |name: &str, f: fn(&EpochRow) -> f64| Series {
+            name: name.into(),
+            points: rows.iter().map(|r| (r.epoch as f64, f(r))).collect(),
+        };
+        let best = rows
+            .iter()
+            .min_by(|a, b| a.val_nll.total_cmp(&b.val_nll))
+            .map(|r| (r.epoch as f64, r.val_nll));
+        line_plot_png(
+            &run.file("curve.png"),
+            "Negative log-likelihood per epoch",
+            "epoch",
+            "nats per example",
+            &[series("validation", |r| r.val_nll), series("train", |r| r.train_nll)],
+            best,
+        )?;
+    }
+    Ok(())
+}

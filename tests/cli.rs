@@ -1,0 +1,225 @@
+//! The `armory` binary as a user runs it.
+
+use std::path::Path;
+
+use assert_cmd::Command;
+use predicates::str::contains;
+
+fn armory() -> Command {
+    Command::cargo_bin("armory").unwrap()
+}
+
+const REFERENCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/reference");
+
+/// A tiny seed-like model trained for two epochs into `dir/t`.
+fn tiny_run(dir: &Path) -> std::path::PathBuf {
+    armory()
+        .args([
+            "train",
+            "--epochs",
+            "2",
+            "--hidden",
+            "8",
+            "--kernel",
+            "3",
+            "--quiet",
+            "--name",
+            "t",
+            "--runs-dir",
+        ])
+        .arg(dir)
+        .assert()
+        .success()
+        .stdout(contains("test:").and(contains("nats per image")));
+    dir.join("t")
+}
+
+use predicates::prelude::*;
+
+#[test]
+fn train_writes_a_complete_run_directory_and_eval_and_sample_read_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = tiny_run(dir.path());
+    for f in [
+        "config.toml",
+        "best.safetensors",
+        "last.safetensors",
+        "resume.safetensors",
+        "metrics.csv",
+        "real.png",
+        "samples.png",
+        "curve.png",
+        "summary.json",
+    ] {
+        assert!(run.join(f).is_file(), "{f} missing");
+    }
+    let csv = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 3, "{csv}");
+    armory()
+        .args(["eval", "--split", "val", "--run"])
+        .arg(&run)
+        .assert()
+        .success()
+        .stdout(contains("Val split of digits").and(contains("bits per dimension")));
+
+    let sample = |seed: &str, name: &str| {
+        let raw = dir.path().join(name);
+        armory()
+            .args(["sample", "-n", "4", "--seed", seed, "--run"])
+            .arg(&run)
+            .arg("--out")
+            .arg(dir.path().join(format!("{name}.png")))
+            .arg("--raw")
+            .arg(&raw)
+            .assert()
+            .success();
+        std::fs::read_to_string(raw).unwrap()
+    };
+    let (a, b, c) = (sample("1", "a.csv"), sample("1", "b.csv"), sample("2", "c.csv"));
+    assert_eq!(a, b);
+    assert_ne!(a, c);
+    assert_eq!(a.lines().count(), 4);
+    for line in a.lines() {
+        let v: Vec<u32> = line.split(',').map(|s| s.parse().unwrap()).collect();
+        assert!(v.len() == 64 && v.iter().all(|&x| x <= 16));
+    }
+    assert!(image::open(dir.path().join("a.csv.png")).is_ok());
+
+    // A second train into the same name is refused rather than overwriting it.
+    armory()
+        .args([
+            "train",
+            "--epochs",
+            "1",
+            "--hidden",
+            "8",
+            "--quiet",
+            "--name",
+            "t",
+            "--runs-dir",
+        ])
+        .arg(dir.path())
+        .assert()
+        .failure()
+        .stderr(contains("already holds a run").and(contains("--resume")));
+}
+
+#[test]
+fn interrupted_training_resumes_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    armory()
+        .args([
+            "train",
+            "--epochs",
+            "2",
+            "--hidden",
+            "8",
+            "--kernel",
+            "3",
+            "--quiet",
+            "--name",
+            "r",
+            "--stop-after-steps",
+            "20",
+            "--runs-dir",
+        ])
+        .arg(dir.path())
+        .assert()
+        .success()
+        .stdout(contains("stopped at epoch 2").and(contains("armory train --resume")));
+    armory()
+        .args(["train", "--quiet", "--resume"])
+        .arg(dir.path().join("r"))
+        .assert()
+        .success()
+        .stdout(contains("MaxEpochs after 2 epochs"));
+}
+
+#[test]
+fn eval_with_pytorch_weights_reproduces_the_reference_test_nll() {
+    let out = armory()
+        .args(["eval", "--json", "--weights"])
+        .arg(format!("{REFERENCE}/seed-arm-trained/weights.safetensors"))
+        .assert()
+        .success();
+    let json: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    let nll = json["nll_nats"].as_f64().unwrap();
+    // The reference README: test NLL 86.4 nats per image on the full test split.
+    assert!((nll - 86.4).abs() < 0.05, "{nll}");
+    assert_eq!(json["examples"], 447);
+}
+
+#[test]
+fn info_prints_parameters_and_receptive_field() {
+    armory()
+        .arg("info")
+        .assert()
+        .success()
+        .stdout(contains("parameters: 950545").and(contains("receptive field: 25 of 64")));
+}
+
+#[test]
+fn bad_inputs_get_clear_errors_naming_the_file_and_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let train_on = |data: &Path| {
+        armory()
+            .args(["train", "--epochs", "1", "--quiet", "--runs-dir"])
+            .arg(d)
+            .arg("--force")
+            .arg("--data")
+            .arg(data)
+            .assert()
+            .failure()
+    };
+
+    train_on(&d.join("missing.csv")).stderr(contains("missing.csv").and(contains("No such file")));
+    std::fs::write(d.join("range.csv"), format!("{}99,1\n", "0,".repeat(63))).unwrap();
+    train_on(&d.join("range.csv")).stderr(contains("range.csv").and(contains("pixel value 99 is outside 0..16")));
+    let gz = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/data/digits.csv.gz")).unwrap();
+    std::fs::write(d.join("cut.csv.gz"), &gz[..gz.len() / 3]).unwrap();
+    train_on(&d.join("cut.csv.gz")).stderr(contains("cut.csv.gz").and(contains("truncated")));
+
+    // A checkpoint of another architecture, a missing tensor, a file that is not a checkpoint.
+    let run = tiny_run(d);
+    armory()
+        .args(["eval", "--weights"])
+        .arg(run.join("best.safetensors"))
+        .assert()
+        .failure()
+        .stderr(
+            contains("net.0.conv1d.bias")
+                .or(contains("net.0.conv1d.weight"))
+                .and(contains("the model expects")),
+        );
+    let mut t =
+        armory::params::load_tensors(Path::new(&format!("{REFERENCE}/seed-arm-random/weights.safetensors"))).unwrap();
+    t.remove("net.4.conv1d.weight");
+    armory::params::save_tensors(&t, &d.join("partial.safetensors")).unwrap();
+    armory()
+        .args(["eval", "--weights"])
+        .arg(d.join("partial.safetensors"))
+        .assert()
+        .failure()
+        .stderr(contains("net.4.conv1d.weight").and(contains("missing")));
+    std::fs::write(d.join("junk.safetensors"), b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":").unwrap();
+    armory()
+        .args(["eval", "--weights"])
+        .arg(d.join("junk.safetensors"))
+        .assert()
+        .failure()
+        .stderr(contains("junk.safetensors"));
+
+    // A config whose first layer is type B.
+    let cfg = armory::config::SEED_CONFIG.replace(
+        "input = \"raw\"",
+        "input = \"raw\"\nlayer_types = [\"B\", \"B\", \"B\", \"B\"]",
+    );
+    std::fs::write(d.join("bad.toml"), cfg).unwrap();
+    armory()
+        .args(["train", "--config"])
+        .arg(d.join("bad.toml"))
+        .assert()
+        .failure()
+        .stderr(contains("first layer is type B").and(contains("must be type A")));
+}
