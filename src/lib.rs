@@ -6,9 +6,9 @@
 //!
 //! - [`data`]: datasets as `[N, D]` integer arrays, the embedded digits set, splits
 //! - [`nn`]: layers (causal convolutions) and the project's own kernels
-//! - [`likelihood`]: categorical
+//! - [`likelihood`]: the categorical distribution
 //! - [`models`]: the ARM and its network families
-//! - [`sample`]: samplers
+//! - [`sample`]: the samplers
 //! - [`train`]: the training loop, optimisers, early stopping, checkpoints, metrics
 //! - [`viz`]: pictures of data, samples and learning curves
 

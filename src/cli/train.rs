@@ -197,10 +197,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         serde_json::to_string_pretty(&summary_json)?.as_bytes(),
     )?;
     println!(
-        "{:?} after {} epochs (best {} at epoch {}), {:.0}s\ntest: {:.3} nats per image, {:.4} bits/dim\nrun: {} (weights, metrics.csv, real.png, samples.png, curve.png)",
+        "{:?} after {} epochs (best {:.3} at epoch {}), {:.0}s\ntest: {:.3} nats per image, {:.4} bits/dim\nrun: {} (weights, metrics.csv, real.png, samples.png, curve.png)",
         summary.outcome,
         summary.epochs,
-        format!("{:.3}", summary.best_val_nll),
+        summary.best_val_nll,
         summary.best_epoch,
         summary.wall_secs,
         test.nll,

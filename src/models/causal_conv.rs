@@ -250,7 +250,7 @@ mod tests {
             let g = grads.get(&var).expect("gradient").flatten_all()?.to_vec1::<f64>()?;
             let base = var.as_tensor().flatten_all()?.to_vec1::<f64>()?;
             for i in (0..base.len()).step_by(3) {
-                let mut at = |delta: f64| -> Result<f64> {
+                let at = |delta: f64| -> Result<f64> {
                     let mut v = base.clone();
                     v[i] += delta;
                     var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu)?)?;

@@ -69,17 +69,25 @@ impl CausalConv1d {
     /// Channels-last, the layout the ARMs use inside: xs `[B, L, C_in]` → `[B, L, C_out]`.
     pub fn forward_blc(&self, xs: &Tensor) -> Result<Tensor> {
         let _ = xs.dims3()?;
-        let ys = if xs.device().is_cpu() {
-            causal_conv1d_blc(xs, &self.weight, self.cfg.dilation, self.cfg.left_pad())?
-        } else {
-            // Accelerators: candle's own conv1d on the padded input (its CPU backward is what we avoid).
-            let l = xs.dim(1)?;
-            xs.transpose(1, 2)?
-                .pad_with_zeros(2, self.cfg.left_pad(), 0)?
-                .conv1d(&self.weight, 0, 1, self.cfg.dilation, 1)?
-                .narrow(2, 0, l)?
-                .transpose(1, 2)?
-        };
+        if xs.device().is_cpu() {
+            let zeros;
+            let bias = match &self.bias {
+                Some(b) => b,
+                None => {
+                    zeros = Tensor::zeros(self.weight.dim(0)?, self.weight.dtype(), self.weight.device())?;
+                    &zeros
+                }
+            };
+            return causal_conv1d_blc(xs, &self.weight, bias, self.cfg.dilation, self.cfg.left_pad());
+        }
+        // Accelerators: candle's own conv1d on the padded input (its CPU backward is what we avoid).
+        let l = xs.dim(1)?;
+        let ys = xs
+            .transpose(1, 2)?
+            .pad_with_zeros(2, self.cfg.left_pad(), 0)?
+            .conv1d(&self.weight, 0, 1, self.cfg.dilation, 1)?
+            .narrow(2, 0, l)?
+            .transpose(1, 2)?;
         match &self.bias {
             Some(b) => ys.broadcast_add(b),
             None => Ok(ys),

@@ -10,14 +10,15 @@
 //! position `t`, `r = b·(L+P) + t`) is `Σ_j xpad[r + j·d] · W_j`, with `W_j = w[:, :, j]ᵀ: [C_in, C_out]`.
 //! Treating all `B·(L+P)` rows as one matrix makes every product large (M ≈ B·L); the `P` rows per sequence
 //! that straddle two sequences are computed and thrown away (a P/L overhead, ≈ 10 % for the seed net).
-//! With dilation 1 the `K` taps of row `r` are `K·C_in` consecutive numbers, so the forward pass is a single
+//! With dilation 1 the `K` taps of row `r` are `K·C_in` consecutive numbers, so a large forward pass is a single
 //! product over an overlapping strided view (row stride `C_in`) of `xpad`.
 //!
 //! Shapes: x `[B, L, C_in]`, w `[C_out, C_in, K]` (PyTorch's layout, so checkpoints load unchanged),
 //! output `[B, L, C_out]`. `pad` is `(K−1)·d` for type B and `(K−1)·d + 1` for type A.
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use gemm::Parallelism;
+use rayon::prelude::*;
 
 /// Geometry of one causal convolution call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,7 +49,7 @@ impl ConvGeometry {
 
 fn parallelism(flops: usize) -> Parallelism {
     // Splitting a tiny product across threads costs more than it saves.
-    if flops < 2_000_000 {
+    if flops < 16_000_000 {
         Parallelism::None
     } else {
         Parallelism::Rayon(rayon::current_num_threads())
@@ -93,20 +94,22 @@ unsafe fn matmul<T: 'static + WithDType>(
 /// Copies `[B, L, C]` rows into `[B·(L+P), C]` with `P` zero rows before each sequence.
 fn pad_rows<T: WithDType>(x: &[T], g: &ConvGeometry, c: usize) -> Vec<T> {
     let mut xpad = vec![T::from_f64(0.0); g.rows() * c];
-    for (src, dst) in x.chunks_exact(g.l * c).zip(xpad.chunks_exact_mut(g.lp() * c)) {
-        dst[g.pad * c..].copy_from_slice(src);
-    }
+    xpad.par_chunks_exact_mut(g.lp() * c)
+        .zip(x.par_chunks_exact(g.l * c))
+        .for_each(|(dst, src)| {
+            dst[g.pad * c..].copy_from_slice(src);
+        });
     xpad
 }
 
-/// The forward pass on plain slices: x `[B, L, C_in]`, w `[C_out, C_in, K]` → `[B, L, C_out]`.
-pub fn forward<T: WithDType>(x: &[T], w: &[T], g: &ConvGeometry) -> Vec<T> {
+/// The forward pass on plain slices: x `[B, L, C_in]`, w `[C_out, C_in, K]`, bias `[C_out]` → `[B, L, C_out]`.
+pub fn forward<T: WithDType>(x: &[T], w: &[T], bias: &[T], g: &ConvGeometry) -> Vec<T> {
     let (c_in, c_out, k, d) = (g.c_in, g.c_out, g.k, g.dilation);
     let xpad = pad_rows(x, g, c_in);
     let m = g.m();
     let mut full = vec![T::from_f64(0.0); g.rows() * c_out];
     unsafe {
-        if d == 1 {
+        if d == 1 && m >= 1024 {
             // One product: row r of the (overlapping) view is xpad[r .. r+K] flattened, K·C_in numbers;
             // the weights are permuted to match: wt[(j, ci), co] = w[co, ci, j].
             let wt = permute_taps(w, g, false);
@@ -136,16 +139,23 @@ pub fn forward<T: WithDType>(x: &[T], w: &[T], g: &ConvGeometry) -> Vec<T> {
             }
         }
     }
-    let mut out = Vec::with_capacity(g.b * g.l * c_out);
-    for seq in full.chunks_exact(g.lp() * c_out) {
-        out.extend_from_slice(&seq[..g.l * c_out]);
-    }
+    // Keep each sequence's first L rows, adding the bias on the way.
+    let mut out = vec![T::from_f64(0.0); g.b * g.l * c_out];
+    out.par_chunks_exact_mut(g.l * c_out)
+        .zip(full.par_chunks_exact(g.lp() * c_out))
+        .for_each(|(dst, seq)| {
+            for (d_row, s_row) in dst.chunks_exact_mut(c_out).zip(seq.chunks_exact(c_out)) {
+                for ((o, &v), &b) in d_row.iter_mut().zip(s_row).zip(bias) {
+                    *o = v + b;
+                }
+            }
+        });
     out
 }
 
 /// Permutes w `[C_out, C_in, K]` to `[(j, ci), co]` (or, `reversed`, to `[(K−1−j, co), ci]`), in 16×16 tiles
 /// so that both the reads and the writes stay within a few cache lines.
-fn permute_taps<T: WithDType>(w: &[T], g: &ConvGeometry, reversed: bool) -> Vec<T> {
+pub fn permute_taps<T: WithDType>(w: &[T], g: &ConvGeometry, reversed: bool) -> Vec<T> {
     let (c_in, c_out, k) = (g.c_in, g.c_out, g.k);
     let mut out = vec![T::from_f64(0.0); w.len()];
     const TILE: usize = 16;
@@ -190,19 +200,49 @@ fn unpermute_taps<T: WithDType>(wt: &[T], g: &ConvGeometry) -> Vec<T> {
 }
 
 /// The backward pass on plain slices: given `grad_out [B, L, C_out]`, returns
-/// `(grad_x [B, L, C_in], grad_w [C_out, C_in, K])`; grad_x is empty unless `need_gx`.
-pub fn backward<T: WithDType>(x: &[T], w: &[T], grad_out: &[T], g: &ConvGeometry, need_gx: bool) -> (Vec<T>, Vec<T>) {
+/// `(grad_x [B, L, C_in], grad_w [C_out, C_in, K], grad_bias [C_out])`; grad_x is empty unless `need_gx`.
+pub fn backward<T: WithDType>(
+    x: &[T],
+    w: &[T],
+    grad_out: &[T],
+    g: &ConvGeometry,
+    need_gx: bool,
+) -> (Vec<T>, Vec<T>, Vec<T>) {
     let (c_in, c_out, k, d) = (g.c_in, g.c_out, g.k, g.dilation);
     let m = g.m();
     let xpad = pad_rows(x, g, c_in);
-    // The gradient of the thrown-away rows is zero, so they contribute nothing below.
-    let mut gfull = vec![T::from_f64(0.0); g.rows() * c_out];
-    for (src, dst) in grad_out
-        .chunks_exact(g.l * c_out)
-        .zip(gfull.chunks_exact_mut(g.lp() * c_out))
-    {
-        dst[..g.l * c_out].copy_from_slice(src);
-    }
+    // The output gradient in the padded row layout, behind K−1 zero rows (the transposed conv below reads
+    // them). The gradient of the thrown-away rows is zero, so they contribute nothing.
+    let front = (k - 1) * c_out;
+    let mut gpad = vec![T::from_f64(0.0); front + g.rows() * c_out];
+    gpad[front..]
+        .par_chunks_exact_mut(g.lp() * c_out)
+        .zip(grad_out.par_chunks_exact(g.l * c_out))
+        .for_each(|(dst, src)| {
+            dst[..g.l * c_out].copy_from_slice(src);
+        });
+    let gfull = &gpad[front..];
+    // grad bias = Σ over rows of the output gradient.
+    let gb = grad_out
+        .par_chunks(c_out * 256)
+        .map(|rows| {
+            let mut acc = vec![T::from_f64(0.0); c_out];
+            for row in rows.chunks_exact(c_out) {
+                for (a, &v) in acc.iter_mut().zip(row) {
+                    *a += v;
+                }
+            }
+            acc
+        })
+        .reduce(
+            || vec![T::from_f64(0.0); c_out],
+            |mut a, b| {
+                for (x, y) in a.iter_mut().zip(&b) {
+                    *x += *y;
+                }
+                a
+            },
+        );
     let mut gw = vec![T::from_f64(0.0); c_out * c_in * k];
     let mut gxpad = vec![T::from_f64(0.0); if need_gx { g.rows() * c_in } else { 0 }];
     unsafe {
@@ -223,8 +263,6 @@ pub fn backward<T: WithDType>(x: &[T], w: &[T], grad_out: &[T], g: &ConvGeometry
             if need_gx {
                 // grad xpad[r] = Σ_j G[r − j]·W_jᵀ: a causal conv of G (with K−1 zero rows in front) by the
                 // taps in reverse order, again one product over an overlapping view.
-                let mut gpad = vec![T::from_f64(0.0); (k - 1) * c_out];
-                gpad.extend_from_slice(&gfull);
                 let wr = permute_taps(w, g, true);
                 matmul(
                     (g.rows(), c_in, k * c_out),
@@ -267,16 +305,18 @@ pub fn backward<T: WithDType>(x: &[T], w: &[T], grad_out: &[T], g: &ConvGeometry
         }
     }
     if !need_gx {
-        return (vec![], gw);
+        return (vec![], gw, gb);
     }
-    let mut gx = Vec::with_capacity(g.b * g.l * c_in);
-    for seq in gxpad.chunks_exact(g.lp() * c_in) {
-        gx.extend_from_slice(&seq[g.pad * c_in..]);
-    }
-    (gx, gw)
+    let mut gx = vec![T::from_f64(0.0); g.b * g.l * c_in];
+    gx.par_chunks_exact_mut(g.l * c_in)
+        .zip(gxpad.par_chunks_exact(g.lp() * c_in))
+        .for_each(|(dst, seq)| {
+            dst.copy_from_slice(&seq[g.pad * c_in..]);
+        });
+    (gx, gw, gb)
 }
 
-/// The candle op. Its inputs must be contiguous (the layer makes them so).
+/// The candle op on (x, w, bias). Its inputs must be contiguous (the wrapper makes them so).
 #[derive(Debug, Clone, Copy)]
 pub struct CausalConv1dOp {
     pub dilation: usize,
@@ -284,11 +324,14 @@ pub struct CausalConv1dOp {
 }
 
 impl CausalConv1dOp {
-    fn geometry(&self, x: &Shape, w: &Shape) -> Result<ConvGeometry> {
-        let (b, l, c_in) = x.dims3()?;
+    fn geometry(&self, x: &Shape, w: &Shape, b: &Shape) -> Result<ConvGeometry> {
+        let (b_size, l, c_in) = x.dims3()?;
         let (c_out, c_in_w, k) = w.dims3()?;
         if c_in != c_in_w {
             candle_core::bail!("causal_conv1d: input has {c_in} channels, the kernel expects {c_in_w}");
+        }
+        if b.dims() != [c_out] {
+            candle_core::bail!("causal_conv1d: bias has shape {:?}, expected [{c_out}]", b.dims());
         }
         if k == 0 || self.dilation == 0 || self.pad < (k - 1) * self.dilation {
             candle_core::bail!(
@@ -299,7 +342,7 @@ impl CausalConv1dOp {
             );
         }
         Ok(ConvGeometry {
-            b,
+            b: b_size,
             l,
             c_in,
             c_out,
@@ -317,59 +360,88 @@ fn contiguous<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]
     }
 }
 
-impl CustomOp2 for CausalConv1dOp {
+/// Runs `f` on the tensor's contiguous CPU data without copying it.
+fn with_slice<T: WithDType, R>(t: &Tensor, f: impl FnOnce(&[T]) -> R) -> Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        candle_core::Storage::Cpu(cpu) => Ok(f(contiguous::<T>(cpu, layout)?)),
+        _ => candle_core::bail!("causal_conv1d: the CPU kernel got a tensor on another device"),
+    }
+}
+
+impl CustomOp3 for CausalConv1dOp {
     fn name(&self) -> &'static str {
         "causal-conv1d"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let g = self.geometry(l1.shape(), l2.shape())?;
-        let out = match (s1, s2) {
-            (CpuStorage::F32(_), CpuStorage::F32(_)) => {
-                CpuStorage::F32(forward(contiguous::<f32>(s1, l1)?, contiguous::<f32>(s2, l2)?, &g))
-            }
-            (CpuStorage::F64(_), CpuStorage::F64(_)) => {
-                CpuStorage::F64(forward(contiguous::<f64>(s1, l1)?, contiguous::<f64>(s2, l2)?, &g))
-            }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = self.geometry(l1.shape(), l2.shape(), l3.shape())?;
+        fn run<T: WithDType>(s: [(&CpuStorage, &Layout); 3], g: &ConvGeometry) -> Result<Vec<T>> {
+            Ok(forward(
+                contiguous::<T>(s[0].0, s[0].1)?,
+                contiguous::<T>(s[1].0, s[1].1)?,
+                contiguous::<T>(s[2].0, s[2].1)?,
+                g,
+            ))
+        }
+        let args = [(s1, l1), (s2, l2), (s3, l3)];
+        let out = match (s1, s2, s3) {
+            (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(run(args, &g)?),
+            (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(run(args, &g)?),
             _ => candle_core::bail!("causal_conv1d: supports f32 and f64 with matching dtypes"),
         };
         Ok((out, Shape::from((g.b, g.l, g.c_out))))
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let g = self.geometry(x.shape(), w.shape())?;
-        fn run<T: WithDType>(
-            x: &Tensor,
-            w: &Tensor,
-            grad: &Tensor,
-            g: &ConvGeometry,
-        ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-            let xs = x.flatten_all()?.to_vec1::<T>()?;
-            let ws = w.flatten_all()?.to_vec1::<T>()?;
-            let gs = grad.contiguous()?.flatten_all()?.to_vec1::<T>()?;
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let g = self.geometry(x.shape(), w.shape(), b.shape())?;
+        type Grads = (Option<Tensor>, Option<Tensor>, Option<Tensor>);
+        fn run<T: WithDType>(x: &Tensor, w: &Tensor, b: &Tensor, grad: &Tensor, g: &ConvGeometry) -> Result<Grads> {
             // The input of a first layer is data: no gradient needed (nor computed).
             let need_gx = x.track_op();
-            let (gx, gw) = backward(&xs, &ws, &gs, g, need_gx);
+            let (gx, gw, gb) = with_slice::<T, _>(x, |xs| {
+                with_slice::<T, _>(w, |ws| with_slice::<T, _>(grad, |gs| backward(xs, ws, gs, g, need_gx)))
+            })???;
             let gx = if need_gx {
                 Some(Tensor::from_vec(gx, x.shape(), x.device())?)
             } else {
                 None
             };
-            Ok((gx, Some(Tensor::from_vec(gw, w.shape(), w.device())?)))
+            Ok((
+                gx,
+                Some(Tensor::from_vec(gw, w.shape(), w.device())?),
+                Some(Tensor::from_vec(gb, b.shape(), b.device())?),
+            ))
         }
         match x.dtype() {
-            candle_core::DType::F32 => run::<f32>(x, w, grad, &g),
-            candle_core::DType::F64 => run::<f64>(x, w, grad, &g),
+            candle_core::DType::F32 => run::<f32>(x, w, b, grad, &g),
+            candle_core::DType::F64 => run::<f64>(x, w, b, grad, &g),
             dt => candle_core::bail!("causal_conv1d: unsupported dtype {dt:?}"),
         }
     }
 }
 
-/// x `[B, L, C_in]`, w `[C_out, C_in, K]` → `[B, L, C_out]`: `out[b, t] = Σ_j w[:, :, j] · x[b, t + j·d − pad]`
-/// (zero before the start). Differentiable in both arguments.
-pub fn causal_conv1d_blc(x: &Tensor, w: &Tensor, dilation: usize, pad: usize) -> Result<Tensor> {
+/// x `[B, L, C_in]`, w `[C_out, C_in, K]`, bias `[C_out]` → `[B, L, C_out]`:
+/// `out[b, t] = bias + Σ_j w[:, :, j] · x[b, t + j·d − pad]` (zero before the start). Differentiable in all three.
+pub fn causal_conv1d_blc(x: &Tensor, w: &Tensor, bias: &Tensor, dilation: usize, pad: usize) -> Result<Tensor> {
     x.contiguous()?
-        .apply_op2(&w.contiguous()?, CausalConv1dOp { dilation, pad })
+        .apply_op3(&w.contiguous()?, &bias.contiguous()?, CausalConv1dOp { dilation, pad })
 }
 
 #[cfg(test)]
@@ -432,7 +504,13 @@ mod tests {
         for g in geometries() {
             let x = random(g.b * g.l * g.c_in, &mut rng);
             let w = random(g.c_out * g.c_in * g.k, &mut rng);
-            let (fast, slow) = (forward(&x, &w, &g), naive(&x, &w, &g));
+            let bias = random(g.c_out, &mut rng);
+            let fast = forward(&x, &w, &bias, &g);
+            let slow: Vec<f64> = naive(&x, &w, &g)
+                .iter()
+                .enumerate()
+                .map(|(i, v)| v + bias[i % g.c_out])
+                .collect();
             let err = fast.iter().zip(&slow).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
             assert!(err < 1e-12, "{g:?}: max err {err}");
         }
@@ -446,7 +524,12 @@ mod tests {
             let x = random(g.b * g.l * g.c_in, &mut rng);
             let w = random(g.c_out * g.c_in * g.k, &mut rng);
             let go = random(g.b * g.l * g.c_out, &mut rng);
-            let (gx, gw) = backward(&x, &w, &go, &g, true);
+            let (gx, gw, gb) = backward(&x, &w, &go, &g, true);
+            for (co, v) in gb.iter().enumerate() {
+                let want: f64 = go.iter().skip(co).step_by(g.c_out).sum();
+                assert!((v - want).abs() < 1e-12, "{g:?} grad_bias[{co}]");
+            }
+            assert!(backward(&x, &w, &go, &g, false).0.is_empty());
             // Check each partial derivative against the naive loop, one unit direction at a time.
             let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(p, q)| p * q).sum::<f64>();
             for i in 0..x.len() {
@@ -464,7 +547,7 @@ mod tests {
         }
     }
 
-    /// The op through candle's autograd agrees with candle's own conv1d forward (which is correct) on the
+    /// The op agrees with candle's own conv1d forward (which is correct) on the
     /// same causal problem, in f32 and on a large, multi-threaded size.
     #[test]
     fn op_matches_candle_conv1d_forward() -> Result<()> {
@@ -474,7 +557,9 @@ mod tests {
             let pad = (k - 1) * d + a;
             let x = Tensor::randn(0f32, 1., (b, l, c_in), &dev)?;
             let w = Tensor::randn(0f32, 1., (c_out, c_in, k), &dev)?;
-            let ours = causal_conv1d_blc(&x, &w, d, pad)?;
+            let bias = Tensor::randn(0f32, 1., c_out, &dev)?;
+            let ours = (causal_conv1d_blc(&x, &w, &bias, d, pad)?
+                - bias.reshape((1, 1, c_out))?.broadcast_as((b, l, c_out))?)?;
             let xs = x.transpose(1, 2)?.pad_with_zeros(2, pad, 0)?.contiguous()?;
             let theirs = xs.conv1d(&w, 0, 1, d, 1)?.narrow(2, 0, l)?.transpose(1, 2)?;
             let err = (ours - theirs)?.abs()?.max_all()?.to_scalar::<f32>()?;
