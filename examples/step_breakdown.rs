@@ -3,7 +3,7 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use armory::config::RunConfig;
 use armory::data::{self, Splits};
-use armory::models::{Arm, Reduction};
+use armory::models::{Arm, Mode, Reduction};
 use armory::train::{Optimizer, OptimizerKind};
 use candle_core::{DType, Device};
 use std::time::Instant;
@@ -16,7 +16,7 @@ fn main() -> anyhow::Result<()> {
     let (mut f, mut b, mut o) = (vec![], vec![], vec![]);
     for _ in 0..30 {
         let t = Instant::now();
-        let loss = arm.loss(&x, Reduction::Mean, true)?;
+        let loss = arm.loss(&x, Reduction::Mean, Mode::Train { seed: 0 })?;
         loss.to_scalar::<f32>()?;
         let t1 = Instant::now();
         let g = loss.backward()?;

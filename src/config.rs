@@ -11,6 +11,16 @@ use crate::train::TrainConfig;
 /// The seed ARM's config, embedded so `armory train` runs with no files at hand.
 pub const SEED_CONFIG: &str = include_str!("../configs/seed-arm.toml");
 
+/// Every config in `configs/`, embedded, by name (`armory train --model NAME`).
+pub const NAMED: &[(&str, &str)] = &[
+    ("seed-arm", SEED_CONFIG),
+    ("dilated-conv", include_str!("../configs/dilated-conv.toml")),
+    ("mlp", include_str!("../configs/mlp.toml")),
+    ("lstm", include_str!("../configs/lstm.toml")),
+    ("gru", include_str!("../configs/gru.toml")),
+    ("wavenet", include_str!("../configs/wavenet.toml")),
+];
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
@@ -29,6 +39,15 @@ pub struct RunConfig {
 impl RunConfig {
     pub fn seed() -> Self {
         Self::parse(SEED_CONFIG, Path::new("<embedded configs/seed-arm.toml>")).expect("the embedded config parses")
+    }
+
+    /// One of the embedded configs by name (see [`NAMED`]).
+    pub fn named(name: &str) -> Result<Self> {
+        let (_, text) = NAMED.iter().find(|(n, _)| *n == name).ok_or_else(|| {
+            let names: Vec<&str> = NAMED.iter().map(|(n, _)| *n).collect();
+            Error::Config(format!("no model named `{name}`; the models are {}", names.join(", ")))
+        })?;
+        Self::parse(text, Path::new(&format!("<embedded configs/{name}.toml>")))
     }
 
     /// Parses TOML text; `path` names the source in errors.
@@ -61,9 +80,24 @@ mod tests {
     #[test]
     fn the_seed_config_is_the_seed_network() {
         let cfg = RunConfig::seed();
-        let ModelConfig::CausalConv(m) = &cfg.model;
+        let ModelConfig::CausalConv(m) = &cfg.model else {
+            panic!("seed-arm is a causal conv")
+        };
         assert_eq!(m, &crate::models::causal_conv::Config::default());
         assert_eq!(RunConfig::parse(&cfg.to_toml(), Path::new("x")).unwrap(), cfg);
+    }
+
+    #[test]
+    fn every_named_config_parses_and_round_trips() {
+        for (name, _) in NAMED {
+            let cfg = RunConfig::named(name).unwrap();
+            assert_eq!(
+                RunConfig::parse(&cfg.to_toml(), Path::new(name)).unwrap(),
+                cfg,
+                "{name}"
+            );
+        }
+        assert!(RunConfig::named("nope").unwrap_err().to_string().contains("wavenet"));
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use armory::config::RunConfig;
-use armory::models::{Arm, Reduction};
+use armory::models::{Arm, Mode, Reduction};
 use armory::nn::{CausalConv1d, CausalConv1dConfig, ConvType};
 use armory::params::load_tensors;
 use candle_core::{DType, Device, Tensor, Var};
@@ -41,11 +41,11 @@ fn check_outputs(dir: &str) {
     let arm = Arm::new(&RunConfig::seed().model, 0, DType::F32, &Device::Cpu).unwrap();
     arm.params().load(&dir.join("weights.safetensors")).unwrap();
     for (what, got) in [
-        ("logits", arm.forward(&x, false).unwrap()),
+        ("logits", arm.forward(&x, Mode::Eval).unwrap()),
         ("log_prob", arm.log_prob(&x).unwrap()),
         (
             "loss",
-            arm.loss(&x, Reduction::Mean, false).unwrap().unsqueeze(0).unwrap(),
+            arm.loss(&x, Reduction::Mean, Mode::Eval).unwrap().unsqueeze(0).unwrap(),
         ),
     ] {
         let err = max_abs_diff(&got, &expected[what]);
@@ -157,7 +157,11 @@ fn check_gradients(dir: &str) {
     // The masked net (no flips) is the model's own gradient path.
     let arm = Arm::new(&RunConfig::seed().model, 0, DType::F32, &Device::Cpu).unwrap();
     arm.params().load(&dir.join("weights.safetensors")).unwrap();
-    let model_grads = arm.loss(&x, Reduction::Mean, true).unwrap().backward().unwrap();
+    let model_grads = arm
+        .loss(&x, Reduction::Mean, Mode::Train { seed: 0 })
+        .unwrap()
+        .backward()
+        .unwrap();
     let (loss, vars) = masked_loss(&weights, &x, &masks_for(&vec![false; near.len()]), DType::F32);
     let grads = loss.backward().unwrap();
     let model_vars: HashMap<String, Var> = arm.params().vars().into_iter().collect();

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use armory::data::{self, Splits};
 use armory::models::causal_conv::Config;
-use armory::models::{Arm, InputEncoding, ModelConfig, Reduction};
+use armory::models::{Arm, InputEncoding, Mode, ModelConfig, Reduction};
 use armory::sample::{sample_naive, Noise};
 use armory::train::{self, metrics, Controls, Outcome, RunDir, TrainConfig};
 use candle_core::{DType, Device};
@@ -177,10 +177,14 @@ fn mean_and_sum_reductions_agree() {
     let splits = small_splits();
     let x = splits.test.batch(&[0, 1, 2, 3], &Device::Cpu).unwrap();
     let mean = arm
-        .loss(&x, Reduction::Mean, false)
+        .loss(&x, Reduction::Mean, Mode::Eval)
         .unwrap()
         .to_scalar::<f32>()
         .unwrap();
-    let sum = arm.loss(&x, Reduction::Sum, false).unwrap().to_scalar::<f32>().unwrap();
+    let sum = arm
+        .loss(&x, Reduction::Sum, Mode::Eval)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     assert!((sum - 4.0 * mean).abs() < 1e-3 * sum.abs());
 }

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use armory::config::RunConfig;
 use armory::data::{self, Splits};
-use armory::models::{Arm, Reduction};
+use armory::models::{Arm, Mode, Reduction};
 use armory::sample::{sample_naive, Noise};
 use armory::train::{Optimizer, OptimizerKind};
 use candle_core::{DType, Device};
@@ -40,7 +40,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let mut opt = Optimizer::new(OptimizerKind::Adamax, 1e-3, arm.params().vars())?;
 
     let train_step = median_ms(a.reps, || {
-        let loss = arm.loss(&x64, Reduction::Mean, true)?;
+        let loss = arm.loss(&x64, Reduction::Mean, Mode::Train { seed: 0 })?;
         opt.step(&loss.backward()?)?;
         Ok(())
     })?;
@@ -48,17 +48,17 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let one = rayon::ThreadPoolBuilder::new().num_threads(1).build()?;
     let train_step_1t = one.install(|| {
         median_ms(a.reps.div_ceil(2), || {
-            let loss = arm.loss(&x64, Reduction::Mean, true)?;
+            let loss = arm.loss(&x64, Reduction::Mean, Mode::Train { seed: 0 })?;
             opt.step(&loss.backward()?)?;
             Ok(())
         })
     })?;
     let fwd64 = median_ms(a.reps, || {
-        arm.forward(&x64, false)?.to_vec3::<f32>()?;
+        arm.forward(&x64, Mode::Eval)?.to_vec3::<f32>()?;
         Ok(())
     })?;
     let fwd1 = median_ms(a.reps * 10, || {
-        arm.forward(&x1, false)?.to_vec3::<f32>()?;
+        arm.forward(&x1, Mode::Eval)?.to_vec3::<f32>()?;
         Ok(())
     })?;
     let sample16 = median_ms(a.reps.div_ceil(4), || {

@@ -12,8 +12,11 @@ use candle_core::{DType, Device};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// A config file (default: configs/seed-arm.toml, embedded).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "model")]
     config: Option<PathBuf>,
+    /// One of the configs shipped in configs/ (embedded): seed-arm, dilated-conv, mlp, lstm, gru, wavenet.
+    #[arg(long)]
+    model: Option<String>,
     /// Run name: the run is written to <runs-dir>/<name>/ (default: the config file's name, or seed-arm).
     #[arg(long)]
     name: Option<String>,
@@ -23,7 +26,7 @@ pub struct Args {
     #[arg(long)]
     force: bool,
     /// Continue an interrupted run exactly where it stopped (a run directory).
-    #[arg(long, conflicts_with_all = ["config", "name", "force"])]
+    #[arg(long, conflicts_with_all = ["config", "model", "name", "force"])]
     resume: Option<PathBuf>,
     /// Dataset: `digits` (embedded) or a file in the digits CSV format.
     #[arg(long)]
@@ -45,16 +48,19 @@ pub struct Args {
     /// Clip the global gradient norm.
     #[arg(long)]
     grad_clip: Option<f64>,
-    /// Hidden channels of the causal conv net.
+    /// Dropout probability (every model family).
+    #[arg(long)]
+    dropout: Option<f64>,
+    /// Hidden channels / units (causal_conv, mlp, rnn).
     #[arg(long)]
     hidden: Option<usize>,
-    /// Kernel size of the causal conv net.
+    /// Kernel size (causal_conv, wavenet).
     #[arg(long)]
     kernel: Option<usize>,
-    /// Dilations, one per layer, e.g. 1,2,4,8.
+    /// Dilations, one per layer or block, e.g. 1,2,4,8 (causal_conv, wavenet).
     #[arg(long, value_delimiter = ',')]
     dilations: Option<Vec<usize>>,
-    /// Number of layers (all dilation 1 unless --dilations is given).
+    /// Number of layers, all dilation 1 unless --dilations is given (causal_conv).
     #[arg(long)]
     layers: Option<usize>,
     /// No progress bar or per-epoch lines.
@@ -77,17 +83,46 @@ fn apply_overrides(cfg: &mut RunConfig, a: &Args) -> anyhow::Result<()> {
     t.max_epochs = a.epochs.unwrap_or(t.max_epochs);
     t.patience = a.patience.unwrap_or(t.patience);
     t.grad_clip = a.grad_clip.or(t.grad_clip);
-    let ModelConfig::CausalConv(m) = &mut cfg.model;
-    m.hidden = a.hidden.unwrap_or(m.hidden);
-    m.kernel = a.kernel.unwrap_or(m.kernel);
-    match (&a.dilations, a.layers) {
-        (Some(d), Some(n)) if d.len() != n => bail!("--dilations has {} entries but --layers is {n}", d.len()),
-        (Some(d), _) => m.dilations = d.clone(),
-        (None, Some(n)) => m.dilations = vec![1; n],
-        (None, None) => {}
+    if let Some(p) = a.dropout {
+        *cfg.model.dropout_mut() = p;
     }
-    if a.dilations.is_some() || a.layers.is_some() {
-        m.layer_types = None; // re-derived: A first, then B
+    let unused = |flag: &str| anyhow::anyhow!("{flag} does not apply to this model family");
+    match &mut cfg.model {
+        ModelConfig::CausalConv(m) => {
+            m.hidden = a.hidden.unwrap_or(m.hidden);
+            m.kernel = a.kernel.unwrap_or(m.kernel);
+            match (&a.dilations, a.layers) {
+                (Some(d), Some(n)) if d.len() != n => bail!("--dilations has {} entries but --layers is {n}", d.len()),
+                (Some(d), _) => m.dilations = d.clone(),
+                (None, Some(n)) => m.dilations = vec![1; n],
+                (None, None) => {}
+            }
+            if a.dilations.is_some() || a.layers.is_some() {
+                m.layer_types = None; // re-derived: A first, then B
+            }
+        }
+        ModelConfig::Wavenet(m) => {
+            m.kernel = a.kernel.unwrap_or(m.kernel);
+            m.dilations = a.dilations.clone().unwrap_or(m.dilations.clone());
+            if a.hidden.is_some() {
+                return Err(unused("--hidden (use a config: residual_channels, skip_channels)"));
+            }
+            if a.layers.is_some() {
+                return Err(unused("--layers (give --dilations, one per block)"));
+            }
+        }
+        ModelConfig::Mlp(m) => {
+            m.hidden = a.hidden.unwrap_or(m.hidden);
+            if a.kernel.is_some() || a.dilations.is_some() || a.layers.is_some() {
+                return Err(unused("--kernel/--dilations/--layers"));
+            }
+        }
+        ModelConfig::Rnn(m) => {
+            m.hidden = a.hidden.unwrap_or(m.hidden);
+            if a.kernel.is_some() || a.dilations.is_some() || a.layers.is_some() {
+                return Err(unused("--kernel/--dilations/--layers"));
+            }
+        }
     }
     cfg.validate()?;
     Ok(())
@@ -104,9 +139,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             (cfg, run, true)
         }
         None => {
-            let mut cfg = match &a.config {
-                Some(p) => RunConfig::from_file(p)?,
-                None => RunConfig::seed(),
+            let mut cfg = match (&a.config, &a.model) {
+                (Some(p), _) => RunConfig::from_file(p)?,
+                (None, Some(name)) => RunConfig::named(name)?,
+                (None, None) => RunConfig::seed(),
             };
             apply_overrides(&mut cfg, &a)?;
             let name = a.name.clone().unwrap_or_else(|| {

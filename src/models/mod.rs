@@ -2,18 +2,22 @@
 //! p(x) = Π_d p(x_d | θ_d(x_<d)). One file per network family; this file holds the shared interface.
 
 pub mod causal_conv;
+pub mod mlp;
+pub mod rnn;
+pub mod wavenet;
 
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::likelihood::Likelihood;
+pub use crate::nn::Mode;
 use crate::params::ParamStore;
 
 /// The shared causal network of an ARM.
 pub trait CausalNet: Send + Sync {
     /// x `[B, D]` (u32 values) → θ `[B, D, P]`, where row d depends only on x_<d.
-    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor>;
+    fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor>;
     /// How many previous positions θ_d can see (D if all of them).
     fn receptive_field(&self) -> usize;
 }
@@ -59,7 +63,22 @@ impl InputEncoding {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ModelConfig {
+    /// The seed chapter's stack of causal 1-D convolutions (optionally dilated).
     CausalConv(causal_conv::Config),
+    /// Finite memory: an MLP of the last m values.
+    Mlp(mlp::Config),
+    /// LSTM or GRU over the previous values.
+    Rnn(rnn::Config),
+    /// Gated residual blocks of dilated causal convolutions.
+    Wavenet(wavenet::Config),
+}
+
+/// Dropout probabilities live in [0, 1).
+pub(crate) fn check_dropout(p: f64) -> Result<()> {
+    if !(0.0..1.0).contains(&p) {
+        return Err(Error::Config(format!("dropout = {p} must be in [0, 1)")));
+    }
+    Ok(())
 }
 
 impl ModelConfig {
@@ -67,21 +86,39 @@ impl ModelConfig {
     pub fn validate(&self) -> Result<()> {
         match self {
             ModelConfig::CausalConv(c) => c.validate(),
+            ModelConfig::Mlp(c) => c.validate(),
+            ModelConfig::Rnn(c) => c.validate(),
+            ModelConfig::Wavenet(c) => c.validate(),
         }
     }
     pub fn num_values(&self) -> usize {
         match self {
             ModelConfig::CausalConv(c) => c.num_values,
+            ModelConfig::Mlp(c) => c.num_values,
+            ModelConfig::Rnn(c) => c.num_values,
+            ModelConfig::Wavenet(c) => c.num_values,
         }
     }
     pub fn dim(&self) -> usize {
         match self {
             ModelConfig::CausalConv(c) => c.length,
+            ModelConfig::Mlp(c) => c.length,
+            ModelConfig::Rnn(c) => c.length,
+            ModelConfig::Wavenet(c) => c.length,
         }
     }
     pub fn likelihood(&self) -> Likelihood {
         Likelihood::Categorical {
             num_values: self.num_values(),
+        }
+    }
+    /// The dropout probability of the model, whatever its family.
+    pub fn dropout_mut(&mut self) -> &mut f64 {
+        match self {
+            ModelConfig::CausalConv(c) => &mut c.dropout,
+            ModelConfig::Mlp(c) => &mut c.dropout,
+            ModelConfig::Rnn(c) => &mut c.dropout,
+            ModelConfig::Wavenet(c) => &mut c.dropout,
         }
     }
 }
@@ -110,6 +147,9 @@ impl Arm {
         let vb = params.var_builder(dtype, device);
         let net: Box<dyn CausalNet> = match config {
             ModelConfig::CausalConv(c) => Box::new(causal_conv::CausalConvNet::new(c, vb)?),
+            ModelConfig::Mlp(c) => Box::new(mlp::MlpNet::new(c, vb)?),
+            ModelConfig::Rnn(c) => Box::new(rnn::RnnNet::new(c, vb)?),
+            ModelConfig::Wavenet(c) => Box::new(wavenet::WaveNet::new(c, vb)?),
         };
         Ok(Self {
             config: config.clone(),
@@ -169,19 +209,19 @@ impl Arm {
     }
 
     /// θ for every position: x `[B, D]` (u32) → `[B, D, P]`.
-    pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.net.forward(x, train)
+    pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        self.net.forward(x, mode)
     }
 
     /// log p(x) in nats: x `[B, D]` (u32) → `[B]`.
     pub fn log_prob(&self, x: &Tensor) -> Result<Tensor> {
         self.check_input(x)?;
-        self.likelihood.log_prob(&self.net.forward(x, false)?, x)
+        self.likelihood.log_prob(&self.net.forward(x, Mode::Eval)?, x)
     }
 
     /// The training objective, −log p(x) reduced over the batch (values are assumed checked at load time).
-    pub fn loss(&self, x: &Tensor, reduction: Reduction, train: bool) -> Result<Tensor> {
-        let nll = self.likelihood.log_prob(&self.net.forward(x, train)?, x)?.neg()?;
+    pub fn loss(&self, x: &Tensor, reduction: Reduction, mode: Mode) -> Result<Tensor> {
+        let nll = self.likelihood.log_prob(&self.net.forward(x, mode)?, x)?.neg()?;
         Ok(match reduction {
             Reduction::Mean => nll.mean_all()?,
             Reduction::Sum => nll.sum_all()?,

@@ -5,7 +5,7 @@ use candle_core::Tensor;
 
 use super::Noise;
 use crate::error::Result;
-use crate::models::Arm;
+use crate::models::{Arm, Mode};
 
 /// Draws `noise.len()` examples: `[N, D]` values in 0..K, row-major.
 pub fn sample_naive(arm: &Arm, noise: &Noise, temperature: f64) -> Result<Vec<u32>> {
@@ -14,7 +14,7 @@ pub fn sample_naive(arm: &Arm, noise: &Noise, temperature: f64) -> Result<Vec<u3
     for d in 0..dim {
         // θ for every position from the current canvas; only row d is used.
         let canvas = Tensor::from_vec(x.clone(), (n, dim), arm.device())?;
-        let theta = arm.forward(&canvas, false)?.narrow(1, d, 1)?.squeeze(1)?; // [N, P]
+        let theta = arm.forward(&canvas, Mode::Eval)?.narrow(1, d, 1)?.squeeze(1)?; // [N, P]
         let theta = theta.to_dtype(candle_core::DType::F32)?.contiguous()?;
         let rows = theta.to_vec2::<f32>()?;
         for (i, row) in rows.iter().enumerate() {

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::Splits;
 use crate::error::{Error, Result};
-use crate::models::{Arm, Reduction};
+use crate::models::{Arm, Mode, Reduction};
 pub use early_stopping::{EarlyStopping, Verdict};
 pub use metrics::{evaluate, EpochRow, Evaluation};
 pub use optim::{Optimizer, OptimizerKind};
@@ -206,7 +206,11 @@ pub fn train(
                 break 'epochs Outcome::Interrupted;
             }
             let x = splits.train.batch(idx, arm.device())?;
-            let loss = arm.loss(&x, Reduction::Mean, true)?;
+            // Dropout masks depend on (seed, step) only, so a resumed run draws the same ones.
+            let mode = Mode::Train {
+                seed: cfg.seed ^ (st.optimizer_steps as u64 + 1).wrapping_mul(0xD1B54A32D192ED03),
+            };
+            let loss = arm.loss(&x, Reduction::Mean, mode)?;
             let value = loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
             if !value.is_finite() {
                 // The weights are not saved: last.safetensors and resume.safetensors hold the last good epoch.

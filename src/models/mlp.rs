@@ -1,0 +1,87 @@
+//! The seed chapter's finite-memory ARM: θ_d = MLP(x_{d−1}, …, x_{d−m}), one shared MLP for every position,
+//! `[x_{d−1}, x_{d−2}] → Linear(2, M) → ReLU → Linear(M, K) → softmax` for memory m = 2.
+//! Positions before the start read zeros (the padding value).
+
+use candle_core::Tensor;
+use candle_nn::VarBuilder;
+use serde::{Deserialize, Serialize};
+
+use super::{CausalNet, InputEncoding};
+use crate::error::{Error, Result};
+use crate::nn::{dropout, linear, Linear, Mode};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub num_values: usize,
+    pub length: usize,
+    /// How many previous values θ_d sees (the seed: 2).
+    pub memory: usize,
+    /// Hidden units M (the seed: 300).
+    pub hidden: usize,
+    #[serde(default)]
+    pub input: InputEncoding,
+    #[serde(default)]
+    pub dropout: f64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            num_values: 17,
+            length: 64,
+            memory: 2,
+            hidden: 300,
+            input: InputEncoding::Raw,
+            dropout: 0.0,
+        }
+    }
+}
+
+impl Config {
+    pub fn validate(&self) -> Result<()> {
+        if self.num_values < 2 || self.length == 0 || self.memory == 0 || self.hidden == 0 {
+            return Err(Error::Config(
+                "mlp: num_values ≥ 2, and length, memory and hidden ≥ 1".into(),
+            ));
+        }
+        super::check_dropout(self.dropout)
+    }
+}
+
+pub struct MlpNet {
+    hidden: Linear,
+    out: Linear,
+    cfg: Config,
+}
+
+impl MlpNet {
+    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        cfg.validate()?;
+        let c = cfg.input.channels(cfg.num_values);
+        Ok(Self {
+            hidden: linear(cfg.memory * c, cfg.hidden, vb.pp("hidden"))?,
+            out: linear(cfg.hidden, cfg.num_values, vb.pp("out"))?,
+            cfg: cfg.clone(),
+        })
+    }
+}
+
+impl CausalNet for MlpNet {
+    fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        let dtype = self.out.weight().dtype();
+        let (_, d) = x.dims2()?;
+        let e = self.cfg.input.encode(x, self.cfg.num_values, dtype)?; // [B, D, C]
+                                                                       // Lag i: position t reads x_{t−i}, zeros before the start.
+        let lags = (1..=self.cfg.memory)
+            .map(|i| Ok(e.pad_with_zeros(1, i, 0)?.narrow(1, 0, d)?))
+            .collect::<Result<Vec<_>>>()?;
+        let window = Tensor::cat(&lags, 2)?; // [B, D, m·C]
+        let h = dropout(&self.hidden.forward(&window)?.relu()?, self.cfg.dropout, mode, 0)?; // [B, D, M]
+        Ok(self.out.forward(&h)?) // [B, D, K]
+    }
+
+    fn receptive_field(&self) -> usize {
+        self.cfg.memory.min(self.cfg.length)
+    }
+}

@@ -1,0 +1,308 @@
+//! Properties every model family must have, checked on tiny configs of each:
+//! causality, normalisation by enumeration, f64 finite-difference gradients, a training smoke test and a
+//! checkpoint round trip.
+
+use armory::data::{self, Splits};
+use armory::models::{causal_conv, mlp, rnn, wavenet, Arm, InputEncoding, Mode, ModelConfig, Reduction};
+use armory::train::{self, Controls, RunDir, TrainConfig};
+use candle_core::{DType, Device, Tensor};
+use rand::{Rng, SeedableRng};
+
+/// Tiny members of every family, for K values and D positions.
+fn families(k: usize, d: usize) -> Vec<(&'static str, ModelConfig)> {
+    vec![
+        (
+            "causal_conv",
+            ModelConfig::CausalConv(causal_conv::Config {
+                num_values: k,
+                length: d,
+                hidden: 5,
+                kernel: 2,
+                dilations: vec![1, 2, 1],
+                layer_types: None,
+                leaky_slope: 0.01,
+                input: InputEncoding::Raw,
+                dropout: 0.0,
+            }),
+        ),
+        (
+            "causal_conv one-hot",
+            ModelConfig::CausalConv(causal_conv::Config {
+                num_values: k,
+                length: d,
+                hidden: 4,
+                kernel: 3,
+                dilations: vec![3, 1],
+                layer_types: None,
+                leaky_slope: 0.2,
+                input: InputEncoding::OneHot,
+                dropout: 0.0,
+            }),
+        ),
+        (
+            "mlp",
+            ModelConfig::Mlp(mlp::Config {
+                num_values: k,
+                length: d,
+                memory: 2,
+                hidden: 6,
+                input: InputEncoding::Scaled,
+                dropout: 0.0,
+            }),
+        ),
+        (
+            "lstm",
+            ModelConfig::Rnn(rnn::Config {
+                num_values: k,
+                length: d,
+                cell: rnn::Cell::Lstm,
+                hidden: 5,
+                embedding: 3,
+                dropout: 0.0,
+            }),
+        ),
+        (
+            "gru",
+            ModelConfig::Rnn(rnn::Config {
+                num_values: k,
+                length: d,
+                cell: rnn::Cell::Gru,
+                hidden: 5,
+                embedding: 3,
+                dropout: 0.0,
+            }),
+        ),
+        (
+            "wavenet",
+            ModelConfig::Wavenet(wavenet::Config {
+                num_values: k,
+                length: d,
+                residual_channels: 4,
+                skip_channels: 5,
+                kernel: 2,
+                dilations: vec![1, 2, 4],
+                input: InputEncoding::OneHot,
+                dropout: 0.0,
+            }),
+        ),
+    ]
+}
+
+fn random_x(b: usize, d: usize, k: usize, seed: u64) -> Tensor {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let v: Vec<u32> = (0..b * d).map(|_| rng.random_range(0..k as u32)).collect();
+    Tensor::from_vec(v, (b, d), &Device::Cpu).unwrap()
+}
+
+/// Perturbing x_j changes no θ_d for d ≤ j, and changes θ_{j+1} (every family sees the previous value).
+#[test]
+fn perturbing_x_j_changes_no_output_at_or_before_j() {
+    let (k, d) = (5, 11);
+    for (name, cfg) in families(k, d) {
+        let arm = Arm::new(&cfg, 1, DType::F64, &Device::Cpu).unwrap();
+        let x = random_x(3, d, k, 2);
+        let base = arm.forward(&x, Mode::Eval).unwrap();
+        for j in 0..d {
+            let mut v = x.to_vec2::<u32>().unwrap();
+            for row in v.iter_mut() {
+                row[j] = (row[j] + 1 + j as u32 % 3) % k as u32;
+            }
+            let moved = arm.forward(&Tensor::new(v, &Device::Cpu).unwrap(), Mode::Eval).unwrap();
+            let diff = (moved - &base)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max(2)
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap();
+            for (pos, &delta) in diff.iter().enumerate().take(j + 1) {
+                assert_eq!(delta, 0.0, "{name}: θ_{pos} changed when x_{j} did");
+            }
+            if j + 1 < d {
+                assert!(diff[j + 1] > 0.0, "{name}: θ_{} should see x_{j}", j + 1);
+            }
+        }
+    }
+}
+
+/// Σ over all 27 sequences of D = 3, K = 3 of p(x) = 1.
+#[test]
+fn probabilities_sum_to_one_on_tiny_config() {
+    for (name, cfg) in families(3, 3) {
+        let arm = Arm::new(&cfg, 4, DType::F32, &Device::Cpu).unwrap();
+        let all: Vec<u32> = (0..27u32).flat_map(|i| [i / 9, (i / 3) % 3, i % 3]).collect();
+        let x = Tensor::from_vec(all, (27, 3), &Device::Cpu).unwrap();
+        let p = arm
+            .log_prob(&x)
+            .unwrap()
+            .exp()
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
+        let total: f64 = p.iter().sum();
+        assert!((total - 1.0).abs() < 1e-5, "{name}: Σ p(x) = {total}");
+        assert!(
+            p.iter().all(|&v| v > 0.0),
+            "{name}: every sequence has positive probability"
+        );
+    }
+}
+
+/// The loss gradient of every parameter tensor against central finite differences, in f64.
+#[test]
+fn model_gradients_match_finite_differences_f64() {
+    let (k, d) = (4, 9);
+    for (name, cfg) in families(k, d) {
+        let arm = Arm::new(&cfg, 3, DType::F64, &Device::Cpu).unwrap();
+        let x = random_x(4, d, k, 5);
+        let loss = |arm: &Arm| {
+            arm.loss(&x, Reduction::Mean, Mode::Eval)
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap()
+        };
+        let grads = arm.loss(&x, Reduction::Mean, Mode::Eval).unwrap().backward().unwrap();
+        for (pname, var) in arm.params().vars() {
+            let g = grads
+                .get(&var)
+                .unwrap_or_else(|| panic!("{name}: no gradient for {pname}"));
+            let g = g.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+            let base = var.as_tensor().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+            let set = |v: Vec<f64>| {
+                var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap())
+                    .unwrap()
+            };
+            for i in (0..base.len()).step_by(1 + base.len() / 12) {
+                let mut v = base.clone();
+                v[i] += 1e-6;
+                set(v.clone());
+                let up = loss(&arm);
+                v[i] -= 2e-6;
+                set(v);
+                let down = loss(&arm);
+                set(base.clone());
+                let fd = (up - down) / 2e-6;
+                assert!(
+                    (fd - g[i]).abs() < 1e-6 * (1.0 + fd.abs()),
+                    "{name} {pname}[{i}]: fd {fd} vs backprop {}",
+                    g[i]
+                );
+            }
+        }
+    }
+}
+
+/// A few dozen steps on digits lower the loss, and the best checkpoint reloads to identical log-probs.
+#[test]
+fn every_family_trains_and_round_trips_its_checkpoint() {
+    let mut splits = Splits::by_position(&data::load("digits").unwrap()).unwrap();
+    splits.train = splits.train.slice(0..192);
+    splits.val = splits.val.slice(0..64);
+    let recipe = TrainConfig {
+        lr: 5e-3,
+        batch_size: 32,
+        max_epochs: 5,
+        patience: 100,
+        seed: 1,
+        grad_clip: Some(5.0),
+        ..TrainConfig::default()
+    };
+    let x = splits.test.batch(&(0..16).collect::<Vec<_>>(), &Device::Cpu).unwrap();
+    for (name, cfg) in families(17, 64) {
+        let arm = Arm::new(&cfg, 0, DType::F32, &Device::Cpu).unwrap();
+        let before = train::evaluate(&arm, &splits.train, 256).unwrap().nll;
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::create(dir.path()).unwrap();
+        train::train(
+            &arm,
+            &splits,
+            &recipe,
+            &run,
+            false,
+            &Controls {
+                quiet: true,
+                ..Controls::default()
+            },
+        )
+        .unwrap();
+        let after = train::evaluate(&arm, &splits.train, 256).unwrap().nll;
+        assert!(after < before - 5.0, "{name}: train NLL {before:.2} → {after:.2}");
+
+        let lp = arm.log_prob(&x).unwrap().to_vec1::<f32>().unwrap();
+        let other = Arm::new(&cfg, 9, DType::F32, &Device::Cpu).unwrap();
+        other.params().load(&run.file("best.safetensors")).unwrap();
+        assert_eq!(other.log_prob(&x).unwrap().to_vec1::<f32>().unwrap(), lp, "{name}");
+    }
+}
+
+/// WaveNet's receptive field is k + (k−1)·Σ dilations — the formula, and the farthest input that moves θ_d.
+#[test]
+fn wavenet_receptive_field_equals_the_formula() {
+    let cfg = wavenet::Config {
+        num_values: 3,
+        length: 40,
+        residual_channels: 3,
+        skip_channels: 3,
+        kernel: 3,
+        dilations: vec![1, 2, 4],
+        input: InputEncoding::OneHot,
+        dropout: 0.0,
+    };
+    assert_eq!(cfg.receptive_field(), 3 + 2 * 7);
+    let arm = Arm::new(&ModelConfig::Wavenet(cfg), 0, DType::F64, &Device::Cpu).unwrap();
+    assert_eq!(arm.receptive_field(), 17);
+    let x = random_x(1, 40, 3, 0);
+    let base = arm.forward(&x, Mode::Eval).unwrap();
+    let d = 35;
+    let mut farthest = 0;
+    for j in 0..d {
+        let mut v = x.to_vec2::<u32>().unwrap();
+        v[0][j] = (v[0][j] + 1) % 3;
+        let moved = arm.forward(&Tensor::new(v, &Device::Cpu).unwrap(), Mode::Eval).unwrap();
+        let delta = (moved - &base)
+            .unwrap()
+            .narrow(1, d, 1)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
+        if delta > 0.0 {
+            farthest = farthest.max(d - j);
+        }
+    }
+    assert_eq!(farthest, 17, "θ_{d} is moved by inputs up to {farthest} positions back");
+}
+
+/// Dropout changes training passes (deterministically per seed) and leaves evaluation alone.
+#[test]
+fn dropout_is_active_in_training_only_and_seeded() {
+    for (name, mut cfg) in families(5, 8) {
+        *cfg.dropout_mut() = 0.5;
+        let arm = Arm::new(&cfg, 0, DType::F32, &Device::Cpu).unwrap();
+        let x = random_x(2, 8, 5, 1);
+        let eval = arm.forward(&x, Mode::Eval).unwrap().to_vec3::<f32>().unwrap();
+        assert_eq!(eval, arm.forward(&x, Mode::Eval).unwrap().to_vec3::<f32>().unwrap());
+        let t1 = arm
+            .forward(&x, Mode::Train { seed: 1 })
+            .unwrap()
+            .to_vec3::<f32>()
+            .unwrap();
+        assert_eq!(
+            t1,
+            arm.forward(&x, Mode::Train { seed: 1 })
+                .unwrap()
+                .to_vec3::<f32>()
+                .unwrap(),
+            "{name}"
+        );
+        assert_ne!(t1, eval, "{name}: dropout had no effect");
+    }
+}
