@@ -223,3 +223,86 @@ fn bad_inputs_get_clear_errors_naming_the_file_and_problem() {
         .failure()
         .stderr(contains("first layer is type B").and(contains("must be type A")));
 }
+
+#[test]
+fn model_flag_picks_a_shipped_config_and_names_the_run_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    armory()
+        .args(["train", "--model", "mlp", "--epochs", "1", "--quiet", "--runs-dir"])
+        .arg(dir.path())
+        .assert()
+        .success();
+    let cfg = std::fs::read_to_string(dir.path().join("mlp/config.toml")).unwrap();
+    assert!(cfg.contains("kind = \"mlp\""), "{cfg}");
+    armory()
+        .args(["info", "--model", "wavenet"])
+        .assert()
+        .success()
+        .stdout(contains("receptive field: 64 of 64"));
+    armory()
+        .args(["train", "--model", "nope"])
+        .assert()
+        .failure()
+        .stderr(contains("no model named `nope`").and(contains("wavenet")));
+}
+
+/// A real Ctrl-C (SIGINT) during training: the process saves its state and exits cleanly; the saved last
+/// weights evaluate, and --resume refuses flags that would change the recipe.
+#[test]
+fn ctrl_c_saves_the_state_and_resume_keeps_the_recipe() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = assert_cmd::cargo::cargo_bin("armory");
+    let child = std::process::Command::new(&bin)
+        .args([
+            "train",
+            "--epochs",
+            "400",
+            "--hidden",
+            "8",
+            "--kernel",
+            "3",
+            "--name",
+            "c",
+            "--runs-dir",
+        ])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let metrics = dir.path().join("c/metrics.csv");
+    let started = std::time::Instant::now();
+    while !metrics.exists() {
+        assert!(started.elapsed().as_secs() < 120, "no epoch finished in 2 minutes");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let pid = child.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "exit {:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("state saved") && stdout.contains("--resume"),
+        "{stdout}"
+    );
+    armory()
+        .args(["train", "--quiet", "--epochs", "3", "--resume"])
+        .arg(dir.path().join("c"))
+        .assert()
+        .failure()
+        .stderr(contains("cannot be used with"));
+    armory()
+        .args(["eval", "--checkpoint", "last", "--run"])
+        .arg(dir.path().join("c"))
+        .assert()
+        .success();
+}

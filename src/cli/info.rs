@@ -7,17 +7,21 @@ use candle_core::{DType, Device};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// A config file (default: the seed ARM's).
-    #[arg(long, conflicts_with = "run")]
+    #[arg(long, conflicts_with_all = ["run", "model"])]
     config: Option<PathBuf>,
+    /// One of the configs shipped in configs/ (embedded): seed-arm, dilated-conv, mlp, lstm, gru, wavenet.
+    #[arg(long, conflicts_with = "run")]
+    model: Option<String>,
     /// A run directory.
     #[arg(long)]
     run: Option<PathBuf>,
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let cfg = match (&a.config, &a.run) {
-        (Some(p), _) => RunConfig::from_file(p)?,
-        (_, Some(r)) => armory::train::RunDir::open(r)?.read_config()?,
+    let cfg = match (&a.config, &a.model, &a.run) {
+        (Some(p), _, _) => RunConfig::from_file(p)?,
+        (_, Some(name), _) => RunConfig::named(name)?,
+        (_, _, Some(r)) => armory::train::RunDir::open(r)?.read_config()?,
         _ => RunConfig::seed(),
     };
     let arm = Arm::new(&cfg.model, cfg.train.seed, DType::F32, &Device::Cpu)?;

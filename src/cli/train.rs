@@ -128,9 +128,40 @@ fn apply_overrides(cfg: &mut RunConfig, a: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The flags that change the recipe, by name, if given.
+fn overrides_given(a: &Args) -> Vec<&'static str> {
+    let flags = [
+        ("--data", a.data.is_some()),
+        ("--seed", a.seed.is_some()),
+        ("--optimizer", a.optimizer.is_some()),
+        ("--lr", a.lr.is_some()),
+        ("--batch-size", a.batch_size.is_some()),
+        ("--epochs", a.epochs.is_some()),
+        ("--patience", a.patience.is_some()),
+        ("--grad-clip", a.grad_clip.is_some()),
+        ("--dropout", a.dropout.is_some()),
+        ("--hidden", a.hidden.is_some()),
+        ("--kernel", a.kernel.is_some()),
+        ("--dilations", a.dilations.is_some()),
+        ("--layers", a.layers.is_some()),
+    ];
+    flags
+        .iter()
+        .filter(|(_, given)| *given)
+        .map(|(name, _)| *name)
+        .collect()
+}
+
 pub fn run(a: Args) -> anyhow::Result<()> {
     let (cfg, run, resume) = match &a.resume {
         Some(dir) => {
+            let given = overrides_given(&a);
+            if !given.is_empty() {
+                bail!(
+                    "--resume continues a run exactly, with its own config.toml: {} cannot be used with it",
+                    given.join(", ")
+                );
+            }
             let run = RunDir::open(dir)?;
             let cfg = run.read_config()?;
             if !run.file("resume.safetensors").is_file() {
@@ -145,7 +176,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 (None, None) => RunConfig::seed(),
             };
             apply_overrides(&mut cfg, &a)?;
-            let name = a.name.clone().unwrap_or_else(|| {
+            let name = a.name.clone().or_else(|| a.model.clone()).unwrap_or_else(|| {
                 a.config
                     .as_ref()
                     .and_then(|p| p.file_stem())
