@@ -1,53 +1,40 @@
-//! Times the causal conv kernel alone at the seed net's sizes: `cargo run --release --example kernel_timing`.
+//! Times the convolution kernel alone at the seed net's sizes: `cargo run --release --example kernel_timing`.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use armory::nn::kernels::causal_conv1d::{backward, forward, permute_taps, ConvGeometry};
+
+use armory::nn::kernels::shifted_conv::{backward, forward, Geometry, TapPlan};
 use std::time::Instant;
 
 fn main() {
-    let g = ConvGeometry {
-        b: 1,
-        l: 64,
-        c_in: 256,
-        c_out: 256,
-        k: 7,
-        dilation: 1,
-        pad: 6,
-    };
-    let w: Vec<f32> = (0..256 * 256 * 7).map(|i| i as f32).collect();
-    let s = Instant::now();
-    for _ in 0..100 {
-        std::hint::black_box(permute_taps(&w, &g, false));
-    }
-    println!("permute_taps 256x256x7: {:.3} ms", s.elapsed().as_secs_f64() * 10.0);
-    for &(b, c_in, c_out, d) in &[
+    let cases = [
         (64, 256, 256, 1),
         (64, 1, 256, 1),
         (64, 256, 17, 1),
         (1, 256, 256, 1),
-        (1, 256, 256, 2),
         (16, 256, 256, 1),
         (16, 256, 256, 2),
-    ] {
-        let g = ConvGeometry {
+    ];
+    for &(b, c_in, c_out, d) in &cases {
+        let g = Geometry {
             b,
-            l: 64,
+            h: 1,
+            w: 64,
             c_in,
             c_out,
-            k: 7,
-            dilation: d,
-            pad: 6 * d,
+            n_k: 7,
+            plan: TapPlan::causal_1d(7, d, 6 * d),
         };
         let x: Vec<f32> = (0..b * 64 * c_in).map(|i| ((i * 7919) % 13) as f32 * 0.1).collect();
         let w: Vec<f32> = (0..c_out * c_in * 7)
             .map(|i| ((i * 104729) % 17) as f32 * 0.01)
             .collect();
+        let bias = vec![0.5f32; c_out];
         let go: Vec<f32> = (0..b * 64 * c_out).map(|i| ((i * 31) % 11) as f32 * 0.1).collect();
         let reps = if b == 1 { 200 } else { 10 };
-        let _ = forward(&x, &w, &vec![0.5f32; c_out], &g);
+        let _ = forward(&x, &w, &bias, &g);
         let s = Instant::now();
         for _ in 0..reps {
-            std::hint::black_box(forward(&x, &w, &vec![0.5f32; c_out], &g));
+            std::hint::black_box(forward(&x, &w, &bias, &g));
         }
         let f = s.elapsed().as_secs_f64() * 1e3 / reps as f64;
         let s = Instant::now();
@@ -63,6 +50,3 @@ fn main() {
         );
     }
 }
-
-#[allow(dead_code)]
-fn permute_cost() {}

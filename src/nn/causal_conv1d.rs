@@ -7,7 +7,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 
-use super::kernels::causal_conv1d::causal_conv1d_blc;
+use super::kernels::shifted_conv::{shifted_conv, TapPlan};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ConvType {
@@ -78,7 +78,9 @@ impl CausalConv1d {
                     &zeros
                 }
             };
-            return causal_conv1d_blc(xs, &self.weight, bias, self.cfg.dilation, self.cfg.left_pad());
+            // A sequence is an image of one row: [B, L, C] → [B, 1, L, C].
+            let plan = TapPlan::causal_1d(self.cfg.kernel, self.cfg.dilation, self.cfg.left_pad());
+            return shifted_conv(&xs.unsqueeze(1)?, &self.weight, bias, &plan)?.squeeze(1);
         }
         // Accelerators: candle's own conv1d on the padded input (its CPU backward is what we avoid).
         let l = xs.dim(1)?;

@@ -1,0 +1,768 @@
+//! The project's own convolution kernel for causal and masked convolutions, 1-D and 2-D: a candle
+//! `CustomOp3` (input, weight, bias) with forward and backward on the CPU, built on the `gemm` crate.
+//!
+//! Why our own: candle 0.11.1's CPU conv1d backward is wrong (the weight gradient reads the wrong storage
+//! for a non-contiguous kernel; the input gradient goes through a matmul that folds the batch), and its
+//! forward runs im2col on one core.
+//!
+//! The idea: channels-last, a convolution is a sum of *shifted* matrix products. Each image `[H, W, C]` is
+//! zero-padded (rows on top, columns left and right) into `Hp·Wp` rows of `C` numbers, and all images are
+//! stacked into one matrix `xpad: [B·Hp·Wp, C_in]`. Output pixel (y, x) is row `r = y·Wp + x` of its image,
+//! and kernel tap t at (dy, dx) of the padded window reads row `r + dy·Wp + dx`: the same offset for every
+//! pixel. So `out = Σ_t xpad[offset_t ..] · W_t` over one big matrix (M ≈ B·H·W rows) per tap, with no
+//! im2col copy; rows that fall in padding columns are computed and thrown away. A mask (PixelCNN's A/B,
+//! causal type A) is simply a shorter tap list. Taps at consecutive offsets with consecutive weight indices
+//! (a 1-D dilation-1 kernel, a full row of a 2-D kernel) form a *run*: their `n` rows are `n·C_in`
+//! consecutive numbers, so a run is one product over an overlapping view of `xpad` (row stride `C_in`).
+//!
+//! Shapes: x `[B, H, W, C_in]`, w `[C_out, C_in, N_k]` (PyTorch's layout, 2-D kernels flattened row-major:
+//! k = ky·KW + kx), bias `[C_out]` → `[B, H, W, C_out]`.
+
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+/// One kernel tap: it reads padded pixel (y + dy, x + dx) for output (y, x), with weights `w[:, :, k]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tap {
+    pub dy: usize,
+    pub dx: usize,
+    pub k: usize,
+}
+
+/// Which taps a convolution uses and how its input is padded. Output (y, x) reads input pixel
+/// (y + dy − pad_top, x + dx − pad_left), zero outside the image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TapPlan {
+    pub taps: Vec<Tap>,
+    pub pad_top: usize,
+    pub pad_left: usize,
+    pub pad_right: usize,
+}
+
+impl TapPlan {
+    /// A causal 1-D convolution of kernel `k` and dilation `d` over a row: output t reads t + j·d − pad.
+    pub fn causal_1d(k: usize, dilation: usize, pad: usize) -> Self {
+        let taps = (0..k)
+            .map(|j| Tap {
+                dy: 0,
+                dx: j * dilation,
+                k: j,
+            })
+            .collect();
+        Self {
+            taps,
+            pad_top: 0,
+            pad_left: pad,
+            pad_right: 0,
+        }
+    }
+}
+
+/// Geometry of one call: the plan applied to a concrete batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Geometry {
+    pub b: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c_in: usize,
+    pub c_out: usize,
+    pub n_k: usize,
+    pub plan: TapPlan,
+}
+
+/// Taps at consecutive offsets with consecutive weight indices, done as one product.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    offset: usize,
+    k0: usize,
+    n: usize,
+}
+
+impl Geometry {
+    fn wp(&self) -> usize {
+        self.w + self.plan.pad_left + self.plan.pad_right
+    }
+    fn image_rows(&self) -> usize {
+        (self.h + self.plan.pad_top) * self.wp()
+    }
+    /// Rows of the padded input.
+    fn rows(&self) -> usize {
+        self.b * self.image_rows()
+    }
+    fn offset(&self, t: &Tap) -> usize {
+        t.dy * self.wp() + t.dx
+    }
+    /// Output rows computed: every valid pixel lies below this, and every tap stays inside `xpad`.
+    fn m(&self) -> usize {
+        self.rows() - self.plan.taps.iter().map(|t| self.offset(t)).max().unwrap_or(0)
+    }
+    /// The taps grouped into runs; single taps when the products are small (permuting weights for a run
+    /// costs more than it saves there).
+    fn runs(&self) -> Vec<Run> {
+        let mut taps: Vec<(usize, usize)> = self.plan.taps.iter().map(|t| (self.offset(t), t.k)).collect();
+        taps.sort_unstable();
+        let merge = self.m() >= 1024;
+        let mut runs: Vec<Run> = vec![];
+        for (offset, k) in taps {
+            match runs.last_mut() {
+                Some(r) if merge && r.offset + r.n == offset && r.k0 + r.n == k => r.n += 1,
+                _ => runs.push(Run { offset, k0: k, n: 1 }),
+            }
+        }
+        runs
+    }
+    /// Row of output pixel (b, y, x) in the padded layout.
+    fn out_row(&self, b: usize, y: usize, x: usize) -> usize {
+        b * self.image_rows() + y * self.wp() + x
+    }
+}
+
+fn parallelism(flops: usize) -> Parallelism {
+    // Splitting a tiny product across threads costs more than it saves.
+    if flops < 16_000_000 {
+        Parallelism::None
+    } else {
+        Parallelism::Rayon(rayon::current_num_threads())
+    }
+}
+
+/// `dst[m×n] (+)= lhs[m×k] · rhs[k×n]`, every operand given by (pointer, row stride, column stride).
+#[allow(clippy::too_many_arguments)]
+unsafe fn matmul<T: 'static + WithDType>(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut T,
+    (dst_rs, dst_cs): (usize, usize),
+    accumulate: bool,
+    lhs: *const T,
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: *const T,
+    (rhs_rs, rhs_cs): (usize, usize),
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        dst_cs as isize,
+        dst_rs as isize,
+        accumulate,
+        lhs,
+        lhs_cs as isize,
+        lhs_rs as isize,
+        rhs,
+        rhs_cs as isize,
+        rhs_rs as isize,
+        T::from_f64(1.0),
+        T::from_f64(1.0),
+        false,
+        false,
+        false,
+        parallelism(2 * m * n * k),
+    )
+}
+
+/// Copies images `[B, H, W, C]` into the padded row layout `[B·Hp·Wp, C]`, zeros elsewhere.
+fn pad_rows<T: WithDType>(x: &[T], g: &Geometry, c: usize) -> Vec<T> {
+    let mut xpad = vec![T::from_f64(0.0); g.rows() * c];
+    let (wp, top, left) = (g.wp(), g.plan.pad_top, g.plan.pad_left);
+    xpad.par_chunks_exact_mut(g.image_rows() * c)
+        .zip(x.par_chunks_exact(g.h * g.w * c))
+        .for_each(|(dst, src)| {
+            for (y, row) in src.chunks_exact(g.w * c).enumerate() {
+                let start = ((y + top) * wp + left) * c;
+                dst[start..start + g.w * c].copy_from_slice(row);
+            }
+        });
+    xpad
+}
+
+/// The inverse of `pad_rows` for a result with `c` channels: the rows of real pixels, `f` applied to each.
+fn unpad_rows<T: WithDType>(
+    full: &[T],
+    g: &Geometry,
+    c: usize,
+    top: usize,
+    left: usize,
+    f: impl Fn(&mut [T]) + Sync,
+) -> Vec<T> {
+    let mut out = vec![T::from_f64(0.0); g.b * g.h * g.w * c];
+    out.par_chunks_exact_mut(g.h * g.w * c)
+        .enumerate()
+        .for_each(|(b, dst)| {
+            for y in 0..g.h {
+                let src = (g.out_row(b, y + top, left)) * c;
+                let row = &mut dst[y * g.w * c..(y + 1) * g.w * c];
+                row.copy_from_slice(&full[src..src + g.w * c]);
+                row.chunks_exact_mut(c).for_each(&f);
+            }
+        });
+    out
+}
+
+/// The weights of a run as `[(j, ci), co]` (or, `reversed`, as `[(n−1−j, co), ci]`), in 16×16 tiles so
+/// that both reads and writes stay within a few cache lines.
+fn permute_run<T: WithDType>(w: &[T], g: &Geometry, run: Run, reversed: bool) -> Vec<T> {
+    let (c_in, c_out, n_k, n) = (g.c_in, g.c_out, g.n_k, run.n);
+    let mut out = vec![T::from_f64(0.0); n * c_in * c_out];
+    const TILE: usize = 16;
+    for co0 in (0..c_out).step_by(TILE) {
+        for ci0 in (0..c_in).step_by(TILE) {
+            for co in co0..(co0 + TILE).min(c_out) {
+                for ci in ci0..(ci0 + TILE).min(c_in) {
+                    let src = &w[(co * c_in + ci) * n_k + run.k0..][..n];
+                    for (j, &v) in src.iter().enumerate() {
+                        let to = if reversed {
+                            ((n - 1 - j) * c_out + co) * c_in + ci
+                        } else {
+                            (j * c_in + ci) * c_out + co
+                        };
+                        out[to] = v;
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The forward pass on plain slices: x `[B, H, W, C_in]`, w `[C_out, C_in, N_k]`, bias `[C_out]` →
+/// `[B, H, W, C_out]`.
+pub fn forward<T: WithDType>(x: &[T], w: &[T], bias: &[T], g: &Geometry) -> Vec<T> {
+    let (c_in, c_out, n_k) = (g.c_in, g.c_out, g.n_k);
+    let xpad = pad_rows(x, g, c_in);
+    let m = g.m();
+    let mut full = vec![T::from_f64(0.0); g.rows() * c_out];
+    for (i, run) in g.runs().into_iter().enumerate() {
+        let lhs = xpad[run.offset * c_in..].as_ptr();
+        unsafe {
+            if run.n == 1 {
+                // W_t[ci, co] = w[co, ci, k], read in place.
+                let rhs = w[run.k0..].as_ptr();
+                matmul(
+                    (m, c_out, c_in),
+                    full.as_mut_ptr(),
+                    (c_out, 1),
+                    i > 0,
+                    lhs,
+                    (c_in, 1),
+                    rhs,
+                    (n_k, c_in * n_k),
+                );
+            } else {
+                let wt = permute_run(w, g, run, false);
+                let k = run.n * c_in;
+                matmul(
+                    (m, c_out, k),
+                    full.as_mut_ptr(),
+                    (c_out, 1),
+                    i > 0,
+                    lhs,
+                    (c_in, 1),
+                    wt.as_ptr(),
+                    (c_out, 1),
+                );
+            }
+        }
+    }
+    // Keep the rows of real pixels, adding the bias on the way.
+    unpad_rows(&full, g, c_out, 0, 0, |px| {
+        for (o, &b) in px.iter_mut().zip(bias) {
+            *o += b;
+        }
+    })
+}
+
+/// The backward pass on plain slices: given `grad_out [B, H, W, C_out]`, returns
+/// `(grad_x [B, H, W, C_in], grad_w [C_out, C_in, N_k], grad_bias [C_out])`; grad_x is empty unless
+/// `need_gx`. Weights no tap uses (masked ones) get a zero gradient.
+pub fn backward<T: WithDType>(
+    x: &[T],
+    w: &[T],
+    grad_out: &[T],
+    g: &Geometry,
+    need_gx: bool,
+) -> (Vec<T>, Vec<T>, Vec<T>) {
+    let (c_in, c_out, n_k) = (g.c_in, g.c_out, g.n_k);
+    let (m, rows) = (g.m(), g.rows());
+    let runs = g.runs();
+    let xpad = pad_rows(x, g, c_in);
+    // The output gradient in the padded row layout, behind `front` zero rows (the transposed products below
+    // read up to n−1 rows before row 0). Thrown-away rows get zero gradient, so they contribute nothing.
+    let front = runs.iter().map(|r| r.n).max().unwrap_or(1) - 1;
+    let mut gpad = vec![T::from_f64(0.0); (front + rows) * c_out];
+    {
+        let gfull = &mut gpad[front * c_out..];
+        gfull
+            .par_chunks_exact_mut(g.image_rows() * c_out)
+            .zip(grad_out.par_chunks_exact(g.h * g.w * c_out))
+            .for_each(|(dst, src)| {
+                for (y, row) in src.chunks_exact(g.w * c_out).enumerate() {
+                    let start = y * g.wp() * c_out;
+                    dst[start..start + g.w * c_out].copy_from_slice(row);
+                }
+            });
+    }
+    let gfull = &gpad[front * c_out..];
+    let gb = column_sums(grad_out, c_out);
+    let mut gw = vec![T::from_f64(0.0); c_out * c_in * n_k];
+    let mut gxpad = vec![T::from_f64(0.0); if need_gx { rows * c_in } else { 0 }];
+    for run in runs {
+        let x_run = xpad[run.offset * c_in..].as_ptr();
+        unsafe {
+            if run.n == 1 {
+                // grad W_t [C_in, C_out] = X_tᵀ · G, written straight into w's layout: gw[co, ci, k].
+                let dst = gw[run.k0..].as_mut_ptr();
+                matmul(
+                    (c_in, c_out, m),
+                    dst,
+                    (n_k, c_in * n_k),
+                    false,
+                    x_run,
+                    (1, c_in),
+                    gfull.as_ptr(),
+                    (c_out, 1),
+                );
+                if need_gx {
+                    // grad xpad[r + offset] += G[r] · W_tᵀ, with W_tᵀ[co, ci] = w[co, ci, k].
+                    let dst = gxpad[run.offset * c_in..].as_mut_ptr();
+                    let wt = w[run.k0..].as_ptr();
+                    matmul(
+                        (m, c_in, c_out),
+                        dst,
+                        (c_in, 1),
+                        true,
+                        gfull.as_ptr(),
+                        (c_out, 1),
+                        wt,
+                        (c_in * n_k, n_k),
+                    );
+                }
+            } else {
+                // grad W for the run as one product over the overlapping view of xpad.
+                let mut gwt = vec![T::from_f64(0.0); run.n * c_in * c_out];
+                let k = run.n * c_in;
+                matmul(
+                    (k, c_out, m),
+                    gwt.as_mut_ptr(),
+                    (c_out, 1),
+                    false,
+                    x_run,
+                    (1, c_in),
+                    gfull.as_ptr(),
+                    (c_out, 1),
+                );
+                for co in 0..c_out {
+                    for ci in 0..c_in {
+                        for j in 0..run.n {
+                            gw[(co * c_in + ci) * n_k + run.k0 + j] = gwt[(j * c_in + ci) * c_out + co];
+                        }
+                    }
+                }
+                if need_gx {
+                    // grad xpad[s] += Σ_j G[s − offset − j]·W_jᵀ: a product over the overlapping view of G
+                    // (with n−1 zero rows in front) and the run's weights in reverse order.
+                    let wr = permute_run(w, g, run, true);
+                    let dst = gxpad[run.offset * c_in..].as_mut_ptr();
+                    let lhs = gpad[(front + 1 - run.n) * c_out..].as_ptr();
+                    let rows_out = rows - run.offset;
+                    matmul(
+                        (rows_out, c_in, run.n * c_out),
+                        dst,
+                        (c_in, 1),
+                        true,
+                        lhs,
+                        (c_out, 1),
+                        wr.as_ptr(),
+                        (c_in, 1),
+                    );
+                }
+            }
+        }
+    }
+    if !need_gx {
+        return (vec![], gw, gb);
+    }
+    let gx = unpad_rows(&gxpad, g, c_in, g.plan.pad_top, g.plan.pad_left, |_| {});
+    (gx, gw, gb)
+}
+
+/// Σ over rows of a `[rows, c]` matrix, in parallel chunks.
+fn column_sums<T: WithDType>(m: &[T], c: usize) -> Vec<T> {
+    let add = |mut a: Vec<T>, b: Vec<T>| {
+        for (x, y) in a.iter_mut().zip(&b) {
+            *x += *y;
+        }
+        a
+    };
+    m.par_chunks(c * 256)
+        .map(|rows| {
+            rows.chunks_exact(c)
+                .fold(vec![T::from_f64(0.0); c], |acc, row| add(acc, row.to_vec()))
+        })
+        .reduce(|| vec![T::from_f64(0.0); c], add)
+}
+
+/// The candle op on (x, w, bias). Its inputs must be contiguous (the wrapper makes them so).
+#[derive(Debug, Clone)]
+pub struct ShiftedConvOp {
+    pub plan: TapPlan,
+}
+
+impl ShiftedConvOp {
+    fn geometry(&self, x: &Shape, w: &Shape, b: &Shape) -> Result<Geometry> {
+        let (b_size, h, wd, c_in) = x.dims4()?;
+        let (c_out, c_in_w, n_k) = w.dims3()?;
+        if c_in != c_in_w {
+            candle_core::bail!("shifted conv: input has {c_in} channels, the kernel expects {c_in_w}");
+        }
+        if b.dims() != [c_out] {
+            candle_core::bail!("shifted conv: bias has shape {:?}, expected [{c_out}]", b.dims());
+        }
+        let p = &self.plan;
+        if p.taps.is_empty() {
+            candle_core::bail!("shifted conv: no taps");
+        }
+        for t in &p.taps {
+            if t.k >= n_k || t.dy > p.pad_top || t.dx > p.pad_left + p.pad_right {
+                candle_core::bail!(
+                    "shifted conv: tap {t:?} is outside the kernel ({n_k} weights) or the padding {p:?}"
+                );
+            }
+        }
+        Ok(Geometry {
+            b: b_size,
+            h,
+            w: wd,
+            c_in,
+            c_out,
+            n_k,
+            plan: p.clone(),
+        })
+    }
+}
+
+fn contiguous<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((start, end)) => Ok(&T::cpu_storage_as_slice(s)?[start..end]),
+        None => candle_core::bail!("shifted conv: inputs must be contiguous"),
+    }
+}
+
+/// Runs `f` on the tensor's contiguous CPU data without copying it.
+fn with_slice<T: WithDType, R>(t: &Tensor, f: impl FnOnce(&[T]) -> R) -> Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        candle_core::Storage::Cpu(cpu) => Ok(f(contiguous::<T>(cpu, layout)?)),
+        _ => candle_core::bail!("shifted conv: the CPU kernel got a tensor on another device"),
+    }
+}
+
+impl CustomOp3 for ShiftedConvOp {
+    fn name(&self) -> &'static str {
+        "shifted-conv"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = self.geometry(l1.shape(), l2.shape(), l3.shape())?;
+        fn run<T: WithDType>(s: [(&CpuStorage, &Layout); 3], g: &Geometry) -> Result<Vec<T>> {
+            let (x, w, b) = (
+                contiguous::<T>(s[0].0, s[0].1)?,
+                contiguous::<T>(s[1].0, s[1].1)?,
+                contiguous::<T>(s[2].0, s[2].1)?,
+            );
+            Ok(forward(x, w, b, g))
+        }
+        let args = [(s1, l1), (s2, l2), (s3, l3)];
+        let out = match (s1, s2, s3) {
+            (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(run(args, &g)?),
+            (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(run(args, &g)?),
+            _ => candle_core::bail!("shifted conv: supports f32 and f64 with matching dtypes"),
+        };
+        Ok((out, Shape::from((g.b, g.h, g.w, g.c_out))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let g = self.geometry(x.shape(), w.shape(), b.shape())?;
+        type Grads = (Option<Tensor>, Option<Tensor>, Option<Tensor>);
+        fn run<T: WithDType>(x: &Tensor, w: &Tensor, b: &Tensor, grad: &Tensor, g: &Geometry) -> Result<Grads> {
+            // The input of a first layer is data: no gradient needed (nor computed).
+            let need_gx = x.track_op();
+            let (gx, gw, gb) = with_slice::<T, _>(x, |xs| {
+                with_slice::<T, _>(w, |ws| with_slice::<T, _>(grad, |gs| backward(xs, ws, gs, g, need_gx)))
+            })???;
+            let gx = if need_gx {
+                Some(Tensor::from_vec(gx, x.shape(), x.device())?)
+            } else {
+                None
+            };
+            Ok((
+                gx,
+                Some(Tensor::from_vec(gw, w.shape(), w.device())?),
+                Some(Tensor::from_vec(gb, b.shape(), b.device())?),
+            ))
+        }
+        match x.dtype() {
+            candle_core::DType::F32 => run::<f32>(x, w, b, grad, &g),
+            candle_core::DType::F64 => run::<f64>(x, w, b, grad, &g),
+            dt => candle_core::bail!("shifted conv: unsupported dtype {dt:?}"),
+        }
+    }
+}
+
+/// x `[B, H, W, C_in]`, w `[C_out, C_in, N_k]`, bias `[C_out]` → `[B, H, W, C_out]`:
+/// `out[b, y, x] = bias + Σ_taps w[:, :, k] · x[b, y + dy − pad_top, x + dx − pad_left]` (zero outside).
+/// Differentiable in all three.
+pub fn shifted_conv(x: &Tensor, w: &Tensor, bias: &Tensor, plan: &TapPlan) -> Result<Tensor> {
+    x.contiguous()?.apply_op3(
+        &w.contiguous()?,
+        &bias.contiguous()?,
+        ShiftedConvOp { plan: plan.clone() },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// The definition, as a naive loop.
+    fn naive(x: &[f64], w: &[f64], bias: &[f64], g: &Geometry) -> Vec<f64> {
+        let mut out = vec![0.0; g.b * g.h * g.w * g.c_out];
+        for b in 0..g.b {
+            for y in 0..g.h {
+                for xx in 0..g.w {
+                    for co in 0..g.c_out {
+                        let mut s = bias[co];
+                        for t in &g.plan.taps {
+                            let (sy, sx) = (
+                                (y + t.dy) as isize - g.plan.pad_top as isize,
+                                (xx + t.dx) as isize - g.plan.pad_left as isize,
+                            );
+                            if sy < 0 || sx < 0 || sx >= g.w as isize {
+                                continue;
+                            }
+                            let src = ((b * g.h + sy as usize) * g.w + sx as usize) * g.c_in;
+                            for ci in 0..g.c_in {
+                                s += w[(co * g.c_in + ci) * g.n_k + t.k] * x[src + ci];
+                            }
+                        }
+                        out[((b * g.h + y) * g.w + xx) * g.c_out + co] = s;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn random(n: usize, rng: &mut impl Rng) -> Vec<f64> {
+        (0..n).map(|_| rng.random_range(-1.0..1.0)).collect()
+    }
+
+    /// 2-D masked 3×3 kernels (type A and B), a vertical-stack kernel, and 1-D causal kernels, on sizes
+    /// small enough for single taps and large enough (M ≥ 1024) for runs.
+    fn geometries() -> Vec<Geometry> {
+        let masked = |a: bool| {
+            let mut taps = vec![];
+            for ky in 0..3 {
+                for kx in 0..3 {
+                    if ky < 1 || (ky == 1 && (kx < 1 || (kx == 1 && !a))) {
+                        taps.push(Tap {
+                            dy: ky,
+                            dx: kx,
+                            k: ky * 3 + kx,
+                        });
+                    }
+                }
+            }
+            TapPlan {
+                taps,
+                pad_top: 1,
+                pad_left: 1,
+                pad_right: 1,
+            }
+        };
+        let vertical = TapPlan {
+            taps: (0..2)
+                .flat_map(|ky| {
+                    (0..3).map(move |kx| Tap {
+                        dy: ky,
+                        dx: kx,
+                        k: ky * 3 + kx,
+                    })
+                })
+                .collect(),
+            pad_top: 2,
+            pad_left: 1,
+            pad_right: 1,
+        };
+        let mut v = vec![];
+        for &(b, h, w, c_in, c_out) in &[(2, 4, 5, 2, 3), (3, 1, 7, 3, 2), (1, 40, 30, 2, 2)] {
+            for plan in [
+                masked(true),
+                masked(false),
+                vertical.clone(),
+                TapPlan::causal_1d(3, 2, 5),
+                TapPlan::causal_1d(2, 1, 1),
+            ] {
+                v.push(Geometry {
+                    b,
+                    h,
+                    w,
+                    c_in,
+                    c_out,
+                    n_k: 9,
+                    plan,
+                });
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn forward_matches_naive_loop() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+        for g in geometries() {
+            let x = random(g.b * g.h * g.w * g.c_in, &mut rng);
+            let w = random(g.c_out * g.c_in * g.n_k, &mut rng);
+            let bias = random(g.c_out, &mut rng);
+            let fast = forward(&x, &w, &bias, &g);
+            let err = fast
+                .iter()
+                .zip(&naive(&x, &w, &bias, &g))
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f64::max);
+            assert!(err < 1e-12, "{g:?}: max err {err}");
+        }
+    }
+
+    /// The backward pass is the exact adjoint of the (linear) forward, checked one unit direction at a time.
+    #[test]
+    fn backward_is_the_adjoint_of_the_naive_loop() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(p, q)| p * q).sum::<f64>();
+        for g in geometries().into_iter().filter(|g| g.h * g.w < 100) {
+            let x = random(g.b * g.h * g.w * g.c_in, &mut rng);
+            let w = random(g.c_out * g.c_in * g.n_k, &mut rng);
+            let go = random(g.b * g.h * g.w * g.c_out, &mut rng);
+            let zero = vec![0.0; g.c_out];
+            let (gx, gw, gb) = backward(&x, &w, &go, &g, true);
+            for (co, v) in gb.iter().enumerate() {
+                let want: f64 = go.iter().skip(co).step_by(g.c_out).sum();
+                assert!((v - want).abs() < 1e-12, "{g:?} grad_bias[{co}]");
+            }
+            for i in 0..x.len() {
+                let mut e = vec![0.0; x.len()];
+                e[i] = 1.0;
+                let want = dot(&go, &naive(&e, &w, &zero, &g));
+                assert!((gx[i] - want).abs() < 1e-12, "{g:?} grad_x[{i}]: {} vs {want}", gx[i]);
+            }
+            for i in 0..w.len() {
+                let mut e = vec![0.0; w.len()];
+                e[i] = 1.0;
+                let want = dot(&go, &naive(&x, &e, &zero, &g));
+                assert!((gw[i] - want).abs() < 1e-12, "{g:?} grad_w[{i}]: {} vs {want}", gw[i]);
+            }
+            assert!(backward(&x, &w, &go, &g, false).0.is_empty());
+        }
+    }
+
+    /// Large sizes take the run path (M ≥ 1024): its gradients against the single-tap path's, via a
+    /// random projection (the adjoint identity <G, f(x)> = <∂x, x> for the linear map).
+    #[test]
+    fn run_path_gradients_satisfy_the_adjoint_identity() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2);
+        let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(p, q)| p * q).sum::<f64>();
+        let mut with_runs = 0;
+        for g in geometries().into_iter().filter(|g| g.h * g.w >= 100) {
+            assert!(g.m() >= 1024, "{g:?} should be large");
+            with_runs += usize::from(g.runs().iter().any(|r| r.n > 1));
+            let x = random(g.b * g.h * g.w * g.c_in, &mut rng);
+            let w = random(g.c_out * g.c_in * g.n_k, &mut rng);
+            let go = random(g.b * g.h * g.w * g.c_out, &mut rng);
+            let zero = vec![0.0; g.c_out];
+            let (gx, gw, _) = backward(&x, &w, &go, &g, true);
+            let y = forward(&x, &w, &zero, &g);
+            // f is bilinear in (x, w): <G, f(x, w)> = <∂x, x> = <∂w, w>.
+            let lhs = dot(&go, &y);
+            assert!((lhs - dot(&gx, &x)).abs() < 1e-9 * lhs.abs().max(1.0), "{g:?}");
+            assert!((lhs - dot(&gw, &w)).abs() < 1e-9 * lhs.abs().max(1.0), "{g:?}");
+        }
+        assert_eq!(with_runs, 4, "the masked, vertical and dilation-1 plans run as runs");
+    }
+
+    proptest::proptest! {
+        /// Any 1-D causal geometry, including lengths shorter than the kernel's reach and the run path
+        /// (≥ 1024 rows), matches the naive loop.
+        #[test]
+        fn causal_1d_matches_naive_loop_for_any_geometry(
+            b in 1usize..4, l in 1usize..20, c_in in 1usize..5, c_out in 1usize..5,
+            k in 1usize..5, d in 1usize..4, a in 0usize..2, long in proptest::bool::ANY, seed in 0u64..1000,
+        ) {
+            let w_len = if long { l + 400 } else { l };
+            let plan = TapPlan::causal_1d(k, d, (k - 1) * d + a);
+            let g = Geometry { b, h: 1, w: w_len, c_in, c_out, n_k: k, plan };
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            let x = random(b * w_len * c_in, &mut rng);
+            let w = random(c_out * c_in * k, &mut rng);
+            let bias = random(c_out, &mut rng);
+            let err = forward(&x, &w, &bias, &g).iter().zip(&naive(&x, &w, &bias, &g)).map(|(p, q)| (p - q).abs()).fold(0.0, f64::max);
+            proptest::prop_assert!(err < 1e-10, "{:?}: max err {}", g, err);
+        }
+    }
+
+    /// The op agrees with candle's own conv2d forward (which is correct) on a full 3×3 kernel, in f32.
+    #[test]
+    fn op_matches_candle_conv2d_forward() -> Result<()> {
+        let dev = candle_core::Device::Cpu;
+        let (b, h, w, c_in, c_out) = (2, 9, 7, 5, 6);
+        let x = Tensor::randn(0f32, 1., (b, h, w, c_in), &dev)?;
+        let wt = Tensor::randn(0f32, 1., (c_out, c_in, 3, 3), &dev)?;
+        let bias = Tensor::randn(0f32, 1., c_out, &dev)?;
+        let taps = (0..3)
+            .flat_map(|ky| {
+                (0..3).map(move |kx| Tap {
+                    dy: ky,
+                    dx: kx,
+                    k: ky * 3 + kx,
+                })
+            })
+            .collect();
+        let plan = TapPlan {
+            taps,
+            pad_top: 2,
+            pad_left: 1,
+            pad_right: 1,
+        };
+        let ours = shifted_conv(&x, &wt.reshape((c_out, c_in, 9))?, &bias, &plan)?;
+        // The same window: rows y−2..y, columns x−1..x+1.
+        let xs = x
+            .permute((0, 3, 1, 2))?
+            .pad_with_zeros(2, 2, 0)?
+            .pad_with_zeros(3, 1, 1)?
+            .contiguous()?;
+        let theirs = xs
+            .conv2d(&wt, 0, 1, 1, 1)?
+            .broadcast_add(&bias.reshape((1, c_out, 1, 1))?)?
+            .permute((0, 2, 3, 1))?;
+        let err = (ours - theirs)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+        assert!(err < 1e-4, "max err {err}");
+        Ok(())
+    }
+}
