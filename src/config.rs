@@ -19,13 +19,27 @@ pub const NAMED: &[(&str, &str)] = &[
     ("lstm", include_str!("../configs/lstm.toml")),
     ("gru", include_str!("../configs/gru.toml")),
     ("wavenet", include_str!("../configs/wavenet.toml")),
+    ("pixelcnn", include_str!("../configs/pixelcnn.toml")),
+    ("gated-pixelcnn", include_str!("../configs/gated-pixelcnn.toml")),
+    (
+        "gated-pixelcnn-cond",
+        include_str!("../configs/gated-pixelcnn-cond.toml"),
+    ),
 ];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
-    /// `digits` (embedded) or a path to a file in the digits CSV format.
+    /// `digits` (embedded), `mnist:DIR`, `fashion-mnist:DIR`, `binarized-mnist:DIR`, `cifar10:DIR`,
+    /// `png:DIR`, `npy:FILE`, or a path to a file in the digits CSV format (see `data::load`).
     pub dataset: String,
+    /// Training examples held out for validation, for data sets that come with their own test set.
+    #[serde(default = "default_validation")]
+    pub validation: usize,
+}
+
+fn default_validation() -> usize {
+    5000
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -3,14 +3,50 @@
 //! checkpoint round trip.
 
 use armory::data::{self, Splits};
-use armory::models::{causal_conv, mlp, rnn, wavenet, Arm, InputEncoding, Mode, ModelConfig, Reduction};
+use armory::models::{
+    causal_conv, gated_pixelcnn, mlp, pixelcnn, rnn, wavenet, Arm, InputEncoding, Mode, ModelConfig, Reduction,
+};
 use armory::train::{self, Controls, RunDir, TrainConfig};
 use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
 
-/// Tiny members of every family, for K values and D positions.
-fn families(k: usize, d: usize) -> Vec<(&'static str, ModelConfig)> {
+fn pixelcnn(k: usize, h: usize, w: usize) -> pixelcnn::Config {
+    pixelcnn::Config {
+        num_values: k,
+        height: h,
+        width: w,
+        hidden: 6,
+        first_kernel: 5,
+        blocks: 2,
+        kernel: 3,
+        head_hidden: 5,
+        input: InputEncoding::OneHot,
+        dropout: 0.0,
+    }
+}
+
+fn gated(k: usize, h: usize, w: usize, num_classes: Option<usize>) -> gated_pixelcnn::Config {
+    gated_pixelcnn::Config {
+        num_values: k,
+        height: h,
+        width: w,
+        channels: 4,
+        first_kernel: 5,
+        layers: 2,
+        kernel: 3,
+        head_hidden: 5,
+        num_classes,
+        input: InputEncoding::OneHot,
+        dropout: 0.0,
+    }
+}
+
+/// Tiny members of every family, for K values and images of h × w (1-D models: D = h·w).
+fn families(k: usize, h: usize, w: usize) -> Vec<(&'static str, ModelConfig)> {
+    let d = h * w;
     vec![
+        ("pixelcnn", ModelConfig::Pixelcnn(pixelcnn(k, h, w))),
+        ("gated_pixelcnn", ModelConfig::GatedPixelcnn(gated(k, h, w, None))),
         (
             "causal_conv",
             ModelConfig::CausalConv(causal_conv::Config {
@@ -97,8 +133,10 @@ fn random_x(b: usize, d: usize, k: usize, seed: u64) -> Tensor {
 /// Perturbing x_j changes no θ_d for d ≤ j, and changes θ_{j+1} (every family sees the previous value).
 #[test]
 fn perturbing_x_j_changes_no_output_at_or_before_j() {
-    let (k, d) = (5, 11);
-    for (name, cfg) in families(k, d) {
+    let (k, d) = (5, 12);
+    // 4 rows of 3: narrow enough that θ at a row's start sees the previous row's end even in the plain
+    // PixelCNN (its blind spot is further right).
+    for (name, cfg) in families(k, 4, 3) {
         let arm = Arm::new(&cfg, 1, DType::F64, &Device::Cpu).unwrap();
         let x = random_x(3, d, k, 2);
         let base = arm.forward(&x, Mode::Eval).unwrap();
@@ -131,7 +169,7 @@ fn perturbing_x_j_changes_no_output_at_or_before_j() {
 /// Σ over all 27 sequences of D = 3, K = 3 of p(x) = 1.
 #[test]
 fn probabilities_sum_to_one_on_tiny_config() {
-    for (name, cfg) in families(3, 3) {
+    for (name, cfg) in families(3, 1, 3) {
         let arm = Arm::new(&cfg, 4, DType::F32, &Device::Cpu).unwrap();
         let all: Vec<u32> = (0..27u32).flat_map(|i| [i / 9, (i / 3) % 3, i % 3]).collect();
         let x = Tensor::from_vec(all, (27, 3), &Device::Cpu).unwrap();
@@ -157,7 +195,7 @@ fn probabilities_sum_to_one_on_tiny_config() {
 #[test]
 fn model_gradients_match_finite_differences_f64() {
     let (k, d) = (4, 9);
-    for (name, cfg) in families(k, d) {
+    for (name, cfg) in families(k, 3, 3) {
         let arm = Arm::new(&cfg, 3, DType::F64, &Device::Cpu).unwrap();
         let x = random_x(4, d, k, 5);
         let loss = |arm: &Arm| {
@@ -213,7 +251,7 @@ fn every_family_trains_and_round_trips_its_checkpoint() {
         ..TrainConfig::default()
     };
     let x = splits.test.batch(&(0..16).collect::<Vec<_>>(), &Device::Cpu).unwrap();
-    for (name, cfg) in families(17, 64) {
+    for (name, cfg) in families(17, 8, 8) {
         let arm = Arm::new(&cfg, 0, DType::F32, &Device::Cpu).unwrap();
         let before = train::evaluate(&arm, &splits.train, 256).unwrap().nll;
         let dir = tempfile::tempdir().unwrap();
@@ -284,7 +322,7 @@ fn wavenet_receptive_field_equals_the_formula() {
 /// Dropout changes training passes (deterministically per seed) and leaves evaluation alone.
 #[test]
 fn dropout_is_active_in_training_only_and_seeded() {
-    for (name, mut cfg) in families(5, 8) {
+    for (name, mut cfg) in families(5, 2, 4) {
         *cfg.dropout_mut() = 0.5;
         let arm = Arm::new(&cfg, 0, DType::F32, &Device::Cpu).unwrap();
         let x = random_x(2, 8, 5, 1);
@@ -305,4 +343,100 @@ fn dropout_is_active_in_training_only_and_seeded() {
         );
         assert_ne!(t1, eval, "{name}: dropout had no effect");
     }
+}
+
+/// Which of the 64 input pixels of an 8×8 image move θ at pixel (y, x), over a few random images (one
+/// image can hide a path behind ReLUs that happen to be off).
+fn pixels_seen(arm: &Arm, y: usize, x: usize) -> Vec<(usize, usize)> {
+    let mut seen = vec![false; 64];
+    for seed in 0..3 {
+        let img = random_x(1, 64, 3, seed);
+        let base = arm.forward(&img, Mode::Eval).unwrap();
+        for (j, s) in seen.iter_mut().enumerate() {
+            let mut v = img.to_vec2::<u32>().unwrap();
+            v[0][j] = (v[0][j] + 1) % 3;
+            let moved = arm.forward(&Tensor::new(v, &Device::Cpu).unwrap(), Mode::Eval).unwrap();
+            let delta = (moved - &base)
+                .unwrap()
+                .narrow(1, y * 8 + x, 1)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap();
+            *s |= delta.to_scalar::<f64>().unwrap() > 0.0;
+        }
+    }
+    (0..64).filter(|&j| seen[j]).map(|j| (j / 8, j % 8)).collect()
+}
+
+/// The gated PixelCNN sees every pixel before (4, 2) in raster order; the plain PixelCNN, as deep, misses the
+/// ones up and to the right beyond its first layer's reach — the blind spot of van den Oord et al. 2016c,
+/// Figure 1. Both `receptive_field()`s (traced through the tap plans) equal the measured counts.
+#[test]
+fn gated_pixelcnn_has_no_blind_spot_and_pixelcnn_has_the_one_the_paper_describes() {
+    let preceding: Vec<(usize, usize)> = (0..4 * 8 + 2).map(|j| (j / 8, j % 8)).collect();
+    let mut g = gated(3, 8, 8, None);
+    (g.first_kernel, g.layers) = (7, 4);
+    let arm = Arm::new(&ModelConfig::GatedPixelcnn(g), 0, DType::F64, &Device::Cpu).unwrap();
+    assert_eq!(pixels_seen(&arm, 4, 2), preceding);
+    assert_eq!(arm.receptive_field(), pixels_seen(&arm, 7, 7).len());
+
+    let mut p = pixelcnn(3, 8, 8);
+    (p.first_kernel, p.blocks) = (7, 4);
+    let arm = Arm::new(&ModelConfig::Pixelcnn(p), 0, DType::F64, &Device::Cpu).unwrap();
+    let seen = pixels_seen(&arm, 4, 2);
+    assert!(seen.iter().all(|px| preceding.contains(px)), "PixelCNN sees the future");
+    // The first 7×7 layer reaches 3 columns right in the rows above; each later 3×3 layer adds at most one
+    // column right per row it climbs, and none in the current row. So one row up, x + 4 … is never seen,
+    // two rows up x + 5 …: (3, 6), (3, 7) and (2, 7), though all precede (4, 2).
+    let blind: Vec<_> = preceding.iter().filter(|px| !seen.contains(px)).cloned().collect();
+    assert_eq!(blind, vec![(2, 7), (3, 6), (3, 7)]);
+    assert_eq!(arm.receptive_field(), pixels_seen(&arm, 7, 7).len());
+}
+
+/// A class-conditional gated PixelCNN: causal for every label, normalised for every label, and its
+/// distribution depends on the label; labels are required and range-checked.
+#[test]
+fn class_conditional_gated_pixelcnn_depends_on_the_label() {
+    let cfg = ModelConfig::GatedPixelcnn(gated(3, 1, 3, Some(4)));
+    let arm = Arm::new(&cfg, 2, DType::F32, &Device::Cpu).unwrap();
+    // Zero-initialised class biases make every label the same model; give them values.
+    for (name, var) in arm.params().vars() {
+        if name.contains("cond_") {
+            var.set(&Tensor::randn(0f32, 1.0, var.shape(), &Device::Cpu).unwrap())
+                .unwrap();
+        }
+    }
+    let all: Vec<u32> = (0..27u32).flat_map(|i| [i / 9, (i / 3) % 3, i % 3]).collect();
+    let x = Tensor::from_vec(all, (27, 3), &Device::Cpu).unwrap();
+    let mut per_label = vec![];
+    for label in 0..4u32 {
+        let labels = Tensor::from_vec(vec![label; 27], 27, &Device::Cpu).unwrap();
+        let p = arm
+            .log_prob_labelled(&x, Some(&labels))
+            .unwrap()
+            .exp()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let total: f32 = p.iter().sum();
+        assert!((total - 1.0).abs() < 1e-5, "label {label}: Σ p(x | label) = {total}");
+        per_label.push(p);
+    }
+    assert!(
+        per_label[0]
+            .iter()
+            .zip(&per_label[1])
+            .any(|(a, b)| (a - b).abs() > 1e-3),
+        "labels change nothing"
+    );
+    let e = arm.log_prob(&x).unwrap_err().to_string();
+    assert!(e.contains("class-conditional"), "{e}");
+    let bad = Tensor::from_vec(vec![9u32; 27], 27, &Device::Cpu).unwrap();
+    assert!(arm
+        .log_prob_labelled(&x, Some(&bad))
+        .unwrap_err()
+        .to_string()
+        .contains("label 9 is outside 0..3"));
 }

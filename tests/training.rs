@@ -136,9 +136,9 @@ fn interrupted_and_resumed_run_continues_the_same_curve() {
 #[test]
 fn sampling_is_deterministic_per_seed_and_in_range() {
     let arm = Arm::new(&small_model(), 0, DType::F32, &Device::Cpu).unwrap();
-    let a = sample_naive(&arm, &Noise::new(5, 64, 1), 1.0).unwrap();
-    let b = sample_naive(&arm, &Noise::new(5, 64, 1), 1.0).unwrap();
-    let c = sample_naive(&arm, &Noise::new(5, 64, 2), 1.0).unwrap();
+    let a = sample_naive(&arm, &Noise::new(5, 64, 1), 1.0, None).unwrap();
+    let b = sample_naive(&arm, &Noise::new(5, 64, 1), 1.0, None).unwrap();
+    let c = sample_naive(&arm, &Noise::new(5, 64, 2), 1.0, None).unwrap();
     assert_eq!(a, b);
     assert_ne!(a, c);
     assert_eq!(a.len(), 5 * 64);

@@ -62,7 +62,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         Ok(())
     })?;
     let sample16 = median_ms(a.reps.div_ceil(4), || {
-        sample_naive(&arm, &Noise::new(16, 64, 0), 1.0)?;
+        sample_naive(&arm, &Noise::new(16, 64, 0), 1.0, None)?;
         Ok(())
     })?;
 

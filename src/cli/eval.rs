@@ -1,5 +1,5 @@
 use anyhow::Context;
-use armory::data::{self, Split, Splits};
+use armory::data::{self, Split};
 use armory::train::evaluate;
 
 use super::model_source::ModelSource;
@@ -24,7 +24,7 @@ pub struct Args {
 pub fn run(a: Args) -> anyhow::Result<()> {
     let (cfg, arm) = a.model.load()?;
     let spec = a.data.unwrap_or(cfg.data.dataset);
-    let splits = Splits::by_position(&data::load(&spec)?).with_context(|| format!("splitting {spec}"))?;
+    let splits = data::load_splits(&spec, cfg.data.validation).with_context(|| format!("loading {spec}"))?;
     let part = splits.get(a.split);
     let ev = evaluate(&arm, part, a.batch_size)?;
     if a.json {

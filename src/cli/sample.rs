@@ -24,6 +24,9 @@ pub struct Args {
     /// The raw values, one sample per line (comma-separated, raster order).
     #[arg(long)]
     raw: Option<PathBuf>,
+    /// The class to draw, for class-conditional models (default: the classes in turn).
+    #[arg(long)]
+    label: Option<u32>,
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
@@ -32,7 +35,20 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let (_, arm) = a.model.load()?;
     let d = arm.dim();
     let started = std::time::Instant::now();
-    let x = sample_naive(&arm, &Noise::new(a.n, d, a.seed), a.temperature)?;
+    let labels: Option<Vec<u32>> = match (arm.num_classes(), a.label) {
+        (Some(n), Some(l)) => {
+            anyhow::ensure!(
+                (l as usize) < n,
+                "--label {l} is outside 0..{} (the model's classes)",
+                n - 1
+            );
+            Some(vec![l; a.n])
+        }
+        (Some(n), None) => Some((0..a.n).map(|i| (i % n) as u32).collect()),
+        (None, Some(_)) => anyhow::bail!("--label: this model is not class-conditional"),
+        (None, None) => None,
+    };
+    let x = sample_naive(&arm, &Noise::new(a.n, d, a.seed), a.temperature, labels.as_deref())?;
     let secs = started.elapsed().as_secs_f64();
     let samples: Vec<Vec<u32>> = x.chunks(d).map(|s| s.to_vec()).collect();
     let side = (d as f64).sqrt() as usize;

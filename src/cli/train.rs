@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use armory::config::RunConfig;
-use armory::data::{self, Splits};
+use armory::data;
 use armory::models::{Arm, ModelConfig};
 use armory::train::{self, evaluate, Controls, OptimizerKind, Outcome, RunDir};
 use candle_core::{DType, Device};
@@ -123,6 +123,22 @@ fn apply_overrides(cfg: &mut RunConfig, a: &Args) -> anyhow::Result<()> {
                 return Err(unused("--kernel/--dilations/--layers"));
             }
         }
+        ModelConfig::Pixelcnn(m) => {
+            m.hidden = a.hidden.unwrap_or(m.hidden);
+            m.kernel = a.kernel.unwrap_or(m.kernel);
+            m.blocks = a.layers.unwrap_or(m.blocks);
+            if a.dilations.is_some() {
+                return Err(unused("--dilations"));
+            }
+        }
+        ModelConfig::GatedPixelcnn(m) => {
+            m.channels = a.hidden.unwrap_or(m.channels);
+            m.kernel = a.kernel.unwrap_or(m.kernel);
+            m.layers = a.layers.unwrap_or(m.layers);
+            if a.dilations.is_some() {
+                return Err(unused("--dilations"));
+            }
+        }
     }
     cfg.validate()?;
     Ok(())
@@ -196,7 +212,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         }
     };
 
-    let all = data::load(&cfg.data.dataset)?;
+    let splits = data::load_splits(&cfg.data.dataset, cfg.data.validation)?;
+    let all = &splits.train;
     anyhow::ensure!(
         all.dim == cfg.model.dim() && all.num_values <= cfg.model.num_values(),
         "the data has {} dimensions with {} values, the model expects {} and {}",
@@ -205,7 +222,6 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         cfg.model.dim(),
         cfg.model.num_values()
     );
-    let splits = Splits::by_position(&all)?;
     let arm = Arm::new(&cfg.model, cfg.train.seed, DType::F32, &Device::Cpu)?;
     if !a.quiet {
         eprintln!(

@@ -1,6 +1,14 @@
 //! Datasets as integer arrays `[N, D]` with values 0..K, and the train / validation / test split.
 
+pub mod cifar;
 pub mod digits;
+pub mod idx;
+pub mod npy;
+pub mod png_folder;
+pub mod transform;
+
+#[cfg(test)]
+mod load_tests;
 
 use std::path::Path;
 
@@ -37,6 +45,19 @@ impl Dataset {
             labels: self.labels.as_ref().map(|l| l[range].to_vec()),
             ..*self
         }
+    }
+
+    /// The labels of the examples at `idx` as a `[B]` u32 tensor, for class-conditional models.
+    pub fn label_batch(&self, idx: &[usize], device: &Device) -> Result<Tensor> {
+        let labels = self
+            .labels
+            .as_ref()
+            .ok_or_else(|| Error::Config("the model is class-conditional but the data set has no labels".into()))?;
+        Ok(Tensor::from_vec(
+            idx.iter().map(|&i| labels[i]).collect::<Vec<u32>>(),
+            idx.len(),
+            device,
+        )?)
     }
 
     /// The examples at `idx` as a `[B, D]` u32 tensor.
@@ -92,10 +113,80 @@ pub enum Split {
     Test,
 }
 
-/// Loads a dataset by name: `digits` (embedded in the binary) or a path to a file in the digits CSV format.
+/// What a spec names: one set, or a set that comes with its own train and test files.
+enum Source {
+    One(Dataset),
+    TrainTest(Dataset, Dataset),
+}
+
+fn open(spec: &str) -> Result<Source> {
+    if spec == "digits" {
+        return Ok(Source::One(digits::embedded()?));
+    }
+    let Some((kind, arg)) = spec.split_once(':').filter(|(k, _)| {
+        matches!(
+            *k,
+            "mnist" | "fashion-mnist" | "binarized-mnist" | "cifar10" | "png" | "npy"
+        )
+    }) else {
+        return Ok(Source::One(digits::from_file(Path::new(spec))?));
+    };
+    if arg.is_empty() {
+        let what = if kind == "npy" { "file" } else { "directory" };
+        return Err(Error::Config(format!(
+            "dataset `{spec}` names no {what} after `{kind}:`"
+        )));
+    }
+    let path = Path::new(arg);
+    Ok(match kind {
+        "mnist" | "fashion-mnist" => {
+            let (train, test) = idx::mnist_dir(path)?;
+            Source::TrainTest(train, test)
+        }
+        "binarized-mnist" => {
+            let (train, test) = idx::mnist_dir(path)?;
+            Source::TrainTest(
+                transform::binarize_threshold(&train, 128),
+                transform::binarize_threshold(&test, 128),
+            )
+        }
+        "cifar10" => {
+            let (train, test) = cifar::cifar10_dir(path)?;
+            Source::TrainTest(train, test)
+        }
+        "png" => Source::One(png_folder::png_folder(path)?),
+        _ => Source::One(npy::npy_images(path)?),
+    })
+}
+
+/// Loads a dataset by spec, as one set (pictures channel-major: an example is `[C, H, W]`, each channel plane
+/// in raster order):
+/// - `digits`: embedded in the binary;
+/// - `mnist:DIR`, `fashion-mnist:DIR`: the four IDX files (gzipped or plain), values 0..255;
+/// - `binarized-mnist:DIR`: the same, values ≥ 128 → 1, else 0;
+/// - `cifar10:DIR`: the CIFAR-10 binary batches, 3×32×32, values 0..255;
+/// - `png:DIR`: a folder of 8-bit gray or RGB PNGs of one size, values 0..255;
+/// - `npy:FILE`: a uint8 `.npy` array `(N, H, W)` or `(N, H, W, C)`;
+/// - anything else: a path to a file in the digits CSV format.
+///
+/// Sets that come with their own train and test files are returned as train followed by test; use
+/// [`load_splits`] to keep them apart.
 pub fn load(spec: &str) -> Result<Dataset> {
-    match spec {
-        "digits" => digits::embedded(),
-        path => digits::from_file(Path::new(path)),
+    match open(spec)? {
+        Source::One(ds) => Ok(ds),
+        Source::TrainTest(train, test) => transform::concat(&train, &test),
+    }
+}
+
+/// Loads a dataset by spec (see [`load`]) as train, validation and test sets. Sets with their own test files
+/// keep them as the test set, and the last `n_val` training examples become the validation set; other sets are
+/// split by [`Splits::by_position`], and `n_val` is not used.
+pub fn load_splits(spec: &str, n_val: usize) -> Result<Splits> {
+    match open(spec)? {
+        Source::One(ds) => Splits::by_position(&ds),
+        Source::TrainTest(train, test) => {
+            let (train, val) = transform::split_off_validation(&train, n_val)?;
+            Ok(Splits { train, val, test })
+        }
     }
 }

@@ -2,7 +2,9 @@
 //! p(x) = Π_d p(x_d | θ_d(x_<d)). One file per network family; this file holds the shared interface.
 
 pub mod causal_conv;
+pub mod gated_pixelcnn;
 pub mod mlp;
+pub mod pixelcnn;
 pub mod rnn;
 pub mod wavenet;
 
@@ -18,8 +20,40 @@ use crate::params::ParamStore;
 pub trait CausalNet: Send + Sync {
     /// x `[B, D]` (u32 values) → θ `[B, D, P]`, where row d depends only on x_<d.
     fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor>;
-    /// How many previous positions θ_d can see (D if all of them).
+    /// How many previous positions θ_d can see (D if all of them); for images, the pixels the last one sees.
     fn receptive_field(&self) -> usize;
+    /// The number of classes a class-conditional network is conditioned on.
+    fn num_classes(&self) -> Option<usize> {
+        None
+    }
+    /// `forward` with a class label per example, `[B]` (u32), for class-conditional networks.
+    fn forward_labelled(&self, x: &Tensor, labels: Option<&Tensor>, mode: Mode) -> Result<Tensor> {
+        check_labels(None, labels, x.dim(0)?)?;
+        self.forward(x, mode)
+    }
+}
+
+/// Labels must be given exactly to class-conditional models, one per example, each below `num_classes`.
+pub(crate) fn check_labels(num_classes: Option<usize>, labels: Option<&Tensor>, batch: usize) -> Result<()> {
+    match (num_classes, labels) {
+        (None, None) => Ok(()),
+        (None, Some(_)) => Err(Error::Config(
+            "this model is not class-conditional: it takes no labels".into(),
+        )),
+        (Some(n), None) => Err(Error::Config(format!(
+            "this model is class-conditional: give a label in 0..{n} per example"
+        ))),
+        (Some(n), Some(l)) => {
+            let v = l.to_vec1::<u32>()?;
+            if v.len() != batch {
+                return Err(Error::Config(format!("{} labels for {batch} examples", v.len())));
+            }
+            match v.iter().find(|&&c| c as usize >= n) {
+                Some(c) => Err(Error::Config(format!("label {c} is outside 0..{}", n - 1))),
+                None => Ok(()),
+            }
+        }
+    }
 }
 
 /// How integer values enter the network.
@@ -71,6 +105,10 @@ pub enum ModelConfig {
     Rnn(rnn::Config),
     /// Gated residual blocks of dilated causal convolutions.
     Wavenet(wavenet::Config),
+    /// Masked 2-D convolutions over an image in raster order.
+    Pixelcnn(pixelcnn::Config),
+    /// Vertical and horizontal gated stacks, no blind spot, optional class conditioning.
+    GatedPixelcnn(gated_pixelcnn::Config),
 }
 
 /// Dropout probabilities live in [0, 1).
@@ -89,6 +127,8 @@ impl ModelConfig {
             ModelConfig::Mlp(c) => c.validate(),
             ModelConfig::Rnn(c) => c.validate(),
             ModelConfig::Wavenet(c) => c.validate(),
+            ModelConfig::Pixelcnn(c) => c.validate(),
+            ModelConfig::GatedPixelcnn(c) => c.validate(),
         }
     }
     pub fn num_values(&self) -> usize {
@@ -97,6 +137,8 @@ impl ModelConfig {
             ModelConfig::Mlp(c) => c.num_values,
             ModelConfig::Rnn(c) => c.num_values,
             ModelConfig::Wavenet(c) => c.num_values,
+            ModelConfig::Pixelcnn(c) => c.num_values,
+            ModelConfig::GatedPixelcnn(c) => c.num_values,
         }
     }
     pub fn dim(&self) -> usize {
@@ -105,6 +147,8 @@ impl ModelConfig {
             ModelConfig::Mlp(c) => c.length,
             ModelConfig::Rnn(c) => c.length,
             ModelConfig::Wavenet(c) => c.length,
+            ModelConfig::Pixelcnn(c) => c.height * c.width,
+            ModelConfig::GatedPixelcnn(c) => c.height * c.width,
         }
     }
     pub fn likelihood(&self) -> Likelihood {
@@ -119,6 +163,8 @@ impl ModelConfig {
             ModelConfig::Mlp(c) => &mut c.dropout,
             ModelConfig::Rnn(c) => &mut c.dropout,
             ModelConfig::Wavenet(c) => &mut c.dropout,
+            ModelConfig::Pixelcnn(c) => &mut c.dropout,
+            ModelConfig::GatedPixelcnn(c) => &mut c.dropout,
         }
     }
 }
@@ -150,6 +196,8 @@ impl Arm {
             ModelConfig::Mlp(c) => Box::new(mlp::MlpNet::new(c, vb)?),
             ModelConfig::Rnn(c) => Box::new(rnn::RnnNet::new(c, vb)?),
             ModelConfig::Wavenet(c) => Box::new(wavenet::WaveNet::new(c, vb)?),
+            ModelConfig::Pixelcnn(c) => Box::new(pixelcnn::PixelCnn::new(c, vb)?),
+            ModelConfig::GatedPixelcnn(c) => Box::new(gated_pixelcnn::GatedPixelCnn::new(c, vb)?),
         };
         Ok(Self {
             config: config.clone(),
@@ -183,6 +231,10 @@ impl Arm {
     pub fn receptive_field(&self) -> usize {
         self.net.receptive_field()
     }
+    /// Classes of a class-conditional model.
+    pub fn num_classes(&self) -> Option<usize> {
+        self.net.num_classes()
+    }
 
     /// Checks that x is `[B, D]` with values in 0..K.
     pub fn check_input(&self, x: &Tensor) -> Result<()> {
@@ -213,15 +265,40 @@ impl Arm {
         self.net.forward(x, mode)
     }
 
+    /// θ given class labels `[B]` (class-conditional models; `None` otherwise).
+    pub fn forward_labelled(&self, x: &Tensor, labels: Option<&Tensor>, mode: Mode) -> Result<Tensor> {
+        self.net.forward_labelled(x, labels, mode)
+    }
+
     /// log p(x) in nats: x `[B, D]` (u32) → `[B]`.
     pub fn log_prob(&self, x: &Tensor) -> Result<Tensor> {
+        self.log_prob_labelled(x, None)
+    }
+
+    /// log p(x | label) in nats for class-conditional models (`labels` `[B]`), log p(x) otherwise.
+    pub fn log_prob_labelled(&self, x: &Tensor, labels: Option<&Tensor>) -> Result<Tensor> {
         self.check_input(x)?;
-        self.likelihood.log_prob(&self.net.forward(x, Mode::Eval)?, x)
+        self.likelihood
+            .log_prob(&self.net.forward_labelled(x, labels, Mode::Eval)?, x)
     }
 
     /// The training objective, −log p(x) reduced over the batch (values are assumed checked at load time).
     pub fn loss(&self, x: &Tensor, reduction: Reduction, mode: Mode) -> Result<Tensor> {
-        let nll = self.likelihood.log_prob(&self.net.forward(x, mode)?, x)?.neg()?;
+        self.loss_labelled(x, None, reduction, mode)
+    }
+
+    /// [`Arm::loss`] with class labels for class-conditional models.
+    pub fn loss_labelled(
+        &self,
+        x: &Tensor,
+        labels: Option<&Tensor>,
+        reduction: Reduction,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        let nll = self
+            .likelihood
+            .log_prob(&self.net.forward_labelled(x, labels, mode)?, x)?
+            .neg()?;
         Ok(match reduction {
             Reduction::Mean => nll.mean_all()?,
             Reduction::Sum => nll.sum_all()?,

@@ -7,14 +7,21 @@ use super::Noise;
 use crate::error::Result;
 use crate::models::{Arm, Mode};
 
-/// Draws `noise.len()` examples: `[N, D]` values in 0..K, row-major.
-pub fn sample_naive(arm: &Arm, noise: &Noise, temperature: f64) -> Result<Vec<u32>> {
+/// Draws `noise.len()` examples: `[N, D]` values in 0..K, row-major. Class-conditional models take a
+/// label per example.
+pub fn sample_naive(arm: &Arm, noise: &Noise, temperature: f64, labels: Option<&[u32]>) -> Result<Vec<u32>> {
     let (n, dim) = (noise.len(), arm.dim());
+    let labels = labels
+        .map(|l| Tensor::from_slice(l, l.len(), arm.device()))
+        .transpose()?;
     let mut x = vec![0u32; n * dim];
     for d in 0..dim {
         // θ for every position from the current canvas; only row d is used.
         let canvas = Tensor::from_vec(x.clone(), (n, dim), arm.device())?;
-        let theta = arm.forward(&canvas, Mode::Eval)?.narrow(1, d, 1)?.squeeze(1)?; // [N, P]
+        let theta = arm
+            .forward_labelled(&canvas, labels.as_ref(), Mode::Eval)?
+            .narrow(1, d, 1)?
+            .squeeze(1)?; // [N, P]
         let theta = theta.to_dtype(candle_core::DType::F32)?.contiguous()?;
         let rows = theta.to_vec2::<f32>()?;
         for (i, row) in rows.iter().enumerate() {

@@ -18,7 +18,8 @@ pub struct Evaluation {
     pub examples: usize,
 }
 
-/// Evaluates −log p(x) on every example of `data`, `batch_size` at a time, summing in f64.
+/// Evaluates −log p(x) on every example of `data`, `batch_size` at a time, summing in f64 (−log p(x | y)
+/// with the data's labels for class-conditional models).
 pub fn evaluate(arm: &Arm, data: &Dataset, batch_size: usize) -> Result<Evaluation> {
     if data.is_empty() {
         return Err(Error::Config("cannot evaluate on an empty dataset".into()));
@@ -27,7 +28,14 @@ pub fn evaluate(arm: &Arm, data: &Dataset, batch_size: usize) -> Result<Evaluati
     let mut total = 0.0;
     for chunk in idx.chunks(batch_size.max(1)) {
         let x = data.batch(chunk, arm.device())?;
-        let lp = arm.log_prob(&x)?.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?;
+        let labels = match arm.num_classes() {
+            Some(_) => Some(data.label_batch(chunk, arm.device())?),
+            None => None,
+        };
+        let lp = arm
+            .log_prob_labelled(&x, labels.as_ref())?
+            .to_dtype(candle_core::DType::F64)?
+            .to_vec1::<f64>()?;
         total -= lp.iter().sum::<f64>();
     }
     let nll = total / data.len() as f64;

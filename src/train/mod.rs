@@ -206,11 +206,15 @@ pub fn train(
                 break 'epochs Outcome::Interrupted;
             }
             let x = splits.train.batch(idx, arm.device())?;
+            let labels = match arm.num_classes() {
+                Some(_) => Some(splits.train.label_batch(idx, arm.device())?),
+                None => None,
+            };
             // Dropout masks depend on (seed, step) only, so a resumed run draws the same ones.
             let mode = Mode::Train {
                 seed: cfg.seed ^ (st.optimizer_steps as u64 + 1).wrapping_mul(0xD1B54A32D192ED03),
             };
-            let loss = arm.loss(&x, Reduction::Mean, mode)?;
+            let loss = arm.loss_labelled(&x, labels.as_ref(), Reduction::Mean, mode)?;
             let value = loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
             if !value.is_finite() {
                 // The weights are not saved: last.safetensors and resume.safetensors hold the last good epoch.

@@ -18,7 +18,9 @@ pub fn draw(run: &RunDir, arm: &Arm, test: &Dataset, rows: &[EpochRow], seed: u6
     image_grid_png(&run.file("real.png"), &real, h, w, c, levels, 8, 4)?;
 
     let noise = Noise::new(64, arm.dim(), seed);
-    let flat = sample_naive(arm, &noise, 1.0)?;
+    // A class-conditional model draws the classes in turn, one per column of the grid.
+    let labels: Option<Vec<u32>> = arm.num_classes().map(|n| (0..64).map(|i| (i % 8 % n) as u32).collect());
+    let flat = sample_naive(arm, &noise, 1.0, labels.as_deref())?;
     let samples: Vec<Vec<u32>> = flat.chunks(arm.dim()).map(|s| s.to_vec()).collect();
     image_grid_png(&run.file("samples.png"), &samples, h, w, c, levels, 8, 4)?;
 

@@ -1,0 +1,331 @@
+//! MNIST and Fashion-MNIST in the IDX format of Y. LeCun's distribution: `train-images-idx3-ubyte`,
+//! `train-labels-idx1-ubyte`, `t10k-images-idx3-ubyte`, `t10k-labels-idx1-ubyte`, each gzipped (`.gz`) or plain.
+//!
+//! An IDX file is a big-endian header — two zero bytes, a type byte (0x08: unsigned bytes), the number of
+//! dimensions, then one u32 per dimension — followed by the data. Images are `0x00000803` `[N, H, W]`, labels
+//! `0x00000801` `[N]`. Pictures become one channel, `image_shape = (1, H, W)`, values 0..255 in raster order.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use super::Dataset;
+use crate::error::{Error, Result};
+
+/// The magic number of an IDX file of unsigned bytes with three dimensions (images).
+pub const IMAGES_MAGIC: u32 = 0x0000_0803;
+/// The magic number of an IDX file of unsigned bytes with one dimension (labels).
+pub const LABELS_MAGIC: u32 = 0x0000_0801;
+
+/// Reads a whole file, inflating it when it starts with the gzip magic bytes `1f 8b` (whatever its name).
+pub fn read_maybe_gzipped(path: &Path) -> Result<Vec<u8>> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    if !bytes.starts_with(&[0x1f, 0x8b]) {
+        return Ok(bytes);
+    }
+    let mut out = Vec::new();
+    flate2::read::MultiGzDecoder::new(&bytes[..])
+        .read_to_end(&mut out)
+        .map_err(|e| Error::data(path, format!("corrupt or truncated gzip data: {e}")))?;
+    Ok(out)
+}
+
+/// Parses an IDX file of unsigned bytes with the given magic number; returns its dimensions and its data.
+/// `path` names the source in errors.
+pub fn parse<'a>(bytes: &'a [u8], magic: u32, path: &Path) -> Result<(Vec<usize>, &'a [u8])> {
+    let what = if magic == IMAGES_MAGIC { "images" } else { "labels" };
+    if bytes.len() < 4 {
+        return Err(Error::data(
+            path,
+            format!("{} bytes are too few for an IDX header (truncated?)", bytes.len()),
+        ));
+    }
+    let found = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+    if found != magic {
+        return Err(Error::data(
+            path,
+            format!("bad magic number {found:#010x}, expected {magic:#010x} (IDX {what} of unsigned bytes)"),
+        ));
+    }
+    let ndim = (magic & 0xff) as usize;
+    let header = 4 + 4 * ndim;
+    if bytes.len() < header {
+        return Err(Error::data(
+            path,
+            format!(
+                "the IDX header needs {header} bytes, the file holds {} (truncated)",
+                bytes.len()
+            ),
+        ));
+    }
+    let dims: Vec<usize> = bytes[4..header]
+        .chunks_exact(4)
+        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize)
+        .collect();
+    if let Some(i) = dims.iter().skip(1).position(|&d| d == 0) {
+        return Err(Error::data(path, format!("dimension {} of {dims:?} is zero", i + 1)));
+    }
+    let expected = dims
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| Error::data(path, format!("dimensions {dims:?} are out of range (too large)")))?;
+    let data = &bytes[header..];
+    if data.len() != expected {
+        let why = if data.len() < expected {
+            "truncated"
+        } else {
+            "trailing bytes"
+        };
+        return Err(Error::data(
+            path,
+            format!(
+                "the header {dims:?} promises {expected} data bytes, the file holds {} ({why})",
+                data.len()
+            ),
+        ));
+    }
+    if dims[0] == 0 {
+        return Err(Error::data(path, format!("no {what} (the header says 0)")));
+    }
+    Ok((dims, data))
+}
+
+/// An IDX images file (`…-images-idx3-ubyte`, gzipped or plain) as a dataset without labels.
+pub fn images(path: &Path) -> Result<Dataset> {
+    let bytes = read_maybe_gzipped(path)?;
+    let (dims, data) = parse(&bytes, IMAGES_MAGIC, path)?;
+    let (h, w) = (dims[1], dims[2]);
+    Ok(Dataset {
+        values: data.iter().map(|&b| b as u32).collect(),
+        labels: None,
+        dim: h * w,
+        num_values: 256,
+        image_shape: (1, h, w),
+    })
+}
+
+/// An IDX labels file (`…-labels-idx1-ubyte`, gzipped or plain).
+pub fn labels(path: &Path) -> Result<Vec<u32>> {
+    let bytes = read_maybe_gzipped(path)?;
+    let (_, data) = parse(&bytes, LABELS_MAGIC, path)?;
+    Ok(data.iter().map(|&b| b as u32).collect())
+}
+
+/// An images file and its labels file as one labelled dataset; the counts must agree.
+pub fn labelled(images_path: &Path, labels_path: &Path) -> Result<Dataset> {
+    let mut ds = images(images_path)?;
+    let labels = labels(labels_path)?;
+    if labels.len() != ds.len() {
+        return Err(Error::data(
+            labels_path,
+            format!(
+                "holds {} labels but {} holds {} images (size mismatch)",
+                labels.len(),
+                images_path.display(),
+                ds.len()
+            ),
+        ));
+    }
+    ds.labels = Some(labels);
+    Ok(ds)
+}
+
+/// The file `{prefix}-{kind}-idx{n}-ubyte` in `dir`, also spelt `{prefix}-{kind}.idx{n}-ubyte`, each plain or `.gz`.
+fn find(dir: &Path, prefix: &str, kind: &str, ndim: usize) -> Result<PathBuf> {
+    let names = [
+        format!("{prefix}-{kind}-idx{ndim}-ubyte"),
+        format!("{prefix}-{kind}-idx{ndim}-ubyte.gz"),
+        format!("{prefix}-{kind}.idx{ndim}-ubyte"),
+        format!("{prefix}-{kind}.idx{ndim}-ubyte.gz"),
+    ];
+    names.iter().map(|n| dir.join(n)).find(|p| p.is_file()).ok_or_else(|| {
+        Error::data(
+            dir,
+            format!(
+                "no {} or {} file here (an MNIST-style IDX directory)",
+                names[0], names[1]
+            ),
+        )
+    })
+}
+
+/// A directory holding MNIST or Fashion-MNIST (the four IDX files, gzipped or plain): `(train, test)`,
+/// 60,000 and 10,000 labelled 28×28 pictures with values 0..255 for the originals.
+pub fn mnist_dir(dir: &Path) -> Result<(Dataset, Dataset)> {
+    if !dir.is_dir() {
+        return Err(Error::data(dir, "not a directory (expected the MNIST IDX files)"));
+    }
+    let part = |prefix: &str| -> Result<Dataset> {
+        labelled(&find(dir, prefix, "images", 3)?, &find(dir, prefix, "labels", 1)?)
+    };
+    let (train, test) = (part("train")?, part("t10k")?);
+    if train.image_shape != test.image_shape {
+        return Err(Error::data(
+            dir,
+            format!(
+                "train pictures are {:?} (C, H, W) but test pictures are {:?}",
+                train.image_shape, test.image_shape
+            ),
+        ));
+    }
+    Ok((train, test))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    /// An IDX file of unsigned bytes: the magic number, dimensions and data.
+    pub(crate) fn idx_bytes(magic: u32, dims: &[u32], data: &[u8]) -> Vec<u8> {
+        let mut b = magic.to_be_bytes().to_vec();
+        for d in dims {
+            b.extend_from_slice(&d.to_be_bytes());
+        }
+        b.extend_from_slice(data);
+        b
+    }
+
+    pub(crate) fn gzip(bytes: &[u8]) -> Vec<u8> {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        enc.write_all(bytes).unwrap();
+        enc.finish().unwrap()
+    }
+
+    /// `n` pictures of 3×2 with distinct values, and labels `i % 10`.
+    fn pictures(n: usize) -> (Vec<u8>, Vec<u8>) {
+        let px = (0..n * 6).map(|i| (i * 37 % 256) as u8).collect();
+        let lb = (0..n).map(|i| (i % 10) as u8).collect();
+        (px, lb)
+    }
+
+    /// Writes an MNIST directory with 4 train and 3 test pictures of 3×2; train gzipped, test plain.
+    pub(crate) fn write_mnist(dir: &Path) -> (Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>) {
+        let (trx, try_) = pictures(4);
+        let (tex, tey) = pictures(3);
+        let w = |name: &str, b: Vec<u8>| std::fs::write(dir.join(name), b).unwrap();
+        w(
+            "train-images-idx3-ubyte.gz",
+            gzip(&idx_bytes(IMAGES_MAGIC, &[4, 3, 2], &trx)),
+        );
+        w(
+            "train-labels-idx1-ubyte.gz",
+            gzip(&idx_bytes(LABELS_MAGIC, &[4], &try_)),
+        );
+        w("t10k-images-idx3-ubyte", idx_bytes(IMAGES_MAGIC, &[3, 3, 2], &tex));
+        w("t10k-labels-idx1-ubyte", idx_bytes(LABELS_MAGIC, &[3], &tey));
+        (trx, try_, tex, tey)
+    }
+
+    fn as_u32(b: &[u8]) -> Vec<u32> {
+        b.iter().map(|&v| v as u32).collect()
+    }
+
+    #[test]
+    fn mnist_dir_reads_gzipped_and_plain_idx_files() -> Result<()> {
+        let tmp = tempfile::tempdir().unwrap();
+        let (trx, try_, tex, tey) = write_mnist(tmp.path());
+        let (train, test) = mnist_dir(tmp.path())?;
+        assert_eq!((train.len(), train.dim, train.num_values), (4, 6, 256));
+        assert_eq!((test.len(), test.image_shape), (3, (1, 3, 2)));
+        assert_eq!(train.values, as_u32(&trx));
+        assert_eq!(train.labels, Some(as_u32(&try_)));
+        assert_eq!(test.values, as_u32(&tex));
+        assert_eq!(test.labels, Some(as_u32(&tey)));
+        assert_eq!(test.example(2), &as_u32(&tex)[12..18]);
+        Ok(())
+    }
+
+    #[test]
+    fn images_and_labels_read_the_dotted_names_too() -> Result<()> {
+        let tmp = tempfile::tempdir().unwrap();
+        write_mnist(tmp.path());
+        for (a, b) in [
+            ("t10k-images-idx3-ubyte", "t10k-images.idx3-ubyte"),
+            ("t10k-labels-idx1-ubyte", "t10k-labels.idx1-ubyte"),
+        ] {
+            std::fs::rename(tmp.path().join(a), tmp.path().join(b)).unwrap();
+        }
+        let (_, test) = mnist_dir(tmp.path())?;
+        assert_eq!(test.len(), 3);
+        Ok(())
+    }
+
+    #[test]
+    fn bad_idx_files_give_clear_errors() {
+        let p = Path::new("imgs.idx");
+        let px = [7u8; 12];
+        // wrong magic: a labels file where images are expected
+        let e = parse(&idx_bytes(LABELS_MAGIC, &[12], &px), IMAGES_MAGIC, p)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("imgs.idx") && e.contains("bad magic number 0x00000801"),
+            "{e}"
+        );
+        // truncated data and header
+        let e = parse(&idx_bytes(IMAGES_MAGIC, &[3, 2, 2], &px[..11]), IMAGES_MAGIC, p)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("imgs.idx") && e.contains("holds 11") && e.contains("truncated"),
+            "{e}"
+        );
+        let e = parse(&idx_bytes(IMAGES_MAGIC, &[3, 2, 2], &px)[..9], IMAGES_MAGIC, p)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("header needs 16 bytes") && e.contains("truncated"), "{e}");
+        let e = parse(&[0, 0], IMAGES_MAGIC, p).unwrap_err().to_string();
+        assert!(e.contains("truncated"), "{e}");
+        // extra bytes
+        let e = parse(&idx_bytes(IMAGES_MAGIC, &[2, 2, 2], &px), IMAGES_MAGIC, p)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("trailing bytes"), "{e}");
+        // out-of-range dimensions
+        let huge = idx_bytes(IMAGES_MAGIC, &[u32::MAX, u32::MAX, u32::MAX], &px);
+        let e = parse(&huge, IMAGES_MAGIC, p).unwrap_err().to_string();
+        assert!(e.contains("out of range") || e.contains("truncated"), "{e}");
+        let e = parse(&idx_bytes(IMAGES_MAGIC, &[3, 0, 2], &[]), IMAGES_MAGIC, p)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("dimension 1") && e.contains("zero"), "{e}");
+        let e = parse(&idx_bytes(IMAGES_MAGIC, &[0, 2, 2], &[]), IMAGES_MAGIC, p)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no images"), "{e}");
+    }
+
+    #[test]
+    fn bad_mnist_directories_name_the_file_at_fault() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        write_mnist(d);
+        // label count differs from image count
+        std::fs::write(d.join("t10k-labels-idx1-ubyte"), idx_bytes(LABELS_MAGIC, &[2], &[1, 2])).unwrap();
+        let e = mnist_dir(d).unwrap_err().to_string();
+        assert!(
+            e.contains("t10k-labels-idx1-ubyte") && e.contains("holds 2 labels") && e.contains("holds 3 images"),
+            "{e}"
+        );
+        // a truncated gzip stream
+        let gz = std::fs::read(d.join("train-images-idx3-ubyte.gz")).unwrap();
+        std::fs::write(d.join("train-images-idx3-ubyte.gz"), &gz[..gz.len() / 2]).unwrap();
+        let e = mnist_dir(d).unwrap_err().to_string();
+        assert!(
+            e.contains("train-images-idx3-ubyte.gz") && e.contains("truncated gzip"),
+            "{e}"
+        );
+        // a missing file
+        std::fs::remove_file(d.join("train-images-idx3-ubyte.gz")).unwrap();
+        let e = mnist_dir(d).unwrap_err().to_string();
+        assert!(
+            e.contains("no train-images-idx3-ubyte or train-images-idx3-ubyte.gz"),
+            "{e}"
+        );
+        let e = mnist_dir(&d.join("nope")).unwrap_err().to_string();
+        assert!(e.contains("nope") && e.contains("not a directory"), "{e}");
+        let e = images(&d.join("absent-idx3-ubyte")).unwrap_err().to_string();
+        assert!(e.contains("absent-idx3-ubyte"), "{e}");
+    }
+}

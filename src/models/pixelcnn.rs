@@ -1,0 +1,130 @@
+//! PixelCNN (van den Oord et al. 2016b) for one-channel images: a type-A masked k×k first layer, residual
+//! blocks (ReLU → 1×1 → ReLU → masked 3×3 type B → ReLU → 1×1, added back), and a 1×1 head. Each output
+//! pixel sees the rows above and the pixels to its left — except a *blind spot*: stacked masked kernels
+//! never reach the pixels up and to the right beyond the first layer's half-width, however deep the net
+//! (see the test `pixelcnn_has_the_blind_spot_the_paper_describes`). The gated PixelCNN removes it.
+//!
+//! x `[B, H·W]` (raster order, values 0..K) → logits `[B, H·W, K]`.
+
+use candle_core::Tensor;
+use candle_nn::VarBuilder;
+use serde::{Deserialize, Serialize};
+
+use super::{CausalNet, InputEncoding};
+use crate::error::{Error, Result};
+use crate::nn::masked_conv2d::{masked_plan, reach, union};
+use crate::nn::{conv1x1, dropout, masked_conv2d, ConvType, Mode, PlannedConv2d};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub num_values: usize,
+    pub height: usize,
+    pub width: usize,
+    pub hidden: usize,       // channels of the residual stream
+    pub first_kernel: usize, // the paper: 7
+    pub blocks: usize,
+    pub kernel: usize,      // masked kernel inside the blocks: 3
+    pub head_hidden: usize, // channels of the 1×1 output head
+    #[serde(default = "one_hot")]
+    pub input: InputEncoding,
+    #[serde(default)]
+    pub dropout: f64,
+}
+
+pub(crate) fn one_hot() -> InputEncoding {
+    InputEncoding::OneHot
+}
+
+impl Config {
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(format!("pixelcnn: {m}")));
+        if self.num_values < 2 || self.height == 0 || self.width == 0 || self.hidden < 2 || self.head_hidden == 0 {
+            return bad("num_values ≥ 2, hidden ≥ 2; height, width and head_hidden ≥ 1".into());
+        }
+        if self.first_kernel % 2 == 0 || self.kernel % 2 == 0 || self.first_kernel < 3 {
+            return bad(format!(
+                "kernels must be odd (first ≥ 3): {} and {}",
+                self.first_kernel, self.kernel
+            ));
+        }
+        super::check_dropout(self.dropout)
+    }
+}
+
+struct Block {
+    reduce: PlannedConv2d, // 1×1, C → C/2
+    masked: PlannedConv2d, // k×k type B, C/2 → C/2
+    expand: PlannedConv2d, // 1×1, C/2 → C
+}
+
+pub struct PixelCnn {
+    first: PlannedConv2d,
+    blocks: Vec<Block>,
+    head: (PlannedConv2d, PlannedConv2d),
+    cfg: Config,
+}
+
+impl PixelCnn {
+    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        cfg.validate()?;
+        let (c, half) = (cfg.hidden, cfg.hidden / 2);
+        let c_in = cfg.input.channels(cfg.num_values);
+        let first = masked_conv2d(c_in, c, cfg.first_kernel, ConvType::A, vb.pp("first"))?;
+        let blocks = (0..cfg.blocks)
+            .map(|i| {
+                let vb = vb.pp("blocks").pp(i);
+                Ok(Block {
+                    reduce: conv1x1(c, half, vb.pp("reduce"))?,
+                    masked: masked_conv2d(half, half, cfg.kernel, ConvType::B, vb.pp("masked"))?,
+                    expand: conv1x1(half, c, vb.pp("expand"))?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let head = (
+            conv1x1(c, cfg.head_hidden, vb.pp("head1"))?,
+            conv1x1(cfg.head_hidden, cfg.num_values, vb.pp("head2"))?,
+        );
+        Ok(Self {
+            first,
+            blocks,
+            head,
+            cfg: cfg.clone(),
+        })
+    }
+}
+
+impl CausalNet for PixelCnn {
+    fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        let (b, d) = x.dims2()?;
+        let (h, w, k) = (self.cfg.height, self.cfg.width, self.cfg.num_values);
+        if d != h * w {
+            return Err(Error::Config(format!(
+                "pixelcnn: input has {d} values per example, the model is {h}×{w}"
+            )));
+        }
+        let dtype = self.first.weight().dtype();
+        let e = self.cfg.input.encode(x, k, dtype)?.reshape((b, h, w, ()))?; // [B, H, W, C_in]
+        let mut s = self.first.forward(&e)?; // [B, H, W, C]
+        for (i, blk) in self.blocks.iter().enumerate() {
+            let t = blk.reduce.forward(&s.relu()?)?.relu()?;
+            let t = blk.masked.forward(&t)?.relu()?;
+            let t = dropout(&blk.expand.forward(&t)?, self.cfg.dropout, mode, i as u64)?;
+            s = (s + t)?;
+        }
+        let out = self.head.1.forward(&self.head.0.forward(&s.relu()?)?.relu()?)?; // [B, H, W, K]
+        Ok(out.reshape((b, d, k))?)
+    }
+
+    /// Input pixels that θ of the last pixel depends on.
+    fn receptive_field(&self) -> usize {
+        let (h, w) = (self.cfg.height, self.cfg.width);
+        let mut set = vec![vec![false; w]; h];
+        set[h - 1][w - 1] = true;
+        for _ in &self.blocks {
+            set = union(&set, &reach(&set, &masked_plan(self.cfg.kernel, ConvType::B)));
+        }
+        set = reach(&set, &masked_plan(self.cfg.first_kernel, ConvType::A));
+        set.iter().flatten().filter(|&&v| v).count()
+    }
+}

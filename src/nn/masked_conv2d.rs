@@ -1,0 +1,275 @@
+//! 2-D convolutions that respect the raster order of pixels (van den Oord et al. 2016b, 2016c), all run by
+//! the shifted-product kernel with a tap list instead of a zeroed weight mask:
+//!
+//! - [`MaskedConv2d`]: a k×k kernel whose taps are the rows above and the pixels to the left; mask A also
+//!   drops the centre (the first layer: θ at a pixel never sees that pixel), mask B keeps it.
+//! - [`StackConv`]: the two stacks of the gated PixelCNN. The vertical stack's kernel covers the k/2 rows
+//!   above and the current row (k wide); its output is shifted down one row before the horizontal stack
+//!   reads it. The horizontal stack's kernel is 1 × (k/2 + 1): the pixels to the left and (mask B) the
+//!   current one. Together they see every preceding pixel: no blind spot.
+//!
+//! Weights are `[C_out, C_in, KH, KW]` as PyTorch stores them; the taps a mask drops simply get no gradient.
+//! Tensors are channels-last: `[B, H, W, C]`.
+
+use candle_core::{Result, Tensor};
+use candle_nn::{Init, VarBuilder};
+
+use super::kernels::shifted_conv::{shifted_conv, Tap, TapPlan};
+use super::ConvType;
+
+/// The k×k PixelCNN mask: rows above in full, the current row left of the centre (and the centre for B).
+pub fn masked_plan(k: usize, mask: ConvType) -> TapPlan {
+    let c = k / 2;
+    let mut taps = vec![];
+    for ky in 0..=c {
+        for kx in 0..k {
+            if ky < c || kx < c || (kx == c && mask == ConvType::B) {
+                taps.push(Tap {
+                    dy: ky,
+                    dx: kx,
+                    k: ky * k + kx,
+                });
+            }
+        }
+    }
+    TapPlan {
+        taps,
+        pad_top: c,
+        pad_left: c,
+        pad_right: c,
+    }
+}
+
+/// The gated PixelCNN's vertical kernel, (k/2 + 1) × k: rows y − k/2 … y, columns x − k/2 … x + k/2.
+pub fn vertical_plan(k: usize) -> TapPlan {
+    let c = k / 2;
+    let taps = (0..=c)
+        .flat_map(|ky| {
+            (0..k).map(move |kx| Tap {
+                dy: ky,
+                dx: kx,
+                k: ky * k + kx,
+            })
+        })
+        .collect();
+    TapPlan {
+        taps,
+        pad_top: c,
+        pad_left: c,
+        pad_right: c,
+    }
+}
+
+/// The horizontal kernel, 1 × (k/2 + 1): columns x − k/2 … x (mask B) or … x − 1 (mask A).
+pub fn horizontal_plan(k: usize, mask: ConvType) -> TapPlan {
+    let c = k / 2;
+    let n = if mask == ConvType::A { c } else { c + 1 };
+    TapPlan {
+        taps: (0..n).map(|kx| Tap { dy: 0, dx: kx, k: kx }).collect(),
+        pad_top: 0,
+        pad_left: c,
+        pad_right: 0,
+    }
+}
+
+/// A 2-D convolution with a fixed tap plan: weight `[C_out, C_in, KH, KW]`, bias `[C_out]`.
+#[derive(Debug, Clone)]
+pub struct PlannedConv2d {
+    weight: Tensor,
+    bias: Tensor,
+    plan: TapPlan,
+}
+
+impl PlannedConv2d {
+    pub fn new(weight: Tensor, bias: Tensor, plan: TapPlan) -> Self {
+        Self { weight, bias, plan }
+    }
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+    pub fn plan(&self) -> &TapPlan {
+        &self.plan
+    }
+
+    /// xs `[B, H, W, C_in]` → `[B, H, W, C_out]`.
+    pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let _ = xs.dims4()?;
+        let (c_out, c_in, kh, kw) = self.weight.dims4()?;
+        shifted_conv(
+            xs,
+            &self.weight.reshape((c_out, c_in, kh * kw))?,
+            &self.bias,
+            &self.plan,
+        )
+    }
+}
+
+/// A convolution of kernel `kh × kw` with the given plan, initialised as PyTorch's `Conv2d` (uniform in
+/// ±1/√fan_in, fan_in counting only the taps in use, so masked layers start at the same scale).
+pub fn planned_conv2d(
+    c_in: usize,
+    c_out: usize,
+    (kh, kw): (usize, usize),
+    plan: TapPlan,
+    vb: VarBuilder,
+) -> Result<PlannedConv2d> {
+    let bound = 1.0 / ((c_in * plan.taps.len()) as f64).sqrt();
+    let init = Init::Uniform { lo: -bound, up: bound };
+    let w = vb.get_with_hints((c_out, c_in, kh, kw), "weight", init)?;
+    let b = vb.get_with_hints(c_out, "bias", init)?;
+    Ok(PlannedConv2d::new(w, b, plan))
+}
+
+/// A k×k masked convolution (PixelCNN).
+pub fn masked_conv2d(c_in: usize, c_out: usize, k: usize, mask: ConvType, vb: VarBuilder) -> Result<PlannedConv2d> {
+    planned_conv2d(c_in, c_out, (k, k), masked_plan(k, mask), vb)
+}
+
+/// A 1×1 convolution: a per-pixel linear map.
+pub fn conv1x1(c_in: usize, c_out: usize, vb: VarBuilder) -> Result<PlannedConv2d> {
+    planned_conv2d(c_in, c_out, (1, 1), masked_plan(1, ConvType::B), vb)
+}
+
+/// Receptive fields without running a network: the input pixels (of an `h × w` image) that the outputs
+/// in `out` depend on through one convolution with `plan`.
+pub fn reach(out: &[Vec<bool>], plan: &TapPlan) -> Vec<Vec<bool>> {
+    let (h, w) = (out.len(), out[0].len());
+    let mut seen = vec![vec![false; w]; h];
+    for y in 0..h {
+        for x in 0..w {
+            if !out[y][x] {
+                continue;
+            }
+            for t in &plan.taps {
+                let (sy, sx) = (
+                    (y + t.dy) as isize - plan.pad_top as isize,
+                    (x + t.dx) as isize - plan.pad_left as isize,
+                );
+                if sy >= 0 && sx >= 0 && (sx as usize) < w {
+                    seen[sy as usize][sx as usize] = true;
+                }
+            }
+        }
+    }
+    seen
+}
+
+/// Pixel sets: union, and the down-shift seen backwards (output row y reads row y − 1).
+pub fn union(a: &[Vec<bool>], b: &[Vec<bool>]) -> Vec<Vec<bool>> {
+    a.iter()
+        .zip(b)
+        .map(|(r, s)| r.iter().zip(s).map(|(p, q)| *p || *q).collect())
+        .collect()
+}
+pub fn reach_down_shift(out: &[Vec<bool>]) -> Vec<Vec<bool>> {
+    let w = out[0].len();
+    let mut v: Vec<Vec<bool>> = out[1..].to_vec();
+    v.push(vec![false; w]);
+    v
+}
+
+/// Shifts `[B, H, W, C]` down one row (zeros on top): row y then holds what row y − 1 held.
+pub fn down_shift(x: &Tensor) -> Result<Tensor> {
+    let h = x.dim(1)?;
+    x.pad_with_zeros(1, 1, 0)?.narrow(1, 0, h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+
+    /// Which input pixels move output pixel (y, x), for a layer applied to a random 1-channel image.
+    fn seen_by(
+        f: &dyn Fn(&Tensor) -> Result<Tensor>,
+        h: usize,
+        w: usize,
+        y: usize,
+        x: usize,
+    ) -> Result<Vec<(usize, usize)>> {
+        let dev = Device::Cpu;
+        let img = Tensor::randn(0f64, 1., (1, h, w, 1), &dev)?;
+        let base = f(&img)?;
+        let mut seen = vec![];
+        for sy in 0..h {
+            for sx in 0..w {
+                let mut v = img.flatten_all()?.to_vec1::<f64>()?;
+                v[sy * w + sx] += 1.0;
+                let out = f(&Tensor::from_vec(v, (1, h, w, 1), &dev)?)?;
+                let d = (out - &base)?
+                    .narrow(1, y, 1)?
+                    .narrow(2, x, 1)?
+                    .abs()?
+                    .sum_all()?
+                    .to_scalar::<f64>()?;
+                if d > 0.0 {
+                    seen.push((sy, sx));
+                }
+            }
+        }
+        Ok(seen)
+    }
+
+    #[test]
+    fn masks_see_exactly_the_rows_above_and_the_pixels_to_the_left() -> Result<()> {
+        let store = crate::params::ParamStore::new(0);
+        let vb = store.var_builder(DType::F64, &Device::Cpu);
+        let a = masked_conv2d(1, 2, 3, ConvType::A, vb.pp("a"))?;
+        let b = masked_conv2d(1, 2, 3, ConvType::B, vb.pp("b"))?;
+        let above_left = vec![(1, 1), (1, 2), (1, 3), (2, 1)];
+        assert_eq!(seen_by(&|x| a.forward(x), 5, 5, 2, 2)?, above_left);
+        let mut with_centre = above_left.clone();
+        with_centre.push((2, 2));
+        assert_eq!(seen_by(&|x| b.forward(x), 5, 5, 2, 2)?, with_centre);
+        // Vertical: rows 1..=2 (current included), columns 1..=3; horizontal A: (2, 1) only.
+        let v = planned_conv2d(1, 2, (2, 3), vertical_plan(3), vb.pp("v"))?;
+        assert_eq!(
+            seen_by(&|x| v.forward(x), 5, 5, 2, 2)?,
+            vec![(1, 1), (1, 2), (1, 3), (2, 1), (2, 2), (2, 3)]
+        );
+        let h = planned_conv2d(1, 2, (1, 2), horizontal_plan(3, ConvType::A), vb.pp("h"))?;
+        assert_eq!(seen_by(&|x| h.forward(x), 5, 5, 2, 2)?, vec![(2, 1)]);
+        assert_eq!(
+            seen_by(&|x| down_shift(&v.forward(x)?), 5, 5, 2, 2)?,
+            vec![(0, 1), (0, 2), (0, 3), (1, 1), (1, 2), (1, 3)]
+        );
+        Ok(())
+    }
+
+    /// Finite differences in f64 through a masked layer (weights, bias and input).
+    #[test]
+    fn gradient_matches_finite_differences_f64() -> Result<()> {
+        let dev = Device::Cpu;
+        let store = crate::params::ParamStore::new(1);
+        let conv = masked_conv2d(2, 3, 3, ConvType::B, store.var_builder(DType::F64, &dev))?;
+        let x = candle_core::Var::randn(0f64, 1., (2, 4, 5, 2), &dev)?;
+        let proj = Tensor::randn(0f64, 1., (2, 4, 5, 3), &dev)?;
+        let loss = || -> Result<f64> {
+            (conv.forward(x.as_tensor())?.tanh()? * &proj)?
+                .sum_all()?
+                .to_scalar::<f64>()
+        };
+        let grads = (conv.forward(x.as_tensor())?.tanh()? * &proj)?.sum_all()?.backward()?;
+        for (name, var) in store.vars().into_iter().chain([("x".to_string(), x.clone())]) {
+            let g = grads.get(&var).unwrap().flatten_all()?.to_vec1::<f64>()?;
+            let base = var.as_tensor().flatten_all()?.to_vec1::<f64>()?;
+            for i in (0..base.len()).step_by(3) {
+                let mut v = base.clone();
+                v[i] += 1e-6;
+                var.set(&Tensor::from_vec(v.clone(), var.shape(), &dev)?)?;
+                let up = loss()?;
+                v[i] -= 2e-6;
+                var.set(&Tensor::from_vec(v, var.shape(), &dev)?)?;
+                let down = loss()?;
+                var.set(&Tensor::from_vec(base.clone(), var.shape(), &dev)?)?;
+                let fd = (up - down) / 2e-6;
+                assert!(
+                    (fd - g[i]).abs() < 1e-6 * (1.0 + fd.abs()),
+                    "{name}[{i}]: fd {fd} vs {}",
+                    g[i]
+                );
+            }
+        }
+        Ok(())
+    }
+}
