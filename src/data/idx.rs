@@ -69,20 +69,7 @@ pub fn parse<'a>(bytes: &'a [u8], magic: u32, path: &Path) -> Result<(Vec<usize>
         .try_fold(1usize, |a, &d| a.checked_mul(d))
         .ok_or_else(|| Error::data(path, format!("dimensions {dims:?} are out of range (too large)")))?;
     let data = &bytes[header..];
-    if data.len() != expected {
-        let why = if data.len() < expected {
-            "truncated"
-        } else {
-            "trailing bytes"
-        };
-        return Err(Error::data(
-            path,
-            format!(
-                "the header {dims:?} promises {expected} data bytes, the file holds {} ({why})",
-                data.len()
-            ),
-        ));
-    }
+    super::check_payload(path, data.len(), expected, &format!("the header {dims:?} promises"))?;
     if dims[0] == 0 {
         return Err(Error::data(path, format!("no {what} (the header says 0)")));
     }

@@ -113,6 +113,23 @@ pub enum Split {
     Test,
 }
 
+/// A binary file's payload must be exactly as long as its header says: shorter is a truncated file,
+/// longer has trailing bytes. `claim` says who promised the length ("the header [..] promises").
+pub(crate) fn check_payload(path: &Path, found: usize, expected: usize, claim: &str) -> Result<()> {
+    if found == expected {
+        return Ok(());
+    }
+    let why = if found < expected {
+        "truncated"
+    } else {
+        "trailing bytes"
+    };
+    Err(Error::data(
+        path,
+        format!("{claim} {expected} data bytes, the file holds {found} ({why})"),
+    ))
+}
+
 /// What a spec names: one set, or a set that comes with its own train and test files.
 enum Source {
     One(Dataset),

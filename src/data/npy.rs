@@ -252,20 +252,7 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<Dataset> {
         .checked_mul(dim)
         .ok_or_else(|| Error::data(path, format!("shape {shape:?} is out of range (too large)")))?;
     let data = &bytes[data_start..];
-    if data.len() != total {
-        let why = if data.len() < total {
-            "truncated"
-        } else {
-            "trailing bytes"
-        };
-        return Err(Error::data(
-            path,
-            format!(
-                "shape {shape:?} needs {total} data bytes, the file holds {} ({why})",
-                data.len()
-            ),
-        ));
-    }
+    super::check_payload(path, data.len(), total, &format!("shape {shape:?} needs"))?;
     // [N, H, W, C] → [N, C, H, W]
     let mut values = Vec::with_capacity(total);
     for ex in data.chunks_exact(dim) {
