@@ -10,6 +10,12 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::Parser;
 
 fn main() {
+    // candle's own pool for elementwise ops spins between ops and competes with the kernels' threads (on 2
+    // cores it cost a third of a gated PixelCNN's time); its ops are cheap next to the convolutions, which
+    // parallelise themselves. Set CANDLE_NUM_THREADS to override. Done first, before any thread exists.
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
     let args = cli::Cli::parse();
     if let Err(e) = cli::run(args) {
         eprintln!("Error: {e:#}");
