@@ -9,7 +9,8 @@
 //! horizontal stack has a 1×1 output and a residual connection (after the first layer). A class label
 //! adds a learned bias inside every gate of both stacks, so `armory sample --label 3` draws a 3.
 //!
-//! x `[B, H·W]` (raster order, values 0..K), labels `[B]` → logits `[B, H·W, K]`.
+//! x `[B, H·W]` (raster order, values 0..K), labels `[B]` → θ `[B, H·W, P]` (K logits, or 3M mixture
+//! parameters).
 
 use candle_core::Tensor;
 use candle_nn::{Init, VarBuilder};
@@ -18,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use super::pixelcnn::one_hot;
 use super::{CausalNet, InputEncoding};
 use crate::error::{Error, Result};
+use crate::likelihood::Likelihood;
 use crate::nn::masked_conv2d::{horizontal_plan, reach, reach_down_shift, union, vertical_plan};
 use crate::nn::{conv1x1, dropout, planned_conv2d, ConvType, Mode, PlannedConv2d};
 
@@ -40,6 +42,10 @@ pub struct Config {
     /// Dropout on the horizontal stack's gated output, in training.
     #[serde(default)]
     pub dropout: f64,
+    /// A discretized logistic mixture of this many components (PixelCNN++) instead of the categorical
+    /// softmax over the K values.
+    #[serde(default)]
+    pub n_mix: Option<usize>,
 }
 
 impl Config {
@@ -57,7 +63,23 @@ impl Config {
         if self.num_classes == Some(0) {
             return bad("num_classes must be at least 1".into());
         }
+        if self.n_mix == Some(0) {
+            return bad("n_mix must be at least 1".into());
+        }
         super::check_dropout(self.dropout)
+    }
+
+    /// The per-pixel distribution.
+    pub fn likelihood(&self) -> Likelihood {
+        match self.n_mix {
+            Some(n_mix) => Likelihood::LogisticMixture {
+                num_values: self.num_values,
+                n_mix,
+            },
+            None => Likelihood::Categorical {
+                num_values: self.num_values,
+            },
+        }
     }
 }
 
@@ -151,7 +173,7 @@ impl GatedPixelCnn {
         }
         let head = (
             conv1x1(cfg.channels, cfg.head_hidden, vb.pp("head1"))?,
-            conv1x1(cfg.head_hidden, cfg.num_values, vb.pp("head2"))?,
+            conv1x1(cfg.head_hidden, cfg.likelihood().params_per_dim(), vb.pp("head2"))?,
         );
         Ok(Self {
             layers,
@@ -185,8 +207,8 @@ impl CausalNet for GatedPixelCnn {
         for (i, layer) in self.layers.iter().enumerate() {
             (v, h) = layer.forward(&v, &h, labels, mode, i as u64, self.cfg.dropout)?;
         }
-        let out = self.head.1.forward(&self.head.0.forward(&h.relu()?)?.relu()?)?; // [B, H, W, K]
-        Ok(out.reshape((b, d, k))?)
+        let out = self.head.1.forward(&self.head.0.forward(&h.relu()?)?.relu()?)?; // [B, H, W, P]
+        Ok(out.reshape((b, d, ()))?)
     }
 
     /// Input pixels that θ of the last pixel depends on (traced through both stacks' tap plans).

@@ -152,8 +152,12 @@ impl ModelConfig {
         }
     }
     pub fn likelihood(&self) -> Likelihood {
-        Likelihood::Categorical {
-            num_values: self.num_values(),
+        match self {
+            ModelConfig::Pixelcnn(c) => c.likelihood(),
+            ModelConfig::GatedPixelcnn(c) => c.likelihood(),
+            _ => Likelihood::Categorical {
+                num_values: self.num_values(),
+            },
         }
     }
     /// The dropout probability of the model, whatever its family.

@@ -4,7 +4,7 @@
 //! never reach the pixels up and to the right beyond the first layer's half-width, however deep the net
 //! (see the test `pixelcnn_has_the_blind_spot_the_paper_describes`). The gated PixelCNN removes it.
 //!
-//! x `[B, H·W]` (raster order, values 0..K) → logits `[B, H·W, K]`.
+//! x `[B, H·W]` (raster order, values 0..K) → θ `[B, H·W, P]` (K logits, or 3M mixture parameters).
 
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{CausalNet, InputEncoding};
 use crate::error::{Error, Result};
+use crate::likelihood::Likelihood;
 use crate::nn::masked_conv2d::{masked_plan, reach, union};
 use crate::nn::{conv1x1, dropout, masked_conv2d, ConvType, Mode, PlannedConv2d};
 
@@ -30,6 +31,10 @@ pub struct Config {
     pub input: InputEncoding,
     #[serde(default)]
     pub dropout: f64,
+    /// A discretized logistic mixture of this many components (PixelCNN++) instead of the categorical
+    /// softmax over the K values.
+    #[serde(default)]
+    pub n_mix: Option<usize>,
 }
 
 pub(crate) fn one_hot() -> InputEncoding {
@@ -48,7 +53,23 @@ impl Config {
                 self.first_kernel, self.kernel
             ));
         }
+        if self.n_mix == Some(0) {
+            return bad("n_mix must be at least 1".into());
+        }
         super::check_dropout(self.dropout)
+    }
+
+    /// The per-pixel distribution.
+    pub fn likelihood(&self) -> Likelihood {
+        match self.n_mix {
+            Some(n_mix) => Likelihood::LogisticMixture {
+                num_values: self.num_values,
+                n_mix,
+            },
+            None => Likelihood::Categorical {
+                num_values: self.num_values,
+            },
+        }
     }
 }
 
@@ -83,7 +104,7 @@ impl PixelCnn {
             .collect::<Result<Vec<_>>>()?;
         let head = (
             conv1x1(c, cfg.head_hidden, vb.pp("head1"))?,
-            conv1x1(cfg.head_hidden, cfg.num_values, vb.pp("head2"))?,
+            conv1x1(cfg.head_hidden, cfg.likelihood().params_per_dim(), vb.pp("head2"))?,
         );
         Ok(Self {
             first,
@@ -112,8 +133,8 @@ impl CausalNet for PixelCnn {
             let t = dropout(&blk.expand.forward(&t)?, self.cfg.dropout, mode, i as u64)?;
             s = (s + t)?;
         }
-        let out = self.head.1.forward(&self.head.0.forward(&s.relu()?)?.relu()?)?; // [B, H, W, K]
-        Ok(out.reshape((b, d, k))?)
+        let out = self.head.1.forward(&self.head.0.forward(&s.relu()?)?.relu()?)?; // [B, H, W, P]
+        Ok(out.reshape((b, d, ()))?)
     }
 
     /// Input pixels that θ of the last pixel depends on.
