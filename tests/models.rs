@@ -357,7 +357,7 @@ fn dropout_is_active_in_training_only_and_seeded() {
 /// Which of the 64 input pixels of an 8×8 image move θ at pixel (y, x), over a few random images (one
 /// image can hide a path behind ReLUs that happen to be off).
 fn pixels_seen(arm: &Arm, y: usize, x: usize) -> Vec<(usize, usize)> {
-    let mut seen = vec![false; 64];
+    let mut seen = [false; 64];
     for seed in 0..3 {
         let img = random_x(1, 64, 3, seed);
         let base = arm.forward(&img, Mode::Eval).unwrap();

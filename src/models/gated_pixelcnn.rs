@@ -54,7 +54,11 @@ impl Config {
         if self.num_values < 2 || self.height == 0 || self.width == 0 || self.channels == 0 || self.head_hidden == 0 {
             return bad("num_values ≥ 2; height, width, channels and head_hidden ≥ 1".into());
         }
-        if self.first_kernel % 2 == 0 || self.kernel % 2 == 0 || self.first_kernel < 3 || self.kernel < 3 {
+        if self.first_kernel.is_multiple_of(2)
+            || self.kernel.is_multiple_of(2)
+            || self.first_kernel < 3
+            || self.kernel < 3
+        {
             return bad(format!(
                 "kernels must be odd and ≥ 3: {} and {}",
                 self.first_kernel, self.kernel

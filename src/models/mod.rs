@@ -26,11 +26,22 @@ pub trait CausalNet: Send + Sync {
     fn num_classes(&self) -> Option<usize> {
         None
     }
+    /// A cached, position-by-position evaluator for `batch` examples, where the family has one (Fast
+    /// WaveNet-style caching: one column of computation per position instead of a full pass).
+    fn stepper(&self, _batch: usize) -> Result<Option<Box<dyn Stepper + '_>>> {
+        Ok(None)
+    }
     /// `forward` with a class label per example, `[B]` (u32), for class-conditional networks.
     fn forward_labelled(&self, x: &Tensor, labels: Option<&Tensor>, mode: Mode) -> Result<Tensor> {
         check_labels(None, labels, x.dim(0)?)?;
         self.forward(x, mode)
     }
+}
+
+/// Computes θ one position at a time, keeping what earlier positions computed.
+pub trait Stepper {
+    /// θ at the next position d, `[B][P]`, given the values drawn at position d − 1 (`None` at d = 0).
+    fn step(&mut self, prev: Option<&[u32]>) -> Result<Vec<Vec<f32>>>;
 }
 
 /// Labels must be given exactly to class-conditional models, one per example, each below `num_classes`.
@@ -234,6 +245,10 @@ impl Arm {
     }
     pub fn receptive_field(&self) -> usize {
         self.net.receptive_field()
+    }
+    /// A cached stepper for `batch` examples, if the network family has one.
+    pub fn stepper(&self, batch: usize) -> Result<Option<Box<dyn Stepper + '_>>> {
+        self.net.stepper(batch)
     }
     /// Classes of a class-conditional model.
     pub fn num_classes(&self) -> Option<usize> {

@@ -47,7 +47,7 @@ impl Config {
         if self.num_values < 2 || self.height == 0 || self.width == 0 || self.hidden < 2 || self.head_hidden == 0 {
             return bad("num_values ≥ 2, hidden ≥ 2; height, width and head_hidden ≥ 1".into());
         }
-        if self.first_kernel % 2 == 0 || self.kernel % 2 == 0 || self.first_kernel < 3 {
+        if self.first_kernel.is_multiple_of(2) || self.kernel.is_multiple_of(2) || self.first_kernel < 3 {
             return bad(format!(
                 "kernels must be odd (first ≥ 3): {} and {}",
                 self.first_kernel, self.kernel

@@ -135,11 +135,8 @@ pub fn conv1x1(c_in: usize, c_out: usize, vb: VarBuilder) -> Result<PlannedConv2
 pub fn reach(out: &[Vec<bool>], plan: &TapPlan) -> Vec<Vec<bool>> {
     let (h, w) = (out.len(), out[0].len());
     let mut seen = vec![vec![false; w]; h];
-    for y in 0..h {
-        for x in 0..w {
-            if !out[y][x] {
-                continue;
-            }
+    for (y, row) in out.iter().enumerate() {
+        for (x, _) in row.iter().enumerate().filter(|(_, &on)| on) {
             for t in &plan.taps {
                 let (sy, sx) = (
                     (y + t.dy) as isize - plan.pad_top as isize,

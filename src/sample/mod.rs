@@ -1,9 +1,41 @@
 //! Sampling. The noise (one uniform per example and position) is drawn in advance from the seed, so every
 //! sampler draws exactly the same values for the same seed: the naive sampler is the spec the fast ones meet.
 
+pub mod cached;
 pub mod naive;
+pub mod predictive;
 
 use rand::{Rng, SeedableRng};
+
+use crate::error::Result;
+use crate::models::Arm;
+
+/// How to draw samples; all give the same samples for the same noise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Method {
+    /// D full forward passes.
+    Naive,
+    /// One column of computation per position (models with a stepper).
+    Cached,
+    /// Fixed-point iteration with fixed noise; reports its ARM calls.
+    Predictive,
+}
+
+/// Draws with `method`; returns the samples `[N, D]` and the number of full ARM calls (D for naive, 0 for
+/// cached, which runs columns instead).
+pub fn sample(
+    arm: &Arm,
+    method: Method,
+    noise: &Noise,
+    temperature: f64,
+    labels: Option<&[u32]>,
+) -> Result<(Vec<u32>, usize)> {
+    match method {
+        Method::Naive => Ok((sample_naive(arm, noise, temperature, labels)?, arm.dim())),
+        Method::Cached => Ok((sample_cached(arm, noise, temperature, labels)?, 0)),
+        Method::Predictive => sample_predictive(arm, noise, temperature, labels),
+    }
+}
 use rand_chacha::ChaCha8Rng;
 
 /// Uniforms in [0, 1), `[N, D]`, fixed by a seed.
@@ -32,4 +64,6 @@ impl Noise {
     }
 }
 
+pub use cached::sample_cached;
 pub use naive::sample_naive;
+pub use predictive::sample_predictive;
