@@ -1,6 +1,6 @@
 //! Fast samplers against the naive one: the same noise gives the same samples.
 
-use armory::models::{causal_conv, gated_pixelcnn, Arm, InputEncoding, Mode, ModelConfig};
+use armory::models::{causal_conv, gated_pixelcnn, mlp, rnn, wavenet, Arm, InputEncoding, Mode, ModelConfig};
 use armory::nn::ConvType;
 use armory::sample::{sample_cached, sample_naive, sample_predictive, Noise};
 use candle_core::{DType, Device, Tensor};
@@ -19,11 +19,50 @@ fn conv(dilations: Vec<usize>, input: InputEncoding, types: Option<Vec<ConvType>
     })
 }
 
+/// Small members of every family with a cached stepper, D = 14, K = 5.
 fn conv_configs() -> Vec<ModelConfig> {
+    let wavenet = |input| {
+        ModelConfig::Wavenet(wavenet::Config {
+            num_values: 5,
+            length: 14,
+            residual_channels: 4,
+            skip_channels: 3,
+            kernel: 2,
+            dilations: vec![1, 2, 4, 1],
+            input,
+            dropout: 0.0,
+        })
+    };
+    let rnn = |cell| {
+        ModelConfig::Rnn(rnn::Config {
+            num_values: 5,
+            length: 14,
+            cell,
+            hidden: 6,
+            embedding: 3,
+            dropout: 0.0,
+        })
+    };
+    let mlp = |input| {
+        ModelConfig::Mlp(mlp::Config {
+            num_values: 5,
+            length: 14,
+            memory: 3,
+            hidden: 7,
+            input,
+            dropout: 0.0,
+        })
+    };
     vec![
         conv(vec![1, 1, 1], InputEncoding::Raw, None),
         conv(vec![1, 2, 4], InputEncoding::OneHot, None),
         conv(vec![2, 1], InputEncoding::Scaled, Some(vec![ConvType::A, ConvType::A])),
+        wavenet(InputEncoding::OneHot),
+        wavenet(InputEncoding::Raw),
+        rnn(rnn::Cell::Lstm),
+        rnn(rnn::Cell::Gru),
+        mlp(InputEncoding::Raw),
+        mlp(InputEncoding::OneHot),
     ]
 }
 
@@ -53,7 +92,7 @@ fn cached_step_matches_the_forward_pass_at_every_position() {
             .forward(&Tensor::from_vec(x.clone(), (2, 14), &Device::Cpu).unwrap(), Mode::Eval)
             .unwrap();
         let full = full.to_vec3::<f32>().unwrap();
-        let mut stepper = arm.stepper(2).unwrap().expect("the conv stack has a stepper");
+        let mut stepper = arm.stepper(2).unwrap().expect("the family has a stepper");
         let mut prev: Option<Vec<u32>> = None;
         for d in 0..14 {
             let theta = stepper.step(prev.as_deref()).unwrap();

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{CausalNet, InputEncoding, Stepper};
 use crate::error::{Error, Result};
-use crate::nn::{causal_conv1d, dropout, leaky_relu, CausalConv1d, CausalConv1dConfig, ConvType, Mode};
+use crate::nn::{causal_conv1d, dropout, leaky_relu, CausalConv1d, CausalConv1dConfig, ConvType, Mode, StepConv};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -168,58 +168,23 @@ impl CausalNet for CausalConvNet {
     }
 }
 
-/// One layer's weights for stepping: all taps side by side, `[(j, ci), co]`, and the bias.
-struct StepLayer {
-    taps: Vec<f32>, // [K·C_in, C_out]
-    bias: Vec<f32>,
-    c_in: usize,
-    c_out: usize,
-    cfg: CausalConv1dConfig,
-    inputs: Vec<f32>, // every input so far, [t][B][C_in]
-}
-
 /// Fast WaveNet-style caching (Paine et al. 2016) for the causal conv stack: each layer keeps the inputs it
 /// has seen, so θ at position t costs one column — K input rows times the weights per layer — instead of a
 /// pass over all D positions.
 pub struct CachedStack<'a> {
     net: &'a CausalConvNet,
-    layers: Vec<StepLayer>,
+    layers: Vec<StepConv>,
     batch: usize,
     t: usize,
 }
 
 impl<'a> CachedStack<'a> {
     fn new(net: &'a CausalConvNet, batch: usize) -> Result<Self> {
-        let mut layers = vec![];
-        for l in &net.layers {
-            let (c_out, c_in, k) = l.weight().dims3()?;
-            let w = l
-                .weight()
-                .to_dtype(candle_core::DType::F32)?
-                .flatten_all()?
-                .to_vec1::<f32>()?;
-            let mut taps = vec![0f32; k * c_in * c_out];
-            for co in 0..c_out {
-                for ci in 0..c_in {
-                    for j in 0..k {
-                        taps[(j * c_in + ci) * c_out + co] = w[(co * c_in + ci) * k + j];
-                    }
-                }
-            }
-            let bias = l
-                .bias()
-                .expect("the conv stack has biases")
-                .to_dtype(candle_core::DType::F32)?
-                .to_vec1::<f32>()?;
-            layers.push(StepLayer {
-                taps,
-                bias,
-                c_in,
-                c_out,
-                cfg: *l.config(),
-                inputs: vec![],
-            });
-        }
+        let layers = net
+            .layers
+            .iter()
+            .map(StepConv::new)
+            .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(Self {
             net,
             layers,
@@ -229,75 +194,12 @@ impl<'a> CachedStack<'a> {
     }
 }
 
-impl StepLayer {
-    /// The output at position t: bias + Σ_j W_j · input[t + j·d − pad] (zero before the start).
-    fn output(&self, t: usize, b: usize) -> Vec<f32> {
-        let (k, d, pad) = (self.cfg.kernel, self.cfg.dilation, self.cfg.left_pad());
-        // Gather the K input rows of every example side by side: [B, K·C_in].
-        let mut window = vec![0f32; b * k * self.c_in];
-        for j in 0..k {
-            let Some(src) = (t + j * d).checked_sub(pad) else {
-                continue;
-            };
-            let row = &self.inputs[src * b * self.c_in..(src + 1) * b * self.c_in];
-            for i in 0..b {
-                window[(i * k + j) * self.c_in..(i * k + j + 1) * self.c_in]
-                    .copy_from_slice(&row[i * self.c_in..(i + 1) * self.c_in]);
-            }
-        }
-        let mut out: Vec<f32> = (0..b).flat_map(|_| self.bias.iter().copied()).collect();
-        let (m, n, kk) = (b, self.c_out, k * self.c_in);
-        let par = if 2 * m * n * kk > 4_000_000 {
-            gemm::Parallelism::Rayon(rayon::current_num_threads())
-        } else {
-            gemm::Parallelism::None
-        };
-        unsafe {
-            gemm::gemm(
-                m,
-                n,
-                kk,
-                out.as_mut_ptr(),
-                1,
-                n as isize,
-                true,
-                window.as_ptr(),
-                1,
-                kk as isize,
-                self.taps.as_ptr(),
-                1,
-                n as isize,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                par,
-            );
-        }
-        out
-    }
-}
-
 impl Stepper for CachedStack<'_> {
     fn step(&mut self, prev: Option<&[u32]>) -> Result<Vec<Vec<f32>>> {
         let (b, t, cfg) = (self.batch, self.t, &self.net.cfg);
         // The value drawn at t − 1 enters the first layer's inputs.
         if let Some(prev) = prev {
-            let c = self.layers[0].c_in;
-            for &v in prev {
-                match cfg.input {
-                    InputEncoding::Raw => self.layers[0].inputs.push(v as f32),
-                    InputEncoding::Scaled => self.layers[0]
-                        .inputs
-                        .push(v as f32 / (cfg.num_values.max(2) - 1) as f32),
-                    InputEncoding::OneHot => {
-                        self.layers[0]
-                            .inputs
-                            .extend((0..c).map(|k| if k == v as usize { 1.0 } else { 0.0 }))
-                    }
-                }
-            }
+            self.layers[0].push(&cfg.input.encode_values(prev, cfg.num_values));
         }
         let n = self.layers.len();
         let mut out = vec![];
@@ -310,11 +212,11 @@ impl Stepper for CachedStack<'_> {
                         *v *= slope
                     }
                 });
-                self.layers[i + 1].inputs.extend_from_slice(&out);
+                self.layers[i + 1].push(&out);
             }
         }
         self.t += 1;
-        let k = self.layers[n - 1].c_out;
+        let k = cfg.num_values;
         Ok(out.chunks(k).map(|r| r.to_vec()).collect())
     }
 }

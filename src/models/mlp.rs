@@ -6,7 +6,7 @@ use candle_core::Tensor;
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
-use super::{CausalNet, InputEncoding};
+use super::{CausalNet, InputEncoding, Stepper};
 use crate::error::{Error, Result};
 use crate::nn::{dropout, linear, Linear, Mode};
 
@@ -83,5 +83,45 @@ impl CausalNet for MlpNet {
 
     fn receptive_field(&self) -> usize {
         self.cfg.memory.min(self.cfg.length)
+    }
+
+    fn stepper(&self, batch: usize) -> Result<Option<Box<dyn Stepper + '_>>> {
+        // Before the start the window holds zeros, as the forward pass pads.
+        let width = self.cfg.memory * self.cfg.input.channels(self.cfg.num_values);
+        Ok(Some(Box::new(MlpStepper {
+            net: self,
+            window: vec![vec![0.0; width]; batch],
+        })))
+    }
+}
+
+/// Stepping the finite-memory MLP: a window of the last m encoded values.
+pub struct MlpStepper<'a> {
+    net: &'a MlpNet,
+    window: Vec<Vec<f32>>, // per example, lag 1 first: [x_{t−1}, …, x_{t−m}] encoded
+}
+
+impl Stepper for MlpStepper<'_> {
+    fn step(&mut self, prev: Option<&[u32]>) -> Result<Vec<Vec<f32>>> {
+        let cfg = &self.net.cfg;
+        if let Some(prev) = prev {
+            let c = cfg.input.channels(cfg.num_values);
+            let enc = cfg.input.encode_values(prev, cfg.num_values); // [B][C]
+            for (i, w) in self.window.iter_mut().enumerate() {
+                // Shift the window by one lag and put x_{t−1} first.
+                w.truncate((cfg.memory - 1) * c);
+                w.splice(0..0, enc[i * c..(i + 1) * c].iter().copied());
+            }
+        }
+        let dev = self.net.out.weight().device();
+        let (b, width) = (self.window.len(), self.window[0].len());
+        let x = Tensor::from_vec(self.window.concat(), (b, width), dev)?.to_dtype(self.net.out.weight().dtype())?;
+        let h = self.net.hidden.forward(&x)?.relu()?;
+        Ok(self
+            .net
+            .out
+            .forward(&h)?
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec2::<f32>()?)
     }
 }

@@ -88,6 +88,21 @@ impl InputEncoding {
         }
     }
 
+    /// Values `[B]` → their encodings `[B][C]` flattened, for stepping one position at a time.
+    pub fn encode_values(&self, values: &[u32], num_values: usize) -> Vec<f32> {
+        match self {
+            InputEncoding::Raw => values.iter().map(|&v| v as f32).collect(),
+            InputEncoding::Scaled => values
+                .iter()
+                .map(|&v| v as f32 / (num_values.max(2) - 1) as f32)
+                .collect(),
+            InputEncoding::OneHot => values
+                .iter()
+                .flat_map(|&v| (0..num_values).map(move |k| if k == v as usize { 1.0 } else { 0.0 }))
+                .collect(),
+        }
+    }
+
     /// x `[B, D]` (u32) → `[B, D, C]` in `dtype`, channels-last.
     pub fn encode(&self, x: &Tensor, num_values: usize, dtype: DType) -> Result<Tensor> {
         let xf = x.to_dtype(dtype)?.unsqueeze(2)?;

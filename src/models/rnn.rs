@@ -10,7 +10,7 @@ use candle_nn::rnn::{GRUConfig, LSTMConfig, GRU, LSTM, RNN};
 use candle_nn::{Embedding, Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 
-use super::CausalNet;
+use super::{CausalNet, Stepper};
 use crate::error::{Error, Result};
 use crate::nn::{dropout, linear, Linear, Mode};
 
@@ -122,5 +122,62 @@ impl CausalNet for RnnNet {
 
     fn receptive_field(&self) -> usize {
         self.cfg.length
+    }
+
+    fn stepper(&self, batch: usize) -> Result<Option<Box<dyn Stepper + '_>>> {
+        let state = match &self.rnn {
+            Recurrence::Lstm(r) => RnnState::Lstm(r.zero_state(batch)?),
+            Recurrence::Gru(r) => RnnState::Gru(r.zero_state(batch)?),
+        };
+        Ok(Some(Box::new(RnnStepper {
+            net: self,
+            state,
+            batch,
+        })))
+    }
+}
+
+enum RnnState {
+    Lstm(candle_nn::rnn::LSTMState),
+    Gru(candle_nn::rnn::GRUState),
+}
+
+/// Stepping an RNN is native: one cell step per position, the state carried along.
+pub struct RnnStepper<'a> {
+    net: &'a RnnNet,
+    state: RnnState,
+    batch: usize,
+}
+
+impl Stepper for RnnStepper<'_> {
+    fn step(&mut self, prev: Option<&[u32]>) -> Result<Vec<Vec<f32>>> {
+        use candle_core::Module;
+        let dev = self.net.out.weight().device().clone();
+        let tokens = match prev {
+            Some(p) => Tensor::from_slice(p, p.len(), &dev)?,
+            None => Tensor::full(self.net.cfg.num_values as u32, self.batch, &dev)?, // the start token
+        };
+        let e = self.net.embed.forward(&tokens)?; // [B, E]
+        let h = match (&self.net.rnn, &self.state) {
+            (Recurrence::Lstm(r), RnnState::Lstm(s)) => {
+                let s = r.step(&e, s)?;
+                let h = s.h.clone();
+                self.state = RnnState::Lstm(s);
+                h
+            }
+            (Recurrence::Gru(r), RnnState::Gru(s)) => {
+                let s = r.step(&e, s)?;
+                let h = s.h.clone();
+                self.state = RnnState::Gru(s);
+                h
+            }
+            _ => unreachable!("the state matches the cell"),
+        };
+        Ok(self
+            .net
+            .out
+            .forward(&h)?
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec2::<f32>()?)
     }
 }

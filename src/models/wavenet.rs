@@ -8,9 +8,9 @@ use candle_core::Tensor;
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
-use super::{CausalNet, InputEncoding};
+use super::{CausalNet, InputEncoding, Stepper};
 use crate::error::{Error, Result};
-use crate::nn::{causal_conv1d, dropout, CausalConv1d, CausalConv1dConfig, ConvType, Mode};
+use crate::nn::{causal_conv1d, dropout, CausalConv1d, CausalConv1dConfig, ConvType, Mode, StepConv};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -148,5 +148,82 @@ impl CausalNet for WaveNet {
 
     fn receptive_field(&self) -> usize {
         self.cfg.receptive_field()
+    }
+
+    fn stepper(&self, batch: usize) -> Result<Option<Box<dyn Stepper + '_>>> {
+        Ok(Some(Box::new(WaveNetStepper::new(self, batch)?)))
+    }
+}
+
+/// Cached stepping (Fast WaveNet, Paine et al. 2016): every convolution keeps its past inputs, so each
+/// position costs one column through the stack.
+pub struct WaveNetStepper<'a> {
+    net: &'a WaveNet,
+    input: StepConv,
+    blocks: Vec<(StepConv, Option<StepConv>, StepConv)>, // filter-gate, residual, skip
+    head: (StepConv, StepConv),
+    batch: usize,
+    t: usize,
+}
+
+impl<'a> WaveNetStepper<'a> {
+    fn new(net: &'a WaveNet, batch: usize) -> Result<Self> {
+        let blocks = net
+            .blocks
+            .iter()
+            .map(|b| {
+                Ok((
+                    StepConv::new(&b.filter_gate)?,
+                    b.residual.as_ref().map(StepConv::new).transpose()?,
+                    StepConv::new(&b.skip)?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let head = (StepConv::new(&net.head1)?, StepConv::new(&net.head2)?);
+        Ok(Self {
+            net,
+            input: StepConv::new(&net.input)?,
+            blocks,
+            head,
+            batch,
+            t: 0,
+        })
+    }
+}
+
+impl Stepper for WaveNetStepper<'_> {
+    fn step(&mut self, prev: Option<&[u32]>) -> Result<Vec<Vec<f32>>> {
+        let (b, t, cfg) = (self.batch, self.t, &self.net.cfg);
+        let c = cfg.residual_channels;
+        if let Some(prev) = prev {
+            self.input.push(&cfg.input.encode_values(prev, cfg.num_values));
+        }
+        let mut h = self.input.output(t, b); // [B][C]
+        let mut skips = vec![0f32; b * cfg.skip_channels];
+        for (fg, res, skip) in &mut self.blocks {
+            fg.push(&h);
+            let f = fg.output(t, b); // [B][2C]
+            let z: Vec<f32> = (0..b)
+                .flat_map(|i| {
+                    let row = &f[i * 2 * c..(i + 1) * 2 * c];
+                    (0..c)
+                        .map(move |j| row[j].tanh() * (1.0 / (1.0 + (-row[c + j]).exp())))
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            if let Some(res) = res {
+                res.push(&z);
+                h.iter_mut().zip(res.output(t, b)).for_each(|(a, r)| *a += r);
+            }
+            skip.push(&z);
+            skips.iter_mut().zip(skip.output(t, b)).for_each(|(a, s)| *a += s);
+        }
+        let relu = |v: Vec<f32>| -> Vec<f32> { v.into_iter().map(|x| x.max(0.0)).collect() };
+        self.head.0.push(&relu(skips));
+        let hidden = relu(self.head.0.output(t, b));
+        self.head.1.push(&hidden);
+        let out = self.head.1.output(t, b);
+        self.t += 1;
+        Ok(out.chunks(cfg.num_values).map(|r| r.to_vec()).collect())
     }
 }
