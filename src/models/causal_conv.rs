@@ -117,6 +117,7 @@ impl Config {
         if !(self.leaky_slope.is_finite()) {
             return bad(format!("leaky_slope = {} is not finite", self.leaky_slope));
         }
+        super::check_dropout(self.dropout)?;
         Ok(())
     }
 }

@@ -419,6 +419,12 @@ impl ShiftedConvOp {
         if b.dims() != [c_out] {
             candle_core::bail!("shifted conv: bias has shape {:?}, expected [{c_out}]", b.dims());
         }
+        if b_size * h * wd == 0 {
+            candle_core::bail!(
+                "shifted conv: empty input {:?} (no examples or no pixels)",
+                (b_size, h, wd)
+            );
+        }
         let p = &self.plan;
         if p.taps.is_empty() {
             candle_core::bail!("shifted conv: no taps");
