@@ -61,15 +61,7 @@ impl Config {
 
     /// The per-pixel distribution.
     pub fn likelihood(&self) -> Likelihood {
-        match self.n_mix {
-            Some(n_mix) => Likelihood::LogisticMixture {
-                num_values: self.num_values,
-                n_mix,
-            },
-            None => Likelihood::Categorical {
-                num_values: self.num_values,
-            },
-        }
+        Likelihood::for_values(self.num_values, self.n_mix)
     }
 }
 
