@@ -1,6 +1,6 @@
 //! Fast samplers against the naive one: the same noise gives the same samples.
 
-use armory::models::{causal_conv, gated_pixelcnn, mlp, rnn, wavenet, Arm, InputEncoding, Mode, ModelConfig};
+use armory::models::{causal_conv, gated_pixelcnn, mlp, pixelcnn, rnn, wavenet, Arm, InputEncoding, Mode, ModelConfig};
 use armory::nn::ConvType;
 use armory::sample::{sample_cached, sample_naive, sample_predictive, Noise};
 use candle_core::{DType, Device, Tensor};
@@ -66,18 +66,85 @@ fn conv_configs() -> Vec<ModelConfig> {
     ]
 }
 
+/// Small 2-D models, 3×4 images: PixelCNN and the gated PixelCNN, categorical and mixture, conditional too.
+fn image_configs() -> Vec<ModelConfig> {
+    let gated = gated_pixelcnn::Config {
+        num_values: 4,
+        height: 3,
+        width: 4,
+        channels: 4,
+        first_kernel: 3,
+        layers: 2,
+        kernel: 3,
+        head_hidden: 4,
+        num_classes: Some(3),
+        input: InputEncoding::OneHot,
+        dropout: 0.0,
+        n_mix: None,
+    };
+    let pixelcnn = pixelcnn::Config {
+        num_values: 4,
+        height: 3,
+        width: 4,
+        hidden: 6,
+        first_kernel: 5,
+        blocks: 2,
+        kernel: 3,
+        head_hidden: 5,
+        input: InputEncoding::OneHot,
+        dropout: 0.0,
+        n_mix: None,
+    };
+    vec![
+        ModelConfig::GatedPixelcnn(gated.clone()),
+        ModelConfig::GatedPixelcnn(gated_pixelcnn::Config {
+            num_classes: None,
+            n_mix: Some(2),
+            first_kernel: 5,
+            input: InputEncoding::Scaled,
+            ..gated
+        }),
+        ModelConfig::Pixelcnn(pixelcnn.clone()),
+        ModelConfig::Pixelcnn(pixelcnn::Config {
+            n_mix: Some(2),
+            input: InputEncoding::Raw,
+            ..pixelcnn
+        }),
+    ]
+}
+
+/// A fresh model whose class-conditional gate biases (zero at initialisation) are random, so that a
+/// sampler that drops or misplaces them is caught.
+fn arm(cfg: &ModelConfig, seed: u64) -> Arm {
+    let arm = Arm::new(cfg, seed, DType::F32, &Device::Cpu).unwrap();
+    for (name, var) in arm.params().vars() {
+        if name.contains("cond") {
+            var.set(&Tensor::randn(0f32, 1., var.shape(), &Device::Cpu).unwrap()).unwrap();
+        }
+    }
+    arm
+}
+
+/// One label per example for class-conditional models (cycling through the classes), none otherwise.
+fn labels_for(arm: &Arm, n: usize) -> Option<Vec<u32>> {
+    arm.num_classes()
+        .map(|k| (0..n).map(|i| ((i + 1) % k) as u32).collect())
+}
+
 #[test]
 fn cached_sampling_reproduces_the_naive_sampler() {
-    for cfg in conv_configs() {
-        let arm = Arm::new(&cfg, 3, DType::F32, &Device::Cpu).unwrap();
+    for cfg in conv_configs().into_iter().chain(image_configs()) {
+        let arm = arm(&cfg, 3);
         for (n, seed) in [(1, 0), (3, 1), (5, 2)] {
-            let noise = Noise::new(n, 14, seed);
-            let naive = sample_naive(&arm, &noise, 1.0, None).unwrap();
-            assert_eq!(sample_cached(&arm, &noise, 1.0, None).unwrap(), naive, "{cfg:?} n={n}");
-            assert_eq!(
-                sample_cached(&arm, &noise, 0.5, None).unwrap(),
-                sample_naive(&arm, &noise, 0.5, None).unwrap()
-            );
+            let noise = Noise::new(n, arm.dim(), seed);
+            let labels = labels_for(&arm, n);
+            for temperature in [1.0, 0.5] {
+                assert_eq!(
+                    sample_cached(&arm, &noise, temperature, labels.as_deref()).unwrap(),
+                    sample_naive(&arm, &noise, temperature, labels.as_deref()).unwrap(),
+                    "{cfg:?} n={n} T={temperature}"
+                );
+            }
         }
     }
 }
@@ -85,26 +152,38 @@ fn cached_sampling_reproduces_the_naive_sampler() {
 /// The stepper's θ at every position equals the full forward pass's on the same sequence.
 #[test]
 fn cached_step_matches_the_forward_pass_at_every_position() {
-    for cfg in conv_configs() {
-        let arm = Arm::new(&cfg, 4, DType::F32, &Device::Cpu).unwrap();
-        let x = sample_naive(&arm, &Noise::new(2, 14, 9), 1.0, None).unwrap();
+    for cfg in conv_configs().into_iter().chain(image_configs()) {
+        let arm = arm(&cfg, 4);
+        let (n, d) = (2, arm.dim());
+        let labels = labels_for(&arm, n);
+        let x = sample_naive(&arm, &Noise::new(n, d, 9), 1.0, labels.as_deref()).unwrap();
+        let label_tensor = labels
+            .as_ref()
+            .map(|l| Tensor::new(l.as_slice(), &Device::Cpu).unwrap());
         let full = arm
-            .forward(&Tensor::from_vec(x.clone(), (2, 14), &Device::Cpu).unwrap(), Mode::Eval)
+            .forward_labelled(
+                &Tensor::from_vec(x.clone(), (n, d), &Device::Cpu).unwrap(),
+                label_tensor.as_ref(),
+                Mode::Eval,
+            )
             .unwrap();
         let full = full.to_vec3::<f32>().unwrap();
-        let mut stepper = arm.stepper(2).unwrap().expect("the family has a stepper");
+        let mut stepper = arm
+            .stepper(n, labels.as_deref())
+            .unwrap()
+            .expect("the family has a stepper");
         let mut prev: Option<Vec<u32>> = None;
-        for d in 0..14 {
+        for p in 0..d {
             let theta = stepper.step(prev.as_deref()).unwrap();
-            for i in 0..2 {
+            for i in 0..n {
                 let err = theta[i]
                     .iter()
-                    .zip(&full[i][d])
+                    .zip(&full[i][p])
                     .map(|(a, b)| (a - b).abs())
                     .fold(0f32, f32::max);
-                assert!(err < 1e-4, "{cfg:?}: position {d}, example {i}: {err}");
+                assert!(err < 1e-4, "{cfg:?}: position {p}, example {i}: {err}");
             }
-            prev = Some(vec![x[d], x[14 + d]]);
+            prev = Some((0..n).map(|i| x[i * d + p]).collect());
         }
     }
 }
@@ -150,25 +229,16 @@ fn predictive_sampling_reproduces_the_naive_sampler() {
     }
 }
 
+/// A class-conditional model's cached sampler needs one label per example, within its classes; an
+/// unconditional one takes none.
 #[test]
-fn cached_sampling_is_refused_where_there_is_no_stepper() {
-    let cfg = ModelConfig::GatedPixelcnn(gated_pixelcnn::Config {
-        num_values: 3,
-        height: 2,
-        width: 2,
-        channels: 2,
-        first_kernel: 3,
-        layers: 1,
-        kernel: 3,
-        head_hidden: 2,
-        num_classes: None,
-        input: InputEncoding::OneHot,
-        dropout: 0.0,
-        n_mix: None,
-    });
-    let arm = Arm::new(&cfg, 0, DType::F32, &Device::Cpu).unwrap();
-    let e = sample_cached(&arm, &Noise::new(1, 4, 0), 1.0, None)
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("no cached sampler"), "{e}");
+fn cached_sampling_checks_its_labels() {
+    let conditional = Arm::new(&image_configs()[0], 0, DType::F32, &Device::Cpu).unwrap();
+    let noise = Noise::new(2, conditional.dim(), 0);
+    let err = |arm: &Arm, labels: Option<&[u32]>| sample_cached(arm, &noise, 1.0, labels).unwrap_err().to_string();
+    assert!(err(&conditional, None).contains("class-conditional"));
+    assert!(err(&conditional, Some(&[0])).contains("1 labels for 2 examples"));
+    assert!(err(&conditional, Some(&[0, 3])).contains("label 3 is outside 0..2"));
+    let plain = Arm::new(&image_configs()[2], 0, DType::F32, &Device::Cpu).unwrap();
+    assert!(err(&plain, Some(&[0, 1])).contains("not class-conditional"));
 }

@@ -53,7 +53,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     };
     let method = match a.method {
         Some(m) => m,
-        None if labels.is_none() && arm.stepper(1)?.is_some() => Method::Cached,
+        None if arm.stepper(1, labels.as_ref().map(|l| &l[..1]))?.is_some() => Method::Cached,
         None => Method::Naive,
     };
     let started = std::time::Instant::now();

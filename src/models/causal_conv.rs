@@ -164,7 +164,7 @@ impl CausalNet for CausalConvNet {
         self.cfg.receptive_field()
     }
 
-    fn stepper(&self, batch: usize) -> Result<Option<Box<dyn Stepper + '_>>> {
+    fn stepper(&self, batch: usize, _labels: Option<&[u32]>) -> Result<Option<Box<dyn Stepper + '_>>> {
         Ok(Some(Box::new(CachedStack::new(self, batch)?)))
     }
 }
@@ -175,7 +175,6 @@ impl CausalNet for CausalConvNet {
 pub struct CachedStack<'a> {
     net: &'a CausalConvNet,
     layers: Vec<StepConv>,
-    batch: usize,
     t: usize,
 }
 
@@ -184,28 +183,23 @@ impl<'a> CachedStack<'a> {
         let layers = net
             .layers
             .iter()
-            .map(StepConv::new)
+            .map(|l| l.stepper(net.cfg.length, batch))
             .collect::<candle_core::Result<Vec<_>>>()?;
-        Ok(Self {
-            net,
-            layers,
-            batch,
-            t: 0,
-        })
+        Ok(Self { net, layers, t: 0 })
     }
 }
 
 impl Stepper for CachedStack<'_> {
     fn step(&mut self, prev: Option<&[u32]>) -> Result<Vec<Vec<f32>>> {
-        let (b, t, cfg) = (self.batch, self.t, &self.net.cfg);
+        let (t, cfg) = (self.t, &self.net.cfg);
         // The value drawn at t − 1 enters the first layer's inputs.
         if let Some(prev) = prev {
-            self.layers[0].push(&cfg.input.encode_values(prev, cfg.num_values));
+            self.layers[0].set(t - 1..t, &cfg.input.encode_values(prev, cfg.num_values));
         }
         let n = self.layers.len();
         let mut out = vec![];
         for i in 0..n {
-            out = self.layers[i].output(t, b);
+            out = self.layers[i].output(t..t + 1);
             if i + 1 < n {
                 let slope = cfg.leaky_slope as f32;
                 out.iter_mut().for_each(|v| {
@@ -213,7 +207,7 @@ impl Stepper for CachedStack<'_> {
                         *v *= slope
                     }
                 });
-                self.layers[i + 1].push(&out);
+                self.layers[i + 1].set(t..t + 1, &out);
             }
         }
         self.t += 1;

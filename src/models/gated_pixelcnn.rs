@@ -17,11 +17,12 @@ use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use super::pixelcnn::one_hot;
-use super::{CausalNet, InputEncoding};
+use super::{CausalNet, InputEncoding, Stepper};
 use crate::error::{Error, Result};
 use crate::likelihood::Likelihood;
 use crate::nn::masked_conv2d::{horizontal_plan, reach, reach_down_shift, union, vertical_plan};
-use crate::nn::{conv1x1, dropout, planned_conv2d, ConvType, Mode, PlannedConv2d};
+use crate::nn::step::{gate_rows, relu_in_place};
+use crate::nn::{conv1x1, dropout, planned_conv2d, ConvType, Mode, PlannedConv2d, StepConv};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -225,5 +226,139 @@ impl CausalNet for GatedPixelCnn {
             (sh, sv) = (from_h, from_v);
         }
         union(&sh, &sv).iter().flatten().filter(|&&v| v).count()
+    }
+
+    fn stepper(&self, batch: usize, labels: Option<&[u32]>) -> Result<Option<Box<dyn Stepper + '_>>> {
+        Ok(Some(Box::new(GatedStepper::new(self, batch, labels)?)))
+    }
+}
+
+/// One gated layer, stepped.
+struct LayerStepper {
+    vertical: StepConv,   // keeps the layer's vertical input, row by row
+    horizontal: StepConv, // keeps the layer's horizontal input, pixel by pixel
+    v_to_h: StepConv,
+    h_out: StepConv,
+    cond: Option<(Vec<f32>, Vec<f32>)>, // this batch's gate biases, [B][2C] for each stack
+    /// The vertical stack's contribution to the current row of the horizontal one: v_to_h of the
+    /// pre-activation one row up, `[x][B][2C]`.
+    from_above: Vec<f32>,
+    residual: bool,
+}
+
+/// Cached stepping with per-row caches (Fast PixelCNN++, Ramachandran et al. 2017): at the start of each row
+/// the vertical stack runs once over the row above, now complete, through every layer; then each pixel costs
+/// one column of the horizontal stack.
+pub struct GatedStepper<'a> {
+    net: &'a GatedPixelCnn,
+    layers: Vec<LayerStepper>,
+    head: (StepConv, StepConv),
+    batch: usize,
+    d: usize,
+}
+
+impl<'a> GatedStepper<'a> {
+    fn new(net: &'a GatedPixelCnn, batch: usize, labels: Option<&[u32]>) -> Result<Self> {
+        let grid = (net.cfg.height, net.cfg.width);
+        let rows_for = |table: &Tensor, labels: &[u32]| -> Result<Vec<f32>> {
+            let table = table.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?;
+            Ok(labels.iter().flat_map(|&l| table[l as usize].iter().copied()).collect())
+        };
+        let layers = net
+            .layers
+            .iter()
+            .map(|l| {
+                let cond = match (&l.cond, labels) {
+                    (Some((cv, ch)), Some(labels)) => Some((rows_for(cv, labels)?, rows_for(ch, labels)?)),
+                    _ => None,
+                };
+                Ok(LayerStepper {
+                    vertical: l.vertical.stepper(grid, batch)?,
+                    horizontal: l.horizontal.stepper(grid, batch)?,
+                    v_to_h: l.v_to_h.stepper((0, 0), batch)?,
+                    h_out: l.h_out.stepper((0, 0), batch)?,
+                    cond,
+                    from_above: vec![],
+                    residual: l.residual,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            net,
+            layers,
+            head: (net.head.0.stepper((0, 0), batch)?, net.head.1.stepper((0, 0), batch)?),
+            batch,
+            d: 0,
+        })
+    }
+
+    /// Runs the vertical stack over row `y − 1` (all of it known now) and keeps what row `y`'s horizontal
+    /// stack reads from it; row 0 reads the down-shift's zero padding.
+    fn start_row(&mut self, y: usize) {
+        let (w, b, c) = (self.net.cfg.width, self.batch, self.net.cfg.channels);
+        if y == 0 {
+            for layer in &mut self.layers {
+                layer.from_above = layer.v_to_h.pointwise(&vec![0.0; w * b * 2 * c]);
+            }
+            return;
+        }
+        let row = (y - 1) * w..y * w;
+        let mut v_in: Option<Vec<f32>> = None; // the previous layer's gated vertical output on that row
+        for layer in &mut self.layers {
+            if let Some(v_in) = &v_in {
+                layer.vertical.set(row.clone(), v_in);
+            }
+            let mut pre = layer.vertical.output(row.clone()); // [x][B][2C]
+            layer.from_above = layer.v_to_h.pointwise(&pre);
+            if let Some((cv, _)) = &layer.cond {
+                pre.chunks_mut(b * 2 * c)
+                    .for_each(|r| r.iter_mut().zip(cv).for_each(|(a, c)| *a += c));
+            }
+            v_in = Some(gate_rows(&pre, c));
+        }
+    }
+}
+
+impl Stepper for GatedStepper<'_> {
+    fn step(&mut self, prev: Option<&[u32]>) -> Result<Vec<Vec<f32>>> {
+        let (d, cfg) = (self.d, &self.net.cfg);
+        let (w, b, c) = (cfg.width, self.batch, cfg.channels);
+        if let Some(prev) = prev {
+            // Pixel d − 1 enters the first layer's inputs, vertical and horizontal.
+            let e = cfg.input.encode_values(prev, cfg.num_values);
+            self.layers[0].vertical.set(d - 1..d, &e);
+            self.layers[0].horizontal.set(d - 1..d, &e);
+        }
+        let x = d % w;
+        if x == 0 {
+            self.start_row(d / w);
+        }
+        let mut h_in: Option<Vec<f32>> = None; // the previous layer's horizontal output at pixel d
+        for layer in &mut self.layers {
+            if let Some(h_in) = &h_in {
+                layer.horizontal.set(d..d + 1, h_in);
+            }
+            let mut pre = layer.horizontal.output(d..d + 1); // [B][2C]
+            let above = &layer.from_above[x * b * 2 * c..(x + 1) * b * 2 * c];
+            pre.iter_mut().zip(above).for_each(|(a, v)| *a += v);
+            if let Some((_, ch)) = &layer.cond {
+                pre.iter_mut().zip(ch).for_each(|(a, c)| *a += c);
+            }
+            let mut out = layer.h_out.pointwise(&gate_rows(&pre, c));
+            if layer.residual {
+                out.iter_mut().zip(layer.horizontal.input(d)).for_each(|(a, h)| *a += h);
+            }
+            h_in = Some(out);
+        }
+        let mut h = h_in.expect("at least one layer");
+        relu_in_place(&mut h);
+        let mut hidden = self.head.0.pointwise(&h);
+        relu_in_place(&mut hidden);
+        let out = self.head.1.pointwise(&hidden);
+        self.d += 1;
+        Ok(out
+            .chunks(cfg.likelihood().params_per_dim())
+            .map(|r| r.to_vec())
+            .collect())
     }
 }

@@ -85,7 +85,7 @@ impl CausalNet for MlpNet {
         self.cfg.memory.min(self.cfg.length)
     }
 
-    fn stepper(&self, batch: usize) -> Result<Option<Box<dyn Stepper + '_>>> {
+    fn stepper(&self, batch: usize, _labels: Option<&[u32]>) -> Result<Option<Box<dyn Stepper + '_>>> {
         // Before the start the window holds zeros, as the forward pass pads.
         let width = self.cfg.memory * self.cfg.input.channels(self.cfg.num_values);
         Ok(Some(Box::new(MlpStepper {

@@ -26,9 +26,10 @@ pub trait CausalNet: Send + Sync {
     fn num_classes(&self) -> Option<usize> {
         None
     }
-    /// A cached, position-by-position evaluator for `batch` examples, where the family has one (Fast
-    /// WaveNet-style caching: one column of computation per position instead of a full pass).
-    fn stepper(&self, _batch: usize) -> Result<Option<Box<dyn Stepper + '_>>> {
+    /// A cached, position-by-position evaluator for `batch` examples (with their class labels, for
+    /// class-conditional networks; checked by the caller), where the family has one (Fast WaveNet-style
+    /// caching: one column of computation per position instead of a full pass).
+    fn stepper(&self, _batch: usize, _labels: Option<&[u32]>) -> Result<Option<Box<dyn Stepper + '_>>> {
         Ok(None)
     }
     /// `forward` with a class label per example, `[B]` (u32), for class-conditional networks.
@@ -261,9 +262,14 @@ impl Arm {
     pub fn receptive_field(&self) -> usize {
         self.net.receptive_field()
     }
-    /// A cached stepper for `batch` examples, if the network family has one.
-    pub fn stepper(&self, batch: usize) -> Result<Option<Box<dyn Stepper + '_>>> {
-        self.net.stepper(batch)
+    /// A cached stepper for `batch` examples (one label each for class-conditional models), if the network
+    /// family has one.
+    pub fn stepper(&self, batch: usize, labels: Option<&[u32]>) -> Result<Option<Box<dyn Stepper + '_>>> {
+        let tensor = labels
+            .map(|l| Tensor::from_slice(l, l.len(), &self.device))
+            .transpose()?;
+        check_labels(self.num_classes(), tensor.as_ref(), batch)?;
+        self.net.stepper(batch, labels)
     }
     /// Classes of a class-conditional model.
     pub fn num_classes(&self) -> Option<usize> {

@@ -10,11 +10,12 @@ use candle_core::Tensor;
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
-use super::{CausalNet, InputEncoding};
+use super::{CausalNet, InputEncoding, Stepper};
 use crate::error::{Error, Result};
 use crate::likelihood::Likelihood;
 use crate::nn::masked_conv2d::{masked_plan, reach, union};
-use crate::nn::{conv1x1, dropout, masked_conv2d, ConvType, Mode, PlannedConv2d};
+use crate::nn::step::relu_in_place;
+use crate::nn::{conv1x1, dropout, masked_conv2d, ConvType, Mode, PlannedConv2d, StepConv};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -139,5 +140,71 @@ impl CausalNet for PixelCnn {
         }
         set = reach(&set, &masked_plan(self.cfg.first_kernel, ConvType::A));
         set.iter().flatten().filter(|&&v| v).count()
+    }
+
+    fn stepper(&self, batch: usize, _labels: Option<&[u32]>) -> Result<Option<Box<dyn Stepper + '_>>> {
+        Ok(Some(Box::new(PixelCnnStepper::new(self, batch)?)))
+    }
+}
+
+/// Cached stepping (Fast PixelCNN++, Ramachandran et al. 2017): the masked convolutions keep their inputs
+/// at every pixel generated so far, and each new pixel costs one column through the stack — its own taps of
+/// each masked kernel and its own row of each 1×1.
+pub struct PixelCnnStepper<'a> {
+    net: &'a PixelCnn,
+    first: StepConv,
+    blocks: Vec<[StepConv; 3]>, // reduce (1×1), masked, expand (1×1)
+    head: (StepConv, StepConv),
+    d: usize,
+}
+
+impl<'a> PixelCnnStepper<'a> {
+    fn new(net: &'a PixelCnn, batch: usize) -> Result<Self> {
+        let grid = (net.cfg.height, net.cfg.width);
+        let blocks = net
+            .blocks
+            .iter()
+            .map(|b| {
+                Ok([
+                    b.reduce.stepper((0, 0), batch)?,
+                    b.masked.stepper(grid, batch)?,
+                    b.expand.stepper((0, 0), batch)?,
+                ])
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            net,
+            first: net.first.stepper(grid, batch)?,
+            blocks,
+            head: (net.head.0.stepper((0, 0), batch)?, net.head.1.stepper((0, 0), batch)?),
+            d: 0,
+        })
+    }
+}
+
+impl Stepper for PixelCnnStepper<'_> {
+    fn step(&mut self, prev: Option<&[u32]>) -> Result<Vec<Vec<f32>>> {
+        let (d, cfg) = (self.d, &self.net.cfg);
+        if let Some(prev) = prev {
+            self.first.set(d - 1..d, &cfg.input.encode_values(prev, cfg.num_values));
+        }
+        let mut s = self.first.output(d..d + 1); // [B][C]: the residual stream at pixel d
+        for [reduce, masked, expand] in &mut self.blocks {
+            let mut t = s.clone();
+            relu_in_place(&mut t);
+            let mut t = reduce.pointwise(&t);
+            relu_in_place(&mut t);
+            masked.set(d..d + 1, &t);
+            let mut t = masked.output(d..d + 1);
+            relu_in_place(&mut t);
+            s.iter_mut().zip(expand.pointwise(&t)).for_each(|(a, b)| *a += b);
+        }
+        relu_in_place(&mut s);
+        let mut hidden = self.head.0.pointwise(&s);
+        relu_in_place(&mut hidden);
+        let out = self.head.1.pointwise(&hidden);
+        self.d += 1;
+        let p = cfg.likelihood().params_per_dim();
+        Ok(out.chunks(p).map(|r| r.to_vec()).collect())
     }
 }

@@ -124,7 +124,7 @@ impl CausalNet for RnnNet {
         self.cfg.length
     }
 
-    fn stepper(&self, batch: usize) -> Result<Option<Box<dyn Stepper + '_>>> {
+    fn stepper(&self, batch: usize, _labels: Option<&[u32]>) -> Result<Option<Box<dyn Stepper + '_>>> {
         let state = match &self.rnn {
             Recurrence::Lstm(r) => RnnState::Lstm(r.zero_state(batch)?),
             Recurrence::Gru(r) => RnnState::Gru(r.zero_state(batch)?),

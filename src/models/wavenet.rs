@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{CausalNet, InputEncoding, Stepper};
 use crate::error::{Error, Result};
+use crate::nn::step::{gate_rows, relu_in_place};
 use crate::nn::{causal_conv1d, dropout, CausalConv1d, CausalConv1dConfig, ConvType, Mode, StepConv};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -150,7 +151,7 @@ impl CausalNet for WaveNet {
         self.cfg.receptive_field()
     }
 
-    fn stepper(&self, batch: usize) -> Result<Option<Box<dyn Stepper + '_>>> {
+    fn stepper(&self, batch: usize, _labels: Option<&[u32]>) -> Result<Option<Box<dyn Stepper + '_>>> {
         Ok(Some(Box::new(WaveNetStepper::new(self, batch)?)))
     }
 }
@@ -168,21 +169,22 @@ pub struct WaveNetStepper<'a> {
 
 impl<'a> WaveNetStepper<'a> {
     fn new(net: &'a WaveNet, batch: usize) -> Result<Self> {
+        let d = net.cfg.length;
         let blocks = net
             .blocks
             .iter()
             .map(|b| {
                 Ok((
-                    StepConv::new(&b.filter_gate)?,
-                    b.residual.as_ref().map(StepConv::new).transpose()?,
-                    StepConv::new(&b.skip)?,
+                    b.filter_gate.stepper(d, batch)?,
+                    b.residual.as_ref().map(|r| r.stepper(d, batch)).transpose()?,
+                    b.skip.stepper(d, batch)?,
                 ))
             })
             .collect::<Result<Vec<_>>>()?;
-        let head = (StepConv::new(&net.head1)?, StepConv::new(&net.head2)?);
+        let head = (net.head1.stepper(d, batch)?, net.head2.stepper(d, batch)?);
         Ok(Self {
             net,
-            input: StepConv::new(&net.input)?,
+            input: net.input.stepper(d, batch)?,
             blocks,
             head,
             batch,
@@ -195,34 +197,28 @@ impl Stepper for WaveNetStepper<'_> {
     fn step(&mut self, prev: Option<&[u32]>) -> Result<Vec<Vec<f32>>> {
         let (b, t, cfg) = (self.batch, self.t, &self.net.cfg);
         let c = cfg.residual_channels;
+        let at = t..t + 1;
         if let Some(prev) = prev {
-            self.input.push(&cfg.input.encode_values(prev, cfg.num_values));
+            self.input.set(t - 1..t, &cfg.input.encode_values(prev, cfg.num_values));
         }
-        let mut h = self.input.output(t, b); // [B][C]
+        let mut h = self.input.output(at.clone()); // [B][C]
         let mut skips = vec![0f32; b * cfg.skip_channels];
         for (fg, res, skip) in &mut self.blocks {
-            fg.push(&h);
-            let f = fg.output(t, b); // [B][2C]
-            let z: Vec<f32> = (0..b)
-                .flat_map(|i| {
-                    let row = &f[i * 2 * c..(i + 1) * 2 * c];
-                    (0..c)
-                        .map(move |j| row[j].tanh() * (1.0 / (1.0 + (-row[c + j]).exp())))
-                        .collect::<Vec<_>>()
-                })
-                .collect();
+            fg.set(at.clone(), &h);
+            let z = gate_rows(&fg.output(at.clone()), c); // [B][2C] → [B][C]
             if let Some(res) = res {
-                res.push(&z);
-                h.iter_mut().zip(res.output(t, b)).for_each(|(a, r)| *a += r);
+                res.set(at.clone(), &z);
+                h.iter_mut().zip(res.output(at.clone())).for_each(|(a, r)| *a += r);
             }
-            skip.push(&z);
-            skips.iter_mut().zip(skip.output(t, b)).for_each(|(a, s)| *a += s);
+            skip.set(at.clone(), &z);
+            skips.iter_mut().zip(skip.output(at.clone())).for_each(|(a, s)| *a += s);
         }
-        let relu = |v: Vec<f32>| -> Vec<f32> { v.into_iter().map(|x| x.max(0.0)).collect() };
-        self.head.0.push(&relu(skips));
-        let hidden = relu(self.head.0.output(t, b));
-        self.head.1.push(&hidden);
-        let out = self.head.1.output(t, b);
+        relu_in_place(&mut skips);
+        self.head.0.set(at.clone(), &skips);
+        let mut hidden = self.head.0.output(at.clone());
+        relu_in_place(&mut hidden);
+        self.head.1.set(at.clone(), &hidden);
+        let out = self.head.1.output(at);
         self.t += 1;
         Ok(out.chunks(cfg.num_values).map(|r| r.to_vec()).collect())
     }

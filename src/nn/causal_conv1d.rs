@@ -8,6 +8,7 @@ use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use super::kernels::shifted_conv::{shifted_conv, TapPlan};
+use super::step::StepConv;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ConvType {
@@ -65,6 +66,14 @@ impl CausalConv1d {
     pub fn config(&self) -> &CausalConv1dConfig {
         &self.cfg
     }
+    /// The tap plan the kernel runs: a sequence is an image of one row.
+    pub fn plan(&self) -> TapPlan {
+        TapPlan::causal_1d(self.cfg.kernel, self.cfg.dilation, self.cfg.left_pad())
+    }
+    /// This convolution evaluated position by position over `length` positions (cached sampling).
+    pub fn stepper(&self, length: usize, batch: usize) -> Result<StepConv> {
+        StepConv::new(&self.weight, self.bias.as_ref(), &self.plan(), (1, length), batch)
+    }
 
     /// Channels-last, the layout the ARMs use inside: xs `[B, L, C_in]` → `[B, L, C_out]`.
     pub fn forward_blc(&self, xs: &Tensor) -> Result<Tensor> {
@@ -79,8 +88,7 @@ impl CausalConv1d {
                 }
             };
             // A sequence is an image of one row: [B, L, C] → [B, 1, L, C].
-            let plan = TapPlan::causal_1d(self.cfg.kernel, self.cfg.dilation, self.cfg.left_pad());
-            return shifted_conv(&xs.unsqueeze(1)?, &self.weight, bias, &plan)?.squeeze(1);
+            return shifted_conv(&xs.unsqueeze(1)?, &self.weight, bias, &self.plan())?.squeeze(1);
         }
         // Accelerators: candle's own conv1d on the padded input (its CPU backward is what we avoid).
         let l = xs.dim(1)?;
@@ -94,103 +102,6 @@ impl CausalConv1d {
             Some(b) => ys.broadcast_add(b),
             None => Ok(ys),
         }
-    }
-}
-
-/// A causal convolution evaluated one position at a time (for cached sampling): it keeps every input row
-/// it was given and computes the output at position t from the K rows it reads — one column of work.
-pub struct StepConv {
-    taps: Vec<f32>, // [(j, ci), co]: all taps side by side
-    bias: Vec<f32>,
-    c_in: usize,
-    c_out: usize,
-    cfg: CausalConv1dConfig,
-    inputs: Vec<f32>, // [t][B][C_in]
-}
-
-impl StepConv {
-    pub fn new(conv: &CausalConv1d) -> Result<Self> {
-        let (c_out, c_in, k) = conv.weight.dims3()?;
-        let w = conv
-            .weight
-            .to_dtype(candle_core::DType::F32)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        let mut taps = vec![0f32; k * c_in * c_out];
-        for co in 0..c_out {
-            for ci in 0..c_in {
-                for j in 0..k {
-                    taps[(j * c_in + ci) * c_out + co] = w[(co * c_in + ci) * k + j];
-                }
-            }
-        }
-        let bias = match &conv.bias {
-            Some(b) => b.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?,
-            None => vec![0.0; c_out],
-        };
-        Ok(Self {
-            taps,
-            bias,
-            c_in,
-            c_out,
-            cfg: conv.cfg,
-            inputs: vec![],
-        })
-    }
-
-    /// Appends the input at the next position, `[B][C_in]` flattened.
-    pub fn push(&mut self, row: &[f32]) {
-        self.inputs.extend_from_slice(row);
-    }
-
-    /// The output at position t for `b` examples, `[B][C_out]` flattened: bias + Σ_j W_j · input[t + j·d − pad]
-    /// (zero before the start). Type B needs input t pushed already; type A reads only up to t − 1.
-    pub fn output(&self, t: usize, b: usize) -> Vec<f32> {
-        let (k, d, pad) = (self.cfg.kernel, self.cfg.dilation, self.cfg.left_pad());
-        // The K input rows of every example side by side: [B, K·C_in].
-        let mut window = vec![0f32; b * k * self.c_in];
-        for j in 0..k {
-            let Some(src) = (t + j * d).checked_sub(pad) else {
-                continue;
-            };
-            let row = &self.inputs[src * b * self.c_in..(src + 1) * b * self.c_in];
-            for i in 0..b {
-                let dst = (i * k + j) * self.c_in;
-                window[dst..dst + self.c_in].copy_from_slice(&row[i * self.c_in..(i + 1) * self.c_in]);
-            }
-        }
-        let mut out: Vec<f32> = (0..b).flat_map(|_| self.bias.iter().copied()).collect();
-        let (m, n, kk) = (b, self.c_out, k * self.c_in);
-        let par = if 2 * m * n * kk > 4_000_000 {
-            gemm::Parallelism::Rayon(rayon::current_num_threads())
-        } else {
-            gemm::Parallelism::None
-        };
-        // out[B, C_out] += window[B, K·C_in] · taps[K·C_in, C_out]
-        unsafe {
-            gemm::gemm(
-                m,
-                n,
-                kk,
-                out.as_mut_ptr(),
-                1,
-                n as isize,
-                true,
-                window.as_ptr(),
-                1,
-                kk as isize,
-                self.taps.as_ptr(),
-                1,
-                n as isize,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                par,
-            );
-        }
-        out
     }
 }
 

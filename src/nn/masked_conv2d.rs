@@ -15,7 +15,7 @@ use candle_core::{Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 use super::kernels::shifted_conv::{shifted_conv, Tap, TapPlan};
-use super::ConvType;
+use super::{ConvType, StepConv};
 
 /// The k×k PixelCNN mask: rows above in full, the current row left of the centre (and the centre for B).
 pub fn masked_plan(k: usize, mask: ConvType) -> TapPlan {
@@ -89,6 +89,11 @@ impl PlannedConv2d {
     }
     pub fn plan(&self) -> &TapPlan {
         &self.plan
+    }
+    /// This convolution evaluated a few positions at a time on an `h × w` image (cached sampling); a 1×1
+    /// convolution used only through [`StepConv::pointwise`] can take a `(0, 0)` grid.
+    pub fn stepper(&self, grid: (usize, usize), batch: usize) -> Result<StepConv> {
+        StepConv::new(&self.weight, Some(&self.bias), &self.plan, grid, batch)
     }
 
     /// xs `[B, H, W, C_in]` → `[B, H, W, C_out]`.

@@ -6,9 +6,11 @@ pub mod dropout;
 pub mod kernels;
 pub mod linear;
 pub mod masked_conv2d;
+pub mod step;
 
 pub use activation::leaky_relu;
-pub use causal_conv1d::{causal_conv1d, CausalConv1d, CausalConv1dConfig, ConvType, StepConv};
+pub use causal_conv1d::{causal_conv1d, CausalConv1d, CausalConv1dConfig, ConvType};
 pub use dropout::{dropout, Mode};
 pub use linear::{linear, Linear};
 pub use masked_conv2d::{conv1x1, down_shift, masked_conv2d, planned_conv2d, PlannedConv2d};
+pub use step::StepConv;

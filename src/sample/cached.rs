@@ -7,13 +7,8 @@ use crate::models::Arm;
 
 /// The samples `[N, D]`, or an error if the model family has no cached stepper.
 pub fn sample_cached(arm: &Arm, noise: &Noise, temperature: f64, labels: Option<&[u32]>) -> Result<Vec<u32>> {
-    if labels.is_some() {
-        return Err(Error::Config(
-            "cached sampling does not take labels for this model".into(),
-        ));
-    }
     let (n, dim) = (noise.len(), arm.dim());
-    let mut stepper = arm.stepper(n)?.ok_or_else(|| {
+    let mut stepper = arm.stepper(n, labels)?.ok_or_else(|| {
         Error::Config("this model family has no cached sampler; use --method naive or predictive".into())
     })?;
     let mut x = vec![0u32; n * dim];
