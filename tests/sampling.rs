@@ -119,7 +119,8 @@ fn arm(cfg: &ModelConfig, seed: u64) -> Arm {
     let arm = Arm::new(cfg, seed, DType::F32, &Device::Cpu).unwrap();
     for (name, var) in arm.params().vars() {
         if name.contains("cond") {
-            var.set(&Tensor::randn(0f32, 1., var.shape(), &Device::Cpu).unwrap()).unwrap();
+            var.set(&Tensor::randn(0f32, 1., var.shape(), &Device::Cpu).unwrap())
+                .unwrap();
         }
     }
     arm

@@ -53,8 +53,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     };
     let method = match a.method {
         Some(m) => m,
-        None if arm.stepper(1, labels.as_ref().map(|l| &l[..1]))?.is_some() => Method::Cached,
-        None => Method::Naive,
+        None => Method::fastest_exact(&arm, labels.as_deref())?,
     };
     let started = std::time::Instant::now();
     let (x, calls) = sample(

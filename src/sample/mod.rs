@@ -21,6 +21,17 @@ pub enum Method {
     Predictive,
 }
 
+impl Method {
+    /// Cached where the model family has a stepper, naive otherwise (`labels`: one per example for
+    /// class-conditional models).
+    pub fn fastest_exact(arm: &Arm, labels: Option<&[u32]>) -> Result<Method> {
+        Ok(match arm.stepper(1, labels.map(|l| &l[..1]))? {
+            Some(_) => Method::Cached,
+            None => Method::Naive,
+        })
+    }
+}
+
 /// Draws with `method`; returns the samples `[N, D]` and the number of full ARM calls (D for naive, 0 for
 /// cached, which runs columns instead).
 pub fn sample(

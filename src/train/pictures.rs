@@ -3,13 +3,14 @@
 use crate::data::Dataset;
 use crate::error::Result;
 use crate::models::Arm;
-use crate::sample::{sample_naive, Noise};
+use crate::sample::{sample, Method, Noise};
 use crate::viz::{image_grid_png, line_plot_png, Series};
 
 use super::metrics::EpochRow;
 use super::RunDir;
 
-/// Writes `real.png` (the first 64 test images), `samples.png` (64 samples, naive sampler, `seed`) and
+/// Writes `real.png` (the first 64 test images), `samples.png` (64 samples, `seed`, by the
+/// cached sampler where the model has one: the same samples as the naive one) and
 /// `curve.png` (train and validation NLL per epoch, the best epoch marked) into the run directory.
 pub fn draw(run: &RunDir, arm: &Arm, test: &Dataset, rows: &[EpochRow], seed: u64) -> Result<()> {
     let (c, h, w) = test.image_shape;
@@ -20,7 +21,8 @@ pub fn draw(run: &RunDir, arm: &Arm, test: &Dataset, rows: &[EpochRow], seed: u6
     let noise = Noise::new(64, arm.dim(), seed);
     // A class-conditional model draws the classes in turn, one per column of the grid.
     let labels: Option<Vec<u32>> = arm.num_classes().map(|n| (0..64).map(|i| (i % 8 % n) as u32).collect());
-    let flat = sample_naive(arm, &noise, 1.0, labels.as_deref())?;
+    let method = Method::fastest_exact(arm, labels.as_deref())?;
+    let (flat, _) = sample(arm, method, &noise, 1.0, labels.as_deref())?;
     let samples: Vec<Vec<u32>> = flat.chunks(arm.dim()).map(|s| s.to_vec()).collect();
     image_grid_png(&run.file("samples.png"), &samples, h, w, c, levels, 8, 4)?;
 
