@@ -4,6 +4,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::data::{self, transform, Dataset, Splits};
 use crate::error::{Error, Result};
 use crate::models::ModelConfig;
 use crate::train::TrainConfig;
@@ -36,6 +37,51 @@ pub struct DataConfig {
     /// Training examples held out for validation, for data sets that come with their own test set.
     #[serde(default = "default_validation")]
     pub validation: usize,
+    /// Quantize the values to this many levels after loading (e.g. 256 → 16 keeps the high 4 bits).
+    #[serde(default)]
+    pub levels: Option<usize>,
+    /// Binarize after loading: `threshold` (the upper half of the values → 1) or `stochastic` (1 with
+    /// probability v / (K − 1), drawn once from `binarize_seed`).
+    #[serde(default)]
+    pub binarize: Option<Binarize>,
+    #[serde(default)]
+    pub binarize_seed: u64,
+}
+
+/// How to binarize a dataset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Binarize {
+    Threshold,
+    Stochastic,
+}
+
+impl DataConfig {
+    /// Loads the train, validation and test sets and applies the quantization or binarization asked for
+    /// (stochastic binarization draws each split with its own stream of `binarize_seed`).
+    pub fn load(&self) -> Result<Splits> {
+        if self.levels.is_some() && self.binarize.is_some() {
+            return Err(Error::Config("[data]: give either levels or binarize, not both".into()));
+        }
+        let splits = data::load_splits(&self.dataset, self.validation)?;
+        let prep = |ds: &Dataset, stream: u64| -> Result<Dataset> {
+            match (self.levels, self.binarize) {
+                (Some(levels), _) => transform::quantize(ds, levels),
+                (_, Some(Binarize::Threshold)) => {
+                    Ok(transform::binarize_threshold(ds, ds.num_values.div_ceil(2) as u32))
+                }
+                (_, Some(Binarize::Stochastic)) => {
+                    transform::binarize_stochastic(ds, self.binarize_seed.wrapping_mul(3).wrapping_add(stream))
+                }
+                (None, None) => Ok(ds.clone()),
+            }
+        };
+        Ok(Splits {
+            train: prep(&splits.train, 0)?,
+            val: prep(&splits.val, 1)?,
+            test: prep(&splits.test, 2)?,
+        })
+    }
 }
 
 fn default_validation() -> usize {
@@ -126,5 +172,47 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("cfg.toml"), "{e}");
+    }
+
+    /// Quantization and both binarizations apply to every split; stochastic binarization is fixed by its
+    /// seed; asking for both kinds at once is refused.
+    #[test]
+    fn data_preparation_applies_to_every_split() {
+        let base = RunConfig::seed().data; // digits, values 0..16
+        let with = |levels, binarize, seed| DataConfig {
+            levels,
+            binarize,
+            binarize_seed: seed,
+            ..base.clone()
+        };
+        let plain = base.load().unwrap();
+        let q = with(Some(4), None, 0).load().unwrap();
+        for (a, b) in [(&plain.train, &q.train), (&plain.test, &q.test)] {
+            assert_eq!(b.num_values, 4);
+            assert!(a.values.iter().zip(&b.values).all(|(&v, &w)| w == v * 4 / 17));
+        }
+        let t = with(None, Some(Binarize::Threshold), 0).load().unwrap();
+        assert_eq!(t.val.num_values, 2);
+        assert!(plain
+            .val
+            .values
+            .iter()
+            .zip(&t.val.values)
+            .all(|(&v, &w)| w == (v >= 9) as u32));
+        let s1 = with(None, Some(Binarize::Stochastic), 1).load().unwrap();
+        assert_eq!(
+            s1.train.values,
+            with(None, Some(Binarize::Stochastic), 1).load().unwrap().train.values
+        );
+        assert_ne!(
+            s1.train.values,
+            with(None, Some(Binarize::Stochastic), 2).load().unwrap().train.values
+        );
+        assert!(s1.test.values.iter().all(|&v| v < 2));
+        let e = with(Some(4), Some(Binarize::Threshold), 0)
+            .load()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("either levels or binarize"), "{e}");
     }
 }

@@ -1,5 +1,5 @@
 use anyhow::Context;
-use armory::data::{self, Split};
+use armory::data::Split;
 use armory::train::evaluate;
 
 use super::model_source::ModelSource;
@@ -11,7 +11,8 @@ pub struct Args {
     /// Which part of the data.
     #[arg(long, value_enum, default_value = "test")]
     split: Split,
-    /// Dataset instead of the config's: `digits` or a file in the digits CSV format.
+    /// Dataset instead of the config's (see `armory train --help`); the config's validation size and any
+    /// quantization or binarization still apply.
     #[arg(long)]
     data: Option<String>,
     #[arg(long, default_value_t = 256)]
@@ -23,8 +24,12 @@ pub struct Args {
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     let (cfg, arm) = a.model.load()?;
-    let spec = a.data.unwrap_or(cfg.data.dataset);
-    let splits = data::load_splits(&spec, cfg.data.validation).with_context(|| format!("loading {spec}"))?;
+    let mut data = cfg.data;
+    if let Some(spec) = a.data {
+        data.dataset = spec;
+    }
+    let spec = data.dataset.clone();
+    let splits = data.load().with_context(|| format!("loading {spec}"))?;
     let part = splits.get(a.split);
     let ev = evaluate(&arm, part, a.batch_size)?;
     if a.json {

@@ -4,7 +4,6 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use armory::config::RunConfig;
-use armory::data;
 use armory::models::{Arm, ModelConfig};
 use armory::train::{self, evaluate, Controls, OptimizerKind, Outcome, RunDir};
 use candle_core::{DType, Device};
@@ -28,9 +27,19 @@ pub struct Args {
     /// Continue an interrupted run exactly where it stopped (a run directory).
     #[arg(long, conflicts_with_all = ["config", "model", "name", "force"])]
     resume: Option<PathBuf>,
-    /// Dataset: `digits` (embedded) or a file in the digits CSV format.
+    /// Dataset: `digits` (embedded), `mnist:DIR`, `fashion-mnist:DIR`, `binarized-mnist:DIR`, `cifar10:DIR`,
+    /// `png:DIR`, `npy:FILE`, or a file in the digits CSV format.
     #[arg(long)]
     data: Option<String>,
+    /// Training examples held out for validation (sets with their own test set, e.g. MNIST).
+    #[arg(long)]
+    validation: Option<usize>,
+    /// Quantize the data to this many levels after loading (e.g. 16 for 256-level images).
+    #[arg(long, conflicts_with = "binarize")]
+    levels: Option<usize>,
+    /// Binarize the data after loading (stochastic: seeded by --seed).
+    #[arg(long, value_enum)]
+    binarize: Option<armory::config::Binarize>,
     #[arg(long)]
     seed: Option<u64>,
     #[arg(long, value_enum)]
@@ -74,6 +83,11 @@ pub struct Args {
 fn apply_overrides(cfg: &mut RunConfig, a: &Args) -> anyhow::Result<()> {
     if let Some(d) = &a.data {
         cfg.data.dataset = d.clone();
+    }
+    cfg.data.validation = a.validation.unwrap_or(cfg.data.validation);
+    if a.levels.is_some() || a.binarize.is_some() {
+        (cfg.data.levels, cfg.data.binarize) = (a.levels, a.binarize);
+        cfg.data.binarize_seed = a.seed.unwrap_or(cfg.train.seed);
     }
     let t = &mut cfg.train;
     t.seed = a.seed.unwrap_or(t.seed);
@@ -148,6 +162,9 @@ fn apply_overrides(cfg: &mut RunConfig, a: &Args) -> anyhow::Result<()> {
 fn overrides_given(a: &Args) -> Vec<&'static str> {
     let flags = [
         ("--data", a.data.is_some()),
+        ("--validation", a.validation.is_some()),
+        ("--levels", a.levels.is_some()),
+        ("--binarize", a.binarize.is_some()),
         ("--seed", a.seed.is_some()),
         ("--optimizer", a.optimizer.is_some()),
         ("--lr", a.lr.is_some()),
@@ -212,7 +229,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         }
     };
 
-    let splits = data::load_splits(&cfg.data.dataset, cfg.data.validation)?;
+    let splits = cfg.data.load()?;
     let all = &splits.train;
     anyhow::ensure!(
         all.dim == cfg.model.dim() && all.num_values <= cfg.model.num_values(),
