@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::likelihood::Likelihood;
 use crate::nn::masked_conv2d::{horizontal_plan, reach, reach_down_shift, union, vertical_plan};
 use crate::nn::step::{gate_rows, relu_in_place};
-use crate::nn::{conv1x1, dropout, planned_conv2d, ConvType, Mode, PlannedConv2d, StepConv};
+use crate::nn::{conv1x1, dropout, gate, planned_conv2d, ConvType, Mode, PlannedConv2d, StepConv};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -87,12 +87,6 @@ struct GatedLayer {
     h_out: PlannedConv2d,           // 1×1, C → C
     cond: Option<(Tensor, Tensor)>, // per-class gate biases [classes, 2C] for the vertical and horizontal stacks
     residual: bool,
-}
-
-/// tanh of the first half of the channels times the sigmoid of the second half: `[…, 2C]` → `[…, C]`.
-fn gate(x: &Tensor) -> candle_core::Result<Tensor> {
-    let c = x.dim(3)? / 2;
-    x.narrow(3, 0, c)?.tanh()? * candle_nn::ops::sigmoid(&x.narrow(3, c, c)?)?
 }
 
 impl GatedLayer {

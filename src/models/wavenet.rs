@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::{CausalNet, InputEncoding, Stepper};
 use crate::error::{Error, Result};
 use crate::nn::step::{gate_rows, relu_in_place};
-use crate::nn::{causal_conv1d, dropout, CausalConv1d, CausalConv1dConfig, ConvType, Mode, StepConv};
+use crate::nn::{causal_conv1d, dropout, gate, CausalConv1d, CausalConv1dConfig, ConvType, Mode, StepConv};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -124,7 +124,6 @@ impl WaveNet {
 
 impl CausalNet for WaveNet {
     fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        let c = self.cfg.residual_channels;
         let dtype = self.input.weight().dtype();
         let mut h = self
             .input
@@ -132,7 +131,7 @@ impl CausalNet for WaveNet {
         let mut skips: Option<Tensor> = None;
         for (i, block) in self.blocks.iter().enumerate() {
             let fg = block.filter_gate.forward_blc(&h)?; // [B, D, 2C]
-            let z = (fg.narrow(2, 0, c)?.tanh()? * candle_nn::ops::sigmoid(&fg.narrow(2, c, c)?)?)?; // [B, D, C]
+            let z = gate(&fg)?; // [B, D, C]
             let z = dropout(&z, self.cfg.dropout, mode, i as u64)?;
             if let Some(res) = &block.residual {
                 h = (h + res.forward_blc(&z)?)?;

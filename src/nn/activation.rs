@@ -77,6 +77,124 @@ pub fn leaky_relu(x: &Tensor, slope: f64) -> Result<Tensor> {
     }
 }
 
+/// The scalar functions of the gated unit, one definition for the training kernel and the cached sampler
+/// (so that both compute bitwise the same gates).
+pub trait GateFloat: WithDType + Send + Sync {
+    /// σ(x) = 1 / (1 + e^(−x)).
+    fn sigmoid(self) -> Self;
+    /// tanh(x) = 2σ(2x) − 1: one exponential, which is cheaper than the library tanh.
+    fn tanh_via_sigmoid(self) -> Self {
+        let two = Self::from_f64(2.0);
+        two * (two * self).sigmoid() - Self::one()
+    }
+}
+impl GateFloat for f32 {
+    fn sigmoid(self) -> f32 {
+        1.0 / (1.0 + (-self).exp())
+    }
+}
+impl GateFloat for f64 {
+    fn sigmoid(self) -> f64 {
+        1.0 / (1.0 + (-self).exp())
+    }
+}
+
+/// tanh(a) · σ(b): the gated unit of WaveNet and the gated PixelCNN.
+pub fn gate_value<T: GateFloat>(a: T, b: T) -> T {
+    a.tanh_via_sigmoid() * b.sigmoid()
+}
+
+/// The gated unit over the last dimension as one op: `[…, 2C]` → `[…, C]`, tanh of the first half of each row
+/// times the sigmoid of the second half. One pass over memory each way, on every core (composing it from
+/// candle ops cost ~45 % of a gated PixelCNN's forward pass in single-threaded library tanh calls).
+#[derive(Debug, Clone, Copy)]
+struct Gate;
+
+/// Rows per parallel task.
+fn rows_per_task(c: usize) -> usize {
+    (CHUNK / (2 * c).max(1)).max(1)
+}
+
+impl CustomOp1 for Gate {
+    fn name(&self) -> &'static str {
+        "gate"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let Some((start, end)) = l.contiguous_offsets() else {
+            candle_core::bail!("gate: input must be contiguous")
+        };
+        let mut dims = l.dims().to_vec();
+        let c = dims.last().copied().unwrap_or(0) / 2;
+        fn run<T: GateFloat>(x: &[T], c: usize) -> Vec<T> {
+            let mut out = vec![T::zero(); x.len() / 2];
+            let r = rows_per_task(c);
+            out.par_chunks_mut(r * c.max(1))
+                .zip(x.par_chunks(2 * r * c.max(1)))
+                .for_each(|(o, x)| {
+                    for (o, x) in o.chunks_mut(c).zip(x.chunks(2 * c)) {
+                        for j in 0..c {
+                            o[j] = gate_value(x[j], x[c + j]);
+                        }
+                    }
+                });
+            out
+        }
+        let out = match s {
+            CpuStorage::F32(v) => CpuStorage::F32(run(&v[start..end], c)),
+            CpuStorage::F64(v) => CpuStorage::F64(run(&v[start..end], c)),
+            _ => candle_core::bail!("gate: supports f32 and f64"),
+        };
+        if let Some(last) = dims.last_mut() {
+            *last = c;
+        }
+        Ok((out, Shape::from(dims)))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        fn run<T: GateFloat>(x: &Tensor, g: &Tensor) -> Result<Tensor> {
+            let c = x.dims().last().copied().unwrap_or(0) / 2;
+            let xs = x.flatten_all()?.to_vec1::<T>()?;
+            let gs = g.contiguous()?.flatten_all()?.to_vec1::<T>()?;
+            let mut out = vec![T::zero(); xs.len()];
+            let r = rows_per_task(c);
+            let one = T::one();
+            out.par_chunks_mut(2 * r * c.max(1))
+                .zip(xs.par_chunks(2 * r * c.max(1)).zip(gs.par_chunks(r * c.max(1))))
+                .for_each(|(o, (x, g))| {
+                    for ((o, x), g) in o.chunks_mut(2 * c).zip(x.chunks(2 * c)).zip(g.chunks(c)) {
+                        for j in 0..c {
+                            let (t, s) = (x[j].tanh_via_sigmoid(), x[c + j].sigmoid());
+                            o[j] = g[j] * s * (one - t * t);
+                            o[c + j] = g[j] * t * s * (one - s);
+                        }
+                    }
+                });
+            Tensor::from_vec(out, x.shape(), x.device())
+        }
+        Ok(Some(match arg.dtype() {
+            candle_core::DType::F32 => run::<f32>(arg, grad)?,
+            candle_core::DType::F64 => run::<f64>(arg, grad)?,
+            dt => candle_core::bail!("gate: unsupported dtype {dt:?}"),
+        }))
+    }
+}
+
+/// tanh(x[…, :C]) ⊙ σ(x[…, C:]) over the last dimension (of even size 2C): `[…, 2C]` → `[…, C]`.
+pub fn gate(x: &Tensor) -> Result<Tensor> {
+    let c2 = x.dims().last().copied().unwrap_or(0);
+    if c2 % 2 != 0 {
+        candle_core::bail!("gate: the last dimension must be even, got {c2}");
+    }
+    let c = c2 / 2;
+    if x.device().is_cpu() {
+        x.contiguous()?.apply_op1(Gate)
+    } else {
+        let last = x.rank() - 1;
+        x.narrow(last, 0, c)?.tanh()? * candle_nn::ops::sigmoid(&x.narrow(last, c, c)?)?
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,6 +228,45 @@ mod tests {
             let fd = (at(1e-6)? - at(-1e-6)?) / 2e-6;
             assert!(
                 (fd - g[i]).abs() < 1e-5 * (1.0 + fd.abs()),
+                "[{i}]: fd {fd} vs {}",
+                g[i]
+            );
+        }
+        Ok(())
+    }
+
+    /// The fused gate against the same function composed from candle ops, forward and gradient (f64, several
+    /// parallel tasks), and its gradient against finite differences.
+    #[test]
+    fn gate_matches_candle_ops_and_finite_differences_f64() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Var::randn(0f64, 2.0, (3, 700, 10), &dev)?;
+        let w = Tensor::randn(0f64, 1.0, (3, 700, 5), &dev)?;
+        let slow = |x: &Tensor| -> Result<Tensor> {
+            x.narrow(2, 0, 5)?.tanh()? * candle_nn::ops::sigmoid(&x.narrow(2, 5, 5)?)?
+        };
+        let (fast_y, slow_y) = (gate(x.as_tensor())?, slow(x.as_tensor())?);
+        assert_eq!(fast_y.dims(), &[3, 700, 5]);
+        let diff = (fast_y - &slow_y)?.abs()?.max_all()?.to_scalar::<f64>()?;
+        assert!(diff < 1e-12, "forward differs by {diff}");
+        let gf = (gate(x.as_tensor())? * &w)?.sum_all()?.backward()?;
+        let gs = (slow(x.as_tensor())? * &w)?.sum_all()?.backward()?;
+        let (gf, gs) = (gf.get(&x).unwrap(), gs.get(&x).unwrap());
+        let diff = (gf - gs)?.abs()?.max_all()?.to_scalar::<f64>()?;
+        assert!(diff < 1e-12, "gradient differs by {diff}");
+        let base = x.as_tensor().flatten_all()?.to_vec1::<f64>()?;
+        let g = gf.flatten_all()?.to_vec1::<f64>()?;
+        for i in (0..base.len()).step_by(331) {
+            let at = |d: f64| -> Result<f64> {
+                let mut v = base.clone();
+                v[i] += d;
+                (gate(&Tensor::from_vec(v, (3, 700, 10), &dev)?)? * &w)?
+                    .sum_all()?
+                    .to_scalar::<f64>()
+            };
+            let fd = (at(1e-6)? - at(-1e-6)?) / 2e-6;
+            assert!(
+                (fd - g[i]).abs() < 1e-6 * (1.0 + fd.abs()),
                 "[{i}]: fd {fd} vs {}",
                 g[i]
             );
