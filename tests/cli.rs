@@ -179,9 +179,19 @@ fn bad_inputs_get_clear_errors_naming_the_file_and_problem() {
     let gz = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/data/digits.csv.gz")).unwrap();
     std::fs::write(d.join("cut.csv.gz"), &gz[..gz.len() / 3]).unwrap();
     train_on(&d.join("cut.csv.gz")).stderr(contains("cut.csv.gz").and(contains("truncated")));
+    assert!(!d.join("seed-arm").exists(), "a run that never started left a directory");
 
     // A checkpoint of another architecture, a missing tensor, a file that is not a checkpoint.
     let run = tiny_run(d);
+    // --force over a finished run with data that fails to load leaves the finished run as it was.
+    armory()
+        .args(["train", "--quiet", "--name", "t", "--force", "--runs-dir"])
+        .arg(d)
+        .arg("--data")
+        .arg(d.join("missing.csv"))
+        .assert()
+        .failure();
+    assert!(run.join("best.safetensors").is_file() && run.join("metrics.csv").is_file());
     armory()
         .args(["eval", "--weights"])
         .arg(run.join("best.safetensors"))

@@ -65,8 +65,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     )?;
     let secs = started.elapsed().as_secs_f64();
     let samples: Vec<Vec<u32>> = x.chunks(d).map(|s| s.to_vec()).collect();
+    // 2-D models know their image size; a sequence is drawn as a square when its length is one (the digits'
+    // 64 pixels), else as one row.
     let side = (d as f64).sqrt() as usize;
-    let (h, w) = if side * side == d { (side, side) } else { (1, d) };
+    let (h, w) = arm
+        .config()
+        .image_size()
+        .unwrap_or(if side * side == d { (side, side) } else { (1, d) });
     image_grid_png(&a.out, &samples, h, w, 1, arm.num_values() as u32, 8.min(a.n), 4)?;
     let calls = match method {
         Method::Cached => "one column per position".to_string(),

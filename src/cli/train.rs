@@ -185,6 +185,24 @@ fn overrides_given(a: &Args) -> Vec<&'static str> {
         .collect()
 }
 
+/// The files a run writes into its directory.
+const RUN_FILES: &[&str] = &[
+    "config.toml",
+    "best.safetensors",
+    "last.safetensors",
+    "resume.safetensors",
+    "metrics.csv",
+    "summary.json",
+    "real.png",
+    "samples.png",
+    "curve.png",
+];
+
+enum RunTarget {
+    Existing(RunDir),
+    New(std::path::PathBuf),
+}
+
 pub fn run(a: Args) -> anyhow::Result<()> {
     let (cfg, run, resume) = match &a.resume {
         Some(dir) => {
@@ -200,7 +218,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             if !run.file("resume.safetensors").is_file() {
                 bail!("{} has no resume.safetensors to continue from", dir.display());
             }
-            (cfg, run, true)
+            (cfg, RunTarget::Existing(run), true)
         }
         None => {
             let mut cfg = match (&a.config, &a.model) {
@@ -223,12 +241,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                     dir.display()
                 );
             }
-            let run = RunDir::create(&dir)?;
-            run.write_config(&cfg)?;
-            (cfg, run, false)
+            (cfg, RunTarget::New(dir), false)
         }
     };
 
+    // The data is loaded and checked before a new run directory is made or an old one overwritten.
     let splits = cfg.data.load()?;
     let all = &splits.train;
     anyhow::ensure!(
@@ -239,6 +256,21 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         cfg.model.dim(),
         cfg.model.num_values()
     );
+    let run = match run {
+        RunTarget::Existing(run) => run,
+        RunTarget::New(dir) => {
+            // --force: what an earlier run wrote there must not be mistaken for this run's.
+            for f in RUN_FILES {
+                let path = dir.join(f);
+                if path.is_file() {
+                    std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+                }
+            }
+            let run = RunDir::create(&dir)?;
+            run.write_config(&cfg)?;
+            run
+        }
+    };
     let arm = Arm::new(&cfg.model, cfg.train.seed, DType::F32, &Device::Cpu)?;
     if !a.quiet {
         eprintln!(

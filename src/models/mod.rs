@@ -178,6 +178,14 @@ impl ModelConfig {
             ModelConfig::GatedPixelcnn(c) => c.height * c.width,
         }
     }
+    /// (height, width) of the images a 2-D model draws; `None` for sequence models.
+    pub fn image_size(&self) -> Option<(usize, usize)> {
+        match self {
+            ModelConfig::Pixelcnn(c) => Some((c.height, c.width)),
+            ModelConfig::GatedPixelcnn(c) => Some((c.height, c.width)),
+            _ => None,
+        }
+    }
     pub fn likelihood(&self) -> Likelihood {
         match self {
             ModelConfig::Pixelcnn(c) => c.likelihood(),

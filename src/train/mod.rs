@@ -185,7 +185,7 @@ pub fn train(
         let state = serde_json::to_string(st).expect("state serialises");
         run.save_resume(&tensors, &state)
     };
-    let started = Instant::now() - std::time::Duration::from_secs_f64(st.elapsed_secs);
+    let started = Instant::now() - std::time::Duration::try_from_secs_f64(st.elapsed_secs).unwrap_or_default();
     let mut steps_this_call = 0usize;
     let outcome = 'epochs: loop {
         if st.epoch >= cfg.max_epochs {
@@ -194,7 +194,7 @@ pub fn train(
         if st.early.bad_epochs >= cfg.patience {
             break Outcome::EarlyStopped;
         }
-        let epoch_started = Instant::now() - std::time::Duration::from_secs_f64(st.epoch_secs);
+        let epoch_started = Instant::now() - std::time::Duration::try_from_secs_f64(st.epoch_secs).unwrap_or_default();
         let order = epoch_order(n, cfg.seed, st.epoch);
         for (step, idx) in order.chunks(cfg.batch_size).enumerate().skip(st.step) {
             if controls.interrupt.load(Ordering::SeqCst)
