@@ -179,7 +179,10 @@ fn bad_inputs_get_clear_errors_naming_the_file_and_problem() {
     let gz = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/data/digits.csv.gz")).unwrap();
     std::fs::write(d.join("cut.csv.gz"), &gz[..gz.len() / 3]).unwrap();
     train_on(&d.join("cut.csv.gz")).stderr(contains("cut.csv.gz").and(contains("truncated")));
-    assert!(!d.join("seed-arm").exists(), "a run that never started left a directory");
+    assert!(
+        !d.join("seed-arm").exists(),
+        "a run that never started left a directory"
+    );
 
     // A checkpoint of another architecture, a missing tensor, a file that is not a checkpoint.
     let run = tiny_run(d);

@@ -13,6 +13,12 @@ pub fn log_prob(logits: &Tensor, x: &Tensor) -> Result<Tensor> {
 
 /// Inverse-CDF draw from softmax(logits / T) with the uniform `u` ∈ [0, 1).
 pub fn sample_with_noise(logits: &[f32], u: f64, temperature: f64) -> u32 {
+    pick(logits, u, temperature).0
+}
+
+/// [`sample_with_noise`], also returning where `u` fell inside the drawn value's slice of [0, 1), rescaled
+/// to [0, 1): a fresh uniform, independent of the draw, for a second draw from the same noise.
+pub fn pick(logits: &[f32], u: f64, temperature: f64) -> (u32, f64) {
     let t = temperature.max(1e-6);
     // log-sum-exp with the max subtracted, so large logits cannot overflow.
     let max = logits.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
@@ -21,13 +27,13 @@ pub fn sample_with_noise(logits: &[f32], u: f64, temperature: f64) -> u32 {
     let target = u * total;
     let mut acc = 0.0;
     for (k, w) in weights.iter().enumerate() {
-        acc += w;
-        if target < acc {
-            return k as u32;
+        if target < acc + w {
+            return (k as u32, ((target - acc) / w).clamp(0.0, 1.0 - 1e-12));
         }
+        acc += w;
     }
     // u·total can reach the last edge by rounding: the last value with non-zero mass.
-    weights.iter().rposition(|&w| w > 0.0).unwrap_or(0) as u32
+    (weights.iter().rposition(|&w| w > 0.0).unwrap_or(0) as u32, 1.0 - 1e-12)
 }
 
 #[cfg(test)]

@@ -132,8 +132,9 @@ pub fn bin_probs_gray(params: &[f32], n_mix: usize, num_bins: usize) -> Result<V
 /// Draws one gray value from a position's params `[3M]` with noise fixed outside: `u_mix` ∈ [0, 1) picks the
 /// component by the inverse CDF of softmax(logits), `u` ∈ (0, 1) the value by the logistic inverse CDF, which
 /// then falls into exactly one bin; so the draw has the bin probabilities of [`log_prob_gray`] (bar the
-/// mid-bin approximation of masses below 1e-5).
-pub fn sample_gray(params: &[f32], u_mix: f64, u: f64, n_mix: usize, num_bins: usize) -> u32 {
+/// mid-bin approximation of masses below 1e-5). A temperature T ≠ 1 draws the component from softmax(logits / T)
+/// and the value with the logistic scale times T: colder samples, closer to the modes.
+pub fn sample_gray(params: &[f32], u_mix: f64, u: f64, temperature: f64, n_mix: usize, num_bins: usize) -> u32 {
     let lay = gray_layout(n_mix);
     assert_eq!(
         params.len(),
@@ -141,9 +142,9 @@ pub fn sample_gray(params: &[f32], u_mix: f64, u: f64, n_mix: usize, num_bins: u
         "sample_gray: {n_mix} components need {} params",
         lay.width
     );
-    let k = categorical::sample_with_noise(&params[lay.logits], u_mix, 1.0) as usize;
+    let k = categorical::sample_with_noise(&params[lay.logits], u_mix, temperature) as usize;
     let mean = params[lay.means][k] as f64;
-    let log_scale = (params[lay.log_scales][k] as f64).max(LOG_SCALE_MIN);
+    let log_scale = (params[lay.log_scales][k] as f64).max(LOG_SCALE_MIN) + temperature.max(1e-6).ln();
     to_bin(logistic_quantile(mean, log_scale, u), num_bins)
 }
 
@@ -576,7 +577,7 @@ mod tests {
                 for i in 0..n {
                     let u_mix = (i as f64 + 0.5) / n as f64;
                     let u = ((i * step) % n) as f64 / n as f64 + 0.5 / n as f64;
-                    let v = sample_gray(&p, u_mix, u, n_mix, num_bins) as usize;
+                    let v = sample_gray(&p, u_mix, u, 1.0, n_mix, num_bins) as usize;
                     assert!(v < num_bins);
                     counts[v] += 1;
                 }
@@ -592,7 +593,7 @@ mod tests {
         // Noise at its extremes still lands in range.
         let p = random_gray(&mut rng, 3);
         for (u_mix, u) in [(0.0, 0.0), (0.0, 1.0), (0.999_999_999, 1e-300), (0.5, 1.0 - 1e-16)] {
-            assert!(sample_gray(&p, u_mix, u, 3, 256) < 256);
+            assert!(sample_gray(&p, u_mix, u, 1.0, 3, 256) < 256);
         }
         Ok(())
     }

@@ -66,23 +66,35 @@ impl Likelihood {
         match *self {
             Likelihood::Categorical { .. } => categorical::sample_with_noise(params, u, temperature),
             Likelihood::LogisticMixture { num_values, n_mix } => {
-                // One uniform drives both draws: it picks the component by inverse CDF, and its position
+                // One uniform drives both draws: it picks the component by inverse CDF, and where it fell
                 // inside that component's slice of [0, 1) is again uniform, for the value.
-                let logits = &params[..n_mix];
-                let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
-                let w: Vec<f64> = logits.iter().map(|&v| (v as f64 - max).exp()).collect();
-                let total: f64 = w.iter().sum();
-                let (mut acc, mut within) = (0.0, u);
-                for p in w.iter().map(|v| v / total) {
-                    if u < acc + p {
-                        within = ((u - acc) / p).clamp(0.0, 1.0 - 1e-12);
-                        break;
-                    }
-                    acc += p;
-                }
-                let _ = temperature; // the mixture is sampled as it is
-                logistic_mixture::sample_gray(params, u, within, n_mix, num_values)
+                let (_, within) = categorical::pick(&params[..n_mix], u, temperature);
+                logistic_mixture::sample_gray(params, u, within, temperature, n_mix, num_values)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The mixture sampler honours the temperature: near 0 every draw is the mode of the likeliest
+    /// component; at 1 both components and several bins occur.
+    #[test]
+    fn mixture_sampling_follows_the_temperature() {
+        let mix = Likelihood::LogisticMixture {
+            num_values: 16,
+            n_mix: 2,
+        };
+        let params = [0f32, 2.0, -0.5, 0.5, -2.0, -2.0]; // logits, means, log scales
+        let draws = |t: f64| -> Vec<u32> {
+            (0..200)
+                .map(|i| mix.sample_with_noise(&params, (i as f64 + 0.5) / 200.0, t))
+                .collect()
+        };
+        assert!(draws(1e-3).iter().all(|&v| v == 11), "{:?}", draws(1e-3));
+        let warm = draws(1.0);
+        assert!(warm.iter().any(|&v| v <= 5) && warm.iter().filter(|&&v| v != 11).count() > 40);
     }
 }
