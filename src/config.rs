@@ -58,13 +58,15 @@ pub enum Binarize {
 
 impl DataConfig {
     /// Loads the train, validation and test sets and applies the quantization or binarization asked for
-    /// (stochastic binarization draws each split with its own stream of `binarize_seed`).
+    /// (stochastic binarization draws each split with its own stream of `binarize_seed`). Colour pictures
+    /// come out pixel-major, `[H, W, C]`: the order an ARM generates them in (R, G, B of each pixel in turn).
     pub fn load(&self) -> Result<Splits> {
         if self.levels.is_some() && self.binarize.is_some() {
             return Err(Error::Config("[data]: give either levels or binarize, not both".into()));
         }
         let splits = data::load_splits(&self.dataset, self.validation)?;
         let prep = |ds: &Dataset, stream: u64| -> Result<Dataset> {
+            let ds = &transform::to_pixel_major(ds);
             match (self.levels, self.binarize) {
                 (Some(levels), _) => transform::quantize(ds, levels),
                 (_, Some(Binarize::Threshold)) => {

@@ -20,7 +20,7 @@ fn plot_err(path: &Path, msg: impl Display) -> Error {
 /// Draw a grid of images as one PNG at `path`.
 ///
 /// Each image holds values `0..levels` (0 = black, `levels-1` = white) and is `h`×`w`;
-/// `channels` is 1 (gray, shape [H, W]) or 3 (RGB, channel-major [C, H, W]).
+/// `channels` is 1 (gray, shape [H, W]) or 3 (RGB, pixel-major [H, W, C]: each pixel's R, G, B in turn).
 /// Images go `cols` per row (fewer if there are fewer images), each pixel scaled up
 /// `scale`× (nearest), with `scale`-pixel mid-gray gaps between tiles.
 /// Errors (`Error::Plot`) on no images, a wrong length, a value ≥ `levels`, bad
@@ -68,7 +68,7 @@ pub fn image_grid_png(
         let (x0, y0) = ((i % cols) * (w + 1) * s, (i / cols) * (h + 1) * s);
         for y in 0..h {
             for x in 0..w {
-                let c = |ch: usize| to_u8(img[(ch * h + y) * w + x]);
+                let c = |ch: usize| to_u8(img[(y * w + x) * channels + ch]);
                 let px = if channels == 1 {
                     image::Rgb([c(0); 3])
                 } else {
@@ -234,7 +234,7 @@ mod tests {
     fn grid_rgb_and_rows() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("rgb.png");
-        // 1x1 RGB images, channel-major; 3 images, 2 per row → 2 rows
+        // 1x1 RGB images; 3 images, 2 per row → 2 rows
         let imgs = vec![vec![1, 0, 0], vec![0, 1, 0], vec![0, 0, 1]];
         image_grid_png(&p, &imgs, 1, 1, 3, 2, 2, 1).unwrap();
         let img = image::open(&p).unwrap().to_rgb8();
@@ -243,6 +243,13 @@ mod tests {
         assert_eq!(img.get_pixel(2, 0).0, [0, 255, 0]);
         assert_eq!(img.get_pixel(0, 2).0, [0, 0, 255]);
         assert_eq!(img.get_pixel(2, 2).0, [128, 128, 128]); // empty cell
+                                                            // One 1×2 RGB image, pixel-major: a red pixel, then a blue one.
+        image_grid_png(&p, &[vec![1, 0, 0, 0, 0, 1]], 1, 2, 3, 2, 1, 1).unwrap();
+        let img = image::open(&p).unwrap().to_rgb8();
+        assert_eq!(
+            (img.get_pixel(0, 0).0, img.get_pixel(1, 0).0),
+            ([255, 0, 0], [0, 0, 255])
+        );
     }
 
     #[test]

@@ -23,6 +23,7 @@ fn pixelcnn(k: usize, h: usize, w: usize) -> pixelcnn::Config {
         input: InputEncoding::OneHot,
         dropout: 0.0,
         n_mix: None,
+        colors: 1,
     }
 }
 
@@ -205,43 +206,122 @@ fn probabilities_sum_to_one_on_tiny_config() {
 fn model_gradients_match_finite_differences_f64() {
     let (k, d) = (4, 9);
     for (name, cfg) in families(k, 3, 3) {
-        let arm = Arm::new(&cfg, 3, DType::F64, &Device::Cpu).unwrap();
-        let x = random_x(4, d, k, 5);
-        let loss = |arm: &Arm| {
-            arm.loss(&x, Reduction::Mean, Mode::Eval)
-                .unwrap()
-                .to_scalar::<f64>()
+        check_gradients(name, &cfg, k, d);
+    }
+    check_gradients(
+        "colour pixelcnn",
+        &ModelConfig::Pixelcnn(colour_pixelcnn(k, 2, 2, None)),
+        k,
+        12,
+    );
+}
+
+fn check_gradients(name: &str, cfg: &ModelConfig, k: usize, d: usize) {
+    let arm = Arm::new(cfg, 3, DType::F64, &Device::Cpu).unwrap();
+    let x = random_x(4, d, k, 5);
+    let loss = |arm: &Arm| {
+        arm.loss(&x, Reduction::Mean, Mode::Eval)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    };
+    let grads = arm.loss(&x, Reduction::Mean, Mode::Eval).unwrap().backward().unwrap();
+    for (pname, var) in arm.params().vars() {
+        let g = grads
+            .get(&var)
+            .unwrap_or_else(|| panic!("{name}: no gradient for {pname}"));
+        let g = g.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        let base = var.as_tensor().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        let set = |v: Vec<f64>| {
+            var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap())
                 .unwrap()
         };
-        let grads = arm.loss(&x, Reduction::Mean, Mode::Eval).unwrap().backward().unwrap();
-        for (pname, var) in arm.params().vars() {
-            let g = grads
-                .get(&var)
-                .unwrap_or_else(|| panic!("{name}: no gradient for {pname}"));
-            let g = g.flatten_all().unwrap().to_vec1::<f64>().unwrap();
-            let base = var.as_tensor().flatten_all().unwrap().to_vec1::<f64>().unwrap();
-            let set = |v: Vec<f64>| {
-                var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap())
-                    .unwrap()
-            };
-            for i in (0..base.len()).step_by(1 + base.len() / 12) {
-                let mut v = base.clone();
-                v[i] += 1e-6;
-                set(v.clone());
-                let up = loss(&arm);
-                v[i] -= 2e-6;
-                set(v);
-                let down = loss(&arm);
-                set(base.clone());
-                let fd = (up - down) / 2e-6;
-                assert!(
-                    (fd - g[i]).abs() < 1e-6 * (1.0 + fd.abs()),
-                    "{name} {pname}[{i}]: fd {fd} vs backprop {}",
-                    g[i]
-                );
-            }
+        for i in (0..base.len()).step_by(1 + base.len() / 12) {
+            let mut v = base.clone();
+            v[i] += 1e-6;
+            set(v.clone());
+            let up = loss(&arm);
+            v[i] -= 2e-6;
+            set(v);
+            let down = loss(&arm);
+            set(base.clone());
+            let fd = (up - down) / 2e-6;
+            assert!(
+                (fd - g[i]).abs() < 1e-6 * (1.0 + fd.abs()),
+                "{name} {pname}[{i}]: fd {fd} vs backprop {}",
+                g[i]
+            );
         }
     }
+}
+
+/// An RGB PixelCNN: each colour in its own block of channels.
+fn colour_pixelcnn(k: usize, h: usize, w: usize, n_mix: Option<usize>) -> pixelcnn::Config {
+    pixelcnn::Config {
+        hidden: 12,
+        head_hidden: 6,
+        colors: 3,
+        n_mix,
+        ..pixelcnn(k, h, w)
+    }
+}
+
+/// Colour images in PixelCNN's order — pixel by pixel, R before G before B — for the categorical and the
+/// mixture: perturbing sub-pixel j changes no θ_d for d ≤ j (so R never sees its own pixel's G or B) and
+/// does change θ_{j+1}; all 27 images of one pixel with 3 values each have total probability 1.
+#[test]
+fn colour_pixelcnn_orders_r_before_g_before_b() {
+    let k = 3;
+    for n_mix in [None, Some(2)] {
+        let arm = Arm::new(
+            &ModelConfig::Pixelcnn(colour_pixelcnn(k, 3, 3, n_mix)),
+            1,
+            DType::F64,
+            &Device::Cpu,
+        )
+        .unwrap();
+        let d = 27;
+        let x = random_x(3, d, k, 2);
+        let base = arm.forward(&x, Mode::Eval).unwrap();
+        for j in 0..d {
+            let mut v = x.to_vec2::<u32>().unwrap();
+            for row in v.iter_mut() {
+                row[j] = (row[j] + 1) % k as u32;
+            }
+            let moved = arm.forward(&Tensor::new(v, &Device::Cpu).unwrap(), Mode::Eval).unwrap();
+            let diff = (moved - &base).unwrap().abs().unwrap().max(2).unwrap().max(0).unwrap();
+            let diff = diff.to_vec1::<f64>().unwrap();
+            for (pos, &delta) in diff.iter().enumerate().take(j + 1) {
+                assert_eq!(delta, 0.0, "{n_mix:?}: θ_{pos} changed when x_{j} did");
+            }
+            if j + 1 < d {
+                assert!(diff[j + 1] > 0.0, "{n_mix:?}: θ_{} should see x_{j}", j + 1);
+            }
+        }
+        let one_pixel = Arm::new(
+            &ModelConfig::Pixelcnn(colour_pixelcnn(k, 1, 1, n_mix)),
+            4,
+            DType::F64,
+            &Device::Cpu,
+        )
+        .unwrap();
+        let all: Vec<u32> = (0..27u32).flat_map(|i| [i / 9, (i / 3) % 3, i % 3]).collect();
+        let p = one_pixel
+            .log_prob(&Tensor::from_vec(all, (27, 3), &Device::Cpu).unwrap())
+            .unwrap();
+        let total = p.exp().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
+        assert!((total - 1.0).abs() < 1e-9, "{n_mix:?}: Σ p(x) = {total}");
+    }
+    // A colour model's channels must split into its colours.
+    let bad = pixelcnn::Config {
+        hidden: 10,
+        ..colour_pixelcnn(k, 2, 2, None)
+    };
+    let e = Arm::new(&ModelConfig::Pixelcnn(bad), 0, DType::F32, &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("multiple of 6"), "{e}");
 }
 
 /// A few dozen steps on digits lower the loss, and the best checkpoint reloads to identical log-probs.

@@ -94,6 +94,7 @@ fn image_configs() -> Vec<ModelConfig> {
         input: InputEncoding::OneHot,
         dropout: 0.0,
         n_mix: None,
+        colors: 1,
     };
     vec![
         ModelConfig::GatedPixelcnn(gated.clone()),
@@ -107,6 +108,7 @@ fn image_configs() -> Vec<ModelConfig> {
         ModelConfig::Pixelcnn(pixelcnn.clone()),
         ModelConfig::Pixelcnn(pixelcnn::Config {
             n_mix: Some(2),
+            colors: 1,
             input: InputEncoding::Raw,
             ..pixelcnn
         }),

@@ -72,6 +72,7 @@ fn images(reps: usize) -> anyhow::Result<()> {
         input: InputEncoding::OneHot,
         dropout: 0.0,
         n_mix: None,
+        colors: 1,
     });
     println!(
         "\n28×28 binary images, 16 at a time, {} threads",

@@ -68,11 +68,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     // 2-D models know their image size; a sequence is drawn as a square when its length is one (the digits'
     // 64 pixels), else as one row.
     let side = (d as f64).sqrt() as usize;
-    let (h, w) = arm
+    let (c, h, w) = arm
         .config()
-        .image_size()
-        .unwrap_or(if side * side == d { (side, side) } else { (1, d) });
-    image_grid_png(&a.out, &samples, h, w, 1, arm.num_values() as u32, 8.min(a.n), 4)?;
+        .image_shape()
+        .unwrap_or(if side * side == d { (1, side, side) } else { (1, 1, d) });
+    image_grid_png(&a.out, &samples, h, w, c, arm.num_values() as u32, 8.min(a.n), 4)?;
     let calls = match method {
         Method::Cached => "one column per position".to_string(),
         _ => format!("{calls} ARM calls for D = {d}"),

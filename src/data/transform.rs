@@ -62,6 +62,25 @@ pub fn quantize(ds: &Dataset, levels: usize) -> Result<Dataset> {
     })
 }
 
+/// Pictures with C > 1 channels from channel-major `[C, H, W]` (as the files store them) to pixel-major
+/// `[H, W, C]`: each pixel's channels in turn (R, G, B), the raster order in which an ARM generates them.
+pub fn to_pixel_major(ds: &Dataset) -> Dataset {
+    let (c, h, w) = ds.image_shape;
+    if c <= 1 || c * h * w != ds.dim {
+        return ds.clone();
+    }
+    let values = ds
+        .values
+        .chunks(ds.dim)
+        .flat_map(|x| (0..h * w).flat_map(move |p| (0..c).map(move |ch| x[ch * h * w + p])))
+        .collect();
+    Dataset {
+        values,
+        labels: ds.labels.clone(),
+        ..*ds
+    }
+}
+
 /// `a` followed by `b` (e.g. a train and a test set as one); both must have the same shape and values.
 /// The result is labelled only when both are.
 pub fn concat(a: &Dataset, b: &Dataset) -> Result<Dataset> {
@@ -174,5 +193,20 @@ mod tests {
         let e = concat(&a, &grays(vec![0; 4], 2)).unwrap_err().to_string();
         assert!(e.contains("cannot join"), "{e}");
         Ok(())
+    }
+
+    #[test]
+    fn colour_pictures_become_pixel_major() {
+        // One 2-pixel RGB picture, channel-major: R = (1, 2), G = (3, 4), B = (5, 6).
+        let ds = Dataset {
+            values: vec![1, 2, 3, 4, 5, 6],
+            labels: Some(vec![7]),
+            dim: 6,
+            num_values: 8,
+            image_shape: (3, 1, 2),
+        };
+        let p = to_pixel_major(&ds);
+        assert_eq!(p.values, vec![1, 3, 5, 2, 4, 6]);
+        assert_eq!((p.labels, p.image_shape), (Some(vec![7]), (3, 1, 2)));
     }
 }

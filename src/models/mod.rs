@@ -174,15 +174,15 @@ impl ModelConfig {
             ModelConfig::Mlp(c) => c.length,
             ModelConfig::Rnn(c) => c.length,
             ModelConfig::Wavenet(c) => c.length,
-            ModelConfig::Pixelcnn(c) => c.height * c.width,
+            ModelConfig::Pixelcnn(c) => c.dim(),
             ModelConfig::GatedPixelcnn(c) => c.height * c.width,
         }
     }
-    /// (height, width) of the images a 2-D model draws; `None` for sequence models.
-    pub fn image_size(&self) -> Option<(usize, usize)> {
+    /// (colours, height, width) of the images a 2-D model draws; `None` for sequence models.
+    pub fn image_shape(&self) -> Option<(usize, usize, usize)> {
         match self {
-            ModelConfig::Pixelcnn(c) => Some((c.height, c.width)),
-            ModelConfig::GatedPixelcnn(c) => Some((c.height, c.width)),
+            ModelConfig::Pixelcnn(c) => Some((c.colors, c.height, c.width)),
+            ModelConfig::GatedPixelcnn(c) => Some((1, c.height, c.width)),
             _ => None,
         }
     }

@@ -1,10 +1,16 @@
-//! PixelCNN (van den Oord et al. 2016b) for one-channel images: a type-A masked k×k first layer, residual
+//! PixelCNN (van den Oord et al. 2016b) for gray or colour images: a type-A masked k×k first layer, residual
 //! blocks (ReLU → 1×1 → ReLU → masked 3×3 type B → ReLU → 1×1, added back), and a 1×1 head. Each output
 //! pixel sees the rows above and the pixels to its left — except a *blind spot*: stacked masked kernels
 //! never reach the pixels up and to the right beyond the first layer's half-width, however deep the net
 //! (see the test `pixelcnn_has_the_blind_spot_the_paper_describes`). The gated PixelCNN removes it.
 //!
-//! x `[B, H·W]` (raster order, values 0..K) → θ `[B, H·W, P]` (K logits, or 3M mixture parameters).
+//! Colour images (`colors = 3`) are generated pixel by pixel and, within a pixel, R before G before B: every
+//! channel of the network belongs to one colour (equal blocks), and at the centre tap of each kernel a colour
+//! reads only earlier colours (mask A, the first layer) or itself and earlier ones (mask B, the rest, 1×1s
+//! included); pixels before the current one are read whole. Tested by perturbing each sub-pixel.
+//!
+//! x `[B, H·W·colors]` (raster order, pixel-major, values 0..K) → θ `[B, H·W·colors, P]` (K logits, or 3M
+//! mixture parameters, per sub-pixel).
 
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
@@ -36,6 +42,13 @@ pub struct Config {
     /// softmax over the K values.
     #[serde(default)]
     pub n_mix: Option<usize>,
+    /// Colour channels per pixel: 1 (gray) or 3 (RGB), generated in that order within each pixel.
+    #[serde(default = "one")]
+    pub colors: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 pub(crate) fn one_hot() -> InputEncoding {
@@ -57,7 +70,28 @@ impl Config {
         if self.n_mix == Some(0) {
             return bad("n_mix must be at least 1".into());
         }
+        if self.colors == 0 {
+            return bad("colors must be at least 1".into());
+        }
+        if self.colors > 1
+            && (!self.hidden.is_multiple_of(2 * self.colors) || !self.head_hidden.is_multiple_of(self.colors))
+        {
+            return bad(format!(
+                "with {} colours, hidden must be a multiple of {} and head_hidden of {} (each colour gets its \
+                 own block of channels): {} and {}",
+                self.colors,
+                2 * self.colors,
+                self.colors,
+                self.hidden,
+                self.head_hidden
+            ));
+        }
         super::check_dropout(self.dropout)
+    }
+
+    /// Values per example: H·W·colors.
+    pub fn dim(&self) -> usize {
+        self.height * self.width * self.colors
     }
 
     /// The per-pixel distribution.
@@ -82,22 +116,30 @@ pub struct PixelCnn {
 impl PixelCnn {
     pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
         cfg.validate()?;
-        let (c, half) = (cfg.hidden, cfg.hidden / 2);
-        let c_in = cfg.input.channels(cfg.num_values);
-        let first = masked_conv2d(c_in, c, cfg.first_kernel, ConvType::A, vb.pp("first"))?;
+        let (c, half, colors) = (cfg.hidden, cfg.hidden / 2, cfg.colors);
+        let c_in = colors * cfg.input.channels(cfg.num_values);
+        // Gray: the first layer's mask A drops the centre tap. Colour: the centre tap stays and its colour
+        // mask A lets each colour read only the earlier colours of the same pixel.
+        let first = if colors == 1 {
+            masked_conv2d(c_in, c, cfg.first_kernel, ConvType::A, vb.pp("first"))?
+        } else {
+            masked_conv2d(c_in, c, cfg.first_kernel, ConvType::B, vb.pp("first"))?.with_colours(colors, ConvType::A)?
+        };
+        let b = |conv: PlannedConv2d| conv.with_colours(colors, ConvType::B);
         let blocks = (0..cfg.blocks)
             .map(|i| {
                 let vb = vb.pp("blocks").pp(i);
                 Ok(Block {
-                    reduce: conv1x1(c, half, vb.pp("reduce"))?,
-                    masked: masked_conv2d(half, half, cfg.kernel, ConvType::B, vb.pp("masked"))?,
-                    expand: conv1x1(half, c, vb.pp("expand"))?,
+                    reduce: b(conv1x1(c, half, vb.pp("reduce"))?)?,
+                    masked: b(masked_conv2d(half, half, cfg.kernel, ConvType::B, vb.pp("masked"))?)?,
+                    expand: b(conv1x1(half, c, vb.pp("expand"))?)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
+        let p = cfg.likelihood().params_per_dim();
         let head = (
-            conv1x1(c, cfg.head_hidden, vb.pp("head1"))?,
-            conv1x1(cfg.head_hidden, cfg.likelihood().params_per_dim(), vb.pp("head2"))?,
+            b(conv1x1(c, cfg.head_hidden, vb.pp("head1"))?)?,
+            b(conv1x1(cfg.head_hidden, colors * p, vb.pp("head2"))?)?,
         );
         Ok(Self {
             first,
@@ -112,13 +154,14 @@ impl CausalNet for PixelCnn {
     fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         let (b, d) = x.dims2()?;
         let (h, w, k) = (self.cfg.height, self.cfg.width, self.cfg.num_values);
-        if d != h * w {
+        if d != self.cfg.dim() {
             return Err(Error::Config(format!(
-                "pixelcnn: input has {d} values per example, the model is {h}×{w}"
+                "pixelcnn: input has {d} values per example, the model is {h}×{w}×{}",
+                self.cfg.colors
             )));
         }
         let dtype = self.first.weight().dtype();
-        let e = self.cfg.input.encode(x, k, dtype)?.reshape((b, h, w, ()))?; // [B, H, W, C_in]
+        let e = self.cfg.input.encode(x, k, dtype)?.reshape((b, h, w, ()))?; // [B, H, W, colors·E]
         let mut s = self.first.forward(&e)?; // [B, H, W, C]
         for (i, blk) in self.blocks.iter().enumerate() {
             let t = blk.reduce.forward(&s.relu()?)?.relu()?;
@@ -126,7 +169,7 @@ impl CausalNet for PixelCnn {
             let t = dropout(&blk.expand.forward(&t)?, self.cfg.dropout, mode, i as u64)?;
             s = (s + t)?;
         }
-        let out = self.head.1.forward(&self.head.0.forward(&s.relu()?)?.relu()?)?; // [B, H, W, P]
+        let out = self.head.1.forward(&self.head.0.forward(&s.relu()?)?.relu()?)?; // [B, H, W, colors·P]
         Ok(out.reshape((b, d, ()))?)
     }
 
@@ -139,10 +182,16 @@ impl CausalNet for PixelCnn {
             set = union(&set, &reach(&set, &masked_plan(self.cfg.kernel, ConvType::B)));
         }
         set = reach(&set, &masked_plan(self.cfg.first_kernel, ConvType::A));
-        set.iter().flatten().filter(|&&v| v).count()
+        // Every colour of each earlier pixel seen, and the last pixel's own earlier colours.
+        let colors = self.cfg.colors;
+        set.iter().flatten().filter(|&&v| v).count() * colors + colors - 1
     }
 
+    /// Gray images only, for now: colour images are sampled by the naive or predictive sampler.
     fn stepper(&self, batch: usize, _labels: Option<&[u32]>) -> Result<Option<Box<dyn Stepper + '_>>> {
+        if self.cfg.colors > 1 {
+            return Ok(None);
+        }
         Ok(Some(Box::new(PixelCnnStepper::new(self, batch)?)))
     }
 }

@@ -78,11 +78,59 @@ pub struct PlannedConv2d {
     weight: Tensor,
     bias: Tensor,
     plan: TapPlan,
+    /// For colour images: zeros where the centre tap would let a colour see itself or a later one.
+    colour_mask: Option<Tensor>,
+}
+
+/// The colour of channel j of c when the channels are split into `colors` equal blocks (R, then G, then B):
+/// data channels (each colour's encoding), hidden channels and output parameters alike.
+fn colour_of(j: usize, c: usize, colors: usize) -> usize {
+    j * colors / c
 }
 
 impl PlannedConv2d {
     pub fn new(weight: Tensor, bias: Tensor, plan: TapPlan) -> Self {
-        Self { weight, bias, plan }
+        Self {
+            weight,
+            bias,
+            plan,
+            colour_mask: None,
+        }
+    }
+
+    /// PixelCNN's channel ordering for images of `colors` colours: at the centre tap, output channels of
+    /// colour g read input channels of colours < g (mask A) or ≤ g (mask B); the other taps (pixels before
+    /// this one) read every colour. Both channel counts must be multiples of `colors`.
+    pub fn with_colours(mut self, colors: usize, mask: ConvType) -> Result<Self> {
+        if colors <= 1 {
+            return Ok(self);
+        }
+        let (c_out, c_in, kh, kw) = self.weight.dims4()?;
+        if c_out % colors != 0 || c_in % colors != 0 {
+            candle_core::bail!("{c_in} → {c_out} channels do not split into {colors} colours");
+        }
+        let centre = (kh / 2) * kw + kw / 2;
+        let mut m = vec![1f32; c_out * c_in * kh * kw];
+        for o in 0..c_out {
+            for i in 0..c_in {
+                let (go, gi) = (colour_of(o, c_out, colors), colour_of(i, c_in, colors));
+                let seen = if mask == ConvType::A { gi < go } else { gi <= go };
+                if !seen {
+                    m[(o * c_in + i) * kh * kw + centre] = 0.0;
+                }
+            }
+        }
+        let m = Tensor::from_vec(m, (c_out, c_in, kh, kw), self.weight.device())?;
+        self.colour_mask = Some(m.to_dtype(self.weight.dtype())?);
+        Ok(self)
+    }
+
+    /// The weight as applied: with the colour mask, if any.
+    fn effective_weight(&self) -> Result<Tensor> {
+        match &self.colour_mask {
+            Some(m) => &self.weight * m,
+            None => Ok(self.weight.clone()),
+        }
     }
     pub fn weight(&self) -> &Tensor {
         &self.weight
@@ -93,7 +141,7 @@ impl PlannedConv2d {
     /// This convolution evaluated a few positions at a time on an `h × w` image (cached sampling); a 1×1
     /// convolution used only through [`StepConv::pointwise`] can take a `(0, 0)` grid.
     pub fn stepper(&self, grid: (usize, usize), batch: usize) -> Result<StepConv> {
-        StepConv::new(&self.weight, Some(&self.bias), &self.plan, grid, batch)
+        StepConv::new(&self.effective_weight()?, Some(&self.bias), &self.plan, grid, batch)
     }
 
     /// xs `[B, H, W, C_in]` → `[B, H, W, C_out]`.
@@ -102,7 +150,7 @@ impl PlannedConv2d {
         let (c_out, c_in, kh, kw) = self.weight.dims4()?;
         shifted_conv(
             xs,
-            &self.weight.reshape((c_out, c_in, kh * kw))?,
+            &self.effective_weight()?.reshape((c_out, c_in, kh * kw))?,
             &self.bias,
             &self.plan,
         )
