@@ -41,6 +41,7 @@ fn gated(k: usize, h: usize, w: usize, num_classes: Option<usize>) -> gated_pixe
         input: InputEncoding::OneHot,
         dropout: 0.0,
         n_mix: None,
+        colors: 1,
     }
 }
 
@@ -266,51 +267,80 @@ fn colour_pixelcnn(k: usize, h: usize, w: usize, n_mix: Option<usize>) -> pixelc
     }
 }
 
-/// Colour images in PixelCNN's order — pixel by pixel, R before G before B — for the categorical and the
-/// mixture: perturbing sub-pixel j changes no θ_d for d ≤ j (so R never sees its own pixel's G or B) and
-/// does change θ_{j+1}; all 27 images of one pixel with 3 values each have total probability 1.
+/// Colour images in PixelCNN's order — pixel by pixel, R before G before B — for PixelCNN and the gated
+/// PixelCNN (conditional too), categorical and mixture: perturbing sub-pixel j changes no θ_d for d ≤ j (so R
+/// never sees its own pixel's G or B) and does change θ_{j+1}; all 27 images of one pixel with 3 values each
+/// have total probability 1.
 #[test]
-fn colour_pixelcnn_orders_r_before_g_before_b() {
+fn colour_models_order_r_before_g_before_b() {
     let k = 3;
-    for n_mix in [None, Some(2)] {
-        let arm = Arm::new(
-            &ModelConfig::Pixelcnn(colour_pixelcnn(k, 3, 3, n_mix)),
-            1,
-            DType::F64,
-            &Device::Cpu,
-        )
-        .unwrap();
+    let gated_colour = |h, w, n_mix, num_classes| {
+        ModelConfig::GatedPixelcnn(gated_pixelcnn::Config {
+            channels: 12, // 4 per colour: with fewer, ReLU can silence a colour's whole block
+            head_hidden: 12,
+            colors: 3,
+            n_mix,
+            ..gated(k, h, w, num_classes)
+        })
+    };
+    type Make<'a> = Box<dyn Fn(usize, usize) -> ModelConfig + 'a>;
+    let makers: Vec<(&str, Make)> = vec![
+        (
+            "pixelcnn",
+            Box::new(move |h, w| ModelConfig::Pixelcnn(colour_pixelcnn(k, h, w, None))),
+        ),
+        (
+            "pixelcnn mixture",
+            Box::new(move |h, w| ModelConfig::Pixelcnn(colour_pixelcnn(k, h, w, Some(2)))),
+        ),
+        ("gated", Box::new(move |h, w| gated_colour(h, w, None, None))),
+        ("gated mixture", Box::new(move |h, w| gated_colour(h, w, Some(2), None))),
+        (
+            "gated conditional",
+            Box::new(move |h, w| gated_colour(h, w, None, Some(2))),
+        ),
+    ];
+    for (name, make) in makers {
+        let arm = Arm::new(&make(3, 3), 1, DType::F64, &Device::Cpu).unwrap();
+        // Non-zero class biases, so that a label could leak a colour it should not.
+        for (pname, var) in arm.params().vars() {
+            if pname.contains("cond_") {
+                let v: Vec<f64> = (0..var.elem_count()).map(|i| (1.3 * i as f64).sin()).collect();
+                var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap())
+                    .unwrap();
+            }
+        }
+        let labels = arm
+            .num_classes()
+            .map(|_| Tensor::new(&[0u32, 1, 1], &Device::Cpu).unwrap());
+        let forward = |x: &Tensor| arm.forward_labelled(x, labels.as_ref(), Mode::Eval).unwrap();
         let d = 27;
         let x = random_x(3, d, k, 2);
-        let base = arm.forward(&x, Mode::Eval).unwrap();
+        let base = forward(&x);
         for j in 0..d {
             let mut v = x.to_vec2::<u32>().unwrap();
             for row in v.iter_mut() {
                 row[j] = (row[j] + 1) % k as u32;
             }
-            let moved = arm.forward(&Tensor::new(v, &Device::Cpu).unwrap(), Mode::Eval).unwrap();
+            let moved = forward(&Tensor::new(v, &Device::Cpu).unwrap());
             let diff = (moved - &base).unwrap().abs().unwrap().max(2).unwrap().max(0).unwrap();
             let diff = diff.to_vec1::<f64>().unwrap();
             for (pos, &delta) in diff.iter().enumerate().take(j + 1) {
-                assert_eq!(delta, 0.0, "{n_mix:?}: θ_{pos} changed when x_{j} did");
+                assert_eq!(delta, 0.0, "{name}: θ_{pos} changed when x_{j} did");
             }
             if j + 1 < d {
-                assert!(diff[j + 1] > 0.0, "{n_mix:?}: θ_{} should see x_{j}", j + 1);
+                assert!(diff[j + 1] > 0.0, "{name}: θ_{} should see x_{j}", j + 1);
             }
         }
-        let one_pixel = Arm::new(
-            &ModelConfig::Pixelcnn(colour_pixelcnn(k, 1, 1, n_mix)),
-            4,
-            DType::F64,
-            &Device::Cpu,
-        )
-        .unwrap();
+        let one_pixel = Arm::new(&make(1, 1), 4, DType::F64, &Device::Cpu).unwrap();
         let all: Vec<u32> = (0..27u32).flat_map(|i| [i / 9, (i / 3) % 3, i % 3]).collect();
-        let p = one_pixel
-            .log_prob(&Tensor::from_vec(all, (27, 3), &Device::Cpu).unwrap())
-            .unwrap();
+        let x = Tensor::from_vec(all, (27, 3), &Device::Cpu).unwrap();
+        let labels = one_pixel
+            .num_classes()
+            .map(|_| Tensor::new(&[1u32; 27], &Device::Cpu).unwrap());
+        let p = one_pixel.log_prob_labelled(&x, labels.as_ref()).unwrap();
         let total = p.exp().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
-        assert!((total - 1.0).abs() < 1e-9, "{n_mix:?}: Σ p(x) = {total}");
+        assert!((total - 1.0).abs() < 1e-9, "{name}: Σ p(x) = {total}");
     }
     // A colour model's channels must split into its colours.
     let bad = pixelcnn::Config {

@@ -81,6 +81,7 @@ fn image_configs() -> Vec<ModelConfig> {
         input: InputEncoding::OneHot,
         dropout: 0.0,
         n_mix: None,
+        colors: 1,
     };
     let pixelcnn = pixelcnn::Config {
         num_values: 4,
@@ -211,6 +212,7 @@ fn predictive_sampling_reproduces_the_naive_sampler() {
         input: InputEncoding::OneHot,
         dropout: 0.0,
         n_mix: None,
+        colors: 1,
     };
     let mut cases: Vec<(ModelConfig, Option<Vec<u32>>)> = conv_configs().into_iter().map(|c| (c, None)).collect();
     cases.push((ModelConfig::GatedPixelcnn(gated.clone()), Some(vec![0, 2, 1, 2])));

@@ -9,8 +9,14 @@
 //! horizontal stack has a 1×1 output and a residual connection (after the first layer). A class label
 //! adds a learned bias inside every gate of both stacks, so `armory sample --label 3` draws a 3.
 //!
-//! x `[B, H·W]` (raster order, values 0..K), labels `[B]` → θ `[B, H·W, P]` (K logits, or 3M mixture
-//! parameters).
+//! Colour images (`colors = 3`) follow PixelCNN's order, R before G before B inside each pixel: the
+//! horizontal stack's channels (each half of its gate inputs) are split into the colours, and its centre tap
+//! and 1×1s let a colour read only earlier colours of the current pixel (mask A in the first layer) or
+//! itself too (mask B after); the vertical stack reaches the horizontal one only from the rows above, where
+//! every colour is known, so it needs no colour mask.
+//!
+//! x `[B, H·W·colors]` (raster order, pixel-major, values 0..K), labels `[B]` → θ `[B, H·W·colors, P]` (K
+//! logits, or 3M mixture parameters, per sub-pixel).
 
 use candle_core::Tensor;
 use candle_nn::{Init, VarBuilder};
@@ -47,9 +53,17 @@ pub struct Config {
     /// softmax over the K values.
     #[serde(default)]
     pub n_mix: Option<usize>,
+    /// Colour channels per pixel: 1 (gray) or 3 (RGB), generated in that order within each pixel.
+    #[serde(default = "super::pixelcnn::one")]
+    pub colors: usize,
 }
 
 impl Config {
+    /// Values per example: H·W·colors.
+    pub fn dim(&self) -> usize {
+        self.height * self.width * self.colors
+    }
+
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(format!("gated_pixelcnn: {m}")));
         if self.num_values < 2 || self.height == 0 || self.width == 0 || self.channels == 0 || self.head_hidden == 0 {
@@ -70,6 +84,16 @@ impl Config {
         }
         if self.n_mix == Some(0) {
             return bad("n_mix must be at least 1".into());
+        }
+        if self.colors == 0
+            || !self.channels.is_multiple_of(self.colors)
+            || !self.head_hidden.is_multiple_of(self.colors)
+        {
+            return bad(format!(
+                "channels ({}) and head_hidden ({}) must be multiples of colors ({}): each colour gets its own \
+                 block of channels",
+                self.channels, self.head_hidden, self.colors
+            ));
         }
         super::check_dropout(self.dropout)
     }
@@ -103,17 +127,21 @@ impl GatedLayer {
             }
             None => None,
         };
+        // Colour: the first horizontal layer keeps its centre tap, with a colour mask A on it.
+        let colors = cfg.colors;
+        let plan = if colors > 1 { ConvType::B } else { mask };
+        let horizontal = planned_conv2d(
+            c_in,
+            2 * c,
+            (1, k / 2 + 1),
+            horizontal_plan(k, plan),
+            vb.pp("horizontal"),
+        )?;
         Ok(Self {
             vertical: planned_conv2d(c_in, 2 * c, (k / 2 + 1, k), vertical_plan(k), vb.pp("vertical"))?,
             v_to_h: conv1x1(2 * c, 2 * c, vb.pp("v_to_h"))?,
-            horizontal: planned_conv2d(
-                c_in,
-                2 * c,
-                (1, k / 2 + 1),
-                horizontal_plan(k, mask),
-                vb.pp("horizontal"),
-            )?,
-            h_out: conv1x1(c, c, vb.pp("h_out"))?,
+            horizontal: horizontal.with_gated_colours(colors, mask)?,
+            h_out: conv1x1(c, c, vb.pp("h_out"))?.with_colours(colors, ConvType::B)?,
             cond,
             residual: !first,
         })
@@ -157,14 +185,15 @@ pub struct GatedPixelCnn {
 impl GatedPixelCnn {
     pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
         cfg.validate()?;
-        let c_in = cfg.input.channels(cfg.num_values);
+        let (colors, p) = (cfg.colors, cfg.likelihood().params_per_dim());
+        let c_in = colors * cfg.input.channels(cfg.num_values);
         let mut layers = vec![GatedLayer::new(c_in, cfg, true, vb.pp("layers").pp(0))?];
         for i in 1..=cfg.layers {
             layers.push(GatedLayer::new(cfg.channels, cfg, false, vb.pp("layers").pp(i))?);
         }
         let head = (
-            conv1x1(cfg.channels, cfg.head_hidden, vb.pp("head1"))?,
-            conv1x1(cfg.head_hidden, cfg.likelihood().params_per_dim(), vb.pp("head2"))?,
+            conv1x1(cfg.channels, cfg.head_hidden, vb.pp("head1"))?.with_colours(colors, ConvType::B)?,
+            conv1x1(cfg.head_hidden, colors * p, vb.pp("head2"))?.with_colours(colors, ConvType::B)?,
         );
         Ok(Self {
             layers,
@@ -186,9 +215,10 @@ impl CausalNet for GatedPixelCnn {
     fn forward_labelled(&self, x: &Tensor, labels: Option<&Tensor>, mode: Mode) -> Result<Tensor> {
         let (b, d) = x.dims2()?;
         let (hh, w, k) = (self.cfg.height, self.cfg.width, self.cfg.num_values);
-        if d != hh * w {
+        if d != self.cfg.dim() {
             return Err(Error::Config(format!(
-                "gated_pixelcnn: input has {d} values per example, the model is {hh}×{w}"
+                "gated_pixelcnn: input has {d} values per example, the model is {hh}×{w}×{}",
+                self.cfg.colors
             )));
         }
         super::check_labels(self.cfg.num_classes, labels, b)?;
@@ -219,10 +249,16 @@ impl CausalNet for GatedPixelCnn {
             let from_v = reach(&v_needed, &vertical_plan(k));
             (sh, sv) = (from_h, from_v);
         }
-        union(&sh, &sv).iter().flatten().filter(|&&v| v).count()
+        // Every colour of each earlier pixel seen, and the last pixel's own earlier colours.
+        let colors = self.cfg.colors;
+        union(&sh, &sv).iter().flatten().filter(|&&v| v).count() * colors + colors - 1
     }
 
+    /// Gray images only, for now: colour images are sampled by the naive or predictive sampler.
     fn stepper(&self, batch: usize, labels: Option<&[u32]>) -> Result<Option<Box<dyn Stepper + '_>>> {
+        if self.cfg.colors > 1 {
+            return Ok(None);
+        }
         Ok(Some(Box::new(GatedStepper::new(self, batch, labels)?)))
     }
 }

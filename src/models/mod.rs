@@ -175,14 +175,14 @@ impl ModelConfig {
             ModelConfig::Rnn(c) => c.length,
             ModelConfig::Wavenet(c) => c.length,
             ModelConfig::Pixelcnn(c) => c.dim(),
-            ModelConfig::GatedPixelcnn(c) => c.height * c.width,
+            ModelConfig::GatedPixelcnn(c) => c.dim(),
         }
     }
     /// (colours, height, width) of the images a 2-D model draws; `None` for sequence models.
     pub fn image_shape(&self) -> Option<(usize, usize, usize)> {
         match self {
             ModelConfig::Pixelcnn(c) => Some((c.colors, c.height, c.width)),
-            ModelConfig::GatedPixelcnn(c) => Some((1, c.height, c.width)),
+            ModelConfig::GatedPixelcnn(c) => Some((c.colors, c.height, c.width)),
             _ => None,
         }
     }

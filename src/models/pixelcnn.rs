@@ -47,7 +47,7 @@ pub struct Config {
     pub colors: usize,
 }
 
-fn one() -> usize {
+pub(crate) fn one() -> usize {
     1
 }
 

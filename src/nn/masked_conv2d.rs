@@ -101,19 +101,40 @@ impl PlannedConv2d {
     /// PixelCNN's channel ordering for images of `colors` colours: at the centre tap, output channels of
     /// colour g read input channels of colours < g (mask A) or ≤ g (mask B); the other taps (pixels before
     /// this one) read every colour. Both channel counts must be multiples of `colors`.
-    pub fn with_colours(mut self, colors: usize, mask: ConvType) -> Result<Self> {
+    pub fn with_colours(self, colors: usize, mask: ConvType) -> Result<Self> {
+        self.with_colour_groups(colors, mask, false)
+    }
+
+    /// [`Self::with_colours`] for a convolution whose outputs feed a gate: the two halves of its 2C outputs
+    /// (the tanh and the sigmoid inputs) are each split into the colours, so that gated unit j keeps the
+    /// colour of channel j.
+    pub fn with_gated_colours(self, colors: usize, mask: ConvType) -> Result<Self> {
+        self.with_colour_groups(colors, mask, true)
+    }
+
+    fn with_colour_groups(mut self, colors: usize, mask: ConvType, gated_out: bool) -> Result<Self> {
         if colors <= 1 {
             return Ok(self);
         }
         let (c_out, c_in, kh, kw) = self.weight.dims4()?;
-        if c_out % colors != 0 || c_in % colors != 0 {
+        let per_half = if gated_out { c_out / 2 } else { c_out };
+        if c_out % colors != 0 || c_in % colors != 0 || per_half % colors != 0 {
             candle_core::bail!("{c_in} → {c_out} channels do not split into {colors} colours");
         }
-        let centre = (kh / 2) * kw + kw / 2;
+        // The tap that reads the current pixel itself; a plan without one needs no colour mask.
+        let Some(centre) = self
+            .plan
+            .taps
+            .iter()
+            .find(|t| t.dy == self.plan.pad_top && t.dx == self.plan.pad_left)
+            .map(|t| t.k)
+        else {
+            return Ok(self);
+        };
         let mut m = vec![1f32; c_out * c_in * kh * kw];
         for o in 0..c_out {
             for i in 0..c_in {
-                let (go, gi) = (colour_of(o, c_out, colors), colour_of(i, c_in, colors));
+                let (go, gi) = (colour_of(o % per_half, per_half, colors), colour_of(i, c_in, colors));
                 let seen = if mask == ConvType::A { gi < go } else { gi <= go };
                 if !seen {
                     m[(o * c_in + i) * kh * kw + centre] = 0.0;
