@@ -355,7 +355,7 @@ fn colour_pictures_train_an_rgb_pixelcnn_end_to_end() {
         .arg(&out)
         .assert()
         .success()
-        .stdout(contains("Naive"));
+        .stdout(contains("Cached"));
     let img = image::open(&out).unwrap().to_rgb8();
     assert!(
         img.pixels().any(|p| p.0[0] != p.0[1] || p.0[1] != p.0[2]),

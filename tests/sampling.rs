@@ -98,6 +98,20 @@ fn image_configs() -> Vec<ModelConfig> {
         colors: 1,
     };
     vec![
+        // Colour images (R, G, B of each pixel in turn), conditional and mixture too.
+        ModelConfig::GatedPixelcnn(gated_pixelcnn::Config {
+            channels: 12,
+            head_hidden: 12,
+            colors: 3,
+            ..gated.clone()
+        }),
+        ModelConfig::Pixelcnn(pixelcnn::Config {
+            hidden: 12,
+            head_hidden: 6,
+            colors: 3,
+            n_mix: Some(2),
+            ..pixelcnn.clone()
+        }),
         ModelConfig::GatedPixelcnn(gated.clone()),
         ModelConfig::GatedPixelcnn(gated_pixelcnn::Config {
             num_classes: None,
@@ -247,6 +261,6 @@ fn cached_sampling_checks_its_labels() {
     assert!(err(&conditional, None).contains("class-conditional"));
     assert!(err(&conditional, Some(&[0])).contains("1 labels for 2 examples"));
     assert!(err(&conditional, Some(&[0, 3])).contains("label 3 is outside 0..2"));
-    let plain = Arm::new(&image_configs()[2], 0, DType::F32, &Device::Cpu).unwrap();
+    let plain = Arm::new(&image_configs()[4], 0, DType::F32, &Device::Cpu).unwrap();
     assert!(err(&plain, Some(&[0, 1])).contains("not class-conditional"));
 }

@@ -22,7 +22,7 @@ use candle_core::Tensor;
 use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 
-use super::pixelcnn::one_hot;
+use super::pixelcnn::{colour_params, one_hot};
 use super::{CausalNet, InputEncoding, Stepper};
 use crate::error::{Error, Result};
 use crate::likelihood::Likelihood;
@@ -254,11 +254,7 @@ impl CausalNet for GatedPixelCnn {
         union(&sh, &sv).iter().flatten().filter(|&&v| v).count() * colors + colors - 1
     }
 
-    /// Gray images only, for now: colour images are sampled by the naive or predictive sampler.
     fn stepper(&self, batch: usize, labels: Option<&[u32]>) -> Result<Option<Box<dyn Stepper + '_>>> {
-        if self.cfg.colors > 1 {
-            return Ok(None);
-        }
         Ok(Some(Box::new(GatedStepper::new(self, batch, labels)?)))
     }
 }
@@ -351,16 +347,19 @@ impl<'a> GatedStepper<'a> {
 
 impl Stepper for GatedStepper<'_> {
     fn step(&mut self, prev: Option<&[u32]>) -> Result<Vec<Vec<f32>>> {
+        // Step d is colour d % colors of pixel d / colors; a colour image's pixel is computed once per colour.
         let (d, cfg) = (self.d, &self.net.cfg);
-        let (w, b, c) = (cfg.width, self.batch, cfg.channels);
+        let (w, b, c, colors) = (cfg.width, self.batch, cfg.channels, cfg.colors);
         if let Some(prev) = prev {
-            // Pixel d − 1 enters the first layer's inputs, vertical and horizontal.
+            // The value drawn at d − 1 enters its pixel's inputs of the first layer, vertical and horizontal.
             let e = cfg.input.encode_values(prev, cfg.num_values);
-            self.layers[0].vertical.set(d - 1..d, &e);
-            self.layers[0].horizontal.set(d - 1..d, &e);
+            let (px, offset) = ((d - 1) / colors, (d - 1) % colors * (e.len() / prev.len()));
+            self.layers[0].vertical.set_channels(px, offset, &e);
+            self.layers[0].horizontal.set_channels(px, offset, &e);
         }
+        let (d, colour) = (d / colors, d % colors); // from here on, d is the pixel
         let x = d % w;
-        if x == 0 {
+        if x == 0 && colour == 0 {
             self.start_row(d / w);
         }
         let mut h_in: Option<Vec<f32>> = None; // the previous layer's horizontal output at pixel d
@@ -384,11 +383,8 @@ impl Stepper for GatedStepper<'_> {
         relu_in_place(&mut h);
         let mut hidden = self.head.0.pointwise(&h);
         relu_in_place(&mut hidden);
-        let out = self.head.1.pointwise(&hidden);
+        let out = self.head.1.pointwise(&hidden); // [B][colors·P]
         self.d += 1;
-        Ok(out
-            .chunks(cfg.likelihood().params_per_dim())
-            .map(|r| r.to_vec())
-            .collect())
+        Ok(colour_params(&out, colors, colour, cfg.likelihood().params_per_dim()))
     }
 }

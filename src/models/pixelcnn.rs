@@ -187,11 +187,7 @@ impl CausalNet for PixelCnn {
         set.iter().flatten().filter(|&&v| v).count() * colors + colors - 1
     }
 
-    /// Gray images only, for now: colour images are sampled by the naive or predictive sampler.
     fn stepper(&self, batch: usize, _labels: Option<&[u32]>) -> Result<Option<Box<dyn Stepper + '_>>> {
-        if self.cfg.colors > 1 {
-            return Ok(None);
-        }
         Ok(Some(Box::new(PixelCnnStepper::new(self, batch)?)))
     }
 }
@@ -232,28 +228,42 @@ impl<'a> PixelCnnStepper<'a> {
 }
 
 impl Stepper for PixelCnnStepper<'_> {
+    /// Step d is colour d % colors of pixel d / colors: the value drawn at d − 1 enters its pixel's input,
+    /// and the current pixel's column is computed (again, for each colour of a colour image; the colour
+    /// masks keep the colours not drawn yet out of it).
     fn step(&mut self, prev: Option<&[u32]>) -> Result<Vec<Vec<f32>>> {
         let (d, cfg) = (self.d, &self.net.cfg);
+        let colors = cfg.colors;
         if let Some(prev) = prev {
-            self.first.set(d - 1..d, &cfg.input.encode_values(prev, cfg.num_values));
+            let e = cfg.input.encode_values(prev, cfg.num_values); // [B][E]
+            let width = e.len() / prev.len();
+            self.first.set_channels((d - 1) / colors, (d - 1) % colors * width, &e);
         }
-        let mut s = self.first.output(d..d + 1); // [B][C]: the residual stream at pixel d
+        let (px, colour) = (d / colors, d % colors);
+        let at = px..px + 1;
+        let mut s = self.first.output(at.clone()); // [B][C]: the residual stream at this pixel
         for [reduce, masked, expand] in &mut self.blocks {
             let mut t = s.clone();
             relu_in_place(&mut t);
             let mut t = reduce.pointwise(&t);
             relu_in_place(&mut t);
-            masked.set(d..d + 1, &t);
-            let mut t = masked.output(d..d + 1);
+            masked.set(at.clone(), &t);
+            let mut t = masked.output(at.clone());
             relu_in_place(&mut t);
             s.iter_mut().zip(expand.pointwise(&t)).for_each(|(a, b)| *a += b);
         }
         relu_in_place(&mut s);
         let mut hidden = self.head.0.pointwise(&s);
         relu_in_place(&mut hidden);
-        let out = self.head.1.pointwise(&hidden);
+        let out = self.head.1.pointwise(&hidden); // [B][colors·P]
         self.d += 1;
-        let p = cfg.likelihood().params_per_dim();
-        Ok(out.chunks(p).map(|r| r.to_vec()).collect())
+        Ok(colour_params(&out, colors, colour, cfg.likelihood().params_per_dim()))
     }
+}
+
+/// From each example's `[colors·P]` outputs, colour `colour`'s P parameters.
+pub(crate) fn colour_params(out: &[f32], colors: usize, colour: usize, p: usize) -> Vec<Vec<f32>> {
+    out.chunks(colors * p)
+        .map(|r| r[colour * p..(colour + 1) * p].to_vec())
+        .collect()
 }
