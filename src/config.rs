@@ -26,6 +26,8 @@ pub const NAMED: &[(&str, &str)] = &[
         "gated-pixelcnn-cond",
         include_str!("../configs/gated-pixelcnn-cond.toml"),
     ),
+    ("binarized-mnist", include_str!("../configs/binarized-mnist.toml")),
+    ("mnist", include_str!("../configs/mnist.toml")),
 ];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

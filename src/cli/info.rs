@@ -9,7 +9,8 @@ pub struct Args {
     /// A config file (default: the seed ARM's).
     #[arg(long, conflicts_with_all = ["run", "model"])]
     config: Option<PathBuf>,
-    /// One of the configs shipped in configs/ (embedded): seed-arm, dilated-conv, mlp, lstm, gru, wavenet.
+    /// One of the configs shipped in configs/ (embedded): seed-arm, dilated-conv, mlp, lstm, gru, wavenet,
+    /// pixelcnn, gated-pixelcnn, gated-pixelcnn-cond, binarized-mnist, mnist (the last two need --data mnist:DIR).
     #[arg(long, conflicts_with = "run")]
     model: Option<String>,
     /// A run directory.
