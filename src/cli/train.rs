@@ -275,13 +275,18 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let arm = Arm::new(&cfg.model, cfg.train.seed, DType::F32, &Device::Cpu)?;
     if !a.quiet {
         eprintln!(
-            "{} {}: {} parameters, receptive field {} of {}; data {} (train {}, val {}, test {}); {} threads",
+            "{} {}: {} parameters, receptive field {} of {}; data {}{} (train {}, val {}, test {}); {} threads",
             if resume { "resuming" } else { "training" },
             run.path.display(),
             arm.params().num_params(),
             arm.receptive_field(),
             arm.dim(),
             cfg.data.dataset,
+            match (cfg.data.levels, cfg.data.binarize) {
+                (Some(l), _) => format!(", quantized to {l} levels"),
+                (_, Some(b)) => format!(", binarized ({b:?}, seed {})", cfg.data.binarize_seed),
+                _ => String::new(),
+            },
             splits.train.len(),
             splits.val.len(),
             splits.test.len(),
