@@ -99,6 +99,9 @@ impl Config {
                 self.dilations
             ));
         }
+        for &d in &self.dilations {
+            super::check_reach("causal_conv", self.kernel, d, self.length)?;
+        }
         let types = self.layer_types();
         if types.len() != self.dilations.len() {
             return bad(format!(
@@ -257,5 +260,18 @@ mod tests {
         let e = arm.log_prob(&x).unwrap_err().to_string();
         assert!(e.contains("value 3 at position 2 is outside 0..2"), "{e}");
         Ok(())
+    }
+
+    /// A kernel far wider than the sequence is refused before any weight is allocated.
+    #[test]
+    fn absurd_kernels_are_refused() {
+        let ModelConfig::CausalConv(mut c) = tiny(3, 4, vec![1], InputEncoding::Raw) else {
+            unreachable!()
+        };
+        c.kernel = 100_000_000;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("too large"), "{e}");
+        c.kernel = 5; // exactly the whole sequence and one more: fine
+        c.validate().unwrap();
     }
 }

@@ -138,6 +138,17 @@ pub enum ModelConfig {
     GatedPixelcnn(gated_pixelcnn::Config),
 }
 
+/// Kernels wider than the data (`extent` positions) only ever read padding there, and absurd sizes would
+/// only exhaust memory: both are refused, as are dilations beyond 2^20.
+pub(crate) fn check_reach(what: &str, kernel: usize, dilation: usize, extent: usize) -> Result<()> {
+    if kernel > extent + 1 || dilation > 1 << 20 {
+        return Err(Error::Config(format!(
+            "{what}: kernel {kernel} (dilation {dilation}) is too large for data {extent} positions wide"
+        )));
+    }
+    Ok(())
+}
+
 /// Dropout probabilities live in [0, 1).
 pub(crate) fn check_dropout(p: f64) -> Result<()> {
     if !(0.0..1.0).contains(&p) {

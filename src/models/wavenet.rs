@@ -57,6 +57,9 @@ impl Config {
                 self.dilations
             )));
         }
+        for &d in &self.dilations {
+            super::check_reach("wavenet", self.kernel, d, self.length)?;
+        }
         super::check_dropout(self.dropout)
     }
 }
