@@ -26,6 +26,10 @@ pub const NAMED: &[(&str, &str)] = &[
         "gated-pixelcnn-cond",
         include_str!("../configs/gated-pixelcnn-cond.toml"),
     ),
+    (
+        "gated-pixelcnn-mixture",
+        include_str!("../configs/gated-pixelcnn-mixture.toml"),
+    ),
     ("binarized-mnist", include_str!("../configs/binarized-mnist.toml")),
     ("mnist", include_str!("../configs/mnist.toml")),
 ];

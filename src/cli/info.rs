@@ -10,7 +10,7 @@ pub struct Args {
     #[arg(long, conflicts_with_all = ["run", "model"])]
     config: Option<PathBuf>,
     /// One of the configs shipped in configs/ (embedded): seed-arm, dilated-conv, mlp, lstm, gru, wavenet,
-    /// pixelcnn, gated-pixelcnn, gated-pixelcnn-cond, binarized-mnist, mnist (the last two need --data mnist:DIR).
+    /// pixelcnn, gated-pixelcnn, gated-pixelcnn-mixture, gated-pixelcnn-cond, binarized-mnist, mnist (the last two need --data mnist:DIR).
     #[arg(long, conflicts_with = "run")]
     model: Option<String>,
     /// A run directory.

@@ -14,7 +14,7 @@ pub struct Args {
     #[arg(long, conflicts_with = "model")]
     config: Option<PathBuf>,
     /// One of the configs shipped in configs/ (embedded): seed-arm, dilated-conv, mlp, lstm, gru, wavenet,
-    /// pixelcnn, gated-pixelcnn, gated-pixelcnn-cond, binarized-mnist, mnist (the last two need --data mnist:DIR).
+    /// pixelcnn, gated-pixelcnn, gated-pixelcnn-mixture, gated-pixelcnn-cond, binarized-mnist, mnist (the last two need --data mnist:DIR).
     #[arg(long)]
     model: Option<String>,
     /// Run name: the run is written to <runs-dir>/<name>/ (default: the config file's name, or seed-arm).
