@@ -186,19 +186,6 @@ fn overrides_given(a: &Args) -> Vec<&'static str> {
         .collect()
 }
 
-/// The files a run writes into its directory.
-const RUN_FILES: &[&str] = &[
-    "config.toml",
-    "best.safetensors",
-    "last.safetensors",
-    "resume.safetensors",
-    "metrics.csv",
-    "summary.json",
-    "real.png",
-    "samples.png",
-    "curve.png",
-];
-
 enum RunTarget {
     Existing(RunDir),
     New(std::path::PathBuf),
@@ -260,14 +247,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let run = match run {
         RunTarget::Existing(run) => run,
         RunTarget::New(dir) => {
-            // --force: what an earlier run wrote there must not be mistaken for this run's.
-            for f in RUN_FILES {
-                let path = dir.join(f);
-                if path.is_file() {
-                    std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
-                }
-            }
-            let run = RunDir::create(&dir)?;
+            let run = RunDir::create_fresh(&dir)?;
             run.write_config(&cfg)?;
             run
         }

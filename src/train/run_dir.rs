@@ -6,6 +6,7 @@
 //! - `resume.safetensors` weights + optimizer moments, with the loop's state as metadata: one file, written
 //!   atomically, so an interrupted run resumes exactly
 //! - `metrics.csv`       one row per epoch
+//! - `summary.json`      the final figures
 //! - `real.png`, `samples.png`, `curve.png` — test images, samples, the learning curve
 
 use std::collections::HashMap;
@@ -22,6 +23,19 @@ pub struct RunDir {
 
 const STATE_KEY: &str = "armory.train_state";
 
+/// The files a run writes (the list above).
+const FILES: &[&str] = &[
+    "config.toml",
+    "best.safetensors",
+    "last.safetensors",
+    "resume.safetensors",
+    "metrics.csv",
+    "summary.json",
+    "real.png",
+    "samples.png",
+    "curve.png",
+];
+
 impl RunDir {
     /// Creates the directory (and parents) if needed.
     pub fn create(path: &Path) -> Result<Self> {
@@ -29,6 +43,19 @@ impl RunDir {
         Ok(Self {
             path: path.to_path_buf(),
         })
+    }
+
+    /// Creates the directory if needed and removes what an earlier run wrote there (`--force`), so that none
+    /// of it can be mistaken for the new run's.
+    pub fn create_fresh(path: &Path) -> Result<Self> {
+        let run = Self::create(path)?;
+        for f in FILES {
+            let file = run.file(f);
+            if file.is_file() {
+                std::fs::remove_file(&file).map_err(|e| Error::io(&file, e))?;
+            }
+        }
+        Ok(run)
     }
 
     /// An existing run directory.
