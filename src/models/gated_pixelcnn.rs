@@ -22,12 +22,12 @@ use candle_core::Tensor;
 use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 
-use super::pixelcnn::{colour_params, one_hot};
+use super::pixelcnn::{head_step, one_hot};
 use super::{CausalNet, InputEncoding, Stepper};
 use crate::error::{Error, Result};
 use crate::likelihood::Likelihood;
 use crate::nn::masked_conv2d::{horizontal_plan, reach, reach_down_shift, union, vertical_plan};
-use crate::nn::step::{gate_rows, relu_in_place};
+use crate::nn::step::gate_rows;
 use crate::nn::{conv1x1, dropout, gate, planned_conv2d, ConvType, Mode, PlannedConv2d, StepConv};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -382,12 +382,14 @@ impl Stepper for GatedStepper<'_> {
             }
             h_in = Some(out);
         }
-        let mut h = h_in.expect("at least one layer");
-        relu_in_place(&mut h);
-        let mut hidden = self.head.0.pointwise(&h);
-        relu_in_place(&mut hidden);
-        let out = self.head.1.pointwise(&hidden); // [B][colors·P]
+        let h = h_in.expect("at least one layer");
         self.d += 1;
-        Ok(colour_params(&out, colors, colour, cfg.likelihood().params_per_dim()))
+        Ok(head_step(
+            &self.head,
+            h,
+            colors,
+            colour,
+            cfg.likelihood().params_per_dim(),
+        ))
     }
 }

@@ -255,18 +255,32 @@ impl Stepper for PixelCnnStepper<'_> {
             relu_in_place(&mut t);
             s.iter_mut().zip(expand.pointwise(&t)).for_each(|(a, b)| *a += b);
         }
-        relu_in_place(&mut s);
-        let mut hidden = self.head.0.pointwise(&s);
-        relu_in_place(&mut hidden);
-        let out = self.head.1.pointwise(&hidden); // [B][colors·P]
         self.d += 1;
-        Ok(colour_params(&out, colors, colour, cfg.likelihood().params_per_dim()))
+        Ok(head_step(
+            &self.head,
+            s,
+            colors,
+            colour,
+            cfg.likelihood().params_per_dim(),
+        ))
     }
 }
 
-/// From each example's `[colors·P]` outputs, colour `colour`'s P parameters.
-pub(crate) fn colour_params(out: &[f32], colors: usize, colour: usize, p: usize) -> Vec<Vec<f32>> {
-    out.chunks(colors * p)
+/// The 2-D models' 1×1 head at one pixel, stepped: ReLU → 1×1 → ReLU → 1×1 on the stream `[B][C]`, then from
+/// each example's `[colors·P]` outputs colour `colour`'s P parameters.
+pub(crate) fn head_step(
+    head: &(StepConv, StepConv),
+    mut stream: Vec<f32>,
+    colors: usize,
+    colour: usize,
+    p: usize,
+) -> Vec<Vec<f32>> {
+    relu_in_place(&mut stream);
+    let mut hidden = head.0.pointwise(&stream);
+    relu_in_place(&mut hidden);
+    head.1
+        .pointwise(&hidden)
+        .chunks(colors * p)
         .map(|r| r[colour * p..(colour + 1) * p].to_vec())
         .collect()
 }
