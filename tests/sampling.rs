@@ -66,9 +66,9 @@ fn conv_configs() -> Vec<ModelConfig> {
     ]
 }
 
-/// Small 2-D models, 3×4 images: PixelCNN and the gated PixelCNN, categorical and mixture, conditional too.
-fn image_configs() -> Vec<ModelConfig> {
-    let gated = gated_pixelcnn::Config {
+/// A small class-conditional gated PixelCNN on 3×4 images with 4 values.
+fn gated_3x4() -> gated_pixelcnn::Config {
+    gated_pixelcnn::Config {
         num_values: 4,
         height: 3,
         width: 4,
@@ -82,7 +82,12 @@ fn image_configs() -> Vec<ModelConfig> {
         dropout: 0.0,
         n_mix: None,
         colors: 1,
-    };
+    }
+}
+
+/// Small 2-D models, 3×4 images: PixelCNN and the gated PixelCNN, categorical and mixture, conditional too.
+fn image_configs() -> Vec<ModelConfig> {
+    let gated = gated_3x4();
     let pixelcnn = pixelcnn::Config {
         num_values: 4,
         height: 3,
@@ -214,19 +219,8 @@ fn cached_step_matches_the_forward_pass_at_every_position() {
 #[test]
 fn predictive_sampling_reproduces_the_naive_sampler() {
     let gated = gated_pixelcnn::Config {
-        num_values: 4,
-        height: 3,
-        width: 4,
-        channels: 4,
-        first_kernel: 3,
         layers: 1,
-        kernel: 3,
-        head_hidden: 4,
-        num_classes: Some(3),
-        input: InputEncoding::OneHot,
-        dropout: 0.0,
-        n_mix: None,
-        colors: 1,
+        ..gated_3x4()
     };
     let mut cases: Vec<(ModelConfig, Option<Vec<u32>>)> = conv_configs().into_iter().map(|c| (c, None)).collect();
     cases.push((ModelConfig::GatedPixelcnn(gated.clone()), Some(vec![0, 2, 1, 2])));
