@@ -71,23 +71,23 @@ impl DataConfig {
             return Err(Error::Config("[data]: give either levels or binarize, not both".into()));
         }
         let splits = data::load_splits(&self.dataset, self.validation)?;
-        let prep = |ds: &Dataset, stream: u64| -> Result<Dataset> {
-            let ds = &transform::to_pixel_major(ds);
+        let prep = |ds: Dataset, stream: u64| -> Result<Dataset> {
+            let ds = transform::to_pixel_major(ds);
             match (self.levels, self.binarize) {
-                (Some(levels), _) => transform::quantize(ds, levels),
+                (Some(levels), _) => transform::quantize(&ds, levels),
                 (_, Some(Binarize::Threshold)) => {
-                    Ok(transform::binarize_threshold(ds, ds.num_values.div_ceil(2) as u32))
+                    Ok(transform::binarize_threshold(&ds, ds.num_values.div_ceil(2) as u32))
                 }
                 (_, Some(Binarize::Stochastic)) => {
-                    transform::binarize_stochastic(ds, self.binarize_seed.wrapping_mul(3).wrapping_add(stream))
+                    transform::binarize_stochastic(&ds, self.binarize_seed.wrapping_mul(3).wrapping_add(stream))
                 }
-                (None, None) => Ok(ds.clone()),
+                (None, None) => Ok(ds),
             }
         };
         Ok(Splits {
-            train: prep(&splits.train, 0)?,
-            val: prep(&splits.val, 1)?,
-            test: prep(&splits.test, 2)?,
+            train: prep(splits.train, 0)?,
+            val: prep(splits.val, 1)?,
+            test: prep(splits.test, 2)?,
         })
     }
 }
