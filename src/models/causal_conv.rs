@@ -100,7 +100,7 @@ impl Config {
             ));
         }
         for &d in &self.dilations {
-            super::check_reach("causal_conv", self.kernel, d, self.length)?;
+            super::check_kernel_size("causal_conv", self.kernel, d, self.length)?;
         }
         let types = self.layer_types();
         if types.len() != self.dilations.len() {

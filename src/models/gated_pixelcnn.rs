@@ -96,8 +96,8 @@ impl Config {
             ));
         }
         let extent = (2 * self.height.max(self.width)).max(8); // a kernel spans both sides of its centre
-        super::check_reach("gated_pixelcnn", self.first_kernel, 1, extent)?;
-        super::check_reach("gated_pixelcnn", self.kernel, 1, extent)?;
+        super::check_kernel_size("gated_pixelcnn", self.first_kernel, 1, extent)?;
+        super::check_kernel_size("gated_pixelcnn", self.kernel, 1, extent)?;
         super::check_dropout(self.dropout)
     }
 

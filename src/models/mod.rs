@@ -140,7 +140,7 @@ pub enum ModelConfig {
 
 /// Kernels wider than the data (`extent` positions) only ever read padding there, and absurd sizes would
 /// only exhaust memory: both are refused, as are dilations beyond 2^20.
-pub(crate) fn check_reach(what: &str, kernel: usize, dilation: usize, extent: usize) -> Result<()> {
+pub(crate) fn check_kernel_size(what: &str, kernel: usize, dilation: usize, extent: usize) -> Result<()> {
     if kernel > extent + 1 || dilation > 1 << 20 {
         return Err(Error::Config(format!(
             "{what}: kernel {kernel} (dilation {dilation}) is too large for data {extent} positions wide"

@@ -87,8 +87,8 @@ impl Config {
             ));
         }
         let extent = (2 * self.height.max(self.width)).max(8); // a kernel spans both sides of its centre
-        super::check_reach("pixelcnn", self.first_kernel, 1, extent)?;
-        super::check_reach("pixelcnn", self.kernel, 1, extent)?;
+        super::check_kernel_size("pixelcnn", self.first_kernel, 1, extent)?;
+        super::check_kernel_size("pixelcnn", self.kernel, 1, extent)?;
         super::check_dropout(self.dropout)
     }
 

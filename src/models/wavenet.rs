@@ -58,7 +58,7 @@ impl Config {
             )));
         }
         for &d in &self.dilations {
-            super::check_reach("wavenet", self.kernel, d, self.length)?;
+            super::check_kernel_size("wavenet", self.kernel, d, self.length)?;
         }
         super::check_dropout(self.dropout)
     }
