@@ -89,8 +89,35 @@ fn weights(path: &Path) -> Vec<(String, Vec<f32>)> {
 
 #[test]
 fn interrupted_and_resumed_run_continues_the_same_curve() {
+    interrupted_and_resumed(None);
+}
+
+/// With Polyak averaging the average is resumed too, and it — not the raw weights — is what is validated
+/// and saved.
+#[test]
+fn interrupted_and_resumed_run_with_a_weight_average_continues_the_same_curve() {
+    let (splits, dir) = interrupted_and_resumed(Some(0.9));
+    let straight = RunDir::create(dir.path()).unwrap();
+    let arm = Arm::new(&small_model(), 0, DType::F32, &Device::Cpu).unwrap();
+    arm.params().load(&straight.file("last.safetensors")).unwrap();
+    let rows = metrics::read_csv(&straight.file("metrics.csv")).unwrap();
+    let val = train::evaluate(&arm, &splits.val, 256).unwrap().nll;
+    assert!((val - rows[2].val_nll).abs() < 1e-5, "{val} vs {}", rows[2].val_nll);
+    let (resume, _) = straight.load_resume().unwrap();
+    let raw = resume["net.0.conv1d.weight"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let avg = weights(&straight.file("last.safetensors"));
+    let avg = &avg.iter().find(|(k, _)| k == "net.0.conv1d.weight").unwrap().1;
+    let gap = raw.iter().zip(avg).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(gap > 1e-4, "the saved weights are the raw ones (gap {gap})");
+}
+
+fn interrupted_and_resumed(ema: Option<f64>) -> (Splits, tempfile::TempDir) {
     let splits = small_splits();
-    let cfg = recipe(3); // 8 steps per epoch, 24 in all
+    let cfg = TrainConfig { ema, ..recipe(3) }; // 8 steps per epoch, 24 in all
     let straight_dir = tempfile::tempdir().unwrap();
     let straight = RunDir::create(straight_dir.path()).unwrap();
     let arm = Arm::new(&small_model(), cfg.seed, DType::F32, &Device::Cpu).unwrap();
@@ -131,6 +158,7 @@ fn interrupted_and_resumed_run_continues_the_same_curve() {
         weights(&straight.file("best.safetensors")),
         weights(&resumed.file("best.safetensors"))
     );
+    (splits, straight_dir)
 }
 
 #[test]

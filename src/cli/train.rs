@@ -58,6 +58,9 @@ pub struct Args {
     /// Clip the global gradient norm.
     #[arg(long)]
     grad_clip: Option<f64>,
+    /// Polyak averaging: validate and keep a moving average of the weights with this decay (e.g. 0.999).
+    #[arg(long)]
+    ema: Option<f64>,
     /// Dropout probability (every model family).
     #[arg(long)]
     dropout: Option<f64>,
@@ -98,6 +101,7 @@ fn apply_overrides(cfg: &mut RunConfig, a: &Args) -> anyhow::Result<()> {
     t.max_epochs = a.epochs.unwrap_or(t.max_epochs);
     t.patience = a.patience.unwrap_or(t.patience);
     t.grad_clip = a.grad_clip.or(t.grad_clip);
+    t.ema = a.ema.or(t.ema);
     if let Some(p) = a.dropout {
         *cfg.model.dropout_mut() = p;
     }
@@ -173,6 +177,7 @@ fn overrides_given(a: &Args) -> Vec<&'static str> {
         ("--epochs", a.epochs.is_some()),
         ("--patience", a.patience.is_some()),
         ("--grad-clip", a.grad_clip.is_some()),
+        ("--ema", a.ema.is_some()),
         ("--dropout", a.dropout.is_some()),
         ("--hidden", a.hidden.is_some()),
         ("--kernel", a.kernel.is_some()),

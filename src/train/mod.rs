@@ -2,6 +2,7 @@
 //! best weights kept, checkpoints every epoch, exact resume, and a clean stop on Ctrl-C or a non-finite loss.
 
 pub mod early_stopping;
+pub mod ema;
 pub mod metrics;
 pub mod optim;
 pub mod pictures;
@@ -21,6 +22,7 @@ use crate::data::Splits;
 use crate::error::{Error, Result};
 use crate::models::{Arm, Mode, Reduction};
 pub use early_stopping::{EarlyStopping, Verdict};
+pub use ema::Ema;
 pub use metrics::{evaluate, EpochRow, Evaluation};
 pub use optim::{Optimizer, OptimizerKind};
 pub use run_dir::RunDir;
@@ -37,6 +39,10 @@ pub struct TrainConfig {
     /// Clip the global gradient norm to this value (off by default; RNNs want it).
     #[serde(default)]
     pub grad_clip: Option<f64>,
+    /// Polyak averaging: validate, select and save an exponential moving average of the weights with this
+    /// decay (e.g. 0.999; PixelCNN++ used 0.9995). Off by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ema: Option<f64>,
 }
 
 impl Default for TrainConfig {
@@ -49,6 +55,7 @@ impl Default for TrainConfig {
             patience: 20,
             seed: 0,
             grad_clip: None,
+            ema: None,
         }
     }
 }
@@ -64,6 +71,9 @@ impl TrainConfig {
         }
         if self.grad_clip.is_some_and(|c| c <= 0.0 || !c.is_finite()) {
             return bad("train.grad_clip must be a positive number");
+        }
+        if self.ema.is_some_and(|d| !(0.0..1.0).contains(&d)) {
+            return bad("train.ema is a decay in [0, 1), e.g. 0.999");
         }
         Ok(())
     }
@@ -132,6 +142,7 @@ pub fn train(
     cfg.validate()?;
     let params = arm.params();
     let mut opt = Optimizer::new(cfg.optimizer, cfg.lr, params.vars())?;
+    let mut ema = cfg.ema.map(|d| Ema::new(d, params.vars())).transpose()?;
     let metrics_path = run.file("metrics.csv");
     let mut rows = vec![];
     let mut st = LoopState {
@@ -154,11 +165,14 @@ pub fn train(
         st.early.patience = cfg.patience;
         let weights = tensors
             .iter()
-            .filter(|(k, _)| !k.starts_with("optim."))
+            .filter(|(k, _)| !k.starts_with("optim.") && !k.starts_with("ema."))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         params.assign(&weights, &path)?;
         opt.load_state(&tensors, st.optimizer_steps, &path)?;
+        if let Some(ema) = &mut ema {
+            ema.load_state(&tensors, st.optimizer_steps, &path)?;
+        }
         // Rows written after the saved state (an epoch that finished but was not checkpointed) are redone.
         rows = metrics::read_csv(&metrics_path)?
             .into_iter()
@@ -179,9 +193,13 @@ pub fn train(
     );
     pb.set_prefix("train");
     pb.set_position(st.epoch as u64);
-    let save_resume = |st: &LoopState, opt: &Optimizer| -> Result<()> {
+    // Holds the raw weights (never the average) and everything needed to continue exactly.
+    let save_resume = |st: &LoopState, opt: &Optimizer, ema: &Option<Ema>| -> Result<()> {
         let mut tensors = params.tensors()?;
         tensors.extend(opt.state_tensors());
+        if let Some(ema) = ema {
+            tensors.extend(ema.state_tensors());
+        }
         let state = serde_json::to_string(st).expect("state serialises");
         run.save_resume(&tensors, &state)
     };
@@ -202,7 +220,7 @@ pub fn train(
             {
                 st.epoch_secs = epoch_started.elapsed().as_secs_f64();
                 st.elapsed_secs = started.elapsed().as_secs_f64();
-                save_resume(&st, &opt)?;
+                save_resume(&st, &opt, &ema)?;
                 break 'epochs Outcome::Interrupted;
             }
             let x = splits.train.batch(idx, arm.device())?;
@@ -229,12 +247,19 @@ pub fn train(
                 opt.clip_grad_norm(&mut grads, max_norm)?;
             }
             opt.step(&grads)?;
+            if let Some(ema) = &mut ema {
+                ema.update()?;
+            }
             st.step = step + 1;
             st.loss_sum += value * idx.len() as f64;
             st.loss_count += idx.len();
             st.optimizer_steps = opt.steps_taken();
             steps_this_call += 1;
             pb.set_message(format!("step {}/{steps_per_epoch} loss {value:.3}", step + 1));
+        }
+        // With Polyak averaging, the average is what is validated and saved (best and last).
+        if let Some(ema) = &mut ema {
+            ema.swap()?;
         }
         let val = evaluate(arm, &splits.val, 256)?;
         let epoch = st.epoch + 1;
@@ -255,6 +280,9 @@ pub fn train(
         rows.push(row.clone());
         metrics::write_csv(&metrics_path, &rows)?;
         params.save(&run.file("last.safetensors"))?;
+        if let Some(ema) = &mut ema {
+            ema.swap()?;
+        }
         st = LoopState {
             epoch,
             step: 0,
@@ -264,7 +292,7 @@ pub fn train(
             elapsed_secs: row.elapsed_secs,
             ..st
         };
-        save_resume(&st, &opt)?;
+        save_resume(&st, &opt, &ema)?;
         let left = |epochs: usize| format_secs(epochs as f64 * epoch_secs);
         pb.set_position(epoch as u64);
         pb.set_message(format!(
