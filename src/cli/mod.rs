@@ -26,7 +26,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Train a model (by default the seed ARM on the embedded digits) into runs/<name>/.
-    Train(train::Args),
+    Train(Box<train::Args>),
     /// Test NLL in nats per example and bits per dimension, on any split.
     Eval(eval::Args),
     /// Draw samples: a PNG grid and the raw values.
@@ -42,7 +42,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         rayon::ThreadPoolBuilder::new().num_threads(n).build_global()?;
     }
     match cli.command {
-        Command::Train(a) => train::run(a),
+        Command::Train(a) => train::run(*a),
         Command::Eval(a) => eval::run(a),
         Command::Sample(a) => sample::run(a),
         Command::Info(a) => info::run(a),
