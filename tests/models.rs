@@ -3,6 +3,7 @@
 //! checkpoint round trip.
 
 use armory::data::{self, Splits};
+use armory::models::image_head::ColourMixture;
 use armory::models::{
     causal_conv, gated_pixelcnn, mlp, pixelcnn, rnn, wavenet, Arm, InputEncoding, Mode, ModelConfig, Reduction,
 };
@@ -24,6 +25,7 @@ fn pixelcnn(k: usize, h: usize, w: usize) -> pixelcnn::Config {
         dropout: 0.0,
         n_mix: None,
         colors: 1,
+        colour_mixture: ColourMixture::Pixel,
     }
 }
 
@@ -42,6 +44,7 @@ fn gated(k: usize, h: usize, w: usize, num_classes: Option<usize>) -> gated_pixe
         dropout: 0.0,
         n_mix: None,
         colors: 1,
+        colour_mixture: ColourMixture::Pixel,
     }
 }
 
@@ -215,6 +218,17 @@ fn model_gradients_match_finite_differences_f64() {
         k,
         12,
     );
+    // PixelCNN++'s pixel mixture: the gradient flows through the colours' conditionals too.
+    check_gradients(
+        "colour gated pixelcnn, pixel mixture",
+        &ModelConfig::GatedPixelcnn(gated_pixelcnn::Config {
+            colors: 3,
+            n_mix: Some(2),
+            ..gated(k, 2, 2, None)
+        }),
+        k,
+        12,
+    );
 }
 
 fn check_gradients(name: &str, cfg: &ModelConfig, k: usize, d: usize) {
@@ -268,21 +282,20 @@ fn colour_pixelcnn(k: usize, h: usize, w: usize, n_mix: Option<usize>) -> pixelc
 }
 
 /// Colour images in PixelCNN's order — pixel by pixel, R before G before B — for PixelCNN and the gated
-/// PixelCNN (conditional too), categorical and mixture: perturbing sub-pixel j changes no θ_d for d ≤ j (so R
+/// PixelCNN (conditional too), categorical, PixelCNN++'s pixel mixture and per-colour mixtures: perturbing sub-pixel j changes no θ_d for d ≤ j (so R
 /// never sees its own pixel's G or B) and does change θ_{j+1}; all 27 images of one pixel with 3 values each
 /// have total probability 1.
 #[test]
 fn colour_models_order_r_before_g_before_b() {
     let k = 3;
-    let gated_colour = |h, w, n_mix, num_classes| {
-        ModelConfig::GatedPixelcnn(gated_pixelcnn::Config {
-            channels: 12, // 4 per colour: with fewer, ReLU can silence a colour's whole block
-            head_hidden: 12,
-            colors: 3,
-            n_mix,
-            ..gated(k, h, w, num_classes)
-        })
+    let gated_colour = |h, w, n_mix, num_classes| gated_pixelcnn::Config {
+        channels: 12, // 4 per colour: with fewer, ReLU can silence a colour's whole block
+        head_hidden: 12,
+        colors: 3,
+        n_mix,
+        ..gated(k, h, w, num_classes)
     };
+    let per_colour = ColourMixture::PerColour;
     type Make<'a> = Box<dyn Fn(usize, usize) -> ModelConfig + 'a>;
     let makers: Vec<(&str, Make)> = vec![
         (
@@ -290,14 +303,42 @@ fn colour_models_order_r_before_g_before_b() {
             Box::new(move |h, w| ModelConfig::Pixelcnn(colour_pixelcnn(k, h, w, None))),
         ),
         (
-            "pixelcnn mixture",
+            "pixelcnn pixel mixture",
             Box::new(move |h, w| ModelConfig::Pixelcnn(colour_pixelcnn(k, h, w, Some(2)))),
         ),
-        ("gated", Box::new(move |h, w| gated_colour(h, w, None, None))),
-        ("gated mixture", Box::new(move |h, w| gated_colour(h, w, Some(2), None))),
+        (
+            "pixelcnn per-colour mixture",
+            Box::new(move |h, w| {
+                ModelConfig::Pixelcnn(pixelcnn::Config {
+                    colour_mixture: per_colour,
+                    ..colour_pixelcnn(k, h, w, Some(2))
+                })
+            }),
+        ),
+        (
+            "gated",
+            Box::new(move |h, w| ModelConfig::GatedPixelcnn(gated_colour(h, w, None, None))),
+        ),
+        (
+            "gated pixel mixture",
+            Box::new(move |h, w| ModelConfig::GatedPixelcnn(gated_colour(h, w, Some(2), None))),
+        ),
+        (
+            "gated per-colour mixture",
+            Box::new(move |h, w| {
+                ModelConfig::GatedPixelcnn(gated_pixelcnn::Config {
+                    colour_mixture: per_colour,
+                    ..gated_colour(h, w, Some(2), None)
+                })
+            }),
+        ),
         (
             "gated conditional",
-            Box::new(move |h, w| gated_colour(h, w, None, Some(2))),
+            Box::new(move |h, w| ModelConfig::GatedPixelcnn(gated_colour(h, w, None, Some(2)))),
+        ),
+        (
+            "gated conditional pixel mixture",
+            Box::new(move |h, w| ModelConfig::GatedPixelcnn(gated_colour(h, w, Some(2), Some(2)))),
         ),
     ];
     for (name, make) in makers {
@@ -352,6 +393,18 @@ fn colour_models_order_r_before_g_before_b() {
         .unwrap()
         .to_string();
     assert!(e.contains("multiple of 6"), "{e}");
+    // PixelCNN++'s pixel mixture is an R, G, B mixture.
+    let two = pixelcnn::Config {
+        colors: 2,
+        hidden: 8,
+        head_hidden: 4,
+        ..colour_pixelcnn(k, 2, 2, Some(2))
+    };
+    let e = Arm::new(&ModelConfig::Pixelcnn(two), 0, DType::F32, &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("colors = 3") && e.contains("per_colour"), "{e}");
 }
 
 /// A few dozen steps on digits lower the loss, and the best checkpoint reloads to identical log-probs.

@@ -82,6 +82,7 @@ fn gated_3x4() -> gated_pixelcnn::Config {
         dropout: 0.0,
         n_mix: None,
         colors: 1,
+        colour_mixture: Default::default(),
     }
 }
 
@@ -101,6 +102,7 @@ fn image_configs() -> Vec<ModelConfig> {
         dropout: 0.0,
         n_mix: None,
         colors: 1,
+        colour_mixture: Default::default(),
     };
     vec![
         // Colour images (R, G, B of each pixel in turn), conditional and mixture too.
@@ -115,7 +117,16 @@ fn image_configs() -> Vec<ModelConfig> {
             head_hidden: 6,
             colors: 3,
             n_mix: Some(2),
+            colour_mixture: armory::models::image_head::ColourMixture::PerColour,
             ..pixelcnn.clone()
+        }),
+        // PixelCNN++'s pixel mixture: the network's column once per pixel, G and B from the head alone.
+        ModelConfig::GatedPixelcnn(gated_pixelcnn::Config {
+            channels: 12,
+            head_hidden: 12,
+            colors: 3,
+            n_mix: Some(3),
+            ..gated.clone()
         }),
         ModelConfig::GatedPixelcnn(gated.clone()),
         ModelConfig::GatedPixelcnn(gated_pixelcnn::Config {

@@ -73,6 +73,7 @@ fn images(reps: usize) -> anyhow::Result<()> {
         dropout: 0.0,
         n_mix: None,
         colors: 1,
+        colour_mixture: Default::default(),
     });
     println!(
         "\n28×28 binary images, 16 at a time, {} threads",

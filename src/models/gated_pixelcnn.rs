@@ -15,6 +15,10 @@
 //! itself too (mask B after); the vertical stack reaches the horizontal one only from the rows above, where
 //! every colour is known, so it needs no colour mask.
 //!
+//! With a logistic mixture, colour images take PixelCNN++'s pixel mixture by default instead
+//! (`colour_mixture = "pixel"`): no colour masks, the network sees only the pixels before, and one mixture per
+//! pixel ties the colours together (see `image_head`).
+//!
 //! x `[B, H·W·colors]` (raster order, pixel-major, values 0..K), labels `[B]` → θ `[B, H·W·colors, P]` (K
 //! logits, or 3M mixture parameters, per sub-pixel).
 
@@ -22,7 +26,8 @@ use candle_core::Tensor;
 use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 
-use super::pixelcnn::{head_step, one_hot};
+use super::image_head::{self, ColourMixture, HeadStepper, ImageHead};
+use super::pixelcnn::one_hot;
 use super::{CausalNet, InputEncoding, Stepper};
 use crate::error::{Error, Result};
 use crate::likelihood::Likelihood;
@@ -56,6 +61,9 @@ pub struct Config {
     /// Colour channels per pixel: 1 (gray) or 3 (RGB), generated in that order within each pixel.
     #[serde(default = "super::pixelcnn::one")]
     pub colors: usize,
+    /// Colour images with a mixture: `pixel` (PixelCNN++) or `per_colour` (see `image_head`).
+    #[serde(default, skip_serializing_if = "super::is_default")]
+    pub colour_mixture: ColourMixture,
 }
 
 impl Config {
@@ -85,14 +93,16 @@ impl Config {
         if self.n_mix == Some(0) {
             return bad("n_mix must be at least 1".into());
         }
-        if self.colors == 0
-            || !self.channels.is_multiple_of(self.colors)
-            || !self.head_hidden.is_multiple_of(self.colors)
-        {
+        if self.colors == 0 {
+            return bad("colors must be at least 1".into());
+        }
+        image_head::check("gated_pixelcnn", self.colors, self.likelihood(), self.colour_mixture)?;
+        let masks = self.network_colours();
+        if !self.channels.is_multiple_of(masks) || !self.head_hidden.is_multiple_of(masks) {
             return bad(format!(
-                "channels ({}) and head_hidden ({}) must be multiples of colors ({}): each colour gets its own \
+                "channels ({}) and head_hidden ({}) must be multiples of colors ({masks}): each colour gets its own \
                  block of channels",
-                self.channels, self.head_hidden, self.colors
+                self.channels, self.head_hidden
             ));
         }
         let extent = (2 * self.height.max(self.width)).max(8); // a kernel spans both sides of its centre
@@ -104,6 +114,11 @@ impl Config {
     /// The per-pixel distribution.
     pub fn likelihood(&self) -> Likelihood {
         Likelihood::for_values(self.num_values, self.n_mix)
+    }
+
+    /// The colours the network's channels are split into (1: no colour masks).
+    fn network_colours(&self) -> usize {
+        image_head::network_colours(self.colors, self.likelihood(), self.colour_mixture)
     }
 }
 
@@ -130,8 +145,8 @@ impl GatedLayer {
             }
             None => None,
         };
-        // Colour: the first horizontal layer keeps its centre tap, with a colour mask A on it.
-        let colors = cfg.colors;
+        // Colour masks: the first horizontal layer keeps its centre tap, with a colour mask A on it.
+        let colors = cfg.network_colours();
         let plan = if colors > 1 { ConvType::B } else { mask };
         let horizontal = planned_conv2d(
             c_in,
@@ -181,23 +196,26 @@ impl GatedLayer {
 
 pub struct GatedPixelCnn {
     layers: Vec<GatedLayer>,
-    head: (PlannedConv2d, PlannedConv2d),
+    head: ImageHead,
     cfg: Config,
 }
 
 impl GatedPixelCnn {
     pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
         cfg.validate()?;
-        let (colors, p) = (cfg.colors, cfg.likelihood().params_per_dim());
-        let c_in = colors * cfg.input.channels(cfg.num_values);
+        let c_in = cfg.colors * cfg.input.channels(cfg.num_values);
         let mut layers = vec![GatedLayer::new(c_in, cfg, true, vb.pp("layers").pp(0))?];
         for i in 1..=cfg.layers {
             layers.push(GatedLayer::new(cfg.channels, cfg, false, vb.pp("layers").pp(i))?);
         }
-        let head = (
-            conv1x1(cfg.channels, cfg.head_hidden, vb.pp("head1"))?.with_colours(colors, ConvType::B)?,
-            conv1x1(cfg.head_hidden, colors * p, vb.pp("head2"))?.with_colours(colors, ConvType::B)?,
-        );
+        let head = ImageHead::new(
+            cfg.channels,
+            cfg.head_hidden,
+            cfg.colors,
+            cfg.likelihood(),
+            cfg.colour_mixture,
+            vb,
+        )?;
         Ok(Self {
             layers,
             head,
@@ -225,14 +243,13 @@ impl CausalNet for GatedPixelCnn {
             )));
         }
         super::check_labels(self.cfg.num_classes, labels, b)?;
-        let dtype = self.head.0.weight().dtype();
+        let dtype = self.layers[0].vertical.weight().dtype();
         let e = self.cfg.input.encode(x, k, dtype)?.reshape((b, hh, w, ()))?; // [B, H, W, C_in]
         let (mut v, mut h) = (e.clone(), e);
         for (i, layer) in self.layers.iter().enumerate() {
             (v, h) = layer.forward(&v, &h, labels, mode, i as u64, self.cfg.dropout)?;
         }
-        let out = self.head.1.forward(&self.head.0.forward(&h.relu()?)?.relu()?)?; // [B, H, W, P]
-        Ok(out.reshape((b, d, ()))?)
+        self.head.forward(&h, x)
     }
 
     /// Input pixels that θ of the last pixel depends on (traced through both stacks' tap plans).
@@ -281,7 +298,7 @@ struct LayerStepper {
 pub struct GatedStepper<'a> {
     net: &'a GatedPixelCnn,
     layers: Vec<LayerStepper>,
-    head: (StepConv, StepConv),
+    head: HeadStepper,
     batch: usize,
     d: usize,
 }
@@ -315,7 +332,7 @@ impl<'a> GatedStepper<'a> {
         Ok(Self {
             net,
             layers,
-            head: (net.head.0.stepper((0, 0), batch)?, net.head.1.stepper((0, 0), batch)?),
+            head: net.head.stepper(batch)?,
             batch,
             d: 0,
         })
@@ -359,11 +376,16 @@ impl Stepper for GatedStepper<'_> {
             let (px, offset) = ((d - 1) / colors, (d - 1) % colors * (e.len() / prev.len()));
             self.layers[0].vertical.set_channels(px, offset, &e);
             self.layers[0].horizontal.set_channels(px, offset, &e);
+            self.head.record(prev, (d - 1) % colors);
         }
+        self.d += 1;
         let (d, colour) = (d / colors, d % colors); // from here on, d is the pixel
         let x = d % w;
         if x == 0 && colour == 0 {
             self.start_row(d / w);
+        }
+        if !self.head.needs_column(colour) {
+            return self.head.step(None, colour); // the pixel mixture's later colours
         }
         let mut h_in: Option<Vec<f32>> = None; // the previous layer's horizontal output at pixel d
         for layer in &mut self.layers {
@@ -382,14 +404,6 @@ impl Stepper for GatedStepper<'_> {
             }
             h_in = Some(out);
         }
-        let h = h_in.expect("at least one layer");
-        self.d += 1;
-        Ok(head_step(
-            &self.head,
-            h,
-            colors,
-            colour,
-            cfg.likelihood().params_per_dim(),
-        ))
+        self.head.step(h_in, colour)
     }
 }

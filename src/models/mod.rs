@@ -3,6 +3,7 @@
 
 pub mod causal_conv;
 pub mod gated_pixelcnn;
+pub mod image_head;
 pub mod mlp;
 pub mod pixelcnn;
 pub mod rnn;
@@ -150,6 +151,11 @@ pub(crate) fn check_kernel_size(what: &str, kernel: usize, dilation: usize, exte
 }
 
 /// Dropout probabilities live in [0, 1).
+/// For `skip_serializing_if`: settings left at their default stay out of a written config.
+pub(crate) fn is_default<T: Default + PartialEq>(t: &T) -> bool {
+    *t == T::default()
+}
+
 pub(crate) fn check_dropout(p: f64) -> Result<()> {
     if !(0.0..1.0).contains(&p) {
         return Err(Error::Config(format!("dropout = {p} must be in [0, 1)")));

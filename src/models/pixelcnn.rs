@@ -9,6 +9,10 @@
 //! reads only earlier colours (mask A, the first layer) or itself and earlier ones (mask B, the rest, 1×1s
 //! included); pixels before the current one are read whole. Tested by perturbing each sub-pixel.
 //!
+//! With a logistic mixture, colour images take PixelCNN++'s pixel mixture by default instead
+//! (`colour_mixture = "pixel"`): no colour masks, the network sees only the pixels before, and one mixture per
+//! pixel ties the colours together (see `image_head`).
+//!
 //! x `[B, H·W·colors]` (raster order, pixel-major, values 0..K) → θ `[B, H·W·colors, P]` (K logits, or 3M
 //! mixture parameters, per sub-pixel).
 
@@ -16,6 +20,7 @@ use candle_core::Tensor;
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
+use super::image_head::{self, ColourMixture, HeadStepper, ImageHead};
 use super::{CausalNet, InputEncoding, Stepper};
 use crate::error::{Error, Result};
 use crate::likelihood::Likelihood;
@@ -45,6 +50,9 @@ pub struct Config {
     /// Colour channels per pixel: 1 (gray) or 3 (RGB), generated in that order within each pixel.
     #[serde(default = "one")]
     pub colors: usize,
+    /// Colour images with a mixture: `pixel` (PixelCNN++) or `per_colour` (see `image_head`).
+    #[serde(default, skip_serializing_if = "super::is_default")]
+    pub colour_mixture: ColourMixture,
 }
 
 pub(crate) fn one() -> usize {
@@ -73,15 +81,13 @@ impl Config {
         if self.colors == 0 {
             return bad("colors must be at least 1".into());
         }
-        if self.colors > 1
-            && (!self.hidden.is_multiple_of(2 * self.colors) || !self.head_hidden.is_multiple_of(self.colors))
-        {
+        image_head::check("pixelcnn", self.colors, self.likelihood(), self.colour_mixture)?;
+        let masks = self.network_colours();
+        if masks > 1 && (!self.hidden.is_multiple_of(2 * masks) || !self.head_hidden.is_multiple_of(masks)) {
             return bad(format!(
-                "with {} colours, hidden must be a multiple of {} and head_hidden of {} (each colour gets its \
-                 own block of channels): {} and {}",
-                self.colors,
-                2 * self.colors,
-                self.colors,
+                "with {masks} colours, hidden must be a multiple of {} and head_hidden of {masks} (each colour gets \
+                 its own block of channels): {} and {}",
+                2 * masks,
                 self.hidden,
                 self.head_hidden
             ));
@@ -101,6 +107,11 @@ impl Config {
     pub fn likelihood(&self) -> Likelihood {
         Likelihood::for_values(self.num_values, self.n_mix)
     }
+
+    /// The colours the network's channels are split into (1: no colour masks).
+    fn network_colours(&self) -> usize {
+        image_head::network_colours(self.colors, self.likelihood(), self.colour_mixture)
+    }
 }
 
 struct Block {
@@ -112,17 +123,17 @@ struct Block {
 pub struct PixelCnn {
     first: PlannedConv2d,
     blocks: Vec<Block>,
-    head: (PlannedConv2d, PlannedConv2d),
+    head: ImageHead,
     cfg: Config,
 }
 
 impl PixelCnn {
     pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
         cfg.validate()?;
-        let (c, half, colors) = (cfg.hidden, cfg.hidden / 2, cfg.colors);
-        let c_in = colors * cfg.input.channels(cfg.num_values);
-        // Gray: the first layer's mask A drops the centre tap. Colour: the centre tap stays and its colour
-        // mask A lets each colour read only the earlier colours of the same pixel.
+        let (c, half, colors) = (cfg.hidden, cfg.hidden / 2, cfg.network_colours());
+        let c_in = cfg.colors * cfg.input.channels(cfg.num_values);
+        // Gray (and the pixel mixture): the first layer's mask A drops the centre tap. Colour masks: the centre
+        // tap stays and its colour mask A lets each colour read only the earlier colours of the same pixel.
         let first = if colors == 1 {
             masked_conv2d(c_in, c, cfg.first_kernel, ConvType::A, vb.pp("first"))?
         } else {
@@ -139,11 +150,7 @@ impl PixelCnn {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let p = cfg.likelihood().params_per_dim();
-        let head = (
-            b(conv1x1(c, cfg.head_hidden, vb.pp("head1"))?)?,
-            b(conv1x1(cfg.head_hidden, colors * p, vb.pp("head2"))?)?,
-        );
+        let head = ImageHead::new(c, cfg.head_hidden, cfg.colors, cfg.likelihood(), cfg.colour_mixture, vb)?;
         Ok(Self {
             first,
             blocks,
@@ -172,8 +179,7 @@ impl CausalNet for PixelCnn {
             let t = dropout(&blk.expand.forward(&t)?, self.cfg.dropout, mode, i as u64)?;
             s = (s + t)?;
         }
-        let out = self.head.1.forward(&self.head.0.forward(&s.relu()?)?.relu()?)?; // [B, H, W, colors·P]
-        Ok(out.reshape((b, d, ()))?)
+        self.head.forward(&s, x)
     }
 
     /// Input pixels that θ of the last pixel depends on.
@@ -202,7 +208,7 @@ pub struct PixelCnnStepper<'a> {
     net: &'a PixelCnn,
     first: StepConv,
     blocks: Vec<[StepConv; 3]>, // reduce (1×1), masked, expand (1×1)
-    head: (StepConv, StepConv),
+    head: HeadStepper,
     d: usize,
 }
 
@@ -224,7 +230,7 @@ impl<'a> PixelCnnStepper<'a> {
             net,
             first: net.first.stepper(grid, batch)?,
             blocks,
-            head: (net.head.0.stepper((0, 0), batch)?, net.head.1.stepper((0, 0), batch)?),
+            head: net.head.stepper(batch)?,
             d: 0,
         })
     }
@@ -232,8 +238,9 @@ impl<'a> PixelCnnStepper<'a> {
 
 impl Stepper for PixelCnnStepper<'_> {
     /// Step d is colour d % colors of pixel d / colors: the value drawn at d − 1 enters its pixel's input,
-    /// and the current pixel's column is computed (again, for each colour of a colour image; the colour
-    /// masks keep the colours not drawn yet out of it).
+    /// and the current pixel's column is computed (again, for each colour of a colour image with colour
+    /// masks, which keep the colours not drawn yet out of it; once, at R, with the pixel mixture, whose later
+    /// colours come from the head alone).
     fn step(&mut self, prev: Option<&[u32]>) -> Result<Vec<Vec<f32>>> {
         let (d, cfg) = (self.d, &self.net.cfg);
         let colors = cfg.colors;
@@ -241,8 +248,13 @@ impl Stepper for PixelCnnStepper<'_> {
             let e = cfg.input.encode_values(prev, cfg.num_values); // [B][E]
             let width = e.len() / prev.len();
             self.first.set_channels((d - 1) / colors, (d - 1) % colors * width, &e);
+            self.head.record(prev, (d - 1) % colors);
         }
         let (px, colour) = (d / colors, d % colors);
+        self.d += 1;
+        if !self.head.needs_column(colour) {
+            return self.head.step(None, colour);
+        }
         let at = px..px + 1;
         let mut s = self.first.output(at.clone()); // [B][C]: the residual stream at this pixel
         for [reduce, masked, expand] in &mut self.blocks {
@@ -255,32 +267,6 @@ impl Stepper for PixelCnnStepper<'_> {
             relu_in_place(&mut t);
             s.iter_mut().zip(expand.pointwise(&t)).for_each(|(a, b)| *a += b);
         }
-        self.d += 1;
-        Ok(head_step(
-            &self.head,
-            s,
-            colors,
-            colour,
-            cfg.likelihood().params_per_dim(),
-        ))
+        self.head.step(Some(s), colour)
     }
-}
-
-/// The 2-D models' 1×1 head at one pixel, stepped: ReLU → 1×1 → ReLU → 1×1 on the stream `[B][C]`, then from
-/// each example's `[colors·P]` outputs colour `colour`'s P parameters.
-pub(crate) fn head_step(
-    head: &(StepConv, StepConv),
-    mut stream: Vec<f32>,
-    colors: usize,
-    colour: usize,
-    p: usize,
-) -> Vec<Vec<f32>> {
-    relu_in_place(&mut stream);
-    let mut hidden = head.0.pointwise(&stream);
-    relu_in_place(&mut hidden);
-    head.1
-        .pointwise(&hidden)
-        .chunks(colors * p)
-        .map(|r| r[colour * p..(colour + 1) * p].to_vec())
-        .collect()
 }
