@@ -2,8 +2,8 @@
 //! 0.9995). The average, not the raw weights, is what validation sees and what `best.safetensors` holds;
 //! the optimizer keeps stepping the raw weights.
 //!
-//! The decay warms up as in TensorFlow's `ExponentialMovingAverage(num_updates)`: after n updates it is
-//! min(decay, (1 + n) / (10 + n)), so the first epochs are not dominated by the initial weights.
+//! The average is bias-corrected as Adam's moments are: it starts at zero and is divided by 1 − dⁿ after n
+//! updates, so from the first steps it weighs the last ~1/(1 − d) steps and not the initial weights.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -16,33 +16,28 @@ pub struct Ema {
     decay: f64,
     updates: usize,
     vars: Vec<(String, Var)>,
-    shadow: Vec<Tensor>,
+    shadow: Vec<Tensor>,          // Σ (1 − d) dᵏ w, not yet divided by 1 − dⁿ
+    stashed: Option<Vec<Tensor>>, // the raw weights while the average is in the model
 }
 
 impl Ema {
-    /// Starts the average at the current weights.
     pub fn new(decay: f64, vars: Vec<(String, Var)>) -> Result<Self> {
         let shadow = vars
             .iter()
-            .map(|(_, v)| v.as_tensor().copy())
+            .map(|(_, v)| v.zeros_like())
             .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(Self {
             decay,
             updates: 0,
             vars,
             shadow,
+            stashed: None,
         })
-    }
-
-    /// The decay the next update uses.
-    pub fn current_decay(&self) -> f64 {
-        let n = self.updates as f64;
-        self.decay.min((1.0 + n) / (10.0 + n))
     }
 
     /// shadow ← d · shadow + (1 − d) · weights, after an optimizer step.
     pub fn update(&mut self) -> Result<()> {
-        let d = self.current_decay();
+        let d = self.decay;
         for ((_, var), s) in self.vars.iter().zip(self.shadow.iter_mut()) {
             *s = ((&*s * d)? + (var.as_tensor() * (1.0 - d))?)?;
         }
@@ -50,12 +45,28 @@ impl Ema {
         Ok(())
     }
 
-    /// Exchanges the weights and the average: call once to evaluate with the average, again to go back.
-    pub fn swap(&mut self) -> Result<()> {
-        for ((_, var), s) in self.vars.iter().zip(self.shadow.iter_mut()) {
-            let raw = var.as_tensor().copy()?;
-            var.set(s)?;
-            *s = raw;
+    /// Puts the (bias-corrected) average into the model, keeping the raw weights aside until [`Self::restore`].
+    /// Before any update the model keeps its weights.
+    pub fn apply(&mut self) -> Result<()> {
+        if self.stashed.is_some() || self.updates == 0 {
+            return Ok(());
+        }
+        let correction = 1.0 / (1.0 - self.decay.powi(self.updates.min(i32::MAX as usize) as i32));
+        let mut raw = Vec::with_capacity(self.vars.len());
+        for ((_, var), s) in self.vars.iter().zip(&self.shadow) {
+            raw.push(var.as_tensor().copy()?);
+            var.set(&(s * correction)?)?;
+        }
+        self.stashed = Some(raw);
+        Ok(())
+    }
+
+    /// Puts the raw weights back after [`Self::apply`].
+    pub fn restore(&mut self) -> Result<()> {
+        if let Some(raw) = self.stashed.take() {
+            for ((_, var), r) in self.vars.iter().zip(&raw) {
+                var.set(r)?;
+            }
         }
         Ok(())
     }
@@ -97,34 +108,35 @@ mod tests {
     use super::*;
     use candle_core::Device;
 
-    /// The average follows the warmed-up decay by hand, and swap exchanges exactly.
+    /// The average is the bias-corrected moving average by hand, and restore gives back the raw weights.
     #[test]
-    fn the_average_matches_the_formula_and_swaps_back() -> Result<()> {
+    fn the_average_matches_the_formula_and_restores() -> Result<()> {
         let p = Var::new(&[1.0f64, -2.0], &Device::Cpu)?;
         let mut ema = Ema::new(0.9, vec![("p".into(), p.clone())])?;
-        let mut avg = [1.0f64, -2.0];
-        for n in 0..100 {
+        ema.apply()?; // no update yet: the weights stay
+        assert_eq!(p.as_tensor().to_vec1::<f64>()?, vec![1.0, -2.0]);
+        ema.restore()?;
+        let (mut num, mut den) = ([0.0f64; 2], 0.0f64);
+        for n in 0..30 {
             let w = [n as f64, 2.0 * n as f64];
             p.set(&Tensor::new(&w, &Device::Cpu)?)?;
-            let d = 0.9f64.min((1.0 + n as f64) / (10.0 + n as f64));
-            assert_eq!(ema.current_decay(), d);
             ema.update()?;
+            // The weighted mean of the weights so far, weight 0.9^age.
+            den = 0.9 * den + 1.0;
             for i in 0..2 {
-                avg[i] = d * avg[i] + (1.0 - d) * w[i];
+                num[i] = 0.9 * num[i] + w[i];
             }
         }
-        assert!(
-            (0.9 - ema.current_decay()).abs() < 1e-15,
-            "the warm-up ends at the decay"
-        );
-        ema.swap()?;
+        ema.apply()?;
+        ema.apply()?; // twice is once
         let got = p.as_tensor().to_vec1::<f64>()?;
-        assert!(
-            got.iter().zip(&avg).all(|(a, b)| (a - b).abs() < 1e-12),
-            "{got:?} vs {avg:?}"
-        );
-        ema.swap()?;
-        assert_eq!(p.as_tensor().to_vec1::<f64>()?, vec![99.0, 198.0]);
+        for i in 0..2 {
+            let want = num[i] / den;
+            assert!((got[i] - want).abs() < 1e-9, "{got:?} vs {want}");
+        }
+        assert!(got[0] > 19.0 && got[0] < 29.0, "{got:?}: the last ~10 steps weigh most");
+        ema.restore()?;
+        assert_eq!(p.as_tensor().to_vec1::<f64>()?, vec![29.0, 58.0]);
         Ok(())
     }
 }

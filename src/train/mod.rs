@@ -40,7 +40,8 @@ pub struct TrainConfig {
     #[serde(default)]
     pub grad_clip: Option<f64>,
     /// Polyak averaging: validate, select and save an exponential moving average of the weights with this
-    /// decay (e.g. 0.999; PixelCNN++ used 0.9995). Off by default.
+    /// decay, which averages over the last ~1/(1 − decay) steps (e.g. 0.995: 200; PixelCNN++ used 0.9995 on
+    /// a far larger set). Off by default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ema: Option<f64>,
 }
@@ -259,7 +260,7 @@ pub fn train(
         }
         // With Polyak averaging, the average is what is validated and saved (best and last).
         if let Some(ema) = &mut ema {
-            ema.swap()?;
+            ema.apply()?;
         }
         let val = evaluate(arm, &splits.val, 256)?;
         let epoch = st.epoch + 1;
@@ -281,7 +282,7 @@ pub fn train(
         metrics::write_csv(&metrics_path, &rows)?;
         params.save(&run.file("last.safetensors"))?;
         if let Some(ema) = &mut ema {
-            ema.swap()?;
+            ema.restore()?;
         }
         st = LoopState {
             epoch,
