@@ -320,7 +320,8 @@ fn ctrl_c_saves_the_state_and_resume_keeps_the_recipe() {
         .success();
 }
 
-/// A folder of colour PNGs, quantized to 4 levels, trains an RGB PixelCNN and draws colour samples.
+/// A folder of colour PNGs, quantized to 4 levels, trains an RGB PixelCNN — categorical, and with
+/// PixelCNN++'s pixel mixture — and draws colour samples.
 #[test]
 fn colour_pictures_train_an_rgb_pixelcnn_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
@@ -332,33 +333,45 @@ fn colour_pictures_train_an_rgb_pixelcnn_end_to_end() {
         });
         img.save(pngs.join(format!("{i:02}.png"))).unwrap();
     }
-    let cfg = format!(
-        "[data]\ndataset = \"png:{}\"\nlevels = 4\n\n[model]\nkind = \"pixelcnn\"\nnum_values = 4\nheight = 2\n\
-         width = 3\ncolors = 3\nhidden = 12\nfirst_kernel = 3\nblocks = 1\nkernel = 3\nhead_hidden = 6\n\n\
-         [train]\noptimizer = \"adam\"\nlr = 0.003\nmax_epochs = 2\npatience = 5\nseed = 0\nbatch_size = 8\n",
-        pngs.display()
-    );
-    std::fs::write(dir.path().join("rgb.toml"), cfg).unwrap();
-    armory()
-        .args(["train", "--quiet", "--runs-dir"])
-        .arg(dir.path())
-        .arg("--config")
-        .arg(dir.path().join("rgb.toml"))
-        .assert()
-        .success()
-        .stdout(contains("bits/dim"));
-    let out = dir.path().join("s.png");
-    armory()
-        .args(["sample", "--run"])
-        .arg(dir.path().join("rgb"))
-        .args(["-n", "4", "--out"])
-        .arg(&out)
-        .assert()
-        .success()
-        .stdout(contains("Cached"));
-    let img = image::open(&out).unwrap().to_rgb8();
-    assert!(
-        img.pixels().any(|p| p.0[0] != p.0[1] || p.0[1] != p.0[2]),
-        "colour samples are drawn in colour"
-    );
+    for (name, extra, distribution) in [
+        ("rgb", "", "categorical"),
+        ("rgbmix", "n_mix = 2\n", "RGB pixel mixture"),
+    ] {
+        let cfg = format!(
+            "[data]\ndataset = \"png:{}\"\nlevels = 4\n\n[model]\nkind = \"pixelcnn\"\nnum_values = 4\nheight = 2\n\
+             width = 3\ncolors = 3\nhidden = 12\nfirst_kernel = 3\nblocks = 1\nkernel = 3\nhead_hidden = 6\n{extra}\n\
+             [train]\noptimizer = \"adam\"\nlr = 0.003\nmax_epochs = 2\npatience = 5\nseed = 0\nbatch_size = 8\n",
+            pngs.display()
+        );
+        let path = dir.path().join(format!("{name}.toml"));
+        std::fs::write(&path, cfg).unwrap();
+        armory()
+            .args(["train", "--quiet", "--runs-dir"])
+            .arg(dir.path())
+            .arg("--config")
+            .arg(&path)
+            .assert()
+            .success()
+            .stdout(contains("bits/dim"));
+        armory()
+            .args(["info", "--run"])
+            .arg(dir.path().join(name))
+            .assert()
+            .success()
+            .stdout(contains(distribution));
+        let out = dir.path().join(format!("{name}.png"));
+        armory()
+            .args(["sample", "--run"])
+            .arg(dir.path().join(name))
+            .args(["-n", "4", "--out"])
+            .arg(&out)
+            .assert()
+            .success()
+            .stdout(contains("Cached"));
+        let img = image::open(&out).unwrap().to_rgb8();
+        assert!(
+            img.pixels().any(|p| p.0[0] != p.0[1] || p.0[1] != p.0[2]),
+            "{name}: colour samples are drawn in colour"
+        );
+    }
 }

@@ -28,6 +28,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let arm = Arm::new(&cfg.model, cfg.train.seed, DType::F32, &Device::Cpu)?;
     println!("parameters: {}", arm.params().num_params());
     println!("receptive field: {} of {} positions", arm.receptive_field(), arm.dim());
+    println!("distribution: {}", cfg.model.distribution());
     println!("\n{}", cfg.to_toml());
     Ok(())
 }

@@ -212,6 +212,30 @@ impl ModelConfig {
             },
         }
     }
+    /// The per-position distribution, in words (`armory info`).
+    pub fn distribution(&self) -> String {
+        let (colors, mixture) = match self {
+            ModelConfig::Pixelcnn(c) => (c.colors, c.colour_mixture),
+            ModelConfig::GatedPixelcnn(c) => (c.colors, c.colour_mixture),
+            _ => (1, image_head::ColourMixture::default()),
+        };
+        match self.likelihood() {
+            Likelihood::Categorical { num_values } => format!("categorical (softmax) over {num_values} values"),
+            l @ Likelihood::LogisticMixture { num_values, n_mix } => {
+                if image_head::is_pixel_mixture(colors, l, mixture) {
+                    format!(
+                        "PixelCNN++ RGB pixel mixture: {n_mix} discretized logistics over {num_values} bins shared \
+                         by R, G and B, the means of G and B linear in the earlier colours"
+                    )
+                } else {
+                    let each = if colors > 1 { " per colour" } else { "" };
+                    format!(
+                        "discretized logistic mixture (PixelCNN++) of {n_mix} components over {num_values} bins{each}"
+                    )
+                }
+            }
+        }
+    }
     /// The dropout probability of the model, whatever its family.
     pub fn dropout_mut(&mut self) -> &mut f64 {
         match self {
