@@ -45,6 +45,7 @@ fn gated(k: usize, h: usize, w: usize, num_classes: Option<usize>) -> gated_pixe
         n_mix: None,
         colors: 1,
         colour_mixture: ColourMixture::Pixel,
+        vertical_residual: false,
     }
 }
 
@@ -58,6 +59,14 @@ fn families(k: usize, h: usize, w: usize) -> Vec<(&'static str, ModelConfig)> {
             "gated_pixelcnn logistic mixture",
             ModelConfig::GatedPixelcnn(gated_pixelcnn::Config {
                 n_mix: Some(2),
+                ..gated(k, h, w, None)
+            }),
+        ),
+        (
+            "gated_pixelcnn residual vertical stack",
+            ModelConfig::GatedPixelcnn(gated_pixelcnn::Config {
+                vertical_residual: true,
+                dropout: 0.2,
                 ..gated(k, h, w, None)
             }),
         ),

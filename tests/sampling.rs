@@ -83,6 +83,7 @@ fn gated_3x4() -> gated_pixelcnn::Config {
         n_mix: None,
         colors: 1,
         colour_mixture: Default::default(),
+        vertical_residual: false,
     }
 }
 
@@ -110,6 +111,7 @@ fn image_configs() -> Vec<ModelConfig> {
             channels: 12,
             head_hidden: 12,
             colors: 3,
+            vertical_residual: true,
             ..gated.clone()
         }),
         ModelConfig::Pixelcnn(pixelcnn::Config {

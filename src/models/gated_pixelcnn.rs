@@ -6,7 +6,8 @@
 //! type A in the first layer: strictly left). The horizontal stack receives the vertical one's
 //! pre-activation through a 1×1 convolution *after a one-row down-shift*, so it sees only rows above from
 //! it — all of them within reach: no blind spot (tested). Units are gated, tanh(W_f ∗ x) ⊙ σ(W_g ∗ x); the
-//! horizontal stack has a 1×1 output and a residual connection (after the first layer). A class label
+//! horizontal stack has a 1×1 output and a residual connection (after the first layer); with
+//! `vertical_residual` the vertical stack gets one too, and the same dropout (PixelCNN++'s streams). A class label
 //! adds a learned bias inside every gate of both stacks, so `armory sample --label 3` draws a 3.
 //!
 //! Colour images (`colors = 3`) follow PixelCNN's order, R before G before B inside each pixel: the
@@ -64,6 +65,10 @@ pub struct Config {
     /// Colour images with a mixture: `pixel` (PixelCNN++) or `per_colour` (see `image_head`).
     #[serde(default, skip_serializing_if = "super::is_default")]
     pub colour_mixture: ColourMixture,
+    /// Residual connections and dropout on the vertical stack too (after the first layer), as PixelCNN++'s
+    /// down-shifted stream has; the paper's vertical stack has neither.
+    #[serde(default, skip_serializing_if = "super::is_default")]
+    pub vertical_residual: bool,
 }
 
 impl Config {
@@ -129,7 +134,11 @@ struct GatedLayer {
     h_out: PlannedConv2d,           // 1×1, C → C
     cond: Option<(Tensor, Tensor)>, // per-class gate biases [classes, 2C] for the vertical and horizontal stacks
     residual: bool,
+    vertical_residual: bool,
 }
+
+/// Dropout on the vertical stack draws its masks apart from the horizontal stack's.
+const VERTICAL_SALT: u64 = 0x5645_5254; // "VERT"
 
 impl GatedLayer {
     fn new(c_in: usize, cfg: &Config, first: bool, vb: VarBuilder) -> Result<Self> {
@@ -162,6 +171,7 @@ impl GatedLayer {
             h_out: conv1x1(c, c, vb.pp("h_out"))?.with_colours(colors, ConvType::B)?,
             cond,
             residual: !first,
+            vertical_residual: !first && cfg.vertical_residual,
         })
     }
 
@@ -185,7 +195,10 @@ impl GatedLayer {
             v_pre = v_pre.broadcast_add(&bias(cv)?)?;
             h_pre = h_pre.broadcast_add(&bias(ch)?)?;
         }
-        let v_out = gate(&v_pre)?;
+        let mut v_out = gate(&v_pre)?;
+        if self.vertical_residual {
+            v_out = (dropout(&v_out, p, mode, salt ^ VERTICAL_SALT)? + v)?;
+        }
         let mut h_out = self.h_out.forward(&dropout(&gate(&h_pre)?, p, mode, salt)?)?;
         if self.residual {
             h_out = (h_out + h)?;
@@ -290,6 +303,7 @@ struct LayerStepper {
     /// pre-activation one row up, `[x][B][2C]`.
     from_above: Vec<f32>,
     residual: bool,
+    vertical_residual: bool,
 }
 
 /// Cached stepping with per-row caches (Fast PixelCNN++, Ramachandran et al. 2017): at the start of each row
@@ -326,6 +340,7 @@ impl<'a> GatedStepper<'a> {
                     cond,
                     from_above: vec![],
                     residual: l.residual,
+                    vertical_residual: l.vertical_residual,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -360,7 +375,12 @@ impl<'a> GatedStepper<'a> {
                 pre.chunks_mut(b * 2 * c)
                     .for_each(|r| r.iter_mut().zip(cv).for_each(|(a, c)| *a += c));
             }
-            v_in = Some(gate_rows(&pre, c));
+            let mut out = gate_rows(&pre, c); // [x][B][C]
+            if layer.vertical_residual {
+                let inputs = row.clone().flat_map(|p| layer.vertical.input(p).iter().copied());
+                out.iter_mut().zip(inputs).for_each(|(a, v)| *a += v);
+            }
+            v_in = Some(out);
         }
     }
 }
