@@ -89,14 +89,41 @@ fn weights(path: &Path) -> Vec<(String, Vec<f32>)> {
 
 #[test]
 fn interrupted_and_resumed_run_continues_the_same_curve() {
-    interrupted_and_resumed(None);
+    interrupted_and_resumed(recipe(3)); // 8 steps per epoch, 24 in all
+}
+
+/// A learning-rate schedule is a function of the epoch, so a run stopped mid-epoch resumes on it; the first
+/// epoch uses the base rate and later ones a smaller one.
+#[test]
+fn learning_rate_decay_changes_later_epochs_only_and_resumes_exactly() {
+    let cfg = TrainConfig {
+        lr_decay: Some(0.3),
+        ..recipe(3)
+    };
+    assert_eq!(cfg.lr_at(0), cfg.lr);
+    assert!((cfg.lr_at(2) - cfg.lr * 0.09).abs() < 1e-12);
+    let (_, decayed) = interrupted_and_resumed(cfg);
+    let (_, constant) = interrupted_and_resumed(recipe(3));
+    let rows = |d: &tempfile::TempDir| metrics::read_csv(&d.path().join("metrics.csv")).unwrap();
+    let (a, b) = (rows(&decayed), rows(&constant));
+    assert_eq!(a[0].val_nll, b[0].val_nll);
+    assert_ne!(a[1].val_nll, b[1].val_nll);
+    assert_ne!(a[2].val_nll, b[2].val_nll);
+    let bad = TrainConfig {
+        lr_decay: Some(1.5),
+        ..recipe(3)
+    };
+    assert!(bad.validate().unwrap_err().to_string().contains("lr_decay"));
 }
 
 /// With Polyak averaging the average is resumed too, and it — not the raw weights — is what is validated
 /// and saved.
 #[test]
 fn interrupted_and_resumed_run_with_a_weight_average_continues_the_same_curve() {
-    let (splits, dir) = interrupted_and_resumed(Some(0.9));
+    let (splits, dir) = interrupted_and_resumed(TrainConfig {
+        ema: Some(0.9),
+        ..recipe(3)
+    });
     let straight = RunDir::create(dir.path()).unwrap();
     let arm = Arm::new(&small_model(), 0, DType::F32, &Device::Cpu).unwrap();
     arm.params().load(&straight.file("last.safetensors")).unwrap();
@@ -115,9 +142,8 @@ fn interrupted_and_resumed_run_with_a_weight_average_continues_the_same_curve() 
     assert!(gap > 1e-4, "the saved weights are the raw ones (gap {gap})");
 }
 
-fn interrupted_and_resumed(ema: Option<f64>) -> (Splits, tempfile::TempDir) {
+fn interrupted_and_resumed(cfg: TrainConfig) -> (Splits, tempfile::TempDir) {
     let splits = small_splits();
-    let cfg = TrainConfig { ema, ..recipe(3) }; // 8 steps per epoch, 24 in all
     let straight_dir = tempfile::tempdir().unwrap();
     let straight = RunDir::create(straight_dir.path()).unwrap();
     let arm = Arm::new(&small_model(), cfg.seed, DType::F32, &Device::Cpu).unwrap();

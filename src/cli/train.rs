@@ -61,6 +61,9 @@ pub struct Args {
     /// Polyak averaging: validate and keep a moving average of the weights with this decay (e.g. 0.999).
     #[arg(long)]
     ema: Option<f64>,
+    /// Exponential learning-rate decay per epoch: epoch e uses lr × D^e (e.g. 0.98).
+    #[arg(long)]
+    lr_decay: Option<f64>,
     /// Dropout probability (every model family).
     #[arg(long)]
     dropout: Option<f64>,
@@ -102,6 +105,7 @@ fn apply_overrides(cfg: &mut RunConfig, a: &Args) -> anyhow::Result<()> {
     t.patience = a.patience.unwrap_or(t.patience);
     t.grad_clip = a.grad_clip.or(t.grad_clip);
     t.ema = a.ema.or(t.ema);
+    t.lr_decay = a.lr_decay.or(t.lr_decay);
     if let Some(p) = a.dropout {
         *cfg.model.dropout_mut() = p;
     }
@@ -178,6 +182,7 @@ fn overrides_given(a: &Args) -> Vec<&'static str> {
         ("--patience", a.patience.is_some()),
         ("--grad-clip", a.grad_clip.is_some()),
         ("--ema", a.ema.is_some()),
+        ("--lr-decay", a.lr_decay.is_some()),
         ("--dropout", a.dropout.is_some()),
         ("--hidden", a.hidden.is_some()),
         ("--kernel", a.kernel.is_some()),

@@ -49,6 +49,11 @@ impl Optimizer {
         })
     }
 
+    /// Changes the learning rate for the following steps (a schedule).
+    pub fn set_lr(&mut self, lr: f64) {
+        self.lr = lr;
+    }
+
     pub fn steps_taken(&self) -> usize {
         self.step
     }
