@@ -35,11 +35,13 @@ impl Ema {
         })
     }
 
-    /// shadow ← d · shadow + (1 − d) · weights, after an optimizer step.
+    /// shadow ← d · shadow + (1 − d) · weights, after an optimizer step. The weights are detached: an
+    /// expression of a `Var` records its inputs for backprop, so each average would hold the previous one
+    /// and a run's memory would grow by the model's size at every step.
     pub fn update(&mut self) -> Result<()> {
         let d = self.decay;
         for ((_, var), s) in self.vars.iter().zip(self.shadow.iter_mut()) {
-            *s = ((&*s * d)? + (var.as_tensor() * (1.0 - d))?)?;
+            *s = ((&*s * d)? + (var.as_tensor().detach() * (1.0 - d))?)?;
         }
         self.updates += 1;
         Ok(())
@@ -54,7 +56,7 @@ impl Ema {
         let correction = 1.0 / (1.0 - self.decay.powi(self.updates.min(i32::MAX as usize) as i32));
         let mut raw = Vec::with_capacity(self.vars.len());
         for ((_, var), s) in self.vars.iter().zip(&self.shadow) {
-            raw.push(var.as_tensor().copy()?);
+            raw.push(var.as_tensor().detach().copy()?);
             var.set(&(s * correction)?)?;
         }
         self.stashed = Some(raw);
@@ -121,6 +123,8 @@ mod tests {
             let w = [n as f64, 2.0 * n as f64];
             p.set(&Tensor::new(&w, &Device::Cpu)?)?;
             ema.update()?;
+            // Nothing keeps a backprop graph: a run would otherwise grow without bound.
+            assert!(ema.shadow.iter().all(|s| !s.track_op()), "the average records its history");
             // The weighted mean of the weights so far, weight 0.9^age.
             den = 0.9 * den + 1.0;
             for i in 0..2 {
