@@ -124,7 +124,10 @@ mod tests {
             p.set(&Tensor::new(&w, &Device::Cpu)?)?;
             ema.update()?;
             // Nothing keeps a backprop graph: a run would otherwise grow without bound.
-            assert!(ema.shadow.iter().all(|s| !s.track_op()), "the average records its history");
+            assert!(
+                ema.shadow.iter().all(|s| !s.track_op()),
+                "the average records its history"
+            );
             // The weighted mean of the weights so far, weight 0.9^age.
             den = 0.9 * den + 1.0;
             for i in 0..2 {
