@@ -116,6 +116,41 @@ fn learning_rate_decay_changes_later_epochs_only_and_resumes_exactly() {
     assert!(bad.validate().unwrap_err().to_string().contains("lr_decay"));
 }
 
+/// Decoupled weight decay shrinks the kernels (not the biases) against the same run without it, and a run
+/// with it resumes exactly; a decay that would flip the weights' sign is refused.
+#[test]
+fn weight_decay_shrinks_kernels_and_resumes_exactly() {
+    let (_, decayed) = interrupted_and_resumed(TrainConfig {
+        weight_decay: Some(5.0),
+        ..recipe(3)
+    });
+    let (_, plain) = interrupted_and_resumed(recipe(3));
+    let norms = |d: &tempfile::TempDir, rank2: bool| -> f64 {
+        armory::params::load_tensors(&d.path().join("last.safetensors"))
+            .unwrap()
+            .into_iter()
+            .filter(|(_, t)| (t.rank() >= 2) == rank2)
+            .map(|(_, t)| t.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() as f64)
+            .sum::<f64>()
+            .sqrt()
+    };
+    let (k_wd, k_plain) = (norms(&decayed, true), norms(&plain, true));
+    assert!(
+        k_wd < 0.97 * k_plain,
+        "kernel norm {k_wd} with weight decay, {k_plain} without"
+    );
+    let (b_wd, b_plain) = (norms(&decayed, false), norms(&plain, false));
+    assert!(
+        (b_wd - b_plain).abs() < 0.1 * b_plain,
+        "bias norm {b_wd} with weight decay, {b_plain} without"
+    );
+    let bad = TrainConfig {
+        weight_decay: Some(1000.0),
+        ..recipe(3)
+    };
+    assert!(bad.validate().unwrap_err().to_string().contains("weight_decay"));
+}
+
 /// With Polyak averaging the average is resumed too, and it — not the raw weights — is what is validated
 /// and saved.
 #[test]

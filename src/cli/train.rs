@@ -64,6 +64,9 @@ pub struct Args {
     /// Exponential learning-rate decay per epoch: epoch e uses lr × D^e (e.g. 0.98).
     #[arg(long)]
     lr_decay: Option<f64>,
+    /// Decoupled weight decay (AdamW) on weight matrices and kernels, not biases (e.g. 0.01).
+    #[arg(long)]
+    weight_decay: Option<f64>,
     /// Dropout probability (every model family).
     #[arg(long)]
     dropout: Option<f64>,
@@ -106,6 +109,7 @@ fn apply_overrides(cfg: &mut RunConfig, a: &Args) -> anyhow::Result<()> {
     t.grad_clip = a.grad_clip.or(t.grad_clip);
     t.ema = a.ema.or(t.ema);
     t.lr_decay = a.lr_decay.or(t.lr_decay);
+    t.weight_decay = a.weight_decay.or(t.weight_decay);
     if let Some(p) = a.dropout {
         *cfg.model.dropout_mut() = p;
     }
@@ -183,6 +187,7 @@ fn overrides_given(a: &Args) -> Vec<&'static str> {
         ("--grad-clip", a.grad_clip.is_some()),
         ("--ema", a.ema.is_some()),
         ("--lr-decay", a.lr_decay.is_some()),
+        ("--weight-decay", a.weight_decay.is_some()),
         ("--dropout", a.dropout.is_some()),
         ("--hidden", a.hidden.is_some()),
         ("--kernel", a.kernel.is_some()),

@@ -48,6 +48,10 @@ pub struct TrainConfig {
     /// rate every 34 epochs; PixelCNN++ decayed by 0.999995 per step). Off by default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lr_decay: Option<f64>,
+    /// Decoupled weight decay (AdamW) on weight matrices and kernels, not biases: each step multiplies them
+    /// by 1 − lr·weight_decay before the Adam(ax) update. Off by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight_decay: Option<f64>,
 }
 
 impl Default for TrainConfig {
@@ -62,6 +66,7 @@ impl Default for TrainConfig {
             grad_clip: None,
             ema: None,
             lr_decay: None,
+            weight_decay: None,
         }
     }
 }
@@ -83,6 +88,9 @@ impl TrainConfig {
         }
         if self.lr_decay.is_some_and(|d| !(d > 0.0 && d <= 1.0)) {
             return bad("train.lr_decay is a factor per epoch in (0, 1], e.g. 0.98");
+        }
+        if self.weight_decay.is_some_and(|w| !(w >= 0.0 && w * self.lr < 1.0)) {
+            return bad("train.weight_decay must be ≥ 0 with lr × weight_decay < 1, e.g. 0.01");
         }
         Ok(())
     }
@@ -155,7 +163,8 @@ pub fn train(
 ) -> Result<Summary> {
     cfg.validate()?;
     let params = arm.params();
-    let mut opt = Optimizer::new(cfg.optimizer, cfg.lr, params.vars())?;
+    let mut opt =
+        Optimizer::new(cfg.optimizer, cfg.lr, params.vars())?.with_weight_decay(cfg.weight_decay.unwrap_or(0.0));
     let mut ema = cfg.ema.map(|d| Ema::new(d, params.vars())).transpose()?;
     let metrics_path = run.file("metrics.csv");
     let mut rows = vec![];

@@ -1,5 +1,6 @@
-//! Adam and Adamax (Kingma & Ba 2015), as PyTorch implements them, with state that can be saved and
-//! restored so a resumed run continues exactly.
+//! Adam and Adamax (Kingma & Ba 2015), as PyTorch implements them, with optional decoupled weight decay
+//! (Loshchilov & Hutter 2019, PyTorch's AdamW rule), and state that can be saved and restored so a resumed
+//! run continues exactly.
 
 use std::collections::HashMap;
 
@@ -23,6 +24,7 @@ pub struct Optimizer {
     beta1: f64,
     beta2: f64,
     eps: f64,
+    weight_decay: f64,
     step: usize,
     vars: Vec<(String, Var)>,
     m: Vec<Tensor>, // first moment
@@ -42,11 +44,19 @@ impl Optimizer {
             beta1: 0.9,
             beta2: 0.999,
             eps: 1e-8,
+            weight_decay: 0.0,
             step: 0,
             vars,
             m,
             v,
         })
+    }
+
+    /// Decoupled weight decay: each step first shrinks every weight matrix / kernel (tensors of rank ≥ 2)
+    /// by a factor 1 − lr·wd, as PyTorch's AdamW does; biases and gains (rank 1) are left alone.
+    pub fn with_weight_decay(mut self, wd: f64) -> Self {
+        self.weight_decay = wd;
+        self
     }
 
     /// Changes the learning rate for the following steps (a schedule).
@@ -105,7 +115,13 @@ impl Optimizer {
                 }
             };
             self.m[i] = m;
-            var.set(&var.as_tensor().sub(&update)?)?;
+            let w = var.as_tensor();
+            let w = if self.weight_decay > 0.0 && w.rank() >= 2 {
+                (w * (1.0 - self.lr * self.weight_decay))?
+            } else {
+                w.clone()
+            };
+            var.set(&w.sub(&update)?)?;
         }
         Ok(())
     }
@@ -179,6 +195,25 @@ mod tests {
                 assert!((got - x).abs() < 1e-12, "{kind:?} step {t}: {got} vs {x}");
             }
         }
+        Ok(())
+    }
+
+    /// AdamW: the weight matrix shrinks by 1 − lr·wd before the Adam step; the bias (rank 1) does not.
+    #[test]
+    fn weight_decay_shrinks_matrices_not_biases_as_adamw_does() -> Result<()> {
+        let (lr, wd) = (0.1, 0.5);
+        let w = Var::new(&[[2.0f64]], &Device::Cpu)?;
+        let b = Var::new(&[2.0f64], &Device::Cpu)?;
+        let vars = vec![("w".into(), w.clone()), ("b".into(), b.clone())];
+        let mut opt = Optimizer::new(OptimizerKind::Adam, lr, vars)?.with_weight_decay(wd);
+        let loss = (w.as_tensor().sum_all()? + b.as_tensor().sum_all()?)?; // gradient 1 for both
+        opt.step(&loss.backward()?)?;
+        // First Adam step with gradient 1: m̂ = 1, v̂ = 1, update = lr·1/(1 + eps).
+        let adam = lr / (1.0 + 1e-8);
+        let got_w = w.as_tensor().flatten_all()?.to_vec1::<f64>()?[0];
+        let got_b = b.as_tensor().to_vec1::<f64>()?[0];
+        assert!((got_w - (2.0 * (1.0 - lr * wd) - adam)).abs() < 1e-12, "w = {got_w}");
+        assert!((got_b - (2.0 - adam)).abs() < 1e-12, "b = {got_b}");
         Ok(())
     }
 }
