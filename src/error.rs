@@ -7,12 +7,10 @@ pub enum Error {
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The OS error is part of the message, not a `source()`: with both, an error chain printed at the CLI
+    /// edge (`{:#}`) said it twice.
+    #[error("{path}: {err}")]
+    Io { path: PathBuf, err: std::io::Error },
 
     /// A data file that cannot be parsed: corrupt, truncated or holding values out of range.
     #[error("{path}: {msg}")]
@@ -62,7 +60,7 @@ impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
-            source,
+            err: source,
         }
     }
     pub fn data(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {

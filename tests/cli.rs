@@ -173,7 +173,9 @@ fn bad_inputs_get_clear_errors_naming_the_file_and_problem() {
             .failure()
     };
 
-    train_on(&d.join("missing.csv")).stderr(contains("missing.csv").and(contains("No such file")));
+    let missing = train_on(&d.join("missing.csv")).stderr(contains("missing.csv").and(contains("No such file")));
+    let said = String::from_utf8_lossy(&missing.get_output().stderr).into_owned();
+    assert_eq!(said.matches("No such file").count(), 1, "the OS error once: {said}");
     std::fs::write(d.join("range.csv"), format!("{}99,1\n", "0,".repeat(63))).unwrap();
     train_on(&d.join("range.csv")).stderr(contains("range.csv").and(contains("pixel value 99 is outside 0..16")));
     let gz = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/data/digits.csv.gz")).unwrap();
