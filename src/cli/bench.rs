@@ -1,35 +1,634 @@
-//! Speed of the seed ARM on this machine, with ratios to PyTorch 2.15 (CPU, 2 threads) measured on the
-//! project's reference machine: train step 210 ms, forward b64 49 ms, b1 1.05 ms, naive sampling of 16 850 ms.
-//! Then sampling 28×28 images with PixelCNN and the gated PixelCNN: naive against cached.
+//! `armory bench`: speed side by side with PyTorch, both measured in this run on this machine.
+//!
+//! Each figure is measured by a child process per side — `armory bench --worker …` or `armory train` for
+//! ours, `benches/peer_torch.py` (embedded, run with the Python that has torch) for PyTorch's — in
+//! interleaved rounds (ours then theirs, theirs then ours), so that both see the same machine state. The
+//! table gives medians over every repetition of every round, the ratio armory / PyTorch (< 1: we are
+//! faster) and the peak resident memory of the training runs (each child's own, from `wait4`). No PyTorch
+//! figure is typed in here: without torch the table has our column only, and says how to install it.
 
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::Instant;
 
+use anyhow::{bail, Context};
 use armory::config::RunConfig;
-use armory::data::{self, Splits};
 use armory::models::{pixelcnn, Arm, InputEncoding, Mode, ModelConfig, Reduction};
 use armory::sample::{sample_cached, sample_naive, sample_predictive, Noise};
 use armory::train::{Optimizer, OptimizerKind};
 use candle_core::{DType, Device};
 
+const PEER_SCRIPT: &str = include_str!("../../benches/peer_torch.py");
+
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Timed repetitions per figure (the median is reported).
+    /// Interleaved rounds: every figure is measured this many times on each side, alternating which side
+    /// goes first.
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
+    /// Timed repetitions of each seed-net figure per round (forward at batch 1: ten times as many).
     #[arg(long, default_value_t = 20)]
     reps: usize,
-    /// Which figures: the seed ARM, the 28×28 image samplers, or both.
+    /// Which figures: the seed net (steps, passes, sampling), training epochs and memory, the 28×28
+    /// samplers (armory only), or all.
     #[arg(long, value_enum, default_value_t = Only::All)]
     only: Only,
+    /// The Python with torch and numpy (default: $ARMORY_PYTHON, ./.venv-peer/bin/python, python3).
+    #[arg(long)]
+    python: Option<PathBuf>,
+    /// Measure armory alone.
+    #[arg(long)]
+    no_peer: bool,
+    /// Internal: measure one group of figures in this process and print them as JSON lines.
+    #[arg(long, hide = true, value_enum)]
+    worker: Option<Worker>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Only {
     All,
     Seed,
+    Epochs,
     Images,
 }
 
-/// Median wall time of `f` in milliseconds, after one warm-up call.
-fn median_ms(reps: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Worker {
+    Seed,
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    if let Some(Worker::Seed) = a.worker {
+        return seed_worker(a.reps);
+    }
+    let threads = rayon::current_num_threads();
+    let peer = if a.no_peer { None } else { Peer::find(a.python.clone())? };
+    println!("{}", header(threads, peer.as_ref()));
+    let scratch = Scratch::new()?;
+    let mut table = Table::default();
+    if matches!(a.only, Only::All | Only::Seed) {
+        for round in 0..a.rounds.max(1) {
+            for t in [threads, 1] {
+                let ours = |table: &mut Table| -> anyhow::Result<()> {
+                    let exe = std::env::current_exe()?;
+                    let mut c = Command::new(exe);
+                    c.args(["--threads", &t.to_string(), "bench", "--worker", "seed"]);
+                    c.args(["--reps", &a.reps.to_string()]);
+                    table.add_rows(Side::Ours, t, &run_child(c)?.0);
+                    Ok(())
+                };
+                let theirs = |table: &mut Table| -> anyhow::Result<()> {
+                    if let Some(p) = &peer {
+                        let mut c = p.command(&scratch, t);
+                        c.args(["seed", "--reps", &a.reps.to_string()]);
+                        table.add_rows(Side::Peer, t, &run_child(c)?.0);
+                    }
+                    Ok(())
+                };
+                in_order(round, &mut table, ours, theirs)?;
+            }
+            eprint!("\rseed net: round {} of {} done", round + 1, a.rounds.max(1));
+        }
+        eprintln!();
+        table.print_seed(threads, peer.is_some());
+    }
+    if matches!(a.only, Only::All | Only::Epochs) {
+        for round in 0..a.rounds.max(1) {
+            for job in EPOCH_JOBS {
+                let ours = |table: &mut Table| -> anyhow::Result<()> {
+                    let (ms, rss) = job.run_ours(&scratch, threads, round)?;
+                    table.add_epochs(Side::Ours, job.name, ms, rss);
+                    Ok(())
+                };
+                let theirs = |table: &mut Table| -> anyhow::Result<()> {
+                    if let Some(p) = &peer {
+                        let (ms, rss) = job.run_peer(p, &scratch, threads)?;
+                        table.add_epochs(Side::Peer, job.name, ms, rss);
+                    }
+                    Ok(())
+                };
+                in_order(round, &mut table, ours, theirs)?;
+            }
+            eprint!("\rtraining epochs: round {} of {} done", round + 1, a.rounds.max(1));
+        }
+        eprintln!();
+        table.print_epochs(threads, peer.is_some());
+    }
+    if matches!(a.only, Only::All | Only::Images) {
+        images(a.reps)?;
+    }
+    if peer.is_none() && !a.no_peer {
+        println!("\n{}", Peer::HOW_TO_INSTALL);
+    }
+    Ok(())
+}
+
+/// Ours then theirs in even rounds, theirs then ours in odd ones.
+fn in_order(
+    round: usize,
+    table: &mut Table,
+    ours: impl FnOnce(&mut Table) -> anyhow::Result<()>,
+    theirs: impl FnOnce(&mut Table) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    if round.is_multiple_of(2) {
+        ours(table)?;
+        theirs(table)
+    } else {
+        theirs(table)?;
+        ours(table)
+    }
+}
+
+// ---- the machine ------------------------------------------------------------------------------------------
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+/// The widest SIMD level of this CPU, and the one our kernels use (the `avx512` feature, on by default,
+/// lets gemm use AVX-512 where the CPU has it).
+pub fn simd_levels() -> (&'static str, &'static str) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let cpu = if is_x86_feature_detected!("avx512f") {
+            "AVX-512"
+        } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            "AVX2"
+        } else {
+            "SSE"
+        };
+        let ours = match cpu {
+            "AVX-512" if cfg!(feature = "avx512") => "AVX-512",
+            "AVX-512" => "AVX2",
+            other => other,
+        };
+        (cpu, ours)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        ("non-x86", "non-x86")
+    }
+}
+
+fn today() -> String {
+    // SAFETY: time(NULL) and gmtime_r with a valid out-pointer.
+    unsafe {
+        let t = libc::time(std::ptr::null_mut());
+        let mut tm: libc::tm = std::mem::zeroed();
+        libc::gmtime_r(&t, &mut tm);
+        format!("{:04}-{:02}-{:02}", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday)
+    }
+}
+
+fn header(threads: usize, peer: Option<&Peer>) -> String {
+    let (cpu_simd, ours) = simd_levels();
+    let mut s = format!(
+        "armory bench, {}: {} ({cpu_simd}), {} cores; armory kernels {ours}, {threads} threads",
+        today(),
+        cpu_model(),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+    );
+    match peer {
+        Some(p) => s.push_str(&format!(
+            "; PyTorch {} ({}{}), {threads} threads",
+            p.version,
+            p.python.display(),
+            if p.isa_env().is_empty() {
+                ""
+            } else {
+                ", limited to AVX2 like ours"
+            }
+        )),
+        None => s.push_str("; no PyTorch peer"),
+    }
+    s
+}
+
+// ---- the peer ---------------------------------------------------------------------------------------------
+
+struct Peer {
+    python: PathBuf,
+    version: String,
+}
+
+impl Peer {
+    const HOW_TO_INSTALL: &'static str =
+        "PyTorch was not found, so only armory's figures are shown. To measure it side by side:\n  \
+         python3 -m venv .venv-peer && .venv-peer/bin/pip install torch numpy   # a few minutes\n  \
+         armory bench                      # finds ./.venv-peer; or --python PATH, or ARMORY_PYTHON=PATH";
+
+    /// The first interpreter that imports torch and numpy.
+    fn find(given: Option<PathBuf>) -> anyhow::Result<Option<Peer>> {
+        let candidates: Vec<PathBuf> = match given {
+            Some(p) => vec![p],
+            None => std::env::var_os("ARMORY_PYTHON")
+                .map(PathBuf::from)
+                .into_iter()
+                .chain([PathBuf::from(".venv-peer/bin/python"), PathBuf::from("python3")])
+                .collect(),
+        };
+        let explicit = candidates.len() == 1;
+        for python in candidates {
+            let out = Command::new(&python)
+                .args(["-c", "import torch, numpy; print(torch.__version__)"])
+                .stderr(Stdio::null())
+                .output();
+            match out {
+                Ok(o) if o.status.success() => {
+                    let version = String::from_utf8_lossy(&o.stdout).trim().to_string();
+                    return Ok(Some(Peer { python, version }));
+                }
+                _ if explicit => bail!("--python {}: cannot import torch and numpy with it", python.display()),
+                _ => {}
+            }
+        }
+        Ok(None)
+    }
+
+    /// With our kernels held to AVX2 on an AVX-512 CPU, PyTorch is held there too.
+    fn isa_env(&self) -> Vec<(&'static str, &'static str)> {
+        match simd_levels() {
+            ("AVX-512", "AVX2") => vec![("ATEN_CPU_CAPABILITY", "avx2"), ("ONEDNN_MAX_CPU_ISA", "AVX2")],
+            _ => vec![],
+        }
+    }
+
+    fn command(&self, scratch: &Scratch, threads: usize) -> Command {
+        let mut c = Command::new(&self.python);
+        c.arg(&scratch.script);
+        c.envs(self.isa_env());
+        c.env("OMP_NUM_THREADS", threads.to_string());
+        c.args([
+            "--digits",
+            &scratch.digits.to_string_lossy(),
+            "--threads",
+            &threads.to_string(),
+        ]);
+        // The subcommand follows the options' values; argparse takes either order.
+        c
+    }
+}
+
+/// A temporary folder with the peer script, the digits file and the training runs; removed at the end.
+struct Scratch {
+    dir: PathBuf,
+    script: PathBuf,
+    digits: PathBuf,
+}
+
+impl Scratch {
+    fn new() -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(format!("armory-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let script = dir.join("peer_torch.py");
+        let digits = dir.join("digits.csv.gz");
+        std::fs::write(&script, PEER_SCRIPT).with_context(|| format!("writing {}", script.display()))?;
+        std::fs::write(&digits, armory::data::digits::EMBEDDED)
+            .with_context(|| format!("writing {}", digits.display()))?;
+        Ok(Self { dir, script, digits })
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs a child to the end; its standard output and its peak resident memory in bytes.
+fn run_child(mut cmd: Command) -> anyhow::Result<(String, u64)> {
+    let what = format!("{cmd:?}");
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().with_context(|| format!("starting {what}"))?;
+    let mut err_pipe = child.stderr.take().expect("piped");
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err_pipe.read_to_string(&mut s);
+        s
+    });
+    let mut out = String::new();
+    child.stdout.take().expect("piped").read_to_string(&mut out)?;
+    let stderr = err_reader.join().unwrap_or_default();
+    let (status, rss) = wait_with_rusage(&mut child)?;
+    if !status {
+        let tail: Vec<&str> = stderr.lines().rev().take(8).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        bail!("{what} failed:\n{}", tail.join("\n"));
+    }
+    Ok((out, rss))
+}
+
+/// Waits for the child and reads its peak resident set size (Linux reports it in KiB).
+fn wait_with_rusage(child: &mut std::process::Child) -> anyhow::Result<(bool, u64)> {
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: wait4 on our own child with valid out-pointers; std never waits for it afterwards.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+    if r != pid {
+        return Err(std::io::Error::last_os_error()).context("waiting for a benchmark process");
+    }
+    let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+    Ok((ok, ru.ru_maxrss.max(0) as u64 * 1024))
+}
+
+// ---- training epochs --------------------------------------------------------------------------------------
+
+/// One training run, the same on both sides: `armory train` against the peer's epoch loop.
+struct EpochJob {
+    name: &'static str,
+    model: &'static str, // armory's shipped config
+    ours_extra: &'static [&'static str],
+    peer_args: &'static [&'static str],
+    epochs: usize,
+}
+
+const EPOCH_JOBS: &[EpochJob] = &[
+    EpochJob {
+        name: "seed-arm, batch 64",
+        model: "seed-arm",
+        ours_extra: &[],
+        peer_args: &["--model", "seed"],
+        epochs: 3,
+    },
+    EpochJob {
+        name: "gated-pixelcnn (5 layers), batch 64",
+        model: "gated-pixelcnn",
+        ours_extra: &[],
+        peer_args: &["--model", "gated", "--layers", "5", "--batch", "64"],
+        epochs: 3,
+    },
+    EpochJob {
+        name: "gated-pixelcnn, 8 layers, batch 4",
+        model: "gated-pixelcnn",
+        ours_extra: &["--layers", "8", "--batch-size", "4"],
+        peer_args: &["--model", "gated", "--layers", "8", "--batch", "4"],
+        epochs: 2,
+    },
+    EpochJob {
+        name: "gated-pixelcnn-mixture (shipped: batch 4, EMA)",
+        model: "gated-pixelcnn-mixture",
+        ours_extra: &[],
+        peer_args: &[
+            "--model",
+            "gated",
+            "--layers",
+            "8",
+            "--batch",
+            "4",
+            "--mixture",
+            "5",
+            "--vertical-residual",
+            "--ema",
+            "0.995",
+        ],
+        epochs: 2,
+    },
+];
+
+impl EpochJob {
+    fn run_ours(&self, scratch: &Scratch, threads: usize, round: usize) -> anyhow::Result<(Vec<f64>, u64)> {
+        let runs = scratch.dir.join("runs");
+        let name = format!("{}-{round}", self.model);
+        let mut c = Command::new(std::env::current_exe()?);
+        c.args([
+            "--threads",
+            &threads.to_string(),
+            "train",
+            "--model",
+            self.model,
+            "--quiet",
+        ]);
+        c.args([
+            "--epochs",
+            &self.epochs.to_string(),
+            "--patience",
+            "1000",
+            "--name",
+            &name,
+        ]);
+        c.arg("--runs-dir").arg(&runs);
+        c.args(self.ours_extra);
+        let (_, rss) = run_child(c)?;
+        let rows = armory::train::metrics::read_csv(&runs.join(&name).join("metrics.csv"))?;
+        Ok((rows.iter().map(|r| r.epoch_secs * 1e3).collect(), rss))
+    }
+
+    fn run_peer(&self, peer: &Peer, scratch: &Scratch, threads: usize) -> anyhow::Result<(Vec<f64>, u64)> {
+        let mut c = peer.command(scratch, threads);
+        c.args(["epochs", "--epochs", &self.epochs.to_string()]);
+        c.args(self.peer_args);
+        let (out, rss) = run_child(c)?;
+        let rows = parse_rows(&out)?;
+        let ms = rows
+            .into_iter()
+            .find(|(r, _)| r == "epoch")
+            .map(|(_, v)| v)
+            .unwrap_or_default();
+        Ok((ms, rss))
+    }
+}
+
+// ---- the table --------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Ours,
+    Peer,
+}
+
+#[derive(Default)]
+struct Table {
+    /// (side, threads, row) → every repetition, ms.
+    seed: Vec<(Side, usize, String, Vec<f64>)>,
+    /// (side, job) → epoch times (ms, first epoch of each run left out when there are more) and peak RSS.
+    epochs: Vec<(Side, &'static str, Vec<f64>, u64)>,
+    /// Predictive sampling's ARM calls.
+    calls: Option<f64>,
+}
+
+fn parse_rows(out: &str) -> anyhow::Result<Vec<(String, Vec<f64>)>> {
+    let mut rows = vec![];
+    for line in out.lines().filter(|l| l.starts_with('{')) {
+        let v: serde_json::Value = serde_json::from_str(line).with_context(|| format!("benchmark output {line}"))?;
+        if let (Some(row), Some(ms)) = (v["row"].as_str(), v["ms"].as_array()) {
+            rows.push((row.to_string(), ms.iter().filter_map(|x| x.as_f64()).collect()));
+        }
+    }
+    Ok(rows)
+}
+
+fn median(v: &[f64]) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if !n.is_multiple_of(2) {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
+}
+
+fn fmt_ms(ms: Option<f64>) -> String {
+    match ms {
+        None => "—".into(),
+        Some(ms) if ms >= 1000.0 => format!("{:.2} s", ms / 1e3),
+        Some(ms) if ms >= 10.0 => format!("{ms:.1} ms"),
+        Some(ms) => format!("{ms:.3} ms"),
+    }
+}
+
+fn ratio(ours: Option<f64>, theirs: Option<f64>) -> String {
+    match (ours, theirs) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}×", a / b),
+        _ => "—".into(),
+    }
+}
+
+impl Table {
+    fn add_rows(&mut self, side: Side, threads: usize, out: &str) {
+        for line in out.lines() {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
+                if let Some(c) = v["calls"].as_f64() {
+                    self.calls = Some(c);
+                }
+            }
+        }
+        for (row, ms) in parse_rows(out).unwrap_or_default() {
+            match self
+                .seed
+                .iter_mut()
+                .find(|(s, t, r, _)| *s == side && *t == threads && *r == row)
+            {
+                Some(e) => e.3.extend(ms),
+                None => self.seed.push((side, threads, row, ms)),
+            }
+        }
+    }
+
+    fn add_epochs(&mut self, side: Side, job: &'static str, ms: Vec<f64>, rss: u64) {
+        // The first epoch warms up allocators and caches on both sides: left out when there are more.
+        let ms = if ms.len() > 1 { ms[1..].to_vec() } else { ms };
+        match self.epochs.iter_mut().find(|(s, j, _, _)| *s == side && *j == job) {
+            Some(e) => {
+                e.2.extend(ms);
+                e.3 = e.3.max(rss);
+            }
+            None => self.epochs.push((side, job, ms, rss)),
+        }
+    }
+
+    fn seed_median(&self, side: Side, threads: usize, row: &str) -> Option<f64> {
+        self.seed
+            .iter()
+            .find(|(s, t, r, _)| *s == side && *t == threads && r == row)
+            .and_then(|e| median(&e.3))
+    }
+
+    fn print_seed(&self, threads: usize, with_peer: bool) {
+        println!("\nseed net (1→256→256→256→17, kernel 7, 950,545 parameters, 64 positions), medians:");
+        println!("{:<40} {:>12} {:>12} {:>8}", "", "armory", "PyTorch", "ratio");
+        let rows = [
+            ("train_b64", "train step, batch 64"),
+            ("forward_b64", "forward, batch 64"),
+            ("forward_b1", "forward, batch 1"),
+            ("naive_16", "naive sampling, 16 images"),
+            ("cached_16", "cached sampling, 16 images"),
+            ("predictive_16", "predictive sampling, 16 images"),
+        ];
+        for t in [threads, 1] {
+            for (key, name) in rows {
+                if t == 1 && !matches!(key, "train_b64" | "forward_b64") {
+                    continue;
+                }
+                let (a, b) = (
+                    self.seed_median(Side::Ours, t, key),
+                    self.seed_median(Side::Peer, t, key),
+                );
+                let label = format!("{name}, {t} thread{}", if t == 1 { "" } else { "s" });
+                println!("{label:<40} {:>12} {:>12} {:>8}", fmt_ms(a), fmt_ms(b), ratio(a, b));
+            }
+            if threads == 1 {
+                break;
+            }
+        }
+        let speedup = |side| {
+            let one = self.seed_median(side, 1, "train_b64")?;
+            Some(one / self.seed_median(side, threads, "train_b64")?)
+        };
+        if threads > 1 {
+            let show = |s: Option<f64>| s.map_or("—".into(), |v| format!("{v:.2}×"));
+            println!(
+                "{:<40} {:>12} {:>12}",
+                format!("{threads} threads over 1, train step"),
+                show(speedup(Side::Ours)),
+                show(speedup(Side::Peer))
+            );
+        }
+        if let Some(calls) = self.calls {
+            println!("(predictive sampling took {calls:.0} ARM calls for 64 positions, random weights)");
+        }
+        let naive_peer = self.seed_median(Side::Peer, threads, "naive_16");
+        let cached = self.seed_median(Side::Ours, threads, "cached_16");
+        if let (true, Some(p), Some(c)) = (with_peer, naive_peer, cached) {
+            println!(
+                "(cached sampling is {:.0}× faster than PyTorch's naive sampler; same samples as our naive one)",
+                p / c
+            );
+        }
+    }
+
+    fn print_epochs(&self, threads: usize, with_peer: bool) {
+        println!("\ntraining on the digits (`armory train`; one epoch = 1,000 training images + the 350-image validation pass), {threads} threads, medians:");
+        println!(
+            "{:<48} {:>10} {:>10} {:>8}",
+            "seconds per epoch", "armory", "PyTorch", "ratio"
+        );
+        let get = |side, job| self.epochs.iter().find(|(s, j, _, _)| *s == side && *j == job);
+        for job in EPOCH_JOBS {
+            let a = get(Side::Ours, job.name).and_then(|e| median(&e.2));
+            let b = get(Side::Peer, job.name).and_then(|e| median(&e.2));
+            println!(
+                "{:<48} {:>10} {:>10} {:>8}",
+                job.name,
+                fmt_ms(a),
+                fmt_ms(b),
+                ratio(a, b)
+            );
+        }
+        println!(
+            "{:<48} {:>10} {:>10} {:>8}",
+            "peak resident memory of the run", "armory", "PyTorch", "ratio"
+        );
+        for job in EPOCH_JOBS {
+            let a = get(Side::Ours, job.name).map(|e| e.3 as f64);
+            let b = get(Side::Peer, job.name).map(|e| e.3 as f64);
+            let mb = |v: Option<f64>| v.map_or("—".into(), |v| format!("{:.0} MB", v / 1e6));
+            println!("{:<48} {:>10} {:>10} {:>8}", job.name, mb(a), mb(b), ratio(a, b));
+        }
+        if !with_peer {
+            println!("(armory alone: no PyTorch peer)");
+        }
+    }
+}
+
+// ---- our side of the seed figures, in this process ----------------------------------------------------------
+
+/// Wall time of `f` in milliseconds for each of `reps` calls, after two warm-up calls.
+fn times_ms(reps: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<Vec<f64>> {
+    f()?;
     f()?;
     let mut t = Vec::with_capacity(reps);
     for _ in 0..reps.max(1) {
@@ -37,27 +636,70 @@ fn median_ms(reps: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::
         f()?;
         t.push(s.elapsed().as_secs_f64() * 1e3);
     }
-    t.sort_by(f64::total_cmp);
-    Ok(t[t.len() / 2])
+    Ok(t)
 }
 
-pub fn run(a: Args) -> anyhow::Result<()> {
-    if a.only != Only::Images {
-        seed(a.reps)?;
-    }
-    if a.only != Only::Seed {
-        images(a.reps)?;
-    }
+fn emit(row: &str, ms: &[f64]) {
+    println!("{}", serde_json::json!({ "row": row, "ms": ms }));
+}
+
+/// The seed net's figures, measured as the peer measures them: the train step (forward, backward, Adamax),
+/// the forward pass at batch 64 and 1, and the samplers for 16 images.
+fn seed_worker(reps: usize) -> anyhow::Result<()> {
+    let cfg = RunConfig::seed();
+    let arm = Arm::new(&cfg.model, 0, DType::F32, &Device::Cpu)?;
+    let splits = cfg.data.load()?;
+    let x64 = splits.train.batch(&(0..64).collect::<Vec<_>>(), arm.device())?;
+    let x1 = splits.train.batch(&[0], arm.device())?;
+    let mut opt = Optimizer::new(OptimizerKind::Adamax, 1e-3, arm.params().vars())?;
+    emit(
+        "train_b64",
+        &times_ms(reps, || {
+            let loss = arm.loss(&x64, Reduction::Mean, Mode::Train { seed: 0 })?;
+            opt.step(&loss.backward()?)?;
+            Ok(())
+        })?,
+    );
+    let forward = |x: &candle_core::Tensor| -> anyhow::Result<()> {
+        arm.forward(x, Mode::Eval)?.to_vec3::<f32>()?;
+        Ok(())
+    };
+    emit("forward_b64", &times_ms(reps, || forward(&x64))?);
+    emit("forward_b1", &times_ms(reps * 10, || forward(&x1))?);
+    let noise = Noise::new(16, 64, 0);
+    emit(
+        "naive_16",
+        &times_ms(reps.div_ceil(4), || {
+            sample_naive(&arm, &noise, 1.0, None)?;
+            Ok(())
+        })?,
+    );
+    emit(
+        "cached_16",
+        &times_ms(reps, || {
+            sample_cached(&arm, &noise, 1.0, None)?;
+            Ok(())
+        })?,
+    );
+    let mut calls = 0;
+    emit(
+        "predictive_16",
+        &times_ms(reps.div_ceil(4), || {
+            calls = sample_predictive(&arm, &noise, 1.0, None)?.1;
+            Ok(())
+        })?,
+    );
+    println!("{}", serde_json::json!({ "calls": calls }));
     Ok(())
 }
 
 /// Naive against cached sampling of 16 binary 28×28 images (binarized MNIST's shape), for the gated PixelCNN
 /// of `configs/binarized-mnist.toml` and a PixelCNN of about the same size; random weights (the time does
-/// not depend on them).
+/// not depend on them). armory only: the peer has no cached sampler.
 fn images(reps: usize) -> anyhow::Result<()> {
     let gated = RunConfig::parse(
         include_str!("../../configs/binarized-mnist.toml"),
-        std::path::Path::new("configs/binarized-mnist.toml"),
+        Path::new("configs/binarized-mnist.toml"),
     )?
     .model;
     let pixelcnn = ModelConfig::Pixelcnn(pixelcnn::Config {
@@ -76,7 +718,7 @@ fn images(reps: usize) -> anyhow::Result<()> {
         colour_mixture: Default::default(),
     });
     println!(
-        "\n28×28 binary images, 16 at a time, {} threads",
+        "\n28×28 binary images, 16 at a time, {} threads (armory only, random weights)",
         rayon::current_num_threads()
     );
     println!("{:<44} {:>10} {:>11} {:>9}", "", "naive ms", "cached ms", "speed-up");
@@ -87,15 +729,14 @@ fn images(reps: usize) -> anyhow::Result<()> {
         let arm = Arm::new(&cfg, 0, DType::F32, &Device::Cpu)?;
         let noise = Noise::new(16, arm.dim(), 0);
         let mut samples = (vec![], vec![]);
-        // 784 full passes: one timed run is plenty.
-        let naive = median_ms(1, || {
-            samples.0 = sample_naive(&arm, &noise, 1.0, None)?;
-            Ok(())
-        })?;
-        let cached = median_ms(reps.div_ceil(4), || {
+        let s = Instant::now();
+        samples.0 = sample_naive(&arm, &noise, 1.0, None)?; // 784 full passes: one timed run is plenty
+        let naive = s.elapsed().as_secs_f64() * 1e3;
+        let cached = median(&times_ms(reps.div_ceil(4), || {
             samples.1 = sample_cached(&arm, &noise, 1.0, None)?;
             Ok(())
-        })?;
+        })?)
+        .unwrap_or(f64::NAN);
         anyhow::ensure!(samples.0 == samples.1, "{name}: cached samples differ from naive ones");
         let p = arm.params().num_params();
         println!(
@@ -104,83 +745,6 @@ fn images(reps: usize) -> anyhow::Result<()> {
             naive / cached
         );
     }
-    println!("(same samples from both: checked; Fast PixelCNN++ reported up to 183×)");
-    Ok(())
-}
-
-/// The seed ARM's figures.
-fn seed(reps: usize) -> anyhow::Result<()> {
-    let cfg = RunConfig::seed();
-    let arm = Arm::new(&cfg.model, 0, DType::F32, &Device::Cpu)?;
-    let splits = Splits::by_position(&data::load("digits")?)?;
-    let idx: Vec<usize> = (0..64).collect();
-    let x64 = splits.train.batch(&idx, arm.device())?;
-    let x1 = splits.train.batch(&[0], arm.device())?;
-    let mut opt = Optimizer::new(OptimizerKind::Adamax, 1e-3, arm.params().vars())?;
-
-    let train_step = median_ms(reps, || {
-        let loss = arm.loss(&x64, Reduction::Mean, Mode::Train { seed: 0 })?;
-        opt.step(&loss.backward()?)?;
-        Ok(())
-    })?;
-    // The same step on one thread, for the speed-up the second core brings.
-    let one = rayon::ThreadPoolBuilder::new().num_threads(1).build()?;
-    let train_step_1t = one.install(|| {
-        median_ms(reps.div_ceil(2), || {
-            let loss = arm.loss(&x64, Reduction::Mean, Mode::Train { seed: 0 })?;
-            opt.step(&loss.backward()?)?;
-            Ok(())
-        })
-    })?;
-    let fwd64 = median_ms(reps, || {
-        arm.forward(&x64, Mode::Eval)?.to_vec3::<f32>()?;
-        Ok(())
-    })?;
-    let fwd1 = median_ms(reps * 10, || {
-        arm.forward(&x1, Mode::Eval)?.to_vec3::<f32>()?;
-        Ok(())
-    })?;
-    let sample16 = median_ms(reps.div_ceil(4), || {
-        sample_naive(&arm, &Noise::new(16, 64, 0), 1.0, None)?;
-        Ok(())
-    })?;
-
-    let cached16 = median_ms(reps, || {
-        sample_cached(&arm, &Noise::new(16, 64, 0), 1.0, None)?;
-        Ok(())
-    })?;
-    let mut calls = 0;
-    let predictive16 = median_ms(reps.div_ceil(4), || {
-        calls = sample_predictive(&arm, &Noise::new(16, 64, 0), 1.0, None)?.1;
-        Ok(())
-    })?;
-
-    println!(
-        "seed ARM (1→256→256→256→17, kernel 7, 64 positions, random weights), {} threads",
-        rayon::current_num_threads()
-    );
-    println!("{:<28} {:>10} {:>12} {:>10}", "", "armory ms", "PyTorch ms", "ratio");
-    for (name, ours, torch) in [
-        ("train step, batch 64", train_step, 210.0),
-        ("forward, batch 64", fwd64, 49.0),
-        ("forward, batch 1", fwd1, 1.05),
-        ("naive sampling, 16 images", sample16, 850.0),
-        ("cached sampling, 16 images", cached16, 850.0),
-        ("predictive sampling, 16", predictive16, 850.0),
-    ] {
-        println!("{name:<28} {ours:>10.3} {torch:>12.2} {:>9.2}×", ours / torch);
-    }
-    println!("(ratio = armory / PyTorch 2.15 CPU with 2 threads on the reference 2-core machine; < 1 is faster;");
-    println!(" the sampling rows all compare with PyTorch's naive sampler)");
-    println!(
-        "cached sampling is {:.0}× faster than PyTorch's naive sampler, {:.0}× faster than ours; predictive took {calls} ARM calls for 64 positions",
-        850.0 / cached16,
-        sample16 / cached16
-    );
-    println!(
-        "train step on 1 thread: {train_step_1t:.1} ms, so {} threads run it {:.2}× faster (PyTorch: 1.8×, stock candle: 1.07×)",
-        rayon::current_num_threads(),
-        train_step_1t / train_step
-    );
+    println!("(same samples from both: checked)");
     Ok(())
 }

@@ -1,0 +1,40 @@
+//! One seed-net workload in a loop, for `perf record`: `cargo run --release --example hot_loop -- WHAT N`
+//! with WHAT one of train, fwd64, fwd1, naive (16 images).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+use armory::config::RunConfig;
+use armory::models::{Arm, Mode, Reduction};
+use armory::sample::{sample_naive, Noise};
+use armory::train::{Optimizer, OptimizerKind};
+use candle_core::{DType, Device};
+use std::time::Instant;
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let what = args.get(1).map_or("train", |s| s.as_str()).to_string();
+    let n: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(20);
+    let cfg = RunConfig::seed();
+    let arm = Arm::new(&cfg.model, 0, DType::F32, &Device::Cpu)?;
+    let splits = cfg.data.load()?;
+    let x64 = splits.train.batch(&(0..64).collect::<Vec<_>>(), arm.device())?;
+    let x1 = splits.train.batch(&[0], arm.device())?;
+    let mut opt = Optimizer::new(OptimizerKind::Adamax, 1e-3, arm.params().vars())?;
+    let mut times = vec![];
+    for _ in 0..n {
+        let t = Instant::now();
+        match what.as_str() {
+            "train" => {
+                let loss = arm.loss(&x64, Reduction::Mean, Mode::Train { seed: 0 })?;
+                opt.step(&loss.backward()?)?;
+            }
+            "fwd64" => drop(arm.forward(&x64, Mode::Eval)?.to_vec3::<f32>()?),
+            "fwd1" => drop(arm.forward(&x1, Mode::Eval)?.to_vec3::<f32>()?),
+            "naive" => drop(sample_naive(&arm, &Noise::new(16, 64, 0), 1.0, None)?),
+            other => anyhow::bail!("unknown workload {other}"),
+        }
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    println!("{what}: median {:.3} ms, min {:.3} ms over {n}", times[n / 2], times[0]);
+    Ok(())
+}
