@@ -10,6 +10,10 @@ use candle_core::{DType, Device};
 use std::time::Instant;
 
 fn main() -> anyhow::Result<()> {
+    armory::with_threads(0, run)?
+}
+
+fn run() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let what = args.get(1).map_or("train", |s| s.as_str()).to_string();
     let n: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(20);

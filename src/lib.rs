@@ -24,3 +24,20 @@ pub mod train;
 pub mod viz;
 
 pub use error::{Error, Result};
+
+/// Runs `f` on the thread set-up the command line uses, and that the kernels are tuned for: one rayon pool
+/// of `threads` workers (0: one per core) with `f` running *on* one of them, so that each parallel loop in
+/// a kernel starts where it is (no hand-off from an outside thread and back, which cost a futex wake-up per
+/// operation); and candle's own pool for its elementwise operations off, since its spinning workers compete
+/// with ours for the same cores (set `CANDLE_NUM_THREADS` beforehand to override). Call it before any
+/// candle operation has run: candle starts its pool once.
+pub fn with_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> Result<R> {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map_err(|e| Error::Config(format!("cannot start {threads} worker threads: {e}")))?;
+    Ok(pool.install(f))
+}

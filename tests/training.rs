@@ -277,3 +277,33 @@ fn mean_and_sum_reductions_agree() {
         .unwrap();
     assert!((sum - 4.0 * mean).abs() < 1e-3 * sum.abs());
 }
+
+/// Training gives the same weights to the bit on 1 and 2 threads (and twice on 2): every kernel splits its
+/// work so that no sum depends on the thread count. The model is large enough for the parallel paths: the
+/// convolution products are split across threads and the bias gradients sum several blocks of rows.
+#[test]
+fn training_is_bitwise_the_same_on_one_and_two_threads() {
+    let cfg = ModelConfig::CausalConv(Config {
+        hidden: 64,
+        kernel: 7,
+        ..Config::default()
+    });
+    let splits = small_splits();
+    let train_weights = |threads: usize| {
+        armory::with_threads(threads, || {
+            let arm = Arm::new(&cfg, 0, DType::F32, &Device::Cpu).unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            let run = RunDir::create(dir.path()).unwrap();
+            let recipe = TrainConfig {
+                batch_size: 64,
+                ..recipe(1)
+            };
+            train::train(&arm, &splits, &recipe, &run, false, &quiet()).unwrap();
+            weights(&run.file("last.safetensors"))
+        })
+        .unwrap()
+    };
+    let one = train_weights(1);
+    assert_eq!(one, train_weights(2), "1 and 2 threads differ");
+    assert_eq!(one, train_weights(2), "two runs on 2 threads differ");
+}

@@ -38,16 +38,13 @@ enum Command {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    if let Some(n) = cli.threads {
-        rayon::ThreadPoolBuilder::new().num_threads(n).build_global()?;
-    }
-    match cli.command {
+    armory::with_threads(cli.threads.unwrap_or(0), || match cli.command {
         Command::Train(a) => train::run(*a),
         Command::Eval(a) => eval::run(a),
         Command::Sample(a) => sample::run(a),
         Command::Info(a) => info::run(a),
         Command::Bench(a) => bench::run(a),
-    }
+    })?
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use std::path::Path;
 
 use candle_core::{Tensor, Var};
 
+use super::update::{update, Rule};
 use crate::error::{Error, Result};
 
 pub struct Ema {
@@ -39,9 +40,8 @@ impl Ema {
     /// expression of a `Var` records its inputs for backprop, so each average would hold the previous one
     /// and a run's memory would grow by the model's size at every step.
     pub fn update(&mut self) -> Result<()> {
-        let d = self.decay;
-        for ((_, var), s) in self.vars.iter().zip(self.shadow.iter_mut()) {
-            *s = ((&*s * d)? + (var.as_tensor().detach() * (1.0 - d))?)?;
+        for ((_, var), s) in self.vars.iter().zip(&self.shadow) {
+            update(Rule::Average { d: self.decay }, s, &[&var.as_tensor().detach()])?;
         }
         self.updates += 1;
         Ok(())
@@ -78,7 +78,8 @@ impl Ema {
         self.vars
             .iter()
             .zip(&self.shadow)
-            .map(|((name, _), s)| (format!("ema.{name}"), s.clone()))
+            // Copies: the average is updated in place after this returns.
+            .map(|((name, _), s)| (format!("ema.{name}"), s.copy().expect("a CPU copy")))
             .collect()
     }
 
@@ -98,7 +99,7 @@ impl Ema {
                     found: t.dims().to_vec(),
                 });
             }
-            *slot = t.to_dtype(var.dtype())?;
+            *slot = t.to_dtype(var.dtype())?.copy()?; // a tensor of its own, updated in place
         }
         self.updates = updates;
         Ok(())

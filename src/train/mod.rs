@@ -7,6 +7,7 @@ pub mod metrics;
 pub mod optim;
 pub mod pictures;
 pub mod run_dir;
+pub mod update;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

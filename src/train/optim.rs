@@ -8,6 +8,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
 
+use super::update::{update, Rule};
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -37,7 +38,11 @@ impl Optimizer {
             .iter()
             .map(|(_, v)| v.zeros_like())
             .collect::<candle_core::Result<Vec<_>>>()?;
-        let v = m.clone();
+        // Each moment a tensor of its own: they are updated in place.
+        let v = vars
+            .iter()
+            .map(|(_, v)| v.zeros_like())
+            .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(Self {
             kind,
             lr,
@@ -92,46 +97,40 @@ impl Optimizer {
         Ok(norm)
     }
 
+    /// One step on every parameter with a gradient, in place: the moments, then the weights (decayed first
+    /// when weight decay is on and the parameter is a matrix or kernel).
     pub fn step(&mut self, grads: &GradStore) -> Result<()> {
         self.step += 1;
         let t = self.step as i32;
-        let (b1, b2) = (self.beta1, self.beta2);
+        let (b1, b2, eps) = (self.beta1, self.beta2, self.eps);
+        let c1 = self.lr / (1.0 - b1.powi(t));
         for (i, (_, var)) in self.vars.iter().enumerate() {
             let Some(g) = grads.get(var) else { continue };
-            let m = ((&self.m[i] * b1)? + (g * (1.0 - b1))?)?;
-            let update = match self.kind {
+            let w = var.as_tensor();
+            let decay = (self.weight_decay > 0.0 && w.rank() >= 2).then_some(1.0 - self.lr * self.weight_decay);
+            update(Rule::FirstMoment { b1 }, &self.m[i], &[g])?;
+            let step = match self.kind {
                 OptimizerKind::Adam => {
-                    let v = ((&self.v[i] * b2)? + (g.sqr()? * (1.0 - b2))?)?;
-                    let denom = ((v.sqrt()? / (1.0 - b2.powi(t)).sqrt())? + self.eps)?;
-                    let u = (m.div(&denom)? * (self.lr / (1.0 - b1.powi(t))))?;
-                    self.v[i] = v;
-                    u
+                    update(Rule::SecondMoment { b2 }, &self.v[i], &[g])?;
+                    let inv_c2 = 1.0 / (1.0 - b2.powi(t)).sqrt();
+                    Rule::AdamStep { decay, inv_c2, eps, c1 }
                 }
                 OptimizerKind::Adamax => {
-                    let u = (&self.v[i] * b2)?.maximum(&(g.abs()? + self.eps)?)?;
-                    let step = (m.div(&u)? * (self.lr / (1.0 - b1.powi(t))))?;
-                    self.v[i] = u;
-                    step
+                    update(Rule::InfinityNorm { b2, eps }, &self.v[i], &[g])?;
+                    Rule::AdamaxStep { decay, c1 }
                 }
             };
-            self.m[i] = m;
-            let w = var.as_tensor();
-            let w = if self.weight_decay > 0.0 && w.rank() >= 2 {
-                (w * (1.0 - self.lr * self.weight_decay))?
-            } else {
-                w.clone()
-            };
-            var.set(&w.sub(&update)?)?;
+            update(step, w, &[&self.m[i], &self.v[i]])?;
         }
         Ok(())
     }
 
-    /// The moments, by `optim.m.NAME` / `optim.v.NAME`.
     pub fn state_tensors(&self) -> HashMap<String, Tensor> {
         let mut out = HashMap::new();
         for (i, (name, _)) in self.vars.iter().enumerate() {
-            out.insert(format!("optim.m.{name}"), self.m[i].clone());
-            out.insert(format!("optim.v.{name}"), self.v[i].clone());
+            // Copies: the moments are updated in place after this returns.
+            out.insert(format!("optim.m.{name}"), self.m[i].copy().expect("a CPU copy"));
+            out.insert(format!("optim.v.{name}"), self.v[i].copy().expect("a CPU copy"));
         }
         out
     }
@@ -155,7 +154,7 @@ impl Optimizer {
                         found: t.dims().to_vec(),
                     });
                 }
-                *slot = t.to_dtype(var.dtype())?;
+                *slot = t.to_dtype(var.dtype())?.copy()?; // a tensor of its own, updated in place
             }
         }
         self.step = step;

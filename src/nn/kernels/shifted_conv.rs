@@ -387,20 +387,22 @@ pub fn backward<T: WithDType>(
     (gx, gw, gb)
 }
 
-/// Σ over rows of a `[rows, c]` matrix, in parallel chunks.
+/// Σ over rows of a `[rows, c]` matrix: partial sums over fixed blocks of rows, in parallel, then added left
+/// to right, so the result has the same bits for any number of threads (a parallel `reduce` would add the
+/// blocks in an order that depends on which thread stole what).
 fn column_sums<T: WithDType>(m: &[T], c: usize) -> Vec<T> {
-    let add = |mut a: Vec<T>, b: Vec<T>| {
-        for (x, y) in a.iter_mut().zip(&b) {
+    const ROWS: usize = 256;
+    let add = |mut a: Vec<T>, b: &[T]| {
+        for (x, y) in a.iter_mut().zip(b) {
             *x += *y;
         }
         a
     };
-    m.par_chunks(c * 256)
-        .map(|rows| {
-            rows.chunks_exact(c)
-                .fold(vec![T::from_f64(0.0); c], |acc, row| add(acc, row.to_vec()))
-        })
-        .reduce(|| vec![T::from_f64(0.0); c], add)
+    let partials: Vec<Vec<T>> = m
+        .par_chunks(c * ROWS)
+        .map(|rows| rows.chunks_exact(c).fold(vec![T::from_f64(0.0); c], add))
+        .collect();
+    partials.iter().fold(vec![T::from_f64(0.0); c], |a, p| add(a, p))
 }
 
 /// The candle op on (x, w, bias). Its inputs must be contiguous (the wrapper makes them so).
