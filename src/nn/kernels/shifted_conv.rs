@@ -97,16 +97,15 @@ impl Geometry {
     fn m(&self) -> usize {
         self.rows() - self.plan.taps.iter().map(|t| self.offset(t)).max().unwrap_or(0)
     }
-    /// The taps grouped into runs; single taps when the products are small (permuting weights for a run
-    /// costs more than it saves there).
+    /// The taps grouped into runs: with the kernel packed tap-major, a run's weights are one contiguous
+    /// matrix, so a run is always one product (fewer, larger products; each output row written once).
     fn runs(&self) -> Vec<Run> {
         let mut taps: Vec<(usize, usize)> = self.plan.taps.iter().map(|t| (self.offset(t), t.k)).collect();
         taps.sort_unstable();
-        let merge = self.m() >= 1024;
         let mut runs: Vec<Run> = vec![];
         for (offset, k) in taps {
             match runs.last_mut() {
-                Some(r) if merge && r.offset + r.n == offset && r.k0 + r.n == k => r.n += 1,
+                Some(r) if r.offset + r.n == offset && r.k0 + r.n == k => r.n += 1,
                 _ => runs.push(Run { offset, k0: k, n: 1 }),
             }
         }
@@ -200,28 +199,88 @@ fn unpad_rows<T: WithDType>(
     out
 }
 
-/// The weights of a run as `[(j, ci), co]` (or, `reversed`, as `[(n−1−j, co), ci]`), in 16×16 tiles so
-/// that both reads and writes stay within a few cache lines.
-fn permute_run<T: WithDType>(w: &[T], g: &Geometry, run: Run, reversed: bool) -> Vec<T> {
-    let (c_in, c_out, n_k, n) = (g.c_in, g.c_out, g.n_k, run.n);
-    let mut out = vec![T::from_f64(0.0); n * c_in * c_out];
-    const TILE: usize = 16;
-    for co0 in (0..c_out).step_by(TILE) {
-        for ci0 in (0..c_in).step_by(TILE) {
-            for co in co0..(co0 + TILE).min(c_out) {
-                for ci in ci0..(ci0 + TILE).min(c_in) {
-                    let src = &w[(co * c_in + ci) * n_k + run.k0..][..n];
-                    for (j, &v) in src.iter().enumerate() {
-                        let to = if reversed {
-                            ((n - 1 - j) * c_out + co) * c_in + ci
-                        } else {
-                            (j * c_in + ci) * c_out + co
-                        };
-                        out[to] = v;
-                    }
+/// A raw pointer that tasks writing disjoint elements may share.
+#[derive(Clone, Copy)]
+struct SharedMut<T>(*mut T);
+// SAFETY: only used by tasks that write disjoint elements of one live buffer (see the callers).
+unsafe impl<T> Send for SharedMut<T> {}
+unsafe impl<T> Sync for SharedMut<T> {}
+
+/// Output channels per transposition task: 16 floats are one cache line of each output row.
+const CO_TILE: usize = 16;
+
+/// The kernel tap-major, `[N_k, C_in, C_out]`: tap k's matrix W_k[ci, co] = w[co, ci, k] is one contiguous
+/// block, and a run of taps k0..k0+n is one contiguous `[(j, ci), co]` matrix. In parallel over tiles of
+/// output channels, each reading its rows of `w` once.
+pub fn pack_tap_major<T: WithDType>(w: &[T], c_out: usize, c_in: usize, n_k: usize) -> Vec<T> {
+    let mut out = vec![T::from_f64(0.0); n_k * c_in * c_out];
+    let dst = SharedMut(out.as_mut_ptr());
+    let tiles = c_out.div_ceil(CO_TILE);
+    let task = |tile: usize| {
+        let dst = dst;
+        let cos = tile * CO_TILE..((tile + 1) * CO_TILE).min(c_out);
+        // Row (k, ci) of the output gets this tile's C_out-slice (one cache line) at once; the tile's rows of
+        // w stay in cache across the (ci, k) loop.
+        for ci in 0..c_in {
+            for k in 0..n_k {
+                let row = (k * c_in + ci) * c_out;
+                for co in cos.clone() {
+                    // SAFETY: element (k, ci, co) is inside `out`; only the task owning `co` writes it.
+                    unsafe { *dst.0.add(row + co) = w[(co * c_in + ci) * n_k + k] };
                 }
             }
         }
+    };
+    if w.len() < 1 << 16 {
+        (0..tiles).for_each(task);
+    } else {
+        (0..tiles).into_par_iter().for_each(task);
+    }
+    out
+}
+
+/// The inverse of [`pack_tap_major`]: `[N_k, C_in, C_out]` back to PyTorch's `[C_out, C_in, N_k]`, in
+/// parallel over tiles of output channels (each task writes its own rows).
+fn unpack_tap_major<T: WithDType>(packed: &[T], c_out: usize, c_in: usize, n_k: usize) -> Vec<T> {
+    let mut out = vec![T::from_f64(0.0); c_out * c_in * n_k];
+    let task = |(tile, dst): (usize, &mut [T])| {
+        for (i, row) in dst.chunks_exact_mut(c_in * n_k).enumerate() {
+            let co = tile * CO_TILE + i;
+            for (ci, taps) in row.chunks_exact_mut(n_k).enumerate() {
+                for (k, v) in taps.iter_mut().enumerate() {
+                    *v = packed[(k * c_in + ci) * c_out + co];
+                }
+            }
+        }
+    };
+    if out.len() < 1 << 16 {
+        out.chunks_mut(CO_TILE * c_in * n_k).enumerate().for_each(task);
+    } else {
+        out.par_chunks_mut(CO_TILE * c_in * n_k).enumerate().for_each(task);
+    }
+    out
+}
+
+/// A run's weights for the input gradient, `[(n−1−j, co), ci]` (the run reversed, each tap transposed), in
+/// parallel over output channels: row (n−1−j, co) is w[co, :, k0 + j].
+fn pack_run_reversed<T: WithDType>(w: &[T], g: &Geometry, run: Run) -> Vec<T> {
+    let (c_in, c_out, n_k, n) = (g.c_in, g.c_out, g.n_k, run.n);
+    let mut out = vec![T::from_f64(0.0); n * c_out * c_in];
+    let dst = SharedMut(out.as_mut_ptr());
+    let task = |co: usize| {
+        let dst = dst;
+        for ci in 0..c_in {
+            let src = &w[(co * c_in + ci) * n_k + run.k0..][..n];
+            for (j, &v) in src.iter().enumerate() {
+                // SAFETY: rows (·, co) are written only by the task owning `co`, inside `out`.
+                unsafe { *dst.0.add(((n - 1 - j) * c_out + co) * c_in + ci) = v };
+            }
+        }
+    };
+    if out.len() < 1 << 16 {
+        (0..c_out).for_each(task);
+    } else {
+        (0..c_out).into_par_iter().for_each(task);
     }
     out
 }
@@ -232,37 +291,26 @@ pub fn forward<T: WithDType>(x: &[T], w: &[T], bias: &[T], g: &Geometry) -> Vec<
     let (c_in, c_out, n_k) = (g.c_in, g.c_out, g.n_k);
     let xpad = pad_rows(x, g, c_in);
     let m = g.m();
+    let packed = pack_tap_major(w, c_out, c_in, n_k);
     let mut full = vec![T::from_f64(0.0); g.rows() * c_out];
     for (i, run) in g.runs().into_iter().enumerate() {
+        // out[r] (+)= xpad[r + offset .. + n rows] · W[k0..k0+n]: an overlapping view of xpad (row stride
+        // C_in) times a contiguous block of the packed kernel.
         let lhs = xpad[run.offset * c_in..].as_ptr();
+        let rhs = packed[run.k0 * c_in * c_out..].as_ptr();
+        // SAFETY: lhs rows r < m read xpad[(r + offset)·C_in .. + n·C_in] ⊂ xpad (m + offset + n − 1 ≤ rows,
+        // by m's definition); rhs is n·C_in rows of C_out inside `packed`; dst is `full`, m ≤ rows.
         unsafe {
-            if run.n == 1 {
-                // W_t[ci, co] = w[co, ci, k], read in place.
-                let rhs = w[run.k0..].as_ptr();
-                matmul(
-                    (m, c_out, c_in),
-                    full.as_mut_ptr(),
-                    (c_out, 1),
-                    i > 0,
-                    lhs,
-                    (c_in, 1),
-                    rhs,
-                    (n_k, c_in * n_k),
-                );
-            } else {
-                let wt = permute_run(w, g, run, false);
-                let k = run.n * c_in;
-                matmul(
-                    (m, c_out, k),
-                    full.as_mut_ptr(),
-                    (c_out, 1),
-                    i > 0,
-                    lhs,
-                    (c_in, 1),
-                    wt.as_ptr(),
-                    (c_out, 1),
-                );
-            }
+            matmul(
+                (m, c_out, run.n * c_in),
+                full.as_mut_ptr(),
+                (c_out, 1),
+                i > 0,
+                lhs,
+                (c_in, 1),
+                rhs,
+                (c_out, 1),
+            );
         }
     }
     // Keep the rows of real pixels, adding the bias on the way.
@@ -305,81 +353,46 @@ pub fn backward<T: WithDType>(
     }
     let gfull = &gpad[front * c_out..];
     let gb = column_sums(grad_out, c_out);
-    let mut gw = vec![T::from_f64(0.0); c_out * c_in * n_k];
+    // grad W tap-major, [N_k, C_in, C_out] like the packed kernel (taps no run uses stay zero).
+    let mut gw_packed = vec![T::from_f64(0.0); n_k * c_in * c_out];
     let mut gxpad = vec![T::from_f64(0.0); if need_gx { rows * c_in } else { 0 }];
     for run in runs {
         let x_run = xpad[run.offset * c_in..].as_ptr();
+        // SAFETY (all three products): the overlapping views stay inside xpad and gpad (m + offset + n − 1 ≤
+        // rows; `front` ≥ n − 1 zero rows precede gfull), and every destination block lies inside its buffer.
         unsafe {
-            if run.n == 1 {
-                // grad W_t [C_in, C_out] = X_tᵀ · G, written straight into w's layout: gw[co, ci, k].
-                let dst = gw[run.k0..].as_mut_ptr();
+            // grad W for the run, [(j, ci), co] = (overlapping view of xpad)ᵀ · G: one contiguous block.
+            matmul(
+                (run.n * c_in, c_out, m),
+                gw_packed[run.k0 * c_in * c_out..].as_mut_ptr(),
+                (c_out, 1),
+                false,
+                x_run,
+                (1, c_in),
+                gfull.as_ptr(),
+                (c_out, 1),
+            );
+            if need_gx {
+                // grad xpad[s] += Σ_j G[s − offset − j]·W_jᵀ: a product over the overlapping view of G
+                // (with n−1 zero rows in front) and the run's weights in reverse order.
+                let wr = pack_run_reversed(w, g, run);
+                let dst = gxpad[run.offset * c_in..].as_mut_ptr();
+                let lhs = gpad[(front + 1 - run.n) * c_out..].as_ptr();
+                let rows_out = rows - run.offset;
                 matmul(
-                    (c_in, c_out, m),
+                    (rows_out, c_in, run.n * c_out),
                     dst,
-                    (n_k, c_in * n_k),
-                    false,
-                    x_run,
-                    (1, c_in),
-                    gfull.as_ptr(),
+                    (c_in, 1),
+                    true,
+                    lhs,
                     (c_out, 1),
+                    wr.as_ptr(),
+                    (c_in, 1),
                 );
-                if need_gx {
-                    // grad xpad[r + offset] += G[r] · W_tᵀ, with W_tᵀ[co, ci] = w[co, ci, k].
-                    let dst = gxpad[run.offset * c_in..].as_mut_ptr();
-                    let wt = w[run.k0..].as_ptr();
-                    matmul(
-                        (m, c_in, c_out),
-                        dst,
-                        (c_in, 1),
-                        true,
-                        gfull.as_ptr(),
-                        (c_out, 1),
-                        wt,
-                        (c_in * n_k, n_k),
-                    );
-                }
-            } else {
-                // grad W for the run as one product over the overlapping view of xpad.
-                let mut gwt = vec![T::from_f64(0.0); run.n * c_in * c_out];
-                let k = run.n * c_in;
-                matmul(
-                    (k, c_out, m),
-                    gwt.as_mut_ptr(),
-                    (c_out, 1),
-                    false,
-                    x_run,
-                    (1, c_in),
-                    gfull.as_ptr(),
-                    (c_out, 1),
-                );
-                for co in 0..c_out {
-                    for ci in 0..c_in {
-                        for j in 0..run.n {
-                            gw[(co * c_in + ci) * n_k + run.k0 + j] = gwt[(j * c_in + ci) * c_out + co];
-                        }
-                    }
-                }
-                if need_gx {
-                    // grad xpad[s] += Σ_j G[s − offset − j]·W_jᵀ: a product over the overlapping view of G
-                    // (with n−1 zero rows in front) and the run's weights in reverse order.
-                    let wr = permute_run(w, g, run, true);
-                    let dst = gxpad[run.offset * c_in..].as_mut_ptr();
-                    let lhs = gpad[(front + 1 - run.n) * c_out..].as_ptr();
-                    let rows_out = rows - run.offset;
-                    matmul(
-                        (rows_out, c_in, run.n * c_out),
-                        dst,
-                        (c_in, 1),
-                        true,
-                        lhs,
-                        (c_out, 1),
-                        wr.as_ptr(),
-                        (c_in, 1),
-                    );
-                }
             }
         }
     }
+    let gw = unpack_tap_major(&gw_packed, c_out, c_in, n_k);
     if !need_gx {
         return (vec![], gw, gb);
     }
@@ -641,6 +654,48 @@ mod tests {
             }
         }
         v
+    }
+
+    /// The tap-major packing puts w[co, ci, k] at (k, ci, co), and unpacking inverts it, on the sequential
+    /// (small) and parallel (large) paths; the reversed run layout puts it at (n−1−j, co, ci).
+    #[test]
+    fn packing_moves_every_weight_where_the_products_expect_it() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        for (c_out, c_in, n_k) in [(5, 3, 4), (130, 96, 7)] {
+            let w = random(c_out * c_in * n_k, &mut rng);
+            let p = pack_tap_major(&w, c_out, c_in, n_k);
+            for co in 0..c_out {
+                for ci in 0..c_in {
+                    for k in 0..n_k {
+                        assert_eq!(p[(k * c_in + ci) * c_out + co], w[(co * c_in + ci) * n_k + k]);
+                    }
+                }
+            }
+            assert_eq!(unpack_tap_major(&p, c_out, c_in, n_k), w);
+            let g = Geometry {
+                b: 1,
+                h: 1,
+                w: 4,
+                c_in,
+                c_out,
+                n_k,
+                plan: TapPlan::causal_1d(n_k, 1, n_k - 1),
+            };
+            let run = Run {
+                offset: 0,
+                k0: 1,
+                n: n_k - 1,
+            };
+            let r = pack_run_reversed(&w, &g, run);
+            for j in 0..run.n {
+                for co in 0..c_out {
+                    for ci in 0..c_in {
+                        let want = w[(co * c_in + ci) * n_k + run.k0 + j];
+                        assert_eq!(r[((run.n - 1 - j) * c_out + co) * c_in + ci], want);
+                    }
+                }
+            }
+        }
     }
 
     #[test]
