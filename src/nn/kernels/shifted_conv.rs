@@ -206,6 +206,16 @@ struct SharedMut<T>(*mut T);
 unsafe impl<T> Send for SharedMut<T> {}
 unsafe impl<T> Sync for SharedMut<T> {}
 
+impl<T> SharedMut<T> {
+    /// Writes `v` at element `i`.
+    ///
+    /// # Safety
+    /// `i` is inside the buffer, which is alive, and no other task touches element `i`.
+    unsafe fn write(&self, i: usize, v: T) {
+        *self.0.add(i) = v;
+    }
+}
+
 /// Output channels per transposition task: 16 floats are one cache line of each output row.
 const CO_TILE: usize = 16;
 
@@ -217,7 +227,6 @@ pub fn pack_tap_major<T: WithDType>(w: &[T], c_out: usize, c_in: usize, n_k: usi
     let dst = SharedMut(out.as_mut_ptr());
     let tiles = c_out.div_ceil(CO_TILE);
     let task = |tile: usize| {
-        let dst = dst;
         let cos = tile * CO_TILE..((tile + 1) * CO_TILE).min(c_out);
         // Row (k, ci) of the output gets this tile's C_out-slice (one cache line) at once; the tile's rows of
         // w stay in cache across the (ci, k) loop.
@@ -226,7 +235,7 @@ pub fn pack_tap_major<T: WithDType>(w: &[T], c_out: usize, c_in: usize, n_k: usi
                 let row = (k * c_in + ci) * c_out;
                 for co in cos.clone() {
                     // SAFETY: element (k, ci, co) is inside `out`; only the task owning `co` writes it.
-                    unsafe { *dst.0.add(row + co) = w[(co * c_in + ci) * n_k + k] };
+                    unsafe { dst.write(row + co, w[(co * c_in + ci) * n_k + k]) };
                 }
             }
         }
@@ -268,12 +277,11 @@ fn pack_run_reversed<T: WithDType>(w: &[T], g: &Geometry, run: Run) -> Vec<T> {
     let mut out = vec![T::from_f64(0.0); n * c_out * c_in];
     let dst = SharedMut(out.as_mut_ptr());
     let task = |co: usize| {
-        let dst = dst;
         for ci in 0..c_in {
             let src = &w[(co * c_in + ci) * n_k + run.k0..][..n];
             for (j, &v) in src.iter().enumerate() {
                 // SAFETY: rows (·, co) are written only by the task owning `co`, inside `out`.
-                unsafe { *dst.0.add(((n - 1 - j) * c_out + co) * c_in + ci) = v };
+                unsafe { dst.write(((n - 1 - j) * c_out + co) * c_in + ci, v) };
             }
         }
     };
