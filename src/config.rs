@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{self, transform, Dataset, Splits};
 use crate::error::{Error, Result};
+use crate::limits;
 use crate::models::ModelConfig;
 use crate::train::TrainConfig;
 
@@ -131,9 +132,19 @@ impl RunConfig {
         Self::parse(&text, path)
     }
 
+    /// Checks the model (see [`ModelConfig::validate`]), the recipe, and that a training batch's activations
+    /// fit in [`limits::MAX_ACTIVATION_BYTES`] (estimated).
     pub fn validate(&self) -> Result<()> {
         self.model.validate()?;
-        self.train.validate()
+        self.train.validate()?;
+        limits::check(
+            format!(
+                "activation memory of a training batch of {} (bytes, estimated; lower train.batch_size)",
+                self.train.batch_size
+            ),
+            self.model.activation_bytes(self.train.batch_size),
+            limits::MAX_ACTIVATION_BYTES,
+        )
     }
 
     pub fn to_toml(&self) -> String {
@@ -166,6 +177,22 @@ mod tests {
             );
         }
         assert!(RunConfig::named("nope").unwrap_err().to_string().contains("wavenet"));
+    }
+
+    /// The parameter estimate `validate` checks before anything is allocated bounds the built model's count
+    /// from above, within a small factor, for every shipped config.
+    #[test]
+    fn the_parameter_estimate_bounds_the_built_model() {
+        for (name, _) in NAMED {
+            let cfg = RunConfig::named(name).unwrap();
+            let arm =
+                crate::models::Arm::new(&cfg.model, 0, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+            let (exact, est) = (arm.params().num_params() as u128, cfg.model.param_estimate());
+            assert!(
+                exact <= est && est <= 8 * exact,
+                "{name}: {exact} parameters, estimated {est}"
+            );
+        }
     }
 
     #[test]

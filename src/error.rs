@@ -52,6 +52,25 @@ pub enum Error {
     /// Training produced a NaN or infinite loss.
     #[error("loss became non-finite ({loss}) at epoch {epoch}, step {step}; the last good checkpoint is kept")]
     NonFiniteLoss { loss: f32, epoch: usize, step: usize },
+
+    /// A checkpoint holding NaN or infinite weights: it would evaluate to NaN and sample garbage.
+    #[error(
+        "{path}: tensor `{tensor}` holds a non-finite value ({value}) at index {index}; refusing a damaged checkpoint"
+    )]
+    NonFiniteWeight {
+        path: PathBuf,
+        tensor: String,
+        index: usize,
+        value: f64,
+    },
+
+    /// A size decided by a config, a flag or a file that exceeds what armory allows (checked before allocating).
+    #[error("{what} = {value} exceeds the limit of {limit}")]
+    TooLarge { what: String, value: u128, limit: u128 },
+
+    /// An output file that exists and may not be replaced.
+    #[error("{path} already exists; not overwritten (pass --force to replace it)")]
+    OutputExists { path: PathBuf },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

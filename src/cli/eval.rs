@@ -23,7 +23,16 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
+    anyhow::ensure!(a.batch_size > 0, "--batch-size must be at least 1");
     let (cfg, arm) = a.model.load()?;
+    armory::limits::check(
+        format!(
+            "activation memory of an evaluation batch of {} (bytes, estimated; lower --batch-size)",
+            a.batch_size
+        ),
+        cfg.model.activation_bytes(a.batch_size),
+        armory::limits::MAX_ACTIVATION_BYTES,
+    )?;
     let mut data = cfg.data;
     if let Some(spec) = a.data {
         data.dataset = spec;

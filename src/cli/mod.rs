@@ -39,6 +39,7 @@ enum Command {
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(n) = cli.threads {
+        armory::limits::check("--threads", n as u128, 1024u128)?;
         rayon::ThreadPoolBuilder::new().num_threads(n).build_global()?;
     }
     match cli.command {

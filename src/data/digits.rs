@@ -7,6 +7,7 @@ use std::path::Path;
 
 use super::Dataset;
 use crate::error::{Error, Result};
+use crate::limits;
 
 const EMBEDDED: &[u8] = include_bytes!("../../data/digits.csv.gz");
 pub const SIDE: usize = 8;
@@ -19,6 +20,12 @@ pub fn embedded() -> Result<Dataset> {
 
 /// A file in the same format, gzipped or plain.
 pub fn from_file(path: &Path) -> Result<Dataset> {
+    let size = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
+    limits::check(
+        format!("{}: file size in bytes", path.display()),
+        size,
+        limits::MAX_TEXT_BYTES,
+    )?;
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     parse(&bytes, path)
 }
@@ -26,11 +33,18 @@ pub fn from_file(path: &Path) -> Result<Dataset> {
 /// Parses rows of 64 values in 0..16 and a label in 0..9; `path` names the source in errors.
 pub fn parse(bytes: &[u8], path: &Path) -> Result<Dataset> {
     let text = if bytes.starts_with(&[0x1f, 0x8b]) {
-        let mut s = String::new();
+        // Inflated up to a limit: a small file that inflates to gigabytes is refused, not inflated.
+        let mut raw = Vec::new();
         flate2::read::MultiGzDecoder::new(bytes)
-            .read_to_string(&mut s)
+            .take(limits::MAX_TEXT_BYTES as u64 + 1)
+            .read_to_end(&mut raw)
             .map_err(|e| Error::data(path, format!("corrupt or truncated gzip data: {e}")))?;
-        s
+        limits::check(
+            format!("{}: bytes of text (inflated)", path.display()),
+            limits::wide(raw.len()),
+            limits::MAX_TEXT_BYTES,
+        )?;
+        String::from_utf8(raw).map_err(|_| Error::data(path, "not a text (CSV) file"))?
     } else {
         String::from_utf8(bytes.to_vec()).map_err(|_| Error::data(path, "not a text (CSV) file"))?
     };

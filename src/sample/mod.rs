@@ -8,6 +8,7 @@ pub mod predictive;
 use rand::{Rng, SeedableRng};
 
 use crate::error::Result;
+use crate::limits;
 use crate::models::Arm;
 
 /// How to draw samples; all give the same samples for the same noise.
@@ -32,6 +33,17 @@ impl Method {
     }
 }
 
+/// Refuses to draw `n` examples of `dim` values at once beyond [`limits::MAX_SAMPLES`] examples or
+/// [`limits::MAX_SAMPLE_VALUES`] values: checked before the noise (8 bytes a value) is allocated.
+pub fn check_size(n: usize, dim: usize) -> Result<()> {
+    limits::check("samples (-n)", limits::wide(n), limits::wide(limits::MAX_SAMPLES))?;
+    limits::check(
+        format!("values to draw ({n} samples × {dim} dimensions)"),
+        limits::wide(n) * limits::wide(dim),
+        limits::wide(limits::MAX_SAMPLE_VALUES),
+    )
+}
+
 /// Draws with `method`; returns the samples `[N, D]` and the number of full ARM calls (D for naive, 0 for
 /// cached, which runs columns instead).
 pub fn sample(
@@ -41,6 +53,7 @@ pub fn sample(
     temperature: f64,
     labels: Option<&[u32]>,
 ) -> Result<(Vec<u32>, usize)> {
+    check_size(noise.len(), arm.dim())?;
     match method {
         Method::Naive => Ok((sample_naive(arm, noise, temperature, labels)?, arm.dim())),
         Method::Cached => Ok((sample_cached(arm, noise, temperature, labels)?, 0)),
