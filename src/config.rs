@@ -72,6 +72,7 @@ impl DataConfig {
             return Err(Error::Config("[data]: give either levels or binarize, not both".into()));
         }
         let splits = data::load_splits(&self.dataset, self.validation)?;
+        let spec = self.dataset.as_str();
         let prep = |ds: Dataset, stream: u64| -> Result<Dataset> {
             let ds = transform::to_pixel_major(ds);
             match (self.levels, self.binarize) {
@@ -85,6 +86,7 @@ impl DataConfig {
                 (None, None) => Ok(ds),
             }
         };
+        let prep = |ds, stream| prep(ds, stream).map_err(|e| e.about_data(spec));
         Ok(Splits {
             train: prep(splits.train, 0)?,
             val: prep(splits.val, 1)?,
@@ -121,6 +123,7 @@ impl RunConfig {
 
     /// Parses TOML text; `path` names the source in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Self> {
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text); // a byte-order mark some editors write
         let cfg: RunConfig =
             toml::from_str(text).map_err(|e| Error::Config(format!("{}: {}", path.display(), e.message())))?;
         cfg.validate()?;
@@ -132,11 +135,18 @@ impl RunConfig {
         Self::parse(&text, path)
     }
 
-    /// Checks the model (see [`ModelConfig::validate`]), the recipe, and that a training batch's activations
-    /// fit in [`limits::MAX_ACTIVATION_BYTES`] (estimated).
+    /// Checks the model (see [`ModelConfig::validate`]), the recipe, that a validation set will be left, and
+    /// that a training batch's activations fit in [`limits::MAX_ACTIVATION_BYTES`] (estimated).
     pub fn validate(&self) -> Result<()> {
         self.model.validate()?;
         self.train.validate()?;
+        if self.data.validation == 0 {
+            return Err(Error::Config(
+                "data.validation (--validation) = 0 would leave no validation set: early stopping and the best \
+                 checkpoint need at least 1 example"
+                    .into(),
+            ));
+        }
         limits::check(
             format!(
                 "activation memory of a training batch of {} (bytes, estimated; lower train.batch_size)",

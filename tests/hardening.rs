@@ -1,8 +1,10 @@
-//! The command line against a careless or hostile user (issue 17): outputs that would be overwritten or
-//! half-written, damaged checkpoints, sizes bounded by nothing.
+//! The command line against a careless or hostile user (issue 17): two writers on one run, outputs that
+//! would be overwritten or half-written, damaged checkpoints, sizes bounded by nothing, runs that died before
+//! their first checkpoint, and messages that must name the problem.
 
 use std::path::{Path, PathBuf};
 
+use armory::train::RunDir;
 use assert_cmd::Command;
 use predicates::prelude::*;
 use predicates::str::contains;
@@ -27,6 +29,139 @@ fn tiny_run(dir: &Path, name: &str) -> PathBuf {
 
 fn stderr_of(a: &assert_cmd::assert::Assert) -> String {
     String::from_utf8_lossy(&a.get_output().stderr).into_owned()
+}
+
+/// Two writers, one run: while one process holds the run (here the test itself, through the library's
+/// lock), `train --force` and `train --resume` on it are refused with the holder's PID, and the directory is
+/// left as it was. A lock file left by a process that died does not block.
+#[test]
+fn a_second_writer_is_refused_naming_the_holder() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = tiny_run(dir.path(), "dup");
+    let before: Vec<Vec<u8>> = ["config.toml", "best.safetensors", "metrics.csv"]
+        .iter()
+        .map(|f| std::fs::read(run.join(f)).unwrap())
+        .collect();
+    let lock = RunDir { path: run.clone() }.lock().unwrap();
+    let holder = format!("pid {}", std::process::id());
+    for recipe in [&TINY[..], &["--model", "mlp", "--quiet", "--epochs"][..]] {
+        armory()
+            .arg("train")
+            .args(recipe)
+            .args(["1", "--name", "dup", "--force", "--runs-dir"])
+            .arg(dir.path())
+            .assert()
+            .failure()
+            .stderr(contains("in use by another armory process").and(contains(holder.as_str())));
+    }
+    armory()
+        .args(["train", "--quiet", "--resume"])
+        .arg(&run)
+        .assert()
+        .failure()
+        .stderr(contains(holder.as_str()).and(contains("one writer per run")));
+    drop(lock);
+    let after: Vec<Vec<u8>> = ["config.toml", "best.safetensors", "metrics.csv"]
+        .iter()
+        .map(|f| std::fs::read(run.join(f)).unwrap())
+        .collect();
+    assert!(before == after, "a refused writer changed the run");
+    armory().args(["eval", "--run"]).arg(&run).assert().success();
+
+    // A stale lock file (its process gone: the OS released the lock) does not block.
+    std::fs::write(run.join("lock"), "999999999\n").unwrap();
+    armory()
+        .arg("train")
+        .args(TINY)
+        .args(["1", "--name", "dup", "--force", "--runs-dir"])
+        .arg(dir.path())
+        .assert()
+        .success();
+    let pid = std::fs::read_to_string(run.join("lock")).unwrap();
+    assert_ne!(pid.trim(), "999999999", "the new writer records its own PID");
+}
+
+/// A run killed with SIGKILL in its first epoch: its lock does not block, and it has no checkpoint, so a new
+/// train on its name says what to run, and `--resume` starts it from scratch.
+#[test]
+fn a_run_killed_before_its_first_checkpoint_can_be_restarted() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = assert_cmd::cargo::cargo_bin("armory");
+    let mut child = std::process::Command::new(&bin)
+        .args(["train", "--quiet", "--epochs", "1", "--name", "k", "--runs-dir"])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let run = dir.path().join("k");
+    let started = std::time::Instant::now();
+    while !run.join("config.toml").exists() {
+        assert!(started.elapsed().as_secs() < 60, "the run never started");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL: no handler runs
+    child.wait().unwrap();
+    assert!(
+        !run.join("resume.safetensors").exists(),
+        "the kill came after the first checkpoint"
+    );
+    std::fs::write(run.join("last.safetensors.tmp"), b"half a checkpoint").unwrap();
+    armory()
+        .args(["train", "--quiet", "--epochs", "1", "--name", "k", "--runs-dir"])
+        .arg(dir.path())
+        .assert()
+        .failure()
+        .stderr(contains("stopped before its first checkpoint").and(contains("--resume")));
+    armory()
+        .args(["train", "--quiet", "--resume"])
+        .arg(&run)
+        .assert()
+        .success()
+        .stderr(contains("starting it from scratch"))
+        .stdout(contains("MaxEpochs after 1 epochs"));
+    assert!(!run.join("last.safetensors.tmp").exists(), "a leftover temporary file");
+}
+
+/// `--force` starts a run over without what a killed run left behind (temporary files included).
+#[test]
+fn force_cleans_leftover_temporary_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = tiny_run(dir.path(), "f");
+    for f in ["resume.safetensors.tmp", "metrics.csv.tmp", "samples.png.tmp"] {
+        std::fs::write(run.join(f), b"left by a kill").unwrap();
+    }
+    armory()
+        .arg("train")
+        .args(TINY)
+        .args(["1", "--name", "f", "--force", "--runs-dir"])
+        .arg(dir.path())
+        .assert()
+        .success();
+    let left: Vec<String> = std::fs::read_dir(&run)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// Run names are one path component: nothing is written into `runs/` itself or outside it.
+#[test]
+fn run_names_must_be_one_path_component() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    for name in ["", ".", "..", "../../x", "a/b", "a\\b", "/abs"] {
+        armory()
+            .arg("train")
+            .args(TINY)
+            .args(["1", "--name", name, "--runs-dir"])
+            .arg(&runs)
+            .assert()
+            .failure()
+            .stderr(contains("one path component"));
+    }
+    assert!(!runs.exists() && !dir.path().join("x").exists());
 }
 
 /// `sample` never writes over an existing file without `--force`, never lets --out and --raw replace each
@@ -185,4 +320,111 @@ fn absurd_sizes_get_an_error_naming_the_number_and_the_limit() {
         .assert()
         .failure()
         .stderr(contains("model parameters (estimated)"));
+}
+
+/// Dead ends: a NaN in the first epoch says there is no checkpoint and what to run; `--validation 0` is
+/// refused before anything is trained.
+#[test]
+fn dead_ends_say_what_to_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let a = armory()
+        .arg("train")
+        .args(TINY)
+        .args(["3", "--lr", "1e30", "--name", "nan", "--runs-dir"])
+        .arg(d)
+        .assert()
+        .failure();
+    let e = stderr_of(&a);
+    assert!(
+        e.contains("non-finite") && e.contains("no checkpoint was written") && !e.contains("last good checkpoint"),
+        "{e}"
+    );
+    armory()
+        .arg("train")
+        .args(TINY)
+        .args(["3", "--name", "nan", "--runs-dir"])
+        .arg(d)
+        .assert()
+        .failure()
+        .stderr(contains("before its first checkpoint").and(contains("--force")));
+    armory()
+        .arg("train")
+        .args(TINY)
+        .args(["1", "--validation", "0", "--name", "v", "--runs-dir"])
+        .arg(d)
+        .assert()
+        .failure()
+        .stderr(contains("no validation set"));
+    assert!(!d.join("v").exists());
+}
+
+/// Messages: an unknown data source is named with the ones there are; data problems name the data, not
+/// "invalid config"; a CSV with a byte-order mark trains.
+#[test]
+fn data_messages_name_the_source_and_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let train = |data: &str| {
+        let mut c = armory();
+        c.args([
+            "train",
+            "--hidden",
+            "8",
+            "--kernel",
+            "3",
+            "--quiet",
+            "--epochs",
+            "1",
+            "--runs-dir",
+        ])
+        .arg(d)
+        .args(["--name", "m", "--force", "--data", data]);
+        c.assert()
+    };
+    train(&format!("mnst:{}", d.display())).failure().stderr(
+        contains("unknown data source 'mnst', expected one of")
+            .and(contains("mnist:DIR"))
+            .and(contains("No such file").not()),
+    );
+    let rows: String = (0..40)
+        .map(|i| format!("{}{},{}\n", "0,".repeat(63), i % 17, i % 10))
+        .collect();
+    let few = d.join("few.csv");
+    std::fs::write(&few, rows.lines().take(2).map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+    train(few.to_str().unwrap()).failure().stderr(
+        contains("few.csv")
+            .and(contains("too few"))
+            .and(contains("invalid config").not()),
+    );
+    let bom = d.join("bom.csv");
+    std::fs::write(&bom, format!("\u{feff}{rows}")).unwrap();
+    train(bom.to_str().unwrap()).success();
+}
+
+/// An interrupted and resumed run reports the same figures in summary.json as an uninterrupted one.
+#[test]
+fn a_resumed_run_summarises_like_a_straight_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let straight = tiny_run(d, "straight");
+    armory()
+        .arg("train")
+        .args(TINY)
+        .args(["2", "--name", "resumed", "--stop-after-steps", "20", "--runs-dir"])
+        .arg(d)
+        .assert()
+        .success();
+    armory()
+        .args(["train", "--quiet", "--resume"])
+        .arg(d.join("resumed"))
+        .assert()
+        .success();
+    let summary = |run: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap()
+    };
+    let (a, b) = (summary(&straight), summary(&d.join("resumed")));
+    for key in ["best_val_nll", "test_nll", "test_bpd", "epochs", "best_epoch"] {
+        assert_eq!(a[key], b[key], "{key}");
+    }
 }

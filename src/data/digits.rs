@@ -48,6 +48,8 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<Dataset> {
     } else {
         String::from_utf8(bytes.to_vec()).map_err(|_| Error::data(path, "not a text (CSV) file"))?
     };
+    // A byte-order mark (some spreadsheet programs write one) is not part of the first value.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let d = SIDE * SIDE;
     let (mut values, mut labels) = (Vec::new(), Vec::new());
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
@@ -112,6 +114,16 @@ mod tests {
         Ok(())
     }
 
+    /// A CSV saved with a UTF-8 byte-order mark (as spreadsheet programs do) reads like one without.
+    #[test]
+    fn a_byte_order_mark_is_accepted() -> Result<()> {
+        let row = format!("{}16,3\n", "0,".repeat(63));
+        let plain = parse(row.as_bytes(), Path::new("x.csv"))?;
+        let marked = parse(format!("\u{feff}{row}").as_bytes(), Path::new("x.csv"))?;
+        assert_eq!((marked.values, marked.labels), (plain.values, plain.labels));
+        Ok(())
+    }
+
     #[test]
     fn bad_files_give_clear_errors() {
         let p = Path::new("bad.csv");
@@ -127,6 +139,8 @@ mod tests {
         assert!(e.contains("`x` is not an integer"), "{e}");
         let e = parse(&EMBEDDED[..EMBEDDED.len() / 2], p).unwrap_err().to_string();
         assert!(e.contains("truncated"), "{e}");
+        let e = parse(b"\xef\xbb\xbf", p).unwrap_err().to_string();
+        assert!(e.contains("no data rows"), "{e}");
         let e = parse(b"", p).unwrap_err().to_string();
         assert!(e.contains("no data rows"), "{e}");
         let e = from_file(Path::new("/no/such/digits.csv")).unwrap_err().to_string();
