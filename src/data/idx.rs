@@ -360,6 +360,36 @@ pub(crate) mod tests {
         assert!(e.contains("no images"), "{e}");
     }
 
+    /// A small `.gz` whose header promises 4 pixels but which inflates to 64 MB is refused after reading the
+    /// promised bytes (and one more), not inflated in full; one whose header promises more than the limit is
+    /// refused before its data is inflated at all.
+    #[test]
+    fn gzipped_files_are_inflated_only_as_far_as_the_header_promises() {
+        let tmp = tempfile::tempdir().unwrap();
+        let bomb = tmp.path().join("bomb-idx3-ubyte.gz");
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        enc.write_all(&idx_bytes(IMAGES_MAGIC, &[1, 2, 2], &[0; 4])).unwrap();
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..64 {
+            enc.write_all(&zeros).unwrap();
+        }
+        let gz = enc.finish().unwrap();
+        assert!(gz.len() < 1 << 17, "{}", gz.len());
+        std::fs::write(&bomb, &gz).unwrap();
+        let e = images(&bomb).unwrap_err().to_string();
+        assert!(
+            e.contains("bomb-idx3-ubyte.gz") && e.contains("promises 20 bytes, the file holds more"),
+            "{e}"
+        );
+        let huge = tmp.path().join("huge-idx3-ubyte.gz");
+        std::fs::write(&huge, gzip(&idx_bytes(IMAGES_MAGIC, &[100_000, 1000, 1000], &[0; 64]))).unwrap();
+        let e = images(&huge).unwrap_err().to_string();
+        assert!(
+            e.contains("huge-idx3-ubyte.gz") && e.contains("100000000000 exceeds the limit of 2147483648"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn bad_mnist_directories_name_the_file_at_fault() {
         let tmp = tempfile::tempdir().unwrap();

@@ -413,6 +413,29 @@ mod tests {
         Ok(())
     }
 
+    /// A header nested far deeper than NumPy writes (a 60 KB file of brackets) is an error naming the file, not
+    /// a stack overflow; a gzipped file is inflated only as far as its header promises.
+    #[test]
+    fn hostile_headers_and_gzip_bombs_are_refused() {
+        for depth in [9, 30_000] {
+            let shape = format!("{}{}", "(".repeat(depth), ")".repeat(depth));
+            let e = parse(&npy(&shape, &[], true), Path::new("deep.npy"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("deep.npy") && e.contains("nested deeper than 8 levels"),
+                "{e}"
+            );
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let bomb = tmp.path().join("bomb.npy.gz");
+        let mut data = npy(&dict("|u1", "(1, 2, 2)"), &[0; 4], false);
+        data.resize(data.len() + (32 << 20), 0);
+        std::fs::write(&bomb, crate::data::idx::tests::gzip(&data)).unwrap();
+        let e = npy_images(&bomb).unwrap_err().to_string();
+        assert!(e.contains("bomb.npy.gz") && e.contains("the file holds more"), "{e}");
+    }
+
     #[test]
     fn bad_npy_files_give_clear_errors() {
         let p = Path::new("bad.npy");
