@@ -81,6 +81,46 @@ fn a_second_writer_is_refused_naming_the_holder() {
     assert_ne!(pid.trim(), "999999999", "the new writer records its own PID");
 }
 
+/// Two trains on one name started together: exactly one trains, the other is refused, and the directory
+/// holds one run — its config.toml and its weights from the same process, so they load together.
+#[test]
+fn two_trains_at_once_leave_one_consistent_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = assert_cmd::cargo::cargo_bin("armory");
+    let spawn = |hidden: &str| {
+        std::process::Command::new(&bin)
+            .args([
+                "train", "--quiet", "--epochs", "2", "--kernel", "3", "--name", "dup", "--hidden", hidden,
+            ])
+            .arg("--runs-dir")
+            .arg(dir.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn("8"), spawn("12"));
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert!(
+        a.status.success() != b.status.success(),
+        "exactly one of two writers must succeed: {a:?} {b:?}"
+    );
+    let (won, lost, hidden) = if a.status.success() { (a, b, 8) } else { (b, a, 12) };
+    let said = String::from_utf8_lossy(&lost.stderr);
+    assert!(
+        said.contains("in use by another armory process") || said.contains("already holds a run"),
+        "{said}"
+    );
+    assert!(String::from_utf8_lossy(&won.stdout).contains("test:"));
+    let cfg = std::fs::read_to_string(dir.path().join("dup/config.toml")).unwrap();
+    assert!(cfg.contains(&format!("hidden = {hidden}\n")), "{cfg}");
+    armory()
+        .args(["eval", "--run"])
+        .arg(dir.path().join("dup"))
+        .assert()
+        .success();
+}
+
 /// A run killed with SIGKILL in its first epoch: its lock does not block, and it has no checkpoint, so a new
 /// train on its name says what to run, and `--resume` starts it from scratch.
 #[test]

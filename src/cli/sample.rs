@@ -52,7 +52,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     let (_, arm) = a.model.load()?;
     let d = arm.dim();
-    armory::sample::check_size(a.n, d)?;
+    armory::sample::check_size(&arm, a.n)?;
     let labels: Option<Vec<u32>> = match (arm.num_classes(), a.label) {
         (Some(n), Some(l)) => {
             anyhow::ensure!(

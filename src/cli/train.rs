@@ -367,7 +367,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let test = evaluate(&arm, &splits.test, 256)?;
+    let test = evaluate(&arm, &splits.test, train::eval_batch(&cfg.model))?;
     let rows = train::metrics::read_csv(&run.file("metrics.csv"))?;
     train::pictures::draw(&run, &arm, &splits.test, &rows, cfg.train.seed)?;
     let summary_json = serde_json::json!({

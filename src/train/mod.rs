@@ -302,7 +302,7 @@ pub fn train(
         if let Some(ema) = &mut ema {
             ema.apply()?;
         }
-        let val = evaluate(arm, &splits.val, 256)?;
+        let val = evaluate(arm, &splits.val, eval_batch(arm.config()))?;
         let epoch = st.epoch + 1;
         let verdict = st.early.update(epoch, val.nll);
         if verdict == Verdict::Improved {
@@ -372,6 +372,16 @@ pub fn train(
     })
 }
 
+/// The batch to evaluate with: 256 examples, or fewer (halving) where a model's activations for 256 would
+/// exceed [`crate::limits::MAX_ACTIVATION_BYTES`] (estimated). Every shipped model evaluates 256 at a time.
+pub fn eval_batch(model: &crate::models::ModelConfig) -> usize {
+    let mut batch = 256;
+    while batch > 1 && model.activation_bytes(batch) > crate::limits::MAX_ACTIVATION_BYTES {
+        batch /= 2;
+    }
+    batch
+}
+
 /// The instant `secs` seconds ago (now, for a time a damaged state file makes negative or absurd).
 fn earlier(secs: f64) -> Instant {
     let now = Instant::now();
@@ -420,6 +430,28 @@ fn format_secs(s: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Evaluation batches shrink only for models whose 256-example batch would exceed the activation limit.
+    #[test]
+    fn evaluation_batches_fit_the_activation_limit() {
+        for (name, _) in crate::config::NAMED {
+            assert_eq!(
+                eval_batch(&crate::config::RunConfig::named(name).unwrap().model),
+                256,
+                "{name}"
+            );
+        }
+        let mut long = crate::config::RunConfig::seed().model;
+        if let crate::models::ModelConfig::CausalConv(c) = &mut long {
+            c.length = 1 << 16;
+        }
+        let b = eval_batch(&long);
+        assert!(
+            b < 256 && long.activation_bytes(b) <= crate::limits::MAX_ACTIVATION_BYTES,
+            "{b}"
+        );
+        assert!(long.activation_bytes(2 * b) > crate::limits::MAX_ACTIVATION_BYTES);
+    }
 
     /// The saved loop state parses back bit for bit (serde_json's default float parser alone does not), so a
     /// resumed run reports the same best validation NLL as an uninterrupted one.
