@@ -15,12 +15,12 @@ pub fn temp_path(path: &Path) -> PathBuf {
     ))
 }
 
-/// Writes `bytes` to `tmp`, flushed to the device.
-fn write_synced(tmp: &Path, bytes: &[u8]) -> Result<()> {
-    let mut f = std::fs::File::create(tmp).map_err(|e| Error::io(tmp, e))?;
+/// Writes `bytes` to `tmp`, flushed to the device; errors name `path`, the file the user asked for.
+fn write_synced(tmp: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = std::fs::File::create(tmp).map_err(|e| Error::io(path, e))?;
     f.write_all(bytes)
         .and_then(|_| f.sync_all())
-        .map_err(|e| Error::io(tmp, e))
+        .map_err(|e| Error::io(path, e))
 }
 
 /// Writes a file through a temporary file and a rename, so readers never see half of it; on failure the
@@ -39,8 +39,8 @@ pub fn write_all_atomic(files: &[(&Path, &[u8])]) -> Result<()> {
             let _ = std::fs::remove_file(t);
         }
     };
-    for ((_, bytes), tmp) in files.iter().zip(&temps) {
-        if let Err(e) = write_synced(tmp, bytes) {
+    for ((path, bytes), tmp) in files.iter().zip(&temps) {
+        if let Err(e) = write_synced(tmp, path, bytes) {
             cleanup(&temps);
             return Err(e);
         }

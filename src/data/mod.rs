@@ -215,12 +215,12 @@ pub fn load(spec: &str) -> Result<Dataset> {
 /// keep them as the test set, and the last `n_val` training examples become the validation set; other sets are
 /// split by [`Splits::by_position`], and `n_val` is not used.
 pub fn load_splits(spec: &str, n_val: usize) -> Result<Splits> {
-    match open(spec)? {
+    let split = |source| match source {
         Source::One(ds) => Splits::by_position(&ds),
         Source::TrainTest(train, test) => {
             let (train, val) = transform::split_off_validation(&train, n_val)?;
             Ok(Splits { train, val, test })
         }
-    }
-    .map_err(|e| e.about_data(spec))
+    };
+    split(open(spec)?).map_err(|e| e.about_data(spec))
 }
