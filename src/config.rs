@@ -95,6 +95,45 @@ impl DataConfig {
     }
 }
 
+/// Whether data set `spec` fits `model`: D dimensions, values within its K, and for a class-conditional model a
+/// label in 0..num_classes for every example. Checked before a run directory is written, so a mismatch is an
+/// error naming the data, not a failure in the middle of the first epoch.
+pub fn check_fits(model: &ModelConfig, splits: &Splits, spec: &str) -> Result<()> {
+    for (part, ds) in [
+        ("train", &splits.train),
+        ("validation", &splits.val),
+        ("test", &splits.test),
+    ] {
+        if ds.dim != model.dim() || ds.num_values > model.num_values() {
+            return Err(Error::data(
+                spec,
+                format!(
+                    "the {part} set has {} dimensions with {} values, the model expects {} and {}",
+                    ds.dim,
+                    ds.num_values,
+                    model.dim(),
+                    model.num_values()
+                ),
+            ));
+        }
+        if let Some(n) = model.num_classes() {
+            let labels = ds.labels.as_ref().ok_or_else(|| {
+                Error::data(
+                    spec,
+                    format!("the {part} set has no labels, but the model is class-conditional ({n} classes)"),
+                )
+            })?;
+            if let Some(l) = labels.iter().find(|&&l| l as usize >= n) {
+                return Err(Error::data(
+                    spec,
+                    format!("the {part} set has label {l}, outside the model's classes 0..{}", n - 1),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn default_validation() -> usize {
     5000
 }

@@ -442,6 +442,41 @@ fn data_messages_name_the_source_and_the_problem() {
     train(bom.to_str().unwrap()).success();
 }
 
+/// Data that does not fit the model — no labels for a class-conditional model, the wrong size — is refused
+/// naming the data before a run directory is made (it used to fail in the first step, "invalid config").
+#[test]
+fn data_that_does_not_fit_the_model_is_refused_up_front() {
+    let dir = tempfile::tempdir().unwrap();
+    let pngs = dir.path().join("pngs");
+    std::fs::create_dir(&pngs).unwrap();
+    for i in 0..12u8 {
+        image::GrayImage::from_fn(8, 8, |x, y| image::Luma([(x as u8 + y as u8) * 16 + i]))
+            .save(pngs.join(format!("{i:02}.png")))
+            .unwrap();
+    }
+    let data = format!("png:{}", pngs.display());
+    let train = |args: &[&str]| {
+        armory()
+            .args(["train", "--quiet", "--epochs", "1", "--name", "c", "--runs-dir"])
+            .arg(dir.path())
+            .args(["--data", &data])
+            .args(args)
+            .assert()
+            .failure()
+    };
+    train(&["--model", "gated-pixelcnn-cond", "--levels", "17"]).stderr(
+        contains(data.as_str())
+            .and(contains(
+                "has no labels, but the model is class-conditional (10 classes)",
+            ))
+            .and(contains("invalid config").not()),
+    );
+    train(&["--hidden", "8"]).stderr(contains(data.as_str()).and(contains(
+        "the train set has 64 dimensions with 256 values, the model expects 64 and 17",
+    )));
+    assert!(!dir.path().join("c").exists());
+}
+
 /// An interrupted and resumed run reports the same figures in summary.json as an uninterrupted one.
 #[test]
 fn a_resumed_run_summarises_like_a_straight_one() {

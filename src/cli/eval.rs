@@ -39,6 +39,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     let spec = data.dataset.clone();
     let splits = data.load().with_context(|| format!("loading {spec}"))?;
+    armory::config::check_fits(&cfg.model, &splits, &spec)?;
     let part = splits.get(a.split);
     let ev = evaluate(&arm, part, a.batch_size)?;
     if a.json {

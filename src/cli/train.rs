@@ -292,16 +292,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
 
     // The data is loaded and checked before a new run directory is made or an old one overwritten.
     let splits = cfg.data.load()?;
-    let all = &splits.train;
-    anyhow::ensure!(
-        all.dim == cfg.model.dim() && all.num_values <= cfg.model.num_values(),
-        "{}: the data has {} dimensions with {} values, the model expects {} and {}",
-        cfg.data.dataset,
-        all.dim,
-        all.num_values,
-        cfg.model.dim(),
-        cfg.model.num_values()
-    );
+    armory::config::check_fits(&cfg.model, &splits, &cfg.data.dataset)?;
     let (run, _lock) = match run {
         RunTarget::Existing(run) => {
             if !resume {

@@ -394,6 +394,13 @@ impl ModelConfig {
             },
         }
     }
+    /// The classes a class-conditional model is conditioned on; `None` for the others.
+    pub fn num_classes(&self) -> Option<usize> {
+        match self {
+            ModelConfig::GatedPixelcnn(c) => c.num_classes,
+            _ => None,
+        }
+    }
     /// The per-position distribution, in words (`armory info`).
     pub fn distribution(&self) -> String {
         let (colors, mixture) = match self {
