@@ -165,7 +165,7 @@ impl RunConfig {
         let text = text.strip_prefix('\u{feff}').unwrap_or(text); // a byte-order mark some editors write
         let cfg: RunConfig =
             toml::from_str(text).map_err(|e| Error::Config(format!("{}: {}", path.display(), e.message())))?;
-        cfg.validate()?;
+        cfg.validate().map_err(|e| e.in_file(path))?;
         Ok(cfg)
     }
 
@@ -251,7 +251,13 @@ mod tests {
             "input = \"raw\"\nlayer_types = [\"B\", \"B\", \"B\", \"B\"]",
         );
         let e = RunConfig::parse(&text, Path::new("cfg.toml")).unwrap_err().to_string();
-        assert!(e.contains("first layer is type B") && e.contains("see x_d"), "{e}");
+        assert!(
+            e.contains("cfg.toml: ") && e.contains("first layer is type B") && e.contains("see x_d"),
+            "{e}"
+        );
+        let huge = SEED_CONFIG.replace("hidden = 256", "hidden = 99999");
+        let e = RunConfig::parse(&huge, Path::new("huge.toml")).unwrap_err().to_string();
+        assert_eq!(e, "huge.toml: model.hidden = 99999 exceeds the limit of 16384");
         let e = RunConfig::parse("[model]\nkind = \"nope\"", Path::new("cfg.toml"))
             .unwrap_err()
             .to_string();

@@ -105,6 +105,18 @@ impl Error {
             e => e,
         }
     }
+    /// A config check that failed, said of the file the config came from.
+    pub fn in_file(self, path: &std::path::Path) -> Self {
+        match self {
+            Error::Config(msg) => Error::Config(format!("{}: {msg}", path.display())),
+            Error::TooLarge { what, value, limit } => Error::TooLarge {
+                what: format!("{}: {what}", path.display()),
+                value,
+                limit,
+            },
+            e => e,
+        }
+    }
     pub fn data(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
         Error::Data {
             path: path.into(),
