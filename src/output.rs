@@ -60,12 +60,20 @@ pub fn write_all_atomic(files: &[(&Path, &[u8])]) -> Result<()> {
     Ok(())
 }
 
-/// Refuses to write over an existing `path` unless `overwrite` (the CLI's `--force`).
+/// Refuses to write over an existing `path` unless `overwrite` (the CLI's `--force`), and over anything but
+/// a regular file even then (a directory, a device such as `/dev/full`: the rename would replace it).
 pub fn check_new(path: &Path, overwrite: bool) -> Result<()> {
-    if !overwrite && (path.exists() || path.is_symlink()) {
+    let exists = path.exists() || path.is_symlink();
+    if exists && !overwrite {
         return Err(Error::OutputExists {
             path: path.to_path_buf(),
         });
+    }
+    if exists && !path.is_file() {
+        return Err(Error::io(
+            path,
+            std::io::Error::other("exists and is not a regular file; not replaced, even with --force"),
+        ));
     }
     Ok(())
 }
@@ -117,6 +125,10 @@ mod tests {
         let e = check_new(&p, false).unwrap_err().to_string();
         assert!(e.contains("x.png") && e.contains("--force"), "{e}");
         check_new(&p, true).unwrap();
+        let e = check_new(dir.path(), true).unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+        let e = check_new(Path::new("/dev/null"), true).unwrap_err().to_string();
+        assert!(e.contains("/dev/null") && e.contains("not a regular file"), "{e}");
         assert!(same_file(&p, &dir.path().join("./x.png")));
         assert!(!same_file(&p, &dir.path().join("y.png")));
     }
