@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{self, transform, Dataset, Splits};
 use crate::error::{Error, Result};
+use crate::limits;
 use crate::models::ModelConfig;
 use crate::train::TrainConfig;
 
@@ -71,6 +72,7 @@ impl DataConfig {
             return Err(Error::Config("[data]: give either levels or binarize, not both".into()));
         }
         let splits = data::load_splits(&self.dataset, self.validation)?;
+        let spec = self.dataset.as_str();
         let prep = |ds: Dataset, stream: u64| -> Result<Dataset> {
             let ds = transform::to_pixel_major(ds);
             match (self.levels, self.binarize) {
@@ -84,12 +86,52 @@ impl DataConfig {
                 (None, None) => Ok(ds),
             }
         };
+        let prep = |ds, stream| prep(ds, stream).map_err(|e| e.about_data(spec));
         Ok(Splits {
             train: prep(splits.train, 0)?,
             val: prep(splits.val, 1)?,
             test: prep(splits.test, 2)?,
         })
     }
+}
+
+/// Whether data set `spec` fits `model`: D dimensions, values within its K, and for a class-conditional model a
+/// label in 0..num_classes for every example. Checked before a run directory is written, so a mismatch is an
+/// error naming the data, not a failure in the middle of the first epoch.
+pub fn check_fits(model: &ModelConfig, splits: &Splits, spec: &str) -> Result<()> {
+    for (part, ds) in [
+        ("train", &splits.train),
+        ("validation", &splits.val),
+        ("test", &splits.test),
+    ] {
+        if ds.dim != model.dim() || ds.num_values > model.num_values() {
+            return Err(Error::data(
+                spec,
+                format!(
+                    "the {part} set has {} dimensions with {} values, the model expects {} and {}",
+                    ds.dim,
+                    ds.num_values,
+                    model.dim(),
+                    model.num_values()
+                ),
+            ));
+        }
+        if let Some(n) = model.num_classes() {
+            let labels = ds.labels.as_ref().ok_or_else(|| {
+                Error::data(
+                    spec,
+                    format!("the {part} set has no labels, but the model is class-conditional ({n} classes)"),
+                )
+            })?;
+            if let Some(l) = labels.iter().find(|&&l| l as usize >= n) {
+                return Err(Error::data(
+                    spec,
+                    format!("the {part} set has label {l}, outside the model's classes 0..{}", n - 1),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn default_validation() -> usize {
@@ -120,9 +162,10 @@ impl RunConfig {
 
     /// Parses TOML text; `path` names the source in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Self> {
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text); // a byte-order mark some editors write
         let cfg: RunConfig =
             toml::from_str(text).map_err(|e| Error::Config(format!("{}: {}", path.display(), e.message())))?;
-        cfg.validate()?;
+        cfg.validate().map_err(|e| e.in_file(path))?;
         Ok(cfg)
     }
 
@@ -131,9 +174,26 @@ impl RunConfig {
         Self::parse(&text, path)
     }
 
+    /// Checks the model (see [`ModelConfig::validate`]), the recipe, that a validation set will be left, and
+    /// that a training batch's activations fit in [`limits::MAX_ACTIVATION_BYTES`] (estimated).
     pub fn validate(&self) -> Result<()> {
         self.model.validate()?;
-        self.train.validate()
+        self.train.validate()?;
+        if self.data.validation == 0 {
+            return Err(Error::Config(
+                "data.validation (--validation) = 0 would leave no validation set: early stopping and the best \
+                 checkpoint need at least 1 example"
+                    .into(),
+            ));
+        }
+        limits::check(
+            format!(
+                "activation memory of a training batch of {} (bytes, estimated; lower train.batch_size)",
+                self.train.batch_size
+            ),
+            self.model.activation_bytes(self.train.batch_size),
+            limits::MAX_ACTIVATION_BYTES,
+        )
     }
 
     pub fn to_toml(&self) -> String {
@@ -168,6 +228,22 @@ mod tests {
         assert!(RunConfig::named("nope").unwrap_err().to_string().contains("wavenet"));
     }
 
+    /// The parameter estimate `validate` checks before anything is allocated bounds the built model's count
+    /// from above, within a small factor, for every shipped config.
+    #[test]
+    fn the_parameter_estimate_bounds_the_built_model() {
+        for (name, _) in NAMED {
+            let cfg = RunConfig::named(name).unwrap();
+            let arm =
+                crate::models::Arm::new(&cfg.model, 0, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+            let (exact, est) = (arm.params().num_params() as u128, cfg.model.param_estimate());
+            assert!(
+                exact <= est && est <= 8 * exact,
+                "{name}: {exact} parameters, estimated {est}"
+            );
+        }
+    }
+
     #[test]
     fn a_type_b_first_layer_is_refused_with_the_reason() {
         let text = SEED_CONFIG.replace(
@@ -175,7 +251,13 @@ mod tests {
             "input = \"raw\"\nlayer_types = [\"B\", \"B\", \"B\", \"B\"]",
         );
         let e = RunConfig::parse(&text, Path::new("cfg.toml")).unwrap_err().to_string();
-        assert!(e.contains("first layer is type B") && e.contains("see x_d"), "{e}");
+        assert!(
+            e.contains("cfg.toml: ") && e.contains("first layer is type B") && e.contains("see x_d"),
+            "{e}"
+        );
+        let huge = SEED_CONFIG.replace("hidden = 256", "hidden = 99999");
+        let e = RunConfig::parse(&huge, Path::new("huge.toml")).unwrap_err().to_string();
+        assert_eq!(e, "huge.toml: model.hidden = 99999 exceeds the limit of 16384");
         let e = RunConfig::parse("[model]\nkind = \"nope\"", Path::new("cfg.toml"))
             .unwrap_err()
             .to_string();

@@ -49,9 +49,43 @@ pub enum Error {
     #[error("{path}: cannot write picture: {msg}")]
     Plot { path: PathBuf, msg: String },
 
-    /// Training produced a NaN or infinite loss.
-    #[error("loss became non-finite ({loss}) at epoch {epoch}, step {step}; the last good checkpoint is kept")]
-    NonFiniteLoss { loss: f32, epoch: usize, step: usize },
+    /// Training produced a NaN or infinite loss. `kept` says what the run directory holds and what to run next.
+    #[error("loss became non-finite ({loss}) at epoch {epoch}, step {step}; {kept}")]
+    NonFiniteLoss {
+        loss: f32,
+        epoch: usize,
+        step: usize,
+        kept: String,
+    },
+
+    /// A checkpoint holding NaN or infinite weights: it would evaluate to NaN and sample garbage.
+    #[error(
+        "{path}: tensor `{tensor}` holds a non-finite value ({value}) at index {index}; refusing a damaged checkpoint"
+    )]
+    NonFiniteWeight {
+        path: PathBuf,
+        tensor: String,
+        index: usize,
+        value: f64,
+    },
+
+    /// A size decided by a config, a flag or a file that exceeds what armory allows (checked before allocating).
+    #[error("{what} = {value} exceeds the limit of {limit}")]
+    TooLarge { what: String, value: u128, limit: u128 },
+
+    /// Another process holds the run directory's lock: one writer per run.
+    #[error(
+        "{path} is in use by another armory process ({holder}): one writer per run; wait for it to finish or stop it"
+    )]
+    RunLocked { path: PathBuf, holder: String },
+
+    /// A run name that is not a single path component.
+    #[error("run name {name:?} {why}: a run name is one path component (no `/` or `\\`, not empty, `.` or `..`)")]
+    RunName { name: String, why: &'static str },
+
+    /// An output file that exists and may not be replaced.
+    #[error("{path} already exists; not overwritten (pass --force to replace it)")]
+    OutputExists { path: PathBuf },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -61,6 +95,26 @@ impl Error {
         Error::Io {
             path: path.into(),
             err: source,
+        }
+    }
+    /// A problem found in a data set (too few examples to split, a validation set too large, …) is about
+    /// that data, not the config: it names the data set (`spec`) instead of saying "invalid config".
+    pub fn about_data(self, spec: &str) -> Self {
+        match self {
+            Error::Config(msg) => Error::data(spec, msg),
+            e => e,
+        }
+    }
+    /// A config check that failed, said of the file the config came from.
+    pub fn in_file(self, path: &std::path::Path) -> Self {
+        match self {
+            Error::Config(msg) => Error::Config(format!("{}: {msg}", path.display())),
+            Error::TooLarge { what, value, limit } => Error::TooLarge {
+                what: format!("{}: {what}", path.display()),
+                value,
+                limit,
+            },
+            e => e,
         }
     }
     pub fn data(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {

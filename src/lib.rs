@@ -11,13 +11,16 @@
 //! - [`sample`]: the samplers
 //! - [`train`]: the training loop, optimisers, early stopping, checkpoints, metrics
 //! - [`viz`]: pictures of data, samples and learning curves
+//! - [`output`]: files written through a temporary file and a rename; [`limits`]: bounds on input-decided sizes
 
 pub mod config;
 pub mod data;
 pub mod error;
 pub mod likelihood;
+pub mod limits;
 pub mod models;
 pub mod nn;
+pub mod output;
 pub mod params;
 pub mod sample;
 pub mod train;

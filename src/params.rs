@@ -146,6 +146,9 @@ impl ParamStore {
                 msg: format!("it holds tensor `{extra}`, which this model does not have (a different architecture?)"),
             });
         }
+        for name in vars.keys() {
+            check_finite(&tensors[name], name, path)?;
+        }
         for (name, var) in vars.iter() {
             var.set(&tensors[name].to_dtype(var.dtype())?.to_device(var.device())?)?;
         }
@@ -155,6 +158,21 @@ impl ParamStore {
     /// Reads a safetensors checkpoint and loads it (see [`ParamStore::assign`]).
     pub fn load(&self, path: &Path) -> Result<()> {
         self.assign(&load_tensors(path)?, path)
+    }
+}
+
+/// A weight that is NaN or infinite would make every evaluation NaN and every sample garbage: refused, naming
+/// the tensor and the first bad value.
+fn check_finite(t: &Tensor, name: &str, path: &Path) -> Result<()> {
+    let values = t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+    match values.iter().position(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(index) => Err(Error::NonFiniteWeight {
+            path: path.into(),
+            tensor: name.to_string(),
+            index,
+            value: values[index],
+        }),
     }
 }
 
@@ -259,6 +277,22 @@ mod tests {
             e.contains("layer.weight") && e.contains("[3, 2]") && e.contains("[2, 3]"),
             "{e}"
         );
+
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let mut t = store.tensors()?;
+            t.insert("layer.bias".into(), Tensor::new(&[0.5f32, bad], &dev)?);
+            let path = dir.path().join("nan.safetensors");
+            save_tensors(&t, &path)?;
+            let e = store.load(&path).unwrap_err().to_string();
+            assert!(
+                e.contains("nan.safetensors")
+                    && e.contains("layer.bias")
+                    && e.contains("non-finite")
+                    && e.contains("index 1"),
+                "{e}"
+            );
+        }
+        store.load(&dir.path().join("ok.safetensors"))?;
 
         let path = dir.path().join("corrupt.safetensors");
         std::fs::write(&path, b"not a checkpoint").unwrap();

@@ -36,6 +36,22 @@ pub fn image_grid_png(
     cols: usize,
     scale: u32,
 ) -> Result<()> {
+    let png = image_grid_png_bytes(path, images, h, w, channels, levels, cols, scale)?;
+    crate::output::write_atomic(path, &png)
+}
+
+/// The PNG file [`image_grid_png`] writes, as bytes; `path` (where it is going) names it in errors.
+#[allow(clippy::too_many_arguments)]
+pub fn image_grid_png_bytes(
+    path: &Path,
+    images: &[Vec<u32>],
+    h: usize,
+    w: usize,
+    channels: usize,
+    levels: u32,
+    cols: usize,
+    scale: u32,
+) -> Result<Vec<u8>> {
     let err = |m: String| plot_err(path, m);
     if images.is_empty() {
         return Err(err("no images to draw".into()));
@@ -61,7 +77,17 @@ pub fn image_grid_png(
     }
     let (s, cols) = (scale as usize, cols.min(images.len()));
     let rows = images.len().div_ceil(cols);
-    let (width, height) = (cols * w * s + (cols - 1) * s, rows * h * s + (rows - 1) * s);
+    let side = |n: usize, len: usize| {
+        n.saturating_mul(len)
+            .saturating_mul(s)
+            .saturating_add((n - 1).saturating_mul(s))
+    };
+    let (width, height) = (side(cols, w), side(rows, h));
+    crate::limits::check(
+        format!("{}: picture size in pixels ({width}×{height})", path.display()),
+        crate::limits::wide(width) * crate::limits::wide(height),
+        crate::limits::MAX_PICTURE_PIXELS,
+    )?;
     let mut out = image::RgbImage::from_pixel(width as u32, height as u32, image::Rgb([128, 128, 128]));
     let to_u8 = |v: u32| ((v as u64 * 255 + (levels as u64 - 1) / 2) / (levels as u64 - 1)) as u8;
     for (i, img) in images.iter().enumerate() {
@@ -82,8 +108,14 @@ pub fn image_grid_png(
             }
         }
     }
-    out.save_with_format(path, image::ImageFormat::Png)
-        .map_err(|e| plot_err(path, e))
+    png_bytes(&out).map_err(|e| plot_err(path, e))
+}
+
+/// An RGB picture encoded as PNG.
+fn png_bytes(img: &image::RgbImage) -> image::ImageResult<Vec<u8>> {
+    let mut buf = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut buf, image::ImageFormat::Png)?;
+    Ok(buf.into_inner())
 }
 
 /// One line series of a learning curve: (x, y) points, drawn in order.
@@ -205,8 +237,8 @@ pub fn line_plot_png(
     })();
     drawn.map_err(|e| plot_err(path, e))?;
     let img = image::RgbImage::from_raw(PLOT_W, PLOT_H, buf).ok_or_else(|| plot_err(path, "bad pixel buffer"))?;
-    img.save_with_format(path, image::ImageFormat::Png)
-        .map_err(|e| plot_err(path, e))
+    let png = png_bytes(&img).map_err(|e| plot_err(path, e))?;
+    crate::output::write_atomic(path, &png)
 }
 
 #[cfg(test)]

@@ -255,9 +255,58 @@ fn non_finite_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint()
     let wild = TrainConfig { lr: 1e30, ..recipe(3) };
     let err = train::train(&arm, &splits, &wild, &run, true, &quiet()).unwrap_err();
     assert!(matches!(err, armory::Error::NonFiniteLoss { epoch: 2, .. }), "{err}");
-    assert!(err.to_string().contains("last good checkpoint is kept"), "{err}");
+    assert!(
+        err.to_string().contains("last good checkpoint (epoch 1) is kept"),
+        "{err}"
+    );
     assert_eq!(std::fs::read(run.file("last.safetensors")).unwrap(), good);
     assert_eq!(std::fs::read(run.file("resume.safetensors")).unwrap(), good_resume);
+}
+
+/// A loss that diverges in the first epoch leaves no checkpoint, and the message does not promise one.
+#[test]
+fn non_finite_loss_in_the_first_epoch_promises_no_checkpoint() {
+    let splits = small_splits();
+    let arm = Arm::new(&small_model(), 0, DType::F32, &Device::Cpu).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let run = RunDir::create(dir.path()).unwrap();
+    let wild = TrainConfig { lr: 1e30, ..recipe(3) };
+    let err = train::train(&arm, &splits, &wild, &run, false, &quiet()).unwrap_err();
+    assert!(matches!(err, armory::Error::NonFiniteLoss { epoch: 1, .. }), "{err}");
+    let e = err.to_string();
+    assert!(
+        e.contains("no checkpoint was written") && e.contains("--force") && !e.contains("last good checkpoint"),
+        "{e}"
+    );
+    assert!(!run.file("last.safetensors").exists() && !run.file("resume.safetensors").exists());
+}
+
+/// A resume whose metrics.csv is gone (or cut short) is refused, saying why, instead of silently dropping
+/// the history of the epochs before.
+#[test]
+fn resume_without_the_metrics_history_is_refused() {
+    let splits = small_splits();
+    let arm = Arm::new(&small_model(), 0, DType::F32, &Device::Cpu).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let run = RunDir::create(dir.path()).unwrap();
+    train::train(&arm, &splits, &recipe(2), &run, false, &quiet()).unwrap();
+    let csv = std::fs::read_to_string(run.file("metrics.csv")).unwrap();
+    std::fs::remove_file(run.file("metrics.csv")).unwrap();
+    let e = train::train(&arm, &splits, &recipe(3), &run, true, &quiet())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("metrics.csv") && e.contains("missing") && e.contains("2 epoch"),
+        "{e}"
+    );
+    let first_row_only: String = csv.lines().take(2).map(|l| format!("{l}\n")).collect();
+    std::fs::write(run.file("metrics.csv"), first_row_only).unwrap();
+    let e = train::train(&arm, &splits, &recipe(3), &run, true, &quiet())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("metrics.csv") && e.contains("incomplete"), "{e}");
+    std::fs::write(run.file("metrics.csv"), csv).unwrap();
+    train::train(&arm, &splits, &recipe(3), &run, true, &quiet()).unwrap();
 }
 
 #[test]

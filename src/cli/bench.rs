@@ -59,6 +59,8 @@ pub enum Worker {
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
+    armory::limits::check("--reps", a.reps as u128, 10_000u128)?;
+    armory::limits::check("--rounds", a.rounds as u128, 100u128)?;
     if let Some(Worker::Seed) = a.worker {
         return seed_worker(a.reps);
     }

@@ -23,13 +23,23 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
+    anyhow::ensure!(a.batch_size > 0, "--batch-size must be at least 1");
     let (cfg, arm) = a.model.load()?;
+    armory::limits::check(
+        format!(
+            "activation memory of an evaluation batch of {} (bytes, estimated; lower --batch-size)",
+            a.batch_size
+        ),
+        cfg.model.activation_bytes(a.batch_size),
+        armory::limits::MAX_ACTIVATION_BYTES,
+    )?;
     let mut data = cfg.data;
     if let Some(spec) = a.data {
         data.dataset = spec;
     }
     let spec = data.dataset.clone();
     let splits = data.load().with_context(|| format!("loading {spec}"))?;
+    armory::config::check_fits(&cfg.model, &splits, &spec)?;
     let part = splits.get(a.split);
     let ev = evaluate(&arm, part, a.batch_size)?;
     if a.json {

@@ -33,11 +33,14 @@ enum Command {
     Sample(sample::Args),
     /// Parameters, receptive field and the full config of a model.
     Info(info::Args),
-    /// Speed of the seed ARM: train step, forward at batch 1 and 64, naive sampling; ratios to PyTorch.
+    /// Speed side by side with PyTorch, both measured in this run: the seed net, training epochs, memory.
     Bench(bench::Args),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(n) = cli.threads {
+        armory::limits::check("--threads", n as u128, 1024u128)?;
+    }
     armory::with_threads(cli.threads.unwrap_or(0), || match cli.command {
         Command::Train(a) => train::run(*a),
         Command::Eval(a) => eval::run(a),

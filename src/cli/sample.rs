@@ -2,7 +2,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use armory::sample::{sample, Method, Noise};
-use armory::viz::image_grid_png;
+use armory::viz::image_grid_png_bytes;
 
 use super::model_source::ModelSource;
 
@@ -24,6 +24,9 @@ pub struct Args {
     /// The raw values, one sample per line (comma-separated, raster order).
     #[arg(long)]
     raw: Option<PathBuf>,
+    /// Replace --out and --raw if they exist (without it, existing files are never overwritten).
+    #[arg(long)]
+    force: bool,
     /// The class to draw, for class-conditional models (default: the classes in turn).
     #[arg(long)]
     label: Option<u32>,
@@ -36,8 +39,20 @@ pub struct Args {
 pub fn run(a: Args) -> anyhow::Result<()> {
     anyhow::ensure!(a.n > 0, "--n must be at least 1");
     anyhow::ensure!(a.temperature > 0.0, "--temperature must be positive");
+    // The outputs are checked before any work: never over an existing file unless --force, never one
+    // output over the other.
+    armory::output::check_new(&a.out, a.force)?;
+    if let Some(raw) = &a.raw {
+        anyhow::ensure!(
+            !armory::output::same_file(&a.out, raw),
+            "--out and --raw name the same file ({}): one would replace the other",
+            raw.display()
+        );
+        armory::output::check_new(raw, a.force)?;
+    }
     let (_, arm) = a.model.load()?;
     let d = arm.dim();
+    armory::sample::check_size(&arm, a.n)?;
     let labels: Option<Vec<u32>> = match (arm.num_classes(), a.label) {
         (Some(n), Some(l)) => {
             anyhow::ensure!(
@@ -72,7 +87,20 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         .config()
         .image_shape()
         .unwrap_or(if side * side == d { (1, side, side) } else { (1, 1, d) });
-    image_grid_png(&a.out, &samples, h, w, c, arm.num_values() as u32, 8.min(a.n), 4)?;
+    let png = image_grid_png_bytes(&a.out, &samples, h, w, c, arm.num_values() as u32, 8.min(a.n), 4)?;
+    let raw = a.raw.as_ref().map(|raw| {
+        let text: String = samples
+            .iter()
+            .map(|s| s.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(",") + "\n")
+            .collect();
+        (raw, text)
+    });
+    // Both files or neither: each goes through a temporary file, renamed into place once both are written.
+    let mut files: Vec<(&std::path::Path, &[u8])> = vec![(&a.out, &png)];
+    if let Some((path, text)) = &raw {
+        files.push((path, text.as_bytes()));
+    }
+    armory::output::write_all_atomic(&files).context("writing the samples")?;
     let calls = match method {
         Method::Cached => "one column per position".to_string(),
         _ => format!("{calls} ARM calls for D = {d}"),
@@ -83,13 +111,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         secs,
         a.out.display()
     );
-    if let Some(raw) = &a.raw {
-        let text: String = samples
-            .iter()
-            .map(|s| s.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(",") + "\n")
-            .collect();
-        std::fs::write(raw, text).with_context(|| format!("writing {}", raw.display()))?;
-        println!("raw values → {}", raw.display());
+    if let Some((path, _)) = &raw {
+        println!("raw values → {}", path.display());
     }
     Ok(())
 }

@@ -206,8 +206,48 @@ enum RunTarget {
     New(std::path::PathBuf),
 }
 
+/// Refuses to start a new run where a run is, unless `--force`, saying what to run instead.
+fn refuse_existing(dir: &std::path::Path, force: bool) -> anyhow::Result<()> {
+    if force || !dir.join("config.toml").exists() {
+        return Ok(());
+    }
+    if dir.join("resume.safetensors").is_file() {
+        bail!(
+            "{} already holds a run: continue it with --resume {}, or choose --name, or overwrite with --force",
+            dir.display(),
+            dir.display()
+        );
+    }
+    bail!(
+        "{} already holds a run that stopped before its first checkpoint: start it again from scratch with \
+         --resume {} (same config), or choose --name, or overwrite with --force",
+        dir.display(),
+        dir.display()
+    );
+}
+
+/// A run directory without `resume.safetensors` can only start from scratch, and may, as long as that loses
+/// no history: at most its first epoch was recorded (it died before or while writing its first checkpoint).
+fn restart_from_scratch(run: &RunDir) -> anyhow::Result<()> {
+    let rows = train::metrics::read_csv(&run.file("metrics.csv"))?;
+    if rows.len() > 1 {
+        bail!(
+            "{} has no resume.safetensors but metrics.csv records {} epochs: it cannot continue exactly; \
+             start it again with --force",
+            run.path.display(),
+            rows.len()
+        );
+    }
+    eprintln!(
+        "{} has no checkpoint yet (the run stopped in its first epoch): starting it from scratch",
+        run.path.display()
+    );
+    Ok(())
+}
+
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let (cfg, run, resume) = match &a.resume {
+    // The run's lock is taken as soon as its directory exists and held until the process ends: one writer.
+    let (cfg, run, lock, resume) = match &a.resume {
         Some(dir) => {
             let given = overrides_given(&a);
             if !given.is_empty() {
@@ -217,11 +257,14 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 );
             }
             let run = RunDir::open(dir)?;
+            let lock = run.lock()?;
             let cfg = run.read_config()?;
-            if !run.file("resume.safetensors").is_file() {
-                bail!("{} has no resume.safetensors to continue from", dir.display());
+            run.remove_temp_files()?;
+            let resume = run.file("resume.safetensors").is_file();
+            if !resume {
+                restart_from_scratch(&run)?;
             }
-            (cfg, RunTarget::Existing(run), true)
+            (cfg, RunTarget::Existing(run), Some(lock), resume)
         }
         None => {
             let mut cfg = match (&a.config, &a.model) {
@@ -236,35 +279,38 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                     .and_then(|p| p.file_stem())
                     .map_or("seed-arm".into(), |s| s.to_string_lossy().into())
             });
+            train::check_run_name(&name)?;
             let dir = a.runs_dir.join(name);
-            if dir.join("config.toml").exists() && !a.force {
-                bail!(
-                    "{} already holds a run: continue it with --resume {}, or choose --name, or overwrite with --force",
-                    dir.display(),
-                    dir.display()
-                );
-            }
-            (cfg, RunTarget::New(dir), false)
+            let lock = match dir.is_dir() {
+                true => Some(RunDir { path: dir.clone() }.lock()?),
+                false => None,
+            };
+            refuse_existing(&dir, a.force)?;
+            (cfg, RunTarget::New(dir), lock, false)
         }
     };
 
     // The data is loaded and checked before a new run directory is made or an old one overwritten.
     let splits = cfg.data.load()?;
-    let all = &splits.train;
-    anyhow::ensure!(
-        all.dim == cfg.model.dim() && all.num_values <= cfg.model.num_values(),
-        "the data has {} dimensions with {} values, the model expects {} and {}",
-        all.dim,
-        all.num_values,
-        cfg.model.dim(),
-        cfg.model.num_values()
-    );
-    let run = match run {
-        RunTarget::Existing(run) => run,
+    armory::config::check_fits(&cfg.model, &splits, &cfg.data.dataset)?;
+    let (run, _lock) = match run {
+        RunTarget::Existing(run) => {
+            if !resume {
+                run.clear()?;
+                run.write_config(&cfg)?;
+            }
+            (run, lock)
+        }
         RunTarget::New(dir) => {
-            let run = RunDir::create_fresh(&dir)?;
+            let run = RunDir::create(&dir)?;
+            let lock = match lock {
+                Some(l) => l,
+                None => run.lock()?,
+            };
+            refuse_existing(&dir, a.force)?; // again under the lock: another run may have begun meanwhile
+            run.clear()?;
             run.write_config(&cfg)?;
-            run
+            (run, Some(lock))
         }
     };
     let arm = Arm::new(&cfg.model, cfg.train.seed, DType::F32, &Device::Cpu)?;
@@ -312,7 +358,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let test = evaluate(&arm, &splits.test, 256)?;
+    let test = evaluate(&arm, &splits.test, train::eval_batch(&cfg.model))?;
     let rows = train::metrics::read_csv(&run.file("metrics.csv"))?;
     train::pictures::draw(&run, &arm, &splits.test, &rows, cfg.train.seed)?;
     let summary_json = serde_json::json!({

@@ -7,6 +7,7 @@ use std::path::Path;
 
 use super::Dataset;
 use crate::error::{Error, Result};
+use crate::limits;
 
 /// The gzipped CSV itself (the benchmark hands it to the PyTorch peer).
 pub const EMBEDDED: &[u8] = include_bytes!("../../data/digits.csv.gz");
@@ -20,6 +21,12 @@ pub fn embedded() -> Result<Dataset> {
 
 /// A file in the same format, gzipped or plain.
 pub fn from_file(path: &Path) -> Result<Dataset> {
+    let size = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
+    limits::check(
+        format!("{}: file size in bytes", path.display()),
+        size,
+        limits::MAX_TEXT_BYTES,
+    )?;
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     parse(&bytes, path)
 }
@@ -27,14 +34,23 @@ pub fn from_file(path: &Path) -> Result<Dataset> {
 /// Parses rows of 64 values in 0..16 and a label in 0..9; `path` names the source in errors.
 pub fn parse(bytes: &[u8], path: &Path) -> Result<Dataset> {
     let text = if bytes.starts_with(&[0x1f, 0x8b]) {
-        let mut s = String::new();
+        // Inflated up to a limit: a small file that inflates to gigabytes is refused, not inflated.
+        let mut raw = Vec::new();
         flate2::read::MultiGzDecoder::new(bytes)
-            .read_to_string(&mut s)
+            .take(limits::MAX_TEXT_BYTES as u64 + 1)
+            .read_to_end(&mut raw)
             .map_err(|e| Error::data(path, format!("corrupt or truncated gzip data: {e}")))?;
-        s
+        limits::check(
+            format!("{}: bytes of text (inflated)", path.display()),
+            limits::wide(raw.len()),
+            limits::MAX_TEXT_BYTES,
+        )?;
+        String::from_utf8(raw).map_err(|_| Error::data(path, "not a text (CSV) file"))?
     } else {
         String::from_utf8(bytes.to_vec()).map_err(|_| Error::data(path, "not a text (CSV) file"))?
     };
+    // A byte-order mark (some spreadsheet programs write one) is not part of the first value.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let d = SIDE * SIDE;
     let (mut values, mut labels) = (Vec::new(), Vec::new());
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
@@ -99,6 +115,16 @@ mod tests {
         Ok(())
     }
 
+    /// A CSV saved with a UTF-8 byte-order mark (as spreadsheet programs do) reads like one without.
+    #[test]
+    fn a_byte_order_mark_is_accepted() -> Result<()> {
+        let row = format!("{}16,3\n", "0,".repeat(63));
+        let plain = parse(row.as_bytes(), Path::new("x.csv"))?;
+        let marked = parse(format!("\u{feff}{row}").as_bytes(), Path::new("x.csv"))?;
+        assert_eq!((marked.values, marked.labels), (plain.values, plain.labels));
+        Ok(())
+    }
+
     #[test]
     fn bad_files_give_clear_errors() {
         let p = Path::new("bad.csv");
@@ -114,6 +140,8 @@ mod tests {
         assert!(e.contains("`x` is not an integer"), "{e}");
         let e = parse(&EMBEDDED[..EMBEDDED.len() / 2], p).unwrap_err().to_string();
         assert!(e.contains("truncated"), "{e}");
+        let e = parse(b"\xef\xbb\xbf", p).unwrap_err().to_string();
+        assert!(e.contains("no data rows"), "{e}");
         let e = parse(b"", p).unwrap_err().to_string();
         assert!(e.contains("no data rows"), "{e}");
         let e = from_file(Path::new("/no/such/digits.csv")).unwrap_err().to_string();

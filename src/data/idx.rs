@@ -5,33 +5,86 @@
 //! dimensions, then one u32 per dimension — followed by the data. Images are `0x00000803` `[N, H, W]`, labels
 //! `0x00000801` `[N]`. Pictures become one channel, `image_shape = (1, H, W)`, values 0..255 in raster order.
 
-use std::io::Read;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use super::Dataset;
 use crate::error::{Error, Result};
+use crate::limits;
 
 /// The magic number of an IDX file of unsigned bytes with three dimensions (images).
 pub const IMAGES_MAGIC: u32 = 0x0000_0803;
 /// The magic number of an IDX file of unsigned bytes with one dimension (labels).
 pub const LABELS_MAGIC: u32 = 0x0000_0801;
 
-/// Reads a whole file, inflating it when it starts with the gzip magic bytes `1f 8b` (whatever its name).
-pub fn read_maybe_gzipped(path: &Path) -> Result<Vec<u8>> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    if !bytes.starts_with(&[0x1f, 0x8b]) {
-        return Ok(bytes);
-    }
+/// Opens a file for reading its contents: through a gzip decoder when it starts with the gzip magic bytes
+/// `1f 8b` (whatever its name).
+fn open_contents(path: &Path) -> Result<Box<dyn Read>> {
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut magic = Vec::with_capacity(2);
+    (&mut f)
+        .take(2)
+        .read_to_end(&mut magic)
+        .map_err(|e| Error::io(path, e))?;
+    f.seek(SeekFrom::Start(0)).map_err(|e| Error::io(path, e))?;
+    Ok(if magic == [0x1f, 0x8b] {
+        Box::new(flate2::read::MultiGzDecoder::new(std::io::BufReader::new(f)))
+    } else {
+        Box::new(f)
+    })
+}
+
+/// Reads at most `max` bytes of a file's contents (inflated if gzipped).
+fn read_at_most(path: &Path, max: u64) -> Result<Vec<u8>> {
     let mut out = Vec::new();
-    flate2::read::MultiGzDecoder::new(&bytes[..])
+    open_contents(path)?
+        .take(max)
         .read_to_end(&mut out)
         .map_err(|e| Error::data(path, format!("corrupt or truncated gzip data: {e}")))?;
     Ok(out)
 }
 
-/// Parses an IDX file of unsigned bytes with the given magic number; returns its dimensions and its data.
-/// `path` names the source in errors.
-pub fn parse<'a>(bytes: &'a [u8], magic: u32, path: &Path) -> Result<(Vec<usize>, &'a [u8])> {
+/// The first `n` bytes of a file's contents (inflated if gzipped), or all of them if there are fewer: enough
+/// to read a header without inflating the rest.
+pub fn read_prefix(path: &Path, n: usize) -> Result<Vec<u8>> {
+    read_at_most(path, n as u64)
+}
+
+/// A file's contents, which its header promised to be `expected` bytes (`claim` says who promised): checked
+/// against [`limits::MAX_DATA_BYTES`] first, and inflating stops one byte past the promise, so a small `.gz`
+/// that would inflate to gigabytes is refused after reading what the header announced.
+pub fn read_promised(path: &Path, expected: usize, claim: &str) -> Result<Vec<u8>> {
+    limits::check(
+        format!("{}: bytes {claim}", path.display()),
+        limits::wide(expected),
+        limits::MAX_DATA_BYTES,
+    )?;
+    let bytes = read_at_most(path, expected as u64 + 1)?;
+    if bytes.len() > expected {
+        return Err(Error::data(
+            path,
+            format!("{claim} {expected} bytes, the file holds more (trailing bytes)"),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// Reads a whole file, inflating it when it starts with the gzip magic bytes `1f 8b` (whatever its name), up
+/// to [`limits::MAX_DATA_BYTES`].
+pub fn read_maybe_gzipped(path: &Path) -> Result<Vec<u8>> {
+    let max = limits::MAX_DATA_BYTES as u64;
+    let bytes = read_at_most(path, max + 1)?;
+    limits::check(
+        format!("{}: bytes (inflated)", path.display()),
+        limits::wide(bytes.len()),
+        limits::MAX_DATA_BYTES,
+    )?;
+    Ok(bytes)
+}
+
+/// The dimensions an IDX header with the given magic number announces, the header's length and the data's
+/// length; `bytes` needs to hold only the header. `path` names the source in errors.
+fn header(bytes: &[u8], magic: u32, path: &Path) -> Result<(Vec<usize>, usize, usize)> {
     let what = if magic == IMAGES_MAGIC { "images" } else { "labels" };
     if bytes.len() < 4 {
         return Err(Error::data(
@@ -68,19 +121,43 @@ pub fn parse<'a>(bytes: &'a [u8], magic: u32, path: &Path) -> Result<(Vec<usize>
         .iter()
         .try_fold(1usize, |a, &d| a.checked_mul(d))
         .ok_or_else(|| Error::data(path, format!("dimensions {dims:?} are out of range (too large)")))?;
-    let data = &bytes[header..];
-    super::check_payload(path, data.len(), expected, &format!("the header {dims:?} promises"))?;
+    limits::check(
+        format!("{}: data bytes the header {dims:?} promises", path.display()),
+        limits::wide(expected),
+        limits::MAX_DATA_BYTES,
+    )?;
     if dims[0] == 0 {
         return Err(Error::data(path, format!("no {what} (the header says 0)")));
     }
+    Ok((dims, header, expected))
+}
+
+/// Parses an IDX file of unsigned bytes with the given magic number; returns its dimensions and its data.
+/// `path` names the source in errors.
+pub fn parse<'a>(bytes: &'a [u8], magic: u32, path: &Path) -> Result<(Vec<usize>, &'a [u8])> {
+    let (dims, header, expected) = header(bytes, magic, path)?;
+    let data = &bytes[header..];
+    super::check_payload(path, data.len(), expected, &format!("the header {dims:?} promises"))?;
     Ok((dims, data))
+}
+
+/// An IDX file (plain or gzipped), its header read first: the rest is read only up to the size it promises.
+fn read_idx(path: &Path, magic: u32) -> Result<Vec<u8>> {
+    let head = read_prefix(path, 4 + 4 * (magic & 0xff) as usize)?;
+    let (dims, header, expected) = header(&head, magic, path)?;
+    read_promised(path, header + expected, &format!("the header {dims:?} promises"))
 }
 
 /// An IDX images file (`…-images-idx3-ubyte`, gzipped or plain) as a dataset without labels.
 pub fn images(path: &Path) -> Result<Dataset> {
-    let bytes = read_maybe_gzipped(path)?;
+    let bytes = read_idx(path, IMAGES_MAGIC)?;
     let (dims, data) = parse(&bytes, IMAGES_MAGIC, path)?;
     let (h, w) = (dims[1], dims[2]);
+    limits::check(
+        format!("{}: pixels per picture", path.display()),
+        limits::wide(h * w),
+        limits::wide(limits::MAX_DIM),
+    )?;
     Ok(Dataset {
         values: data.iter().map(|&b| b as u32).collect(),
         labels: None,
@@ -92,7 +169,7 @@ pub fn images(path: &Path) -> Result<Dataset> {
 
 /// An IDX labels file (`…-labels-idx1-ubyte`, gzipped or plain).
 pub fn labels(path: &Path) -> Result<Vec<u32>> {
-    let bytes = read_maybe_gzipped(path)?;
+    let bytes = read_idx(path, LABELS_MAGIC)?;
     let (_, data) = parse(&bytes, LABELS_MAGIC, path)?;
     Ok(data.iter().map(|&b| b as u32).collect())
 }
@@ -272,7 +349,7 @@ pub(crate) mod tests {
         // out-of-range dimensions
         let huge = idx_bytes(IMAGES_MAGIC, &[u32::MAX, u32::MAX, u32::MAX], &px);
         let e = parse(&huge, IMAGES_MAGIC, p).unwrap_err().to_string();
-        assert!(e.contains("out of range") || e.contains("truncated"), "{e}");
+        assert!(e.contains("out of range") || e.contains("exceeds the limit"), "{e}");
         let e = parse(&idx_bytes(IMAGES_MAGIC, &[3, 0, 2], &[]), IMAGES_MAGIC, p)
             .unwrap_err()
             .to_string();
@@ -281,6 +358,36 @@ pub(crate) mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("no images"), "{e}");
+    }
+
+    /// A small `.gz` whose header promises 4 pixels but which inflates to 64 MB is refused after reading the
+    /// promised bytes (and one more), not inflated in full; one whose header promises more than the limit is
+    /// refused before its data is inflated at all.
+    #[test]
+    fn gzipped_files_are_inflated_only_as_far_as_the_header_promises() {
+        let tmp = tempfile::tempdir().unwrap();
+        let bomb = tmp.path().join("bomb-idx3-ubyte.gz");
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        enc.write_all(&idx_bytes(IMAGES_MAGIC, &[1, 2, 2], &[0; 4])).unwrap();
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..64 {
+            enc.write_all(&zeros).unwrap();
+        }
+        let gz = enc.finish().unwrap();
+        assert!(gz.len() < 1 << 17, "{}", gz.len());
+        std::fs::write(&bomb, &gz).unwrap();
+        let e = images(&bomb).unwrap_err().to_string();
+        assert!(
+            e.contains("bomb-idx3-ubyte.gz") && e.contains("promises 20 bytes, the file holds more"),
+            "{e}"
+        );
+        let huge = tmp.path().join("huge-idx3-ubyte.gz");
+        std::fs::write(&huge, gzip(&idx_bytes(IMAGES_MAGIC, &[100_000, 1000, 1000], &[0; 64]))).unwrap();
+        let e = images(&huge).unwrap_err().to_string();
+        assert!(
+            e.contains("huge-idx3-ubyte.gz") && e.contains("100000000000 exceeds the limit of 2147483648"),
+            "{e}"
+        );
     }
 
     #[test]

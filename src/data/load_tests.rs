@@ -34,6 +34,11 @@ fn mnist_specs_keep_their_own_test_set() -> Result<()> {
     assert_eq!(b.test.values, want);
     let e = load_splits(&spec("mnist", tmp.path()), 4).unwrap_err().to_string();
     assert!(e.contains("4 validation examples off a training set of 4"), "{e}");
+    // A problem with the data names the data set, not "invalid config".
+    assert!(
+        e.starts_with(&spec("mnist", tmp.path())) && !e.contains("invalid config"),
+        "{e}"
+    );
     Ok(())
 }
 

@@ -136,16 +136,31 @@ enum Source {
     TrainTest(Dataset, Dataset),
 }
 
+/// The data sources a spec may name, as `--help` and errors list them.
+pub const SOURCES: &str = "digits, mnist:DIR, fashion-mnist:DIR, binarized-mnist:DIR, cifar10:DIR, png:DIR, \
+                           npy:FILE, or a CSV file in the digits format";
+
+const PREFIXES: &[&str] = &["mnist", "fashion-mnist", "binarized-mnist", "cifar10", "png", "npy"];
+
+/// A `word:` before the path that is no known prefix, where no file has the whole spec as its name:
+/// a misspelt source (`mnst:DIR`), not a CSV path. One-letter words are left alone (`C:\data.csv`).
+fn unknown_prefix(spec: &str) -> Option<&str> {
+    let (kind, _) = spec.split_once(':')?;
+    let word = kind.len() >= 2 && kind.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    (word && !PREFIXES.contains(&kind) && !Path::new(spec).exists()).then_some(kind)
+}
+
 fn open(spec: &str) -> Result<Source> {
     if spec == "digits" {
         return Ok(Source::One(digits::embedded()?));
     }
-    let Some((kind, arg)) = spec.split_once(':').filter(|(k, _)| {
-        matches!(
-            *k,
-            "mnist" | "fashion-mnist" | "binarized-mnist" | "cifar10" | "png" | "npy"
-        )
-    }) else {
+    if let Some(kind) = unknown_prefix(spec) {
+        return Err(Error::data(
+            spec,
+            format!("unknown data source '{kind}', expected one of {SOURCES}"),
+        ));
+    }
+    let Some((kind, arg)) = spec.split_once(':').filter(|(k, _)| PREFIXES.contains(k)) else {
         return Ok(Source::One(digits::from_file(Path::new(spec))?));
     };
     if arg.is_empty() {
@@ -193,17 +208,19 @@ pub fn load(spec: &str) -> Result<Dataset> {
         Source::One(ds) => Ok(ds),
         Source::TrainTest(train, test) => transform::concat(&train, &test),
     }
+    .map_err(|e| e.about_data(spec))
 }
 
 /// Loads a dataset by spec (see [`load`]) as train, validation and test sets. Sets with their own test files
 /// keep them as the test set, and the last `n_val` training examples become the validation set; other sets are
 /// split by [`Splits::by_position`], and `n_val` is not used.
 pub fn load_splits(spec: &str, n_val: usize) -> Result<Splits> {
-    match open(spec)? {
+    let split = |source| match source {
         Source::One(ds) => Splits::by_position(&ds),
         Source::TrainTest(train, test) => {
             let (train, val) = transform::split_off_validation(&train, n_val)?;
             Ok(Splits { train, val, test })
         }
-    }
+    };
+    split(open(spec)?).map_err(|e| e.about_data(spec))
 }

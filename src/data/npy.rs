@@ -8,9 +8,10 @@
 
 use std::path::Path;
 
-use super::idx::read_maybe_gzipped;
+use super::idx::{read_prefix, read_promised};
 use super::Dataset;
 use crate::error::{Error, Result};
+use crate::limits;
 
 const MAGIC: &[u8] = b"\x93NUMPY";
 
@@ -47,6 +48,7 @@ impl std::fmt::Display for Lit {
 struct Parser<'a> {
     s: &'a [u8],
     i: usize,
+    depth: usize, // tuples and dicts open at `i`: bounded, so a hostile header cannot overflow the stack
 }
 
 impl Parser<'_> {
@@ -106,19 +108,30 @@ impl Parser<'_> {
                     String::from_utf8_lossy(&self.s[start..start + len]).into_owned(),
                 ))
             }
-            Some(b'(') => {
+            Some(open @ (b'(' | b'{')) => {
+                if self.depth >= limits::MAX_NPY_DEPTH {
+                    return Err(format!(
+                        "literals nested deeper than {} levels at byte {} (NumPy writes 2)",
+                        limits::MAX_NPY_DEPTH,
+                        self.i
+                    ));
+                }
                 self.i += 1;
-                Ok(Lit::Tuple(self.items(b')', |p| p.value())?))
-            }
-            Some(b'{') => {
-                self.i += 1;
-                Ok(Lit::Dict(self.items(b'}', |p| {
-                    let Lit::Str(k) = p.value()? else {
-                        return Err("a dict key that is not a string".to_string());
-                    };
-                    p.expect(b':')?;
-                    Ok((k, p.value()?))
-                })?))
+                self.depth += 1;
+                let lit = if open == b'(' {
+                    self.items(b')', |p| p.value()).map(Lit::Tuple)
+                } else {
+                    self.items(b'}', |p| {
+                        let Lit::Str(k) = p.value()? else {
+                            return Err("a dict key that is not a string".to_string());
+                        };
+                        p.expect(b':')?;
+                        Ok((k, p.value()?))
+                    })
+                    .map(Lit::Dict)
+                };
+                self.depth -= 1;
+                lit
             }
             Some(c) if c.is_ascii_alphanumeric() => {
                 let start = self.i;
@@ -142,8 +155,8 @@ impl Parser<'_> {
     }
 }
 
-/// The header dict's entries and where the data begins.
-fn header(bytes: &[u8], path: &Path) -> Result<(Vec<(String, Lit)>, usize)> {
+/// Where the header dict begins and ends, from the preamble (the first 12 bytes are enough).
+fn preamble(bytes: &[u8], path: &Path) -> Result<(usize, usize)> {
     if !bytes.starts_with(MAGIC) {
         return Err(Error::data(
             path,
@@ -168,7 +181,18 @@ fn header(bytes: &[u8], path: &Path) -> Result<(Vec<(String, Lit)>, usize)> {
             ))
         }
     };
-    let end = start.saturating_add(len);
+    limits::check(
+        format!("{}: .npy header length", path.display()),
+        limits::wide(len),
+        limits::wide(limits::MAX_NPY_HEADER),
+    )?;
+    Ok((start, start + len))
+}
+
+/// The header dict's entries and where the data begins.
+fn header(bytes: &[u8], path: &Path) -> Result<(Vec<(String, Lit)>, usize)> {
+    let (start, end) = preamble(bytes, path)?;
+    let len = end - start;
     if bytes.len() < end {
         return Err(Error::data(
             path,
@@ -181,6 +205,7 @@ fn header(bytes: &[u8], path: &Path) -> Result<(Vec<(String, Lit)>, usize)> {
     let mut p = Parser {
         s: &bytes[start..end],
         i: 0,
+        depth: 0,
     };
     let dict = match p.value() {
         Ok(Lit::Dict(d)) => d,
@@ -190,8 +215,18 @@ fn header(bytes: &[u8], path: &Path) -> Result<(Vec<(String, Lit)>, usize)> {
     Ok((dict, end))
 }
 
-/// Parses an `.npy` file of pictures; `path` names the source in errors.
-pub fn parse(bytes: &[u8], path: &Path) -> Result<Dataset> {
+/// What the header says: pictures of (C, H, W), D = C·H·W values each, N·D bytes of data in all.
+struct Layout {
+    shape: Vec<usize>,
+    c: usize,
+    h: usize,
+    w: usize,
+    dim: usize,
+    total: usize,
+}
+
+/// The header's layout and where the data begins; `bytes` needs to hold only the preamble and the header.
+fn layout(bytes: &[u8], path: &Path) -> Result<(Layout, usize)> {
     let (dict, data_start) = header(bytes, path)?;
     let get = |key: &str| {
         dict.iter()
@@ -251,6 +286,42 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<Dataset> {
     let total = n
         .checked_mul(dim)
         .ok_or_else(|| Error::data(path, format!("shape {shape:?} is out of range (too large)")))?;
+    limits::check(
+        format!("{}: values per picture of shape {shape:?}", path.display()),
+        limits::wide(dim),
+        limits::wide(limits::MAX_DIM),
+    )?;
+    limits::check(
+        format!("{}: data bytes shape {shape:?} needs", path.display()),
+        limits::wide(total),
+        limits::MAX_DATA_BYTES,
+    )?;
+    Ok((
+        Layout {
+            shape,
+            c,
+            h,
+            w,
+            dim,
+            total,
+        },
+        data_start,
+    ))
+}
+
+/// Parses an `.npy` file of pictures; `path` names the source in errors.
+pub fn parse(bytes: &[u8], path: &Path) -> Result<Dataset> {
+    let (
+        Layout {
+            shape,
+            c,
+            h,
+            w,
+            dim,
+            total,
+        },
+        data_start,
+    ) = layout(bytes, path)?;
     let data = &bytes[data_start..];
     super::check_payload(path, data.len(), total, &format!("shape {shape:?} needs"))?;
     // [N, H, W, C] → [N, C, H, W]
@@ -269,9 +340,13 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<Dataset> {
     })
 }
 
-/// An `.npy` file of pictures (plain, or gzipped as `.npy.gz`).
+/// An `.npy` file of pictures (plain, or gzipped as `.npy.gz`). The header is read first; the data only up to
+/// the size the header promises.
 pub fn npy_images(path: &Path) -> Result<Dataset> {
-    parse(&read_maybe_gzipped(path)?, path)
+    let (_, end) = preamble(&read_prefix(path, 12)?, path)?;
+    let (layout, start) = layout(&read_prefix(path, end)?, path)?;
+    let claim = format!("shape {:?} needs", layout.shape);
+    parse(&read_promised(path, start + layout.total, &claim)?, path)
 }
 
 #[cfg(test)]
@@ -336,6 +411,29 @@ mod tests {
         assert_eq!((ds.len(), ds.image_shape), (3, (1, 2, 2)));
         assert_eq!(ds.example(2), &[13, 14, 15, 16][..]);
         Ok(())
+    }
+
+    /// A header nested far deeper than NumPy writes (a 60 KB file of brackets) is an error naming the file, not
+    /// a stack overflow; a gzipped file is inflated only as far as its header promises.
+    #[test]
+    fn hostile_headers_and_gzip_bombs_are_refused() {
+        for depth in [9, 30_000] {
+            let shape = format!("{}{}", "(".repeat(depth), ")".repeat(depth));
+            let e = parse(&npy(&shape, &[], true), Path::new("deep.npy"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("deep.npy") && e.contains("nested deeper than 8 levels"),
+                "{e}"
+            );
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let bomb = tmp.path().join("bomb.npy.gz");
+        let mut data = npy(&dict("|u1", "(1, 2, 2)"), &[0; 4], false);
+        data.resize(data.len() + (32 << 20), 0);
+        std::fs::write(&bomb, crate::data::idx::tests::gzip(&data)).unwrap();
+        let e = npy_images(&bomb).unwrap_err().to_string();
+        assert!(e.contains("bomb.npy.gz") && e.contains("the file holds more"), "{e}");
     }
 
     #[test]

@@ -9,6 +9,7 @@ use image::{ColorType, DynamicImage, ImageFormat};
 
 use super::Dataset;
 use crate::error::{Error, Result};
+use crate::limits;
 
 /// The `.png` files of `dir`, sorted by name.
 fn png_files(dir: &Path) -> Result<Vec<PathBuf>> {
@@ -46,6 +47,30 @@ fn channel_major(img: DynamicImage, path: &Path) -> Result<(Vec<u32>, (usize, us
     }
 }
 
+/// Decodes one PNG, its size checked against [`limits::MAX_SIDE`] (and the decoder's memory bounded) before
+/// the pixels are allocated: a small file may claim a huge picture.
+fn decode(path: &Path) -> Result<DynamicImage> {
+    let size = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
+    limits::check(
+        format!("{}: file size in bytes", path.display()),
+        size,
+        limits::MAX_DATA_BYTES,
+    )?;
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let mut reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), ImageFormat::Png);
+    let mut bounds = image::Limits::default();
+    bounds.max_image_width = Some(limits::MAX_SIDE as u32);
+    bounds.max_image_height = Some(limits::MAX_SIDE as u32);
+    bounds.max_alloc = Some(1 << 28);
+    reader.limits(bounds);
+    reader.decode().map_err(|e| {
+        Error::data(
+            path,
+            format!("not a readable PNG picture (corrupt, truncated or too large?): {e}"),
+        )
+    })
+}
+
 fn color_type_of(c: usize) -> ColorType {
     if c == 1 {
         ColorType::L8
@@ -64,9 +89,7 @@ pub fn png_folder(dir: &Path) -> Result<Dataset> {
     let mut values = Vec::new();
     let mut shape = (0, 0, 0);
     for path in &files {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let img = image::load_from_memory_with_format(&bytes, ImageFormat::Png)
-            .map_err(|e| Error::data(path, format!("not a readable PNG picture (corrupt or truncated?): {e}")))?;
+        let img = decode(path)?;
         let (v, s) = channel_major(img, path)?;
         if path == first {
             shape = s;
@@ -85,6 +108,11 @@ pub fn png_folder(dir: &Path) -> Result<Dataset> {
                 ),
             ));
         }
+        limits::check(
+            format!("{}: values in the folder so far", path.display()),
+            limits::wide(values.len() + v.len()),
+            limits::MAX_DATA_BYTES,
+        )?;
         values.extend(v);
     }
     let dim = shape.0 * shape.1 * shape.2;

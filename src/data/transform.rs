@@ -102,6 +102,11 @@ pub fn concat(a: &Dataset, b: &Dataset) -> Result<Dataset> {
 /// `n_val` must leave at least one training example.
 pub fn split_off_validation(train: &Dataset, n_val: usize) -> Result<(Dataset, Dataset)> {
     let n = train.len();
+    if n_val == 0 {
+        return Err(Error::Config(
+            "a validation set of 0 examples: early stopping needs at least 1 (validation, --validation)".into(),
+        ));
+    }
     if n_val >= n {
         return Err(Error::Config(format!(
             "cannot split {n_val} validation examples off a training set of {n}; it must keep at least one"
@@ -175,6 +180,8 @@ mod tests {
         assert_eq!(val.example(0), &[12, 13, 14, 15]);
         assert_eq!(train.labels, Some(vec![0, 1, 2]));
         assert_eq!(val.labels, Some(vec![3, 4]));
+        let e = split_off_validation(&ds, 0).unwrap_err().to_string();
+        assert!(e.contains("0 examples"), "{e}");
         let e = split_off_validation(&ds, 5).unwrap_err().to_string();
         assert!(e.contains("5 validation examples off a training set of 5"), "{e}");
         Ok(())

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::likelihood::Likelihood;
+use crate::limits;
 pub use crate::nn::Mode;
 use crate::params::ParamStore;
 
@@ -164,8 +165,11 @@ pub(crate) fn check_dropout(p: f64) -> Result<()> {
 }
 
 impl ModelConfig {
-    /// Rejects settings that cannot be built or that would break causality.
+    /// Rejects settings that cannot be built or that would break causality: every size within its limit
+    /// (see [`crate::limits`]) and the model's parameter count, estimated before anything is allocated, within
+    /// [`limits::MAX_PARAMS`]. A config that passes can be built.
     pub fn validate(&self) -> Result<()> {
+        self.check_limits()?;
         match self {
             ModelConfig::CausalConv(c) => c.validate(),
             ModelConfig::Mlp(c) => c.validate(),
@@ -173,8 +177,186 @@ impl ModelConfig {
             ModelConfig::Wavenet(c) => c.validate(),
             ModelConfig::Pixelcnn(c) => c.validate(),
             ModelConfig::GatedPixelcnn(c) => c.validate(),
+        }?;
+        limits::check(
+            "model parameters (estimated)",
+            self.param_estimate(),
+            limits::MAX_PARAMS,
+        )
+    }
+
+    /// Each size a config gives, against its limit, so that the products below cannot overflow.
+    fn check_limits(&self) -> Result<()> {
+        use limits::*;
+        let at_most = |what: &str, v: usize, limit: usize| check(format!("model.{what}"), wide(v), wide(limit));
+        let seq = |k: usize, length: usize| -> Result<()> {
+            at_most("num_values", k, MAX_NUM_VALUES)?;
+            at_most("length", length, MAX_DIM)
+        };
+        // A dilation beyond the sequence only ever reads padding, and pads every layer by (kernel − 1) × it.
+        let dilations = |d: &[usize], length: usize| -> Result<()> {
+            at_most("dilations (layers)", d.len(), MAX_LAYERS)?;
+            let limit = length.max(MAX_LAYERS);
+            d.iter()
+                .try_for_each(|&d| at_most("dilations entry (at most the length, or 1024)", d, limit))
+        };
+        let image = |k: usize, h: usize, w: usize, colors: usize, n_mix: Option<usize>| -> Result<()> {
+            at_most("num_values", k, MAX_NUM_VALUES)?;
+            at_most("height", h, MAX_SIDE)?;
+            at_most("width", w, MAX_SIDE)?;
+            at_most("colors", colors, 4)?;
+            at_most("n_mix", n_mix.unwrap_or(1), MAX_COMPONENTS)?;
+            at_most("height × width × colors", h * w * colors, MAX_DIM)
+        };
+        match self {
+            ModelConfig::CausalConv(c) => {
+                seq(c.num_values, c.length)?;
+                at_most("hidden", c.hidden, MAX_WIDTH)?;
+                at_most("kernel", c.kernel, c.length + 1)?;
+                dilations(&c.dilations, c.length)
+            }
+            ModelConfig::Mlp(c) => {
+                seq(c.num_values, c.length)?;
+                at_most("hidden", c.hidden, MAX_WIDTH)?;
+                at_most("memory", c.memory, MAX_DIM)
+            }
+            ModelConfig::Rnn(c) => {
+                seq(c.num_values, c.length)?;
+                at_most("hidden", c.hidden, MAX_WIDTH)?;
+                at_most("embedding", c.embedding, MAX_WIDTH)
+            }
+            ModelConfig::Wavenet(c) => {
+                seq(c.num_values, c.length)?;
+                at_most("residual_channels", c.residual_channels, MAX_WIDTH)?;
+                at_most("skip_channels", c.skip_channels, MAX_WIDTH)?;
+                at_most("kernel", c.kernel, c.length + 1)?;
+                dilations(&c.dilations, c.length)
+            }
+            ModelConfig::Pixelcnn(c) => {
+                image(c.num_values, c.height, c.width, c.colors, c.n_mix)?;
+                at_most("hidden", c.hidden, MAX_WIDTH)?;
+                at_most("head_hidden", c.head_hidden, MAX_WIDTH)?;
+                at_most("blocks", c.blocks, MAX_LAYERS)?;
+                at_most("first_kernel", c.first_kernel, 2 * MAX_SIDE + 1)?;
+                at_most("kernel", c.kernel, 2 * MAX_SIDE + 1)
+            }
+            ModelConfig::GatedPixelcnn(c) => {
+                image(c.num_values, c.height, c.width, c.colors, c.n_mix)?;
+                at_most("channels", c.channels, MAX_WIDTH)?;
+                at_most("head_hidden", c.head_hidden, MAX_WIDTH)?;
+                at_most("layers", c.layers, MAX_LAYERS)?;
+                at_most("num_classes", c.num_classes.unwrap_or(1), MAX_CLASSES)?;
+                at_most("first_kernel", c.first_kernel, 2 * MAX_SIDE + 1)?;
+                at_most("kernel", c.kernel, 2 * MAX_SIDE + 1)
+            }
         }
     }
+
+    /// An upper estimate of the parameter count (within a small factor of the exact one, which only the built
+    /// model knows), from sizes already checked by `check_limits`.
+    pub fn param_estimate(&self) -> u128 {
+        use limits::wide;
+        let w = |n: usize| wide(n);
+        // Outputs per position, whatever the likelihood (a pixel mixture has 10 per component).
+        let out = match self.likelihood() {
+            Likelihood::Categorical { num_values } => w(num_values),
+            l @ Likelihood::LogisticMixture { n_mix, .. } => w(l.params_per_dim()) + 10 * w(n_mix),
+        };
+        let est = match self {
+            ModelConfig::CausalConv(c) => {
+                let (cin, h, l) = (w(c.input.channels(c.num_values)), w(c.hidden), w(c.dilations.len()));
+                w(c.kernel) * (cin * h + l * h * h + h * out) + l * h + out
+            }
+            ModelConfig::Mlp(c) => {
+                let (cin, h) = (w(c.input.channels(c.num_values)), w(c.hidden));
+                w(c.memory) * cin * h + h + h * out + out
+            }
+            ModelConfig::Rnn(c) => {
+                let (e, h) = (w(c.embedding), w(c.hidden));
+                (w(c.num_values) + 1) * e + 4 * (e * h + h * h + 2 * h) + h * out + out
+            }
+            ModelConfig::Wavenet(c) => {
+                let (cin, r, s, k) = (
+                    w(c.input.channels(c.num_values)),
+                    w(c.residual_channels),
+                    w(c.skip_channels),
+                    w(c.kernel),
+                );
+                let block = 2 * r * r * k + r * r + r * s + 4 * r + s;
+                cin * r * k + w(c.dilations.len()) * block + s * s + s * out + r + s + out
+            }
+            ModelConfig::Pixelcnn(c) => {
+                let (cin, h, hh) = (
+                    w(c.input.channels(c.num_values) * c.colors),
+                    w(c.hidden),
+                    w(c.head_hidden),
+                );
+                let (k1, k) = (w(c.first_kernel), w(c.kernel));
+                let block = h * h + h * h * k * k / 4 + 2 * h;
+                cin * h * k1 * k1 + h + w(c.blocks) * block + h * hh + hh * out * w(c.colors) + hh
+            }
+            ModelConfig::GatedPixelcnn(c) => {
+                let (cin, ch, hh) = (
+                    w(c.input.channels(c.num_values) * c.colors),
+                    w(c.channels),
+                    w(c.head_hidden),
+                );
+                let (k1, k) = (w(c.first_kernel), w(c.kernel));
+                let classes = w(c.num_classes.unwrap_or(0));
+                let layer = |cin: u128, k: u128| {
+                    2 * cin * ch * k * (k / 2 + 1)
+                        + 2 * cin * ch * (k / 2 + 1)
+                        + 4 * ch * ch
+                        + ch * ch
+                        + 4 * classes * ch
+                        + 8 * ch
+                };
+                layer(cin, k1) + w(c.layers) * layer(ch, k) + ch * hh + hh * out * w(c.colors) + hh
+            }
+        };
+        2 * est
+    }
+
+    /// Floats one layer computes per position (all its intermediate tensors), for the activation estimate.
+    fn width(&self) -> usize {
+        match self {
+            ModelConfig::CausalConv(c) => c.hidden,
+            ModelConfig::Mlp(c) => c.hidden + c.memory * c.input.channels(c.num_values),
+            ModelConfig::Rnn(c) => 5 * c.hidden + c.embedding,
+            ModelConfig::Wavenet(c) => 4 * c.residual_channels + c.skip_channels,
+            ModelConfig::Pixelcnn(c) => 2 * c.hidden.max(c.head_hidden),
+            ModelConfig::GatedPixelcnn(c) => 6 * c.channels.max(c.head_hidden),
+        }
+    }
+
+    /// Layers whose activations a training step keeps.
+    fn depth(&self) -> usize {
+        match self {
+            ModelConfig::CausalConv(c) => c.dilations.len(),
+            ModelConfig::Mlp(_) | ModelConfig::Rnn(_) => 1,
+            ModelConfig::Wavenet(c) => c.dilations.len() + 1,
+            ModelConfig::Pixelcnn(c) => c.blocks + 1,
+            ModelConfig::GatedPixelcnn(c) => c.layers + 1,
+        }
+    }
+
+    /// An estimate of the memory a training step on `batch` examples needs for activations and their
+    /// gradients, in bytes: every layer's tensors per position, its input and output, kept, differentiated
+    /// and copied once (3 × f32).
+    pub fn activation_bytes(&self, batch: usize) -> u128 {
+        use limits::wide;
+        let per_position = wide(self.width()) * wide(self.depth())
+            + wide(self.likelihood().params_per_dim()) * 4
+            + wide(self.num_values()) * 2;
+        // A dilated causal convolution pads its input by (kernel − 1) × dilation positions.
+        let pad = match self {
+            ModelConfig::CausalConv(c) => c.kernel.saturating_sub(1) * c.dilations.iter().max().unwrap_or(&1),
+            ModelConfig::Wavenet(c) => c.kernel.saturating_sub(1) * c.dilations.iter().max().unwrap_or(&1),
+            _ => 0,
+        };
+        wide(batch) * (wide(self.dim()) + wide(pad)) * per_position * 4 * 3
+    }
+
     pub fn num_values(&self) -> usize {
         match self {
             ModelConfig::CausalConv(c) => c.num_values,
@@ -210,6 +392,13 @@ impl ModelConfig {
             _ => Likelihood::Categorical {
                 num_values: self.num_values(),
             },
+        }
+    }
+    /// The classes a class-conditional model is conditioned on; `None` for the others.
+    pub fn num_classes(&self) -> Option<usize> {
+        match self {
+            ModelConfig::GatedPixelcnn(c) => c.num_classes,
+            _ => None,
         }
     }
     /// The per-position distribution, in words (`armory info`).

@@ -8,6 +8,7 @@ pub mod predictive;
 use rand::{Rng, SeedableRng};
 
 use crate::error::Result;
+use crate::limits;
 use crate::models::Arm;
 
 /// How to draw samples; all give the same samples for the same noise.
@@ -32,6 +33,24 @@ impl Method {
     }
 }
 
+/// Refuses to draw `n` examples at once beyond [`limits::MAX_SAMPLES`] examples, [`limits::MAX_SAMPLE_VALUES`]
+/// values, or [`limits::MAX_ACTIVATION_BYTES`] of the model's activations for a batch of `n` (estimated):
+/// checked before the noise (8 bytes a value) or any activation is allocated.
+pub fn check_size(arm: &Arm, n: usize) -> Result<()> {
+    let dim = arm.dim();
+    limits::check("samples (-n)", limits::wide(n), limits::wide(limits::MAX_SAMPLES))?;
+    limits::check(
+        format!("values to draw ({n} samples × {dim} dimensions)"),
+        limits::wide(n) * limits::wide(dim),
+        limits::wide(limits::MAX_SAMPLE_VALUES),
+    )?;
+    limits::check(
+        format!("activation memory of {n} samples at once (bytes, estimated; lower -n)"),
+        arm.config().activation_bytes(n),
+        limits::MAX_ACTIVATION_BYTES,
+    )
+}
+
 /// Draws with `method`; returns the samples `[N, D]` and the number of full ARM calls (D for naive, 0 for
 /// cached, which runs columns instead).
 pub fn sample(
@@ -41,6 +60,7 @@ pub fn sample(
     temperature: f64,
     labels: Option<&[u32]>,
 ) -> Result<(Vec<u32>, usize)> {
+    check_size(arm, noise.len())?;
     match method {
         Method::Naive => Ok((sample_naive(arm, noise, temperature, labels)?, arm.dim())),
         Method::Cached => Ok((sample_cached(arm, noise, temperature, labels)?, 0)),

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct EarlyStopping {
     pub patience: usize,
+    #[serde(default, with = "super::exact_float::option")]
     pub best: Option<f64>,
     pub best_epoch: usize,
     pub bad_epochs: usize,

@@ -3,6 +3,7 @@
 
 pub mod early_stopping;
 pub mod ema;
+mod exact_float;
 pub mod metrics;
 pub mod optim;
 pub mod pictures;
@@ -26,7 +27,7 @@ pub use early_stopping::{EarlyStopping, Verdict};
 pub use ema::Ema;
 pub use metrics::{evaluate, EpochRow, Evaluation};
 pub use optim::{Optimizer, OptimizerKind};
-pub use run_dir::RunDir;
+pub use run_dir::{check_run_name, RunDir, RunLock};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -105,13 +106,16 @@ impl TrainConfig {
 /// Where the loop is: saved in `resume.safetensors` so that `--resume` continues exactly.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 struct LoopState {
-    epoch: usize,      // epochs completed
-    step: usize,       // batches completed in the current epoch
-    loss_sum: f64,     // Σ −log p over the current epoch's examples so far
+    epoch: usize, // epochs completed
+    step: usize,  // batches completed in the current epoch
+    #[serde(with = "exact_float")]
+    loss_sum: f64, // Σ −log p over the current epoch's examples so far
     loss_count: usize, // examples so far in the current epoch
     early: EarlyStopping,
     optimizer_steps: usize,
+    #[serde(with = "exact_float")]
     elapsed_secs: f64,
+    #[serde(with = "exact_float")]
     epoch_secs: f64, // time spent in the current epoch before an interruption
 }
 
@@ -202,6 +206,7 @@ pub fn train(
             .into_iter()
             .filter(|r| r.epoch <= st.epoch)
             .collect();
+        check_history(&metrics_path, &rows, st.epoch)?;
     }
     let n = splits.train.len();
     let steps_per_epoch = n.div_ceil(cfg.batch_size);
@@ -227,7 +232,7 @@ pub fn train(
         let state = serde_json::to_string(st).expect("state serialises");
         run.save_resume(&tensors, &state)
     };
-    let started = Instant::now() - std::time::Duration::try_from_secs_f64(st.elapsed_secs).unwrap_or_default();
+    let started = earlier(st.elapsed_secs);
     let mut steps_this_call = 0usize;
     let outcome = 'epochs: loop {
         if st.epoch >= cfg.max_epochs {
@@ -236,7 +241,7 @@ pub fn train(
         if st.early.bad_epochs >= cfg.patience {
             break Outcome::EarlyStopped;
         }
-        let epoch_started = Instant::now() - std::time::Duration::try_from_secs_f64(st.epoch_secs).unwrap_or_default();
+        let epoch_started = earlier(st.epoch_secs);
         let order = epoch_order(n, cfg.seed, st.epoch);
         opt.set_lr(cfg.lr_at(st.epoch));
         for (step, idx) in order.chunks(cfg.batch_size).enumerate().skip(st.step) {
@@ -260,11 +265,23 @@ pub fn train(
             let loss = arm.loss_labelled(&x, labels.as_ref(), Reduction::Mean, mode)?;
             let value = loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
             if !value.is_finite() {
-                // The weights are not saved: last.safetensors and resume.safetensors hold the last good epoch.
+                // The weights are not saved: last.safetensors and resume.safetensors hold the last good epoch,
+                // if there is one. Resuming would replay the same steps, so the advice is a new recipe.
+                let kept = match st.epoch {
+                    0 => "no checkpoint was written (it failed in the first epoch); change the recipe (e.g. a lower \
+                          --lr or --grad-clip) and start again with --force"
+                        .to_string(),
+                    e => format!(
+                        "the last good checkpoint (epoch {e}) is kept in last.safetensors and resume.safetensors; \
+                         resuming would replay the same steps, so change the recipe (e.g. a lower --lr or \
+                         --grad-clip) and start again with --force"
+                    ),
+                };
                 return Err(Error::NonFiniteLoss {
                     loss: value as f32,
                     epoch: st.epoch + 1,
                     step,
+                    kept,
                 });
             }
             let mut grads = loss.backward()?;
@@ -286,7 +303,7 @@ pub fn train(
         if let Some(ema) = &mut ema {
             ema.apply()?;
         }
-        let val = evaluate(arm, &splits.val, 256)?;
+        let val = evaluate(arm, &splits.val, eval_batch(arm.config()))?;
         let epoch = st.epoch + 1;
         let verdict = st.early.update(epoch, val.nll);
         if verdict == Verdict::Improved {
@@ -326,8 +343,8 @@ pub fn train(
             row.val_nll,
             row.best_val_nll,
             st.early.best_epoch,
-            left(cfg.patience - st.early.bad_epochs),
-            left(cfg.max_epochs - epoch)
+            left(cfg.patience.saturating_sub(st.early.bad_epochs)),
+            left(cfg.max_epochs.saturating_sub(epoch))
         ));
         if !controls.quiet {
             let line = format!(
@@ -356,6 +373,51 @@ pub fn train(
     })
 }
 
+/// The batch to evaluate with: 256 examples, or fewer (halving) where a model's activations for 256 would
+/// exceed [`crate::limits::MAX_ACTIVATION_BYTES`] (estimated). Every shipped model evaluates 256 at a time.
+pub fn eval_batch(model: &crate::models::ModelConfig) -> usize {
+    let mut batch = 256;
+    while batch > 1 && model.activation_bytes(batch) > crate::limits::MAX_ACTIVATION_BYTES {
+        batch /= 2;
+    }
+    batch
+}
+
+/// The instant `secs` seconds ago (now, for a time a damaged state file makes negative or absurd).
+fn earlier(secs: f64) -> Instant {
+    let now = Instant::now();
+    std::time::Duration::try_from_secs_f64(secs)
+        .ok()
+        .and_then(|d| now.checked_sub(d))
+        .unwrap_or(now)
+}
+
+/// `metrics.csv` must hold one row for each of the `epochs` epochs a resumed state has behind it: a
+/// missing or shortened history cannot be rebuilt from the checkpoint, and is refused rather than dropped.
+fn check_history(path: &std::path::Path, rows: &[EpochRow], epochs: usize) -> Result<()> {
+    if epochs > 0 && !path.is_file() {
+        return Err(Error::data(
+            path,
+            format!(
+                "missing, but the run has {epochs} epoch(s) behind it; their history cannot be rebuilt from the \
+                 checkpoint, so --resume refuses rather than drop it: restore metrics.csv, or start again with --force"
+            ),
+        ));
+    }
+    if rows.len() != epochs || rows.iter().enumerate().any(|(i, r)| r.epoch != i + 1) {
+        return Err(Error::data(
+            path,
+            format!(
+                "holds {} row(s) for epochs up to {}, but the checkpoint is at epoch {epochs}: the history is \
+                 incomplete; restore metrics.csv, or start again with --force",
+                rows.len(),
+                rows.last().map_or(0, |r| r.epoch)
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn format_secs(s: f64) -> String {
     if s < 120.0 {
         format!("{s:.0}s")
@@ -363,5 +425,62 @@ fn format_secs(s: f64) -> String {
         format!("{:.0}m", s / 60.0)
     } else {
         format!("{:.1}h", s / 3600.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Evaluation batches shrink only for models whose 256-example batch would exceed the activation limit.
+    #[test]
+    fn evaluation_batches_fit_the_activation_limit() {
+        for (name, _) in crate::config::NAMED {
+            assert_eq!(
+                eval_batch(&crate::config::RunConfig::named(name).unwrap().model),
+                256,
+                "{name}"
+            );
+        }
+        let mut long = crate::config::RunConfig::seed().model;
+        if let crate::models::ModelConfig::CausalConv(c) = &mut long {
+            c.length = 1 << 16;
+        }
+        let b = eval_batch(&long);
+        assert!(
+            b < 256 && long.activation_bytes(b) <= crate::limits::MAX_ACTIVATION_BYTES,
+            "{b}"
+        );
+        assert!(long.activation_bytes(2 * b) > crate::limits::MAX_ACTIVATION_BYTES);
+    }
+
+    /// The saved loop state parses back bit for bit (serde_json's default float parser alone does not), so a
+    /// resumed run reports the same best validation NLL as an uninterrupted one.
+    #[test]
+    fn loop_state_round_trips_exactly() {
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        for _ in 0..20_000 {
+            use rand::Rng;
+            let x = |rng: &mut ChaCha8Rng| rng.random::<f64>() * 10f64.powi(rng.random_range(-3..4));
+            let st = LoopState {
+                epoch: 3,
+                step: 0,
+                loss_sum: x(&mut rng),
+                loss_count: 7,
+                early: EarlyStopping {
+                    best: Some(x(&mut rng)),
+                    ..EarlyStopping::new(4)
+                },
+                optimizer_steps: 9,
+                elapsed_secs: x(&mut rng),
+                epoch_secs: x(&mut rng),
+            };
+            let back: LoopState = serde_json::from_str(&serde_json::to_string(&st).unwrap()).unwrap();
+            assert_eq!(back, st);
+        }
+        let old = r#"{"epoch":1,"step":0,"loss_sum":0.5,"loss_count":0,"early":{"patience":2,"best":86.25,
+            "best_epoch":1,"bad_epochs":0},"optimizer_steps":16,"elapsed_secs":1.5,"epoch_secs":0.0}"#;
+        let st: LoopState = serde_json::from_str(old).unwrap();
+        assert_eq!((st.early.best, st.elapsed_secs), (Some(86.25), 1.5));
     }
 }

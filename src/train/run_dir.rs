@@ -8,6 +8,7 @@
 //! - `metrics.csv`       one row per epoch
 //! - `summary.json`      the final figures
 //! - `real.png`, `samples.png`, `curve.png` — test images, samples, the learning curve
+//! - `lock`              the advisory lock of the one process writing the run, holding its PID
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -45,17 +46,69 @@ impl RunDir {
         })
     }
 
-    /// Creates the directory if needed and removes what an earlier run wrote there (`--force`), so that none
-    /// of it can be mistaken for the new run's.
-    pub fn create_fresh(path: &Path) -> Result<Self> {
-        let run = Self::create(path)?;
+    /// Removes what an earlier run wrote here (`--force`), so that none of it can be mistaken for the new
+    /// run's, and the temporary files a killed run left behind. Call it holding the lock.
+    pub fn clear(&self) -> Result<()> {
         for f in FILES {
-            let file = run.file(f);
+            let file = self.file(f);
             if file.is_file() {
                 std::fs::remove_file(&file).map_err(|e| Error::io(&file, e))?;
             }
         }
-        Ok(run)
+        self.remove_temp_files()
+    }
+
+    /// Removes `*.tmp` files: writes that a killed process never renamed into place.
+    pub fn remove_temp_files(&self) -> Result<()> {
+        for entry in std::fs::read_dir(&self.path).map_err(|e| Error::io(&self.path, e))? {
+            let path = entry.map_err(|e| Error::io(&self.path, e))?.path();
+            if path.extension().is_some_and(|x| x == "tmp") && path.is_file() {
+                std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes the run's advisory lock (`flock` on `lock`, which then holds this process's PID) for as long as
+    /// the returned value lives: one writer per run. A second writer gets [`Error::RunLocked`] naming the
+    /// holder's PID. The OS releases the lock when the holder exits, however it dies, so a stale `lock` file
+    /// never blocks.
+    pub fn lock(&self) -> Result<RunLock> {
+        let path = self.file("lock");
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        #[cfg(unix)]
+        {
+            use std::io::Read;
+            use std::os::fd::AsRawFd;
+            // SAFETY: flock on a file descriptor this function owns, valid for the call.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+                let err = std::io::Error::last_os_error();
+                if err.kind() != std::io::ErrorKind::WouldBlock {
+                    return Err(Error::io(&path, err));
+                }
+                let mut held = String::new();
+                let _ = file.read_to_string(&mut held);
+                let holder = match held.trim().parse::<u32>() {
+                    Ok(pid) => format!("pid {pid}"),
+                    Err(_) => "pid not yet written".to_string(),
+                };
+                return Err(Error::RunLocked {
+                    path: self.path.clone(),
+                    holder,
+                });
+            }
+        }
+        use std::io::Write;
+        file.set_len(0)
+            .and_then(|_| writeln!(file, "{}", std::process::id()))
+            .map_err(|e| Error::io(&path, e))?;
+        Ok(RunLock { _file: file })
     }
 
     /// An existing run directory.
@@ -117,12 +170,30 @@ impl RunDir {
     }
 }
 
-/// Writes a file through a temporary file and a rename, so readers never see half of it.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension(format!(
-        "{}.tmp",
-        path.extension().and_then(|e| e.to_str()).unwrap_or("")
-    ));
-    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+pub use crate::output::write_atomic;
+
+/// The lock of a run directory (see [`RunDir::lock`]); released when dropped or when the process ends.
+pub struct RunLock {
+    _file: std::fs::File,
+}
+
+/// A run name must be one path component, so that `runs/NAME` stays inside `runs/`.
+pub fn check_run_name(name: &str) -> Result<()> {
+    let why = if name.is_empty() {
+        "is empty"
+    } else if name == "." || name == ".." {
+        "is `.` or `..`"
+    } else if name.contains(['/', '\\']) {
+        "contains a path separator"
+    } else if name.contains('\0') {
+        "contains a NUL byte"
+    } else if Path::new(name).components().count() != 1 {
+        "is not a plain file name"
+    } else {
+        return Ok(());
+    };
+    Err(Error::RunName {
+        name: name.to_string(),
+        why,
+    })
 }

@@ -1,0 +1,505 @@
+//! The command line against a careless or hostile user (issue 17): two writers on one run, outputs that
+//! would be overwritten or half-written, damaged checkpoints, sizes bounded by nothing, runs that died before
+//! their first checkpoint, and messages that must name the problem.
+
+use std::path::{Path, PathBuf};
+
+use armory::train::RunDir;
+use assert_cmd::Command;
+use predicates::prelude::*;
+use predicates::str::contains;
+
+fn armory() -> Command {
+    Command::cargo_bin("armory").unwrap()
+}
+
+const TINY: [&str; 6] = ["--hidden", "8", "--kernel", "3", "--quiet", "--epochs"];
+
+/// A tiny seed-like model trained for two epochs into `dir/name`.
+fn tiny_run(dir: &Path, name: &str) -> PathBuf {
+    armory()
+        .arg("train")
+        .args(TINY)
+        .args(["2", "--name", name, "--runs-dir"])
+        .arg(dir)
+        .assert()
+        .success();
+    dir.join(name)
+}
+
+fn stderr_of(a: &assert_cmd::assert::Assert) -> String {
+    String::from_utf8_lossy(&a.get_output().stderr).into_owned()
+}
+
+/// Two writers, one run: while one process holds the run (here the test itself, through the library's
+/// lock), `train --force` and `train --resume` on it are refused with the holder's PID, and the directory is
+/// left as it was. A lock file left by a process that died does not block.
+#[test]
+fn a_second_writer_is_refused_naming_the_holder() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = tiny_run(dir.path(), "dup");
+    let before: Vec<Vec<u8>> = ["config.toml", "best.safetensors", "metrics.csv"]
+        .iter()
+        .map(|f| std::fs::read(run.join(f)).unwrap())
+        .collect();
+    let lock = RunDir { path: run.clone() }.lock().unwrap();
+    let holder = format!("pid {}", std::process::id());
+    for recipe in [&TINY[..], &["--model", "mlp", "--quiet", "--epochs"][..]] {
+        armory()
+            .arg("train")
+            .args(recipe)
+            .args(["1", "--name", "dup", "--force", "--runs-dir"])
+            .arg(dir.path())
+            .assert()
+            .failure()
+            .stderr(contains("in use by another armory process").and(contains(holder.as_str())));
+    }
+    armory()
+        .args(["train", "--quiet", "--resume"])
+        .arg(&run)
+        .assert()
+        .failure()
+        .stderr(contains(holder.as_str()).and(contains("one writer per run")));
+    drop(lock);
+    let after: Vec<Vec<u8>> = ["config.toml", "best.safetensors", "metrics.csv"]
+        .iter()
+        .map(|f| std::fs::read(run.join(f)).unwrap())
+        .collect();
+    assert!(before == after, "a refused writer changed the run");
+    armory().args(["eval", "--run"]).arg(&run).assert().success();
+
+    // A stale lock file (its process gone: the OS released the lock) does not block.
+    std::fs::write(run.join("lock"), "999999999\n").unwrap();
+    armory()
+        .arg("train")
+        .args(TINY)
+        .args(["1", "--name", "dup", "--force", "--runs-dir"])
+        .arg(dir.path())
+        .assert()
+        .success();
+    let pid = std::fs::read_to_string(run.join("lock")).unwrap();
+    assert_ne!(pid.trim(), "999999999", "the new writer records its own PID");
+}
+
+/// Two trains on one name started together: exactly one trains, the other is refused, and the directory
+/// holds one run — its config.toml and its weights from the same process, so they load together.
+#[test]
+fn two_trains_at_once_leave_one_consistent_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = assert_cmd::cargo::cargo_bin("armory");
+    let spawn = |hidden: &str| {
+        std::process::Command::new(&bin)
+            .args([
+                "train", "--quiet", "--epochs", "2", "--kernel", "3", "--name", "dup", "--hidden", hidden,
+            ])
+            .arg("--runs-dir")
+            .arg(dir.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn("8"), spawn("12"));
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert!(
+        a.status.success() != b.status.success(),
+        "exactly one of two writers must succeed: {a:?} {b:?}"
+    );
+    let (won, lost, hidden) = if a.status.success() { (a, b, 8) } else { (b, a, 12) };
+    let said = String::from_utf8_lossy(&lost.stderr);
+    assert!(
+        said.contains("in use by another armory process") || said.contains("already holds a run"),
+        "{said}"
+    );
+    assert!(String::from_utf8_lossy(&won.stdout).contains("test:"));
+    let cfg = std::fs::read_to_string(dir.path().join("dup/config.toml")).unwrap();
+    assert!(cfg.contains(&format!("hidden = {hidden}\n")), "{cfg}");
+    armory()
+        .args(["eval", "--run"])
+        .arg(dir.path().join("dup"))
+        .assert()
+        .success();
+}
+
+/// A run killed with SIGKILL in its first epoch: its lock does not block, and it has no checkpoint, so a new
+/// train on its name says what to run, and `--resume` starts it from scratch.
+#[test]
+fn a_run_killed_before_its_first_checkpoint_can_be_restarted() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = assert_cmd::cargo::cargo_bin("armory");
+    let mut child = std::process::Command::new(&bin)
+        .args(["train", "--quiet", "--epochs", "1", "--name", "k", "--runs-dir"])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let run = dir.path().join("k");
+    let started = std::time::Instant::now();
+    while !run.join("config.toml").exists() {
+        assert!(started.elapsed().as_secs() < 60, "the run never started");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL: no handler runs
+    child.wait().unwrap();
+    assert!(
+        !run.join("resume.safetensors").exists(),
+        "the kill came after the first checkpoint"
+    );
+    std::fs::write(run.join("last.safetensors.tmp"), b"half a checkpoint").unwrap();
+    armory()
+        .args(["train", "--quiet", "--epochs", "1", "--name", "k", "--runs-dir"])
+        .arg(dir.path())
+        .assert()
+        .failure()
+        .stderr(contains("stopped before its first checkpoint").and(contains("--resume")));
+    armory()
+        .args(["train", "--quiet", "--resume"])
+        .arg(&run)
+        .assert()
+        .success()
+        .stderr(contains("starting it from scratch"))
+        .stdout(contains("MaxEpochs after 1 epochs"));
+    assert!(!run.join("last.safetensors.tmp").exists(), "a leftover temporary file");
+}
+
+/// `--force` starts a run over without what a killed run left behind (temporary files included).
+#[test]
+fn force_cleans_leftover_temporary_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = tiny_run(dir.path(), "f");
+    for f in ["resume.safetensors.tmp", "metrics.csv.tmp", "samples.png.tmp"] {
+        std::fs::write(run.join(f), b"left by a kill").unwrap();
+    }
+    armory()
+        .arg("train")
+        .args(TINY)
+        .args(["1", "--name", "f", "--force", "--runs-dir"])
+        .arg(dir.path())
+        .assert()
+        .success();
+    let left: Vec<String> = std::fs::read_dir(&run)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// Run names are one path component: nothing is written into `runs/` itself or outside it.
+#[test]
+fn run_names_must_be_one_path_component() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    for name in ["", ".", "..", "../../x", "a/b", "a\\b", "/abs"] {
+        armory()
+            .arg("train")
+            .args(TINY)
+            .args(["1", "--name", name, "--runs-dir"])
+            .arg(&runs)
+            .assert()
+            .failure()
+            .stderr(contains("one path component"));
+    }
+    assert!(!runs.exists() && !dir.path().join("x").exists());
+}
+
+/// `sample` never writes over an existing file without `--force`, never lets --out and --raw replace each
+/// other, reports a path it cannot write, and leaves nothing behind when its second output fails.
+#[test]
+fn sample_outputs_are_never_silently_damaged() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let run = tiny_run(d, "s");
+    let sample = |args: &[&std::ffi::OsStr]| {
+        let mut c = armory();
+        c.args(["sample", "-n", "2", "--run"]).arg(&run).args(args);
+        c.assert()
+    };
+    let os = |p: &Path| p.as_os_str().to_owned();
+    let out = d.join("keep.png");
+    std::fs::write(&out, b"precious").unwrap();
+    sample(&["--out".as_ref(), &os(&out)]).failure().stderr(
+        contains("keep.png")
+            .and(contains("already exists"))
+            .and(contains("--force")),
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), b"precious");
+    let checkpoint = run.join("best.safetensors");
+    let weights = std::fs::read(&checkpoint).unwrap();
+    sample(&[
+        "--out".as_ref(),
+        &os(&d.join("x.png")),
+        "--raw".as_ref(),
+        &os(&checkpoint),
+    ])
+    .failure()
+    .stderr(contains("best.safetensors").and(contains("already exists")));
+    assert_eq!(std::fs::read(&checkpoint).unwrap(), weights);
+    assert!(!d.join("x.png").exists());
+    sample(&["--out".as_ref(), &os(&out), "--force".as_ref()]).success();
+    assert!(image::open(&out).is_ok());
+
+    // One file named twice (also through `./`).
+    let same = d.join("same.csv");
+    sample(&[
+        "--out".as_ref(),
+        &os(&same),
+        "--raw".as_ref(),
+        &os(&d.join(".").join("same.csv")),
+    ])
+    .failure()
+    .stderr(contains("same file"));
+    assert!(!same.exists());
+
+    // A path that cannot be written: an error naming it, and nothing left behind by the other output.
+    let png = d.join("first.png");
+    let bad = d.join("no/such/dir/raw.csv");
+    let a = sample(&["--out".as_ref(), &os(&png), "--raw".as_ref(), &os(&bad)]).failure();
+    assert!(stderr_of(&a).contains("no/such/dir/raw.csv"), "{}", stderr_of(&a));
+    assert!(!png.exists(), "a PNG was left behind when --raw failed");
+    sample(&["--out".as_ref(), &os(&d.join("nodir/x.png"))])
+        .failure()
+        .stderr(contains("nodir/x.png"));
+    let temps = std::fs::read_dir(d)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".tmp"))
+        .count();
+    assert_eq!(temps, 0, "temporary files left behind");
+}
+
+/// A checkpoint with NaN or infinite weights is refused by eval and sample, naming the tensor.
+#[test]
+fn non_finite_weights_are_refused_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = tiny_run(dir.path(), "n");
+    let mut t = armory::params::load_tensors(&run.join("best.safetensors")).unwrap();
+    let w = &t["net.2.conv1d.bias"];
+    let mut v = w.to_vec1::<f32>().unwrap();
+    v[3] = f32::NAN;
+    t.insert(
+        "net.2.conv1d.bias".into(),
+        candle_core::Tensor::from_vec(v, w.dims(), w.device()).unwrap(),
+    );
+    armory::params::save_tensors(&t, &run.join("best.safetensors")).unwrap();
+    let cfg = run.join("config.toml");
+    for cmd in [vec!["eval"], vec!["sample", "--out", "never.png"]] {
+        armory()
+            .args(&cmd)
+            .arg("--run")
+            .arg(&run)
+            .current_dir(dir.path())
+            .assert()
+            .failure()
+            .stderr(contains("net.2.conv1d.bias").and(contains("non-finite value (NaN) at index 3")));
+    }
+    armory()
+        .args(["eval", "--config"])
+        .arg(&cfg)
+        .arg("--weights")
+        .arg(run.join("best.safetensors"))
+        .assert()
+        .failure()
+        .stderr(contains("non-finite"));
+    assert!(!dir.path().join("never.png").exists());
+}
+
+/// Sizes that flags and configs decide are checked against a limit before anything is allocated: an error
+/// naming the number and the limit, never an abort.
+#[test]
+fn absurd_sizes_get_an_error_naming_the_number_and_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let run = tiny_run(d, "z");
+    armory()
+        .args(["sample", "-n", "1000000000", "--out"])
+        .arg(d.join("z.png"))
+        .arg("--run")
+        .arg(&run)
+        .assert()
+        .failure()
+        .stderr(contains("samples (-n) = 1000000000 exceeds the limit of 65536"));
+    let train = |args: &[&str]| {
+        armory()
+            .args(["train", "--quiet", "--epochs", "1", "--runs-dir"])
+            .arg(d)
+            .args(args)
+            .assert()
+            .failure()
+    };
+    train(&["--hidden", "1000000000"]).stderr(contains("model.hidden = 1000000000 exceeds the limit of 16384"));
+    train(&["--model", "dilated-conv", "--dilations", "1,4000000000"])
+        .stderr(contains("dilations entry").and(contains("4000000000 exceeds the limit of 1024")));
+    train(&["--hidden", "16000", "--layers", "1000"])
+        .stderr(contains("model parameters (estimated)").and(contains("exceeds the limit of 134217728")));
+    train(&["--batch-size", "100000000"]).stderr(contains("activation memory").and(contains("exceeds the limit")));
+    armory()
+        .args(["eval", "--batch-size", "100000000", "--run"])
+        .arg(&run)
+        .assert()
+        .failure()
+        .stderr(contains("exceeds the limit"));
+
+    // `info` on such a config: an error, not an abort.
+    let cfg = armory::config::SEED_CONFIG.replace("num_values = 17", "num_values = 4000000000");
+    assert_ne!(cfg, armory::config::SEED_CONFIG);
+    std::fs::write(d.join("huge.toml"), cfg).unwrap();
+    for cmd in ["info", "train"] {
+        armory()
+            .args([cmd, "--config"])
+            .arg(d.join("huge.toml"))
+            .assert()
+            .failure()
+            .stderr(contains("model.num_values = 4000000000 exceeds the limit of 65536"));
+    }
+    let cfg = armory::config::SEED_CONFIG.replace("hidden = 256", "hidden = 16384");
+    std::fs::write(d.join("wide.toml"), cfg).unwrap();
+    armory()
+        .args(["info", "--config"])
+        .arg(d.join("wide.toml"))
+        .assert()
+        .failure()
+        .stderr(contains("model parameters (estimated)"));
+}
+
+/// Dead ends: a NaN in the first epoch says there is no checkpoint and what to run; `--validation 0` is
+/// refused before anything is trained.
+#[test]
+fn dead_ends_say_what_to_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let a = armory()
+        .arg("train")
+        .args(TINY)
+        .args(["3", "--lr", "1e30", "--name", "nan", "--runs-dir"])
+        .arg(d)
+        .assert()
+        .failure();
+    let e = stderr_of(&a);
+    assert!(
+        e.contains("non-finite") && e.contains("no checkpoint was written") && !e.contains("last good checkpoint"),
+        "{e}"
+    );
+    armory()
+        .arg("train")
+        .args(TINY)
+        .args(["3", "--name", "nan", "--runs-dir"])
+        .arg(d)
+        .assert()
+        .failure()
+        .stderr(contains("before its first checkpoint").and(contains("--force")));
+    armory()
+        .arg("train")
+        .args(TINY)
+        .args(["1", "--validation", "0", "--name", "v", "--runs-dir"])
+        .arg(d)
+        .assert()
+        .failure()
+        .stderr(contains("no validation set"));
+    assert!(!d.join("v").exists());
+}
+
+/// Messages: an unknown data source is named with the ones there are; data problems name the data, not
+/// "invalid config"; a CSV with a byte-order mark trains.
+#[test]
+fn data_messages_name_the_source_and_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let train = |data: &str| {
+        let mut c = armory();
+        c.args([
+            "train",
+            "--hidden",
+            "8",
+            "--kernel",
+            "3",
+            "--quiet",
+            "--epochs",
+            "1",
+            "--runs-dir",
+        ])
+        .arg(d)
+        .args(["--name", "m", "--force", "--data", data]);
+        c.assert()
+    };
+    train(&format!("mnst:{}", d.display())).failure().stderr(
+        contains("unknown data source 'mnst', expected one of")
+            .and(contains("mnist:DIR"))
+            .and(contains("No such file").not()),
+    );
+    let rows: String = (0..40)
+        .map(|i| format!("{}{},{}\n", "0,".repeat(63), i % 17, i % 10))
+        .collect();
+    let few = d.join("few.csv");
+    std::fs::write(&few, rows.lines().take(2).map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+    train(few.to_str().unwrap()).failure().stderr(
+        contains("few.csv")
+            .and(contains("too few"))
+            .and(contains("invalid config").not()),
+    );
+    let bom = d.join("bom.csv");
+    std::fs::write(&bom, format!("\u{feff}{rows}")).unwrap();
+    train(bom.to_str().unwrap()).success();
+}
+
+/// Data that does not fit the model — no labels for a class-conditional model, the wrong size — is refused
+/// naming the data before a run directory is made (it used to fail in the first step, "invalid config").
+#[test]
+fn data_that_does_not_fit_the_model_is_refused_up_front() {
+    let dir = tempfile::tempdir().unwrap();
+    let pngs = dir.path().join("pngs");
+    std::fs::create_dir(&pngs).unwrap();
+    for i in 0..12u8 {
+        image::GrayImage::from_fn(8, 8, |x, y| image::Luma([(x as u8 + y as u8) * 16 + i]))
+            .save(pngs.join(format!("{i:02}.png")))
+            .unwrap();
+    }
+    let data = format!("png:{}", pngs.display());
+    let train = |args: &[&str]| {
+        armory()
+            .args(["train", "--quiet", "--epochs", "1", "--name", "c", "--runs-dir"])
+            .arg(dir.path())
+            .args(["--data", &data])
+            .args(args)
+            .assert()
+            .failure()
+    };
+    train(&["--model", "gated-pixelcnn-cond", "--levels", "17"]).stderr(
+        contains(data.as_str())
+            .and(contains(
+                "has no labels, but the model is class-conditional (10 classes)",
+            ))
+            .and(contains("invalid config").not()),
+    );
+    train(&["--hidden", "8"]).stderr(contains(data.as_str()).and(contains(
+        "the train set has 64 dimensions with 256 values, the model expects 64 and 17",
+    )));
+    assert!(!dir.path().join("c").exists());
+}
+
+/// An interrupted and resumed run reports the same figures in summary.json as an uninterrupted one.
+#[test]
+fn a_resumed_run_summarises_like_a_straight_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let straight = tiny_run(d, "straight");
+    armory()
+        .arg("train")
+        .args(TINY)
+        .args(["2", "--name", "resumed", "--stop-after-steps", "20", "--runs-dir"])
+        .arg(d)
+        .assert()
+        .success();
+    armory()
+        .args(["train", "--quiet", "--resume"])
+        .arg(d.join("resumed"))
+        .assert()
+        .success();
+    let summary = |run: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap()
+    };
+    let (a, b) = (summary(&straight), summary(&d.join("resumed")));
+    for key in ["best_val_nll", "test_nll", "test_bpd", "epochs", "best_epoch"] {
+        assert_eq!(a[key], b[key], "{key}");
+    }
+}
