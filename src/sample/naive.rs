@@ -6,10 +6,16 @@ use candle_core::Tensor;
 use super::Noise;
 use crate::error::Result;
 use crate::models::{Arm, Mode};
+use crate::nn::kernels::shifted_conv::with_frozen_weights;
 
 /// Draws `noise.len()` examples: `[N, D]` values in 0..K, row-major. Class-conditional models take a
 /// label per example.
 pub fn sample_naive(arm: &Arm, noise: &Noise, temperature: f64, labels: Option<&[u32]>) -> Result<Vec<u32>> {
+    // The weights stay as they are: each convolution packs its kernel once for all D passes.
+    with_frozen_weights(|| naive(arm, noise, temperature, labels))
+}
+
+fn naive(arm: &Arm, noise: &Noise, temperature: f64, labels: Option<&[u32]>) -> Result<Vec<u32>> {
     let (n, dim) = (noise.len(), arm.dim());
     let labels = labels
         .map(|l| Tensor::from_slice(l, l.len(), arm.device()))

@@ -10,6 +10,7 @@ use candle_core::Tensor;
 use super::Noise;
 use crate::error::Result;
 use crate::models::{Arm, Mode};
+use crate::nn::kernels::shifted_conv::with_frozen_weights;
 
 /// The samples `[N, D]` and the number of ARM calls (full forward passes) it took.
 pub fn sample_predictive(
@@ -18,6 +19,11 @@ pub fn sample_predictive(
     temperature: f64,
     labels: Option<&[u32]>,
 ) -> Result<(Vec<u32>, usize)> {
+    // The weights stay as they are: each convolution packs its kernel once for every pass.
+    with_frozen_weights(|| predictive(arm, noise, temperature, labels))
+}
+
+fn predictive(arm: &Arm, noise: &Noise, temperature: f64, labels: Option<&[u32]>) -> Result<(Vec<u32>, usize)> {
     let (n, dim) = (noise.len(), arm.dim());
     let labels = labels
         .map(|l| Tensor::from_slice(l, l.len(), arm.device()))

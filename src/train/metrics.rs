@@ -26,18 +26,22 @@ pub fn evaluate(arm: &Arm, data: &Dataset, batch_size: usize) -> Result<Evaluati
     }
     let idx: Vec<usize> = (0..data.len()).collect();
     let mut total = 0.0;
-    for chunk in idx.chunks(batch_size.max(1)) {
-        let x = data.batch(chunk, arm.device())?;
-        let labels = match arm.num_classes() {
-            Some(_) => Some(data.label_batch(chunk, arm.device())?),
-            None => None,
-        };
-        let lp = arm
-            .log_prob_labelled(&x, labels.as_ref())?
-            .to_dtype(candle_core::DType::F64)?
-            .to_vec1::<f64>()?;
-        total -= lp.iter().sum::<f64>();
-    }
+    // The weights stay as they are: each convolution packs its kernel once for all batches.
+    crate::nn::kernels::shifted_conv::with_frozen_weights(|| -> Result<()> {
+        for chunk in idx.chunks(batch_size.max(1)) {
+            let x = data.batch(chunk, arm.device())?;
+            let labels = match arm.num_classes() {
+                Some(_) => Some(data.label_batch(chunk, arm.device())?),
+                None => None,
+            };
+            let lp = arm
+                .log_prob_labelled(&x, labels.as_ref())?
+                .to_dtype(candle_core::DType::F64)?
+                .to_vec1::<f64>()?;
+            total -= lp.iter().sum::<f64>();
+        }
+        Ok(())
+    })?;
     let nll = total / data.len() as f64;
     Ok(Evaluation {
         nll,

@@ -18,6 +18,11 @@
 //! Shapes: x `[B, H, W, C_in]`, w `[C_out, C_in, N_k]` (PyTorch's layout, 2-D kernels flattened row-major:
 //! k = ky·KW + kx), bias `[C_out]` → `[B, H, W, C_out]`.
 
+use std::any::Any;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -296,10 +301,14 @@ fn pack_run_reversed<T: WithDType>(w: &[T], g: &Geometry, run: Run) -> Vec<T> {
 /// The forward pass on plain slices: x `[B, H, W, C_in]`, w `[C_out, C_in, N_k]`, bias `[C_out]` →
 /// `[B, H, W, C_out]`.
 pub fn forward<T: WithDType>(x: &[T], w: &[T], bias: &[T], g: &Geometry) -> Vec<T> {
-    let (c_in, c_out, n_k) = (g.c_in, g.c_out, g.n_k);
+    forward_packed(x, &pack_tap_major(w, g.c_out, g.c_in, g.n_k), bias, g)
+}
+
+/// The forward pass with the kernel already packed tap-major (`[N_k, C_in, C_out]`).
+fn forward_packed<T: WithDType>(x: &[T], packed: &[T], bias: &[T], g: &Geometry) -> Vec<T> {
+    let (c_in, c_out) = (g.c_in, g.c_out);
     let xpad = pad_rows(x, g, c_in);
     let m = g.m();
-    let packed = pack_tap_major(w, c_out, c_in, n_k);
     let mut full = vec![T::from_f64(0.0); g.rows() * c_out];
     for (i, run) in g.runs().into_iter().enumerate() {
         // out[r] (+)= xpad[r + offset .. + n rows] · W[k0..k0+n]: an overlapping view of xpad (row stride
@@ -426,10 +435,12 @@ fn column_sums<T: WithDType>(m: &[T], c: usize) -> Vec<T> {
     partials.iter().fold(vec![T::from_f64(0.0); c], |a, p| add(a, p))
 }
 
-/// The candle op on (x, w, bias). Its inputs must be contiguous (the wrapper makes them so).
-#[derive(Debug, Clone)]
+/// The candle op on (x, w, bias). Its inputs must be contiguous (the wrapper makes them so). `packed` is
+/// the kernel already packed tap-major, when the weights are frozen (see [`with_frozen_weights`]).
+#[derive(Clone)]
 pub struct ShiftedConvOp {
     pub plan: TapPlan,
+    packed: Option<Arc<dyn Any + Send + Sync>>,
 }
 
 impl ShiftedConvOp {
@@ -503,18 +514,26 @@ impl CustomOp3 for ShiftedConvOp {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let g = self.geometry(l1.shape(), l2.shape(), l3.shape())?;
-        fn run<T: WithDType>(s: [(&CpuStorage, &Layout); 3], g: &Geometry) -> Result<Vec<T>> {
+        fn run<T: WithDType>(
+            s: [(&CpuStorage, &Layout); 3],
+            g: &Geometry,
+            packed: Option<&(dyn Any + Send + Sync)>,
+        ) -> Result<Vec<T>> {
             let (x, w, b) = (
                 contiguous::<T>(s[0].0, s[0].1)?,
                 contiguous::<T>(s[1].0, s[1].1)?,
                 contiguous::<T>(s[2].0, s[2].1)?,
             );
-            Ok(forward(x, w, b, g))
+            Ok(match packed.and_then(|p| p.downcast_ref::<Vec<T>>()) {
+                Some(p) => forward_packed(x, p, b, g),
+                None => forward(x, w, b, g),
+            })
         }
         let args = [(s1, l1), (s2, l2), (s3, l3)];
+        let packed = self.packed.as_deref();
         let out = match (s1, s2, s3) {
-            (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(run(args, &g)?),
-            (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(run(args, &g)?),
+            (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(run(args, &g, packed)?),
+            (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(run(args, &g, packed)?),
             _ => candle_core::bail!("shifted conv: supports f32 and f64 with matching dtypes"),
         };
         Ok((out, Shape::from((g.b, g.h, g.w, g.c_out))))
@@ -559,11 +578,92 @@ impl CustomOp3 for ShiftedConvOp {
 /// `out[b, y, x] = bias + Σ_taps w[:, :, k] · x[b, y + dy − pad_top, x + dx − pad_left]` (zero outside).
 /// Differentiable in all three.
 pub fn shifted_conv(x: &Tensor, w: &Tensor, bias: &Tensor, plan: &TapPlan) -> Result<Tensor> {
+    let w = w.contiguous()?;
+    let packed = frozen_packed(&w)?;
     x.contiguous()?.apply_op3(
-        &w.contiguous()?,
+        &w,
         &bias.contiguous()?,
-        ShiftedConvOp { plan: plan.clone() },
+        ShiftedConvOp {
+            plan: plan.clone(),
+            packed,
+        },
     )
+}
+
+/// Kernels packed tap-major, by the weight's storage, while [`with_frozen_weights`] runs. Each entry keeps
+/// its weight tensor alive, so no other tensor can take its memory (and its key) meanwhile.
+type FrozenCache = HashMap<(usize, usize, Vec<usize>), (Tensor, Arc<dyn Any + Send + Sync>)>;
+
+thread_local! {
+    /// Per thread: a promise that weights are constant holds for the code that made it, not for a training
+    /// loop running on another thread.
+    static FROZEN: RefCell<Option<FrozenCache>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` with the weights declared constant: each convolution packs its kernel on first use and reuses
+/// it for every later call inside `f` (the naive and predictive samplers run the network D times, an
+/// evaluation once per batch). Nothing inside `f` may change a weight in place — an optimizer step, an
+/// EMA swap, `Var::set` — or later calls would use the old kernel. Nested calls share the outer cache.
+pub fn with_frozen_weights<R>(f: impl FnOnce() -> R) -> R {
+    let outer = FROZEN.with(|c| {
+        let mut cache = c.borrow_mut();
+        let outer = cache.is_some();
+        if !outer {
+            *cache = Some(HashMap::new());
+        }
+        outer
+    });
+    // Clear the cache on the way out, also if `f` unwinds.
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            if !self.0 {
+                FROZEN.with(|c| *c.borrow_mut() = None);
+            }
+        }
+    }
+    let _reset = Reset(outer);
+    f()
+}
+
+/// The packed kernel of `w` from the frozen cache (packing and storing it on first use), or `None` when no
+/// [`with_frozen_weights`] is running or `w` is not an f32/f64 CPU tensor.
+fn frozen_packed(w: &Tensor) -> Result<Option<Arc<dyn Any + Send + Sync>>> {
+    let Ok((c_out, c_in, n_k)) = w.dims3() else {
+        return Ok(None);
+    };
+    let (storage, layout) = w.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        return Ok(None);
+    };
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        return Ok(None);
+    };
+    let ptr = match cpu {
+        CpuStorage::F32(v) => v[start..].as_ptr() as usize,
+        CpuStorage::F64(v) => v[start..].as_ptr() as usize,
+        _ => return Ok(None),
+    };
+    let key = (ptr, end - start, w.dims().to_vec());
+    let cached = FROZEN.with(|c| c.borrow().as_ref().map(|cache| cache.get(&key).map(|(_, p)| p.clone())));
+    match cached {
+        None => return Ok(None),             // not frozen
+        Some(Some(p)) => return Ok(Some(p)), // packed before
+        Some(None) => {}
+    }
+    // Packed with no borrow held: while it waits for the pool, this thread may run other work that convolves.
+    let p: Arc<dyn Any + Send + Sync> = match cpu {
+        CpuStorage::F32(v) => Arc::new(pack_tap_major(&v[start..end], c_out, c_in, n_k)),
+        CpuStorage::F64(v) => Arc::new(pack_tap_major(&v[start..end], c_out, c_in, n_k)),
+        _ => return Ok(None),
+    };
+    drop(storage);
+    FROZEN.with(|c| {
+        if let Some(cache) = c.borrow_mut().as_mut() {
+            cache.entry(key).or_insert_with(|| (w.clone(), p.clone()));
+        }
+    });
+    Ok(Some(p))
 }
 
 #[cfg(test)]
@@ -796,6 +896,42 @@ mod tests {
             let err = forward(&x, &w, &bias, &g).iter().zip(&naive(&x, &w, &bias, &g)).map(|(p, q)| (p - q).abs()).fold(0.0, f64::max);
             proptest::prop_assert!(err < 1e-10, "{:?}: max err {}", g, err);
         }
+    }
+
+    /// Inside `with_frozen_weights` each kernel is packed once and the results are bitwise those of the
+    /// plain op, for several weights of one shape (also temporaries, which the cache keeps alive so their
+    /// memory cannot pass to another kernel); after it, a changed weight is seen again.
+    #[test]
+    fn frozen_weights_give_the_same_results_and_expire() -> Result<()> {
+        let dev = candle_core::Device::Cpu;
+        let plan = TapPlan::causal_1d(3, 1, 3);
+        let x = Tensor::randn(0f32, 1., (2, 1, 9, 4), &dev)?;
+        let bias = Tensor::zeros(5, candle_core::DType::F32, &dev)?;
+        let w = candle_core::Var::randn(0f32, 1., (5, 4, 3), &dev)?;
+        let plain = |w: &Tensor| -> Result<Vec<f32>> { shifted_conv(&x, w, &bias, &plan)?.flatten_all()?.to_vec1() };
+        let want = plain(&w)?;
+        let (inside, temps) = with_frozen_weights(|| -> Result<_> {
+            let a = plain(&w)?;
+            let b = plain(&w)?;
+            // Temporaries of the same shape, each dropped after use.
+            let temps: Vec<(Vec<f32>, Vec<f32>)> = (0..4)
+                .map(|i| -> Result<_> {
+                    let t = ((w.as_tensor() * (i as f64 + 2.0))? + 1.0)?;
+                    Ok((plain(&t)?, with_frozen_weights(|| plain(&t))?))
+                })
+                .collect::<Result<_>>()?;
+            assert!(FROZEN.with(|c| c.borrow().as_ref().is_some_and(|c| c.len() == 5)));
+            Ok(((a, b), temps))
+        })?;
+        assert_eq!(inside.0, want);
+        assert_eq!(inside.1, want);
+        for (a, b) in temps {
+            assert_eq!(a, b, "a temporary kernel took another's packing");
+        }
+        assert!(FROZEN.with(|c| c.borrow().is_none()), "the cache outlived its scope");
+        w.set(&(w.as_tensor() * 2.0)?)?;
+        assert_ne!(plain(&w)?, want, "a changed weight is seen after the scope");
+        Ok(())
     }
 
     /// The op agrees with candle's own conv2d forward (which is correct) on a full 3×3 kernel, in f32.
