@@ -1,5 +1,6 @@
 //! One seed-net workload in a loop, for `perf record`: `cargo run --release --example hot_loop -- WHAT N`
-//! with WHAT one of train, fwd64, fwd1, naive (16 images).
+//! with WHAT one of train, fwd64, fwd1, naive (16 images),
+//! gated (a train step of `--model gated-pixelcnn` at batch 64).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use armory::config::RunConfig;
@@ -10,6 +11,8 @@ use candle_core::{DType, Device};
 use std::time::Instant;
 
 fn main() -> anyhow::Result<()> {
+    // As the binary does (src/main.rs): keep freed memory rather than hand it back to the OS.
+    unsafe { libmimalloc_sys::mi_option_set(15, -1) };
     armory::with_threads(0, run)?
 }
 
@@ -17,7 +20,11 @@ fn run() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let what = args.get(1).map_or("train", |s| s.as_str()).to_string();
     let n: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(20);
-    let cfg = RunConfig::seed();
+    let cfg = if what.starts_with("gated") {
+        RunConfig::named("gated-pixelcnn")?
+    } else {
+        RunConfig::seed()
+    };
     let arm = Arm::new(&cfg.model, 0, DType::F32, &Device::Cpu)?;
     let splits = cfg.data.load()?;
     let x64 = splits.train.batch(&(0..64).collect::<Vec<_>>(), arm.device())?;
@@ -27,7 +34,7 @@ fn run() -> anyhow::Result<()> {
     for _ in 0..n {
         let t = Instant::now();
         match what.as_str() {
-            "train" => {
+            "train" | "gated" => {
                 let loss = arm.loss(&x64, Reduction::Mean, Mode::Train { seed: 0 })?;
                 opt.step(&loss.backward()?)?;
             }
