@@ -3,6 +3,7 @@
 use candle_core::{Result, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 
 /// Whether a forward pass is for training (dropout active, drawn from `seed`) or evaluation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,19 +24,57 @@ pub fn dropout(x: &Tensor, p: f64, mode: Mode, salt: u64) -> Result<Tensor> {
     if p <= 0.0 {
         return Ok(x.clone());
     }
-    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ salt.wrapping_mul(0x9E3779B97F4A7C15));
-    let keep = 1.0 / (1.0 - p);
-    let mask: Vec<f32> = (0..x.elem_count())
-        .map(|_| if rng.random::<f64>() < p { 0.0 } else { keep as f32 })
-        .collect();
-    let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+    let rng = ChaCha8Rng::seed_from_u64(seed ^ salt.wrapping_mul(0x9E3779B97F4A7C15));
+    let mask = Tensor::from_vec(mask(rng, p, x.elem_count()), x.shape(), x.device())?.to_dtype(x.dtype())?;
     x * mask
+}
+
+/// Elements per parallel task.
+const CHUNK: usize = 1 << 14;
+
+/// The mask: element i is 0 when the i-th f64 drawn from `rng` is below `p`, else 1/(1−p). Drawn in
+/// parallel chunks, each starting where the sequential stream would be (an f64 takes two 32-bit words of
+/// ChaCha's stream), so the mask is the same for any number of threads.
+fn mask(rng: ChaCha8Rng, p: f64, n: usize) -> Vec<f32> {
+    let keep = (1.0 / (1.0 - p)) as f32;
+    let mut out = vec![0f32; n];
+    let fill = |(i, chunk): (usize, &mut [f32])| {
+        let mut rng = rng.clone();
+        rng.set_word_pos(2 * (i * CHUNK) as u128);
+        for v in chunk {
+            *v = if rng.random::<f64>() < p { 0.0 } else { keep };
+        }
+    };
+    if n <= CHUNK {
+        out.chunks_mut(CHUNK).enumerate().for_each(fill);
+    } else {
+        out.par_chunks_mut(CHUNK).enumerate().for_each(fill);
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    /// The parallel mask is the sequential stream's, element for element, across several chunks.
+    #[test]
+    fn mask_is_the_sequential_stream() {
+        let rng = ChaCha8Rng::seed_from_u64(42);
+        let n = 3 * CHUNK + 17;
+        let mut seq = rng.clone();
+        let want: Vec<f32> = (0..n)
+            .map(|_| {
+                if seq.random::<f64>() < 0.3 {
+                    0.0
+                } else {
+                    (1.0 / 0.7f64) as f32
+                }
+            })
+            .collect();
+        assert_eq!(mask(rng, 0.3, n), want);
+    }
 
     #[test]
     fn dropout_is_seeded_scaled_and_off_in_eval() -> Result<()> {
