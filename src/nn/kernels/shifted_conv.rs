@@ -85,15 +85,21 @@ struct Run {
 }
 
 impl Geometry {
+    /// Right padding actually laid out. A tap that reaches past a row's end reads on into the next row, whose
+    /// first `pad_left` columns are zeros too, so only the part of `pad_right` beyond `pad_left` is needed:
+    /// a 3×3 kernel on 8-pixel rows computes rows of 9 instead of 10 (a 7×7 one 11 instead of 14).
+    fn pad_right(&self) -> usize {
+        self.plan.pad_right.saturating_sub(self.plan.pad_left)
+    }
     fn wp(&self) -> usize {
-        self.w + self.plan.pad_left + self.plan.pad_right
+        self.w + self.plan.pad_left + self.pad_right()
     }
     fn image_rows(&self) -> usize {
         (self.h + self.plan.pad_top) * self.wp()
     }
-    /// Rows of the padded input.
+    /// Rows of the padded input: the images, then the zero rows the last image's right-most taps read.
     fn rows(&self) -> usize {
-        self.b * self.image_rows()
+        self.b * self.image_rows() + (self.plan.pad_right - self.pad_right())
     }
     fn offset(&self, t: &Tap) -> usize {
         t.dy * self.wp() + t.dx
@@ -851,6 +857,57 @@ mod tests {
                 assert!((gw[i] - want).abs() < 1e-12, "{g:?} grad_w[{i}]: {} vs {want}", gw[i]);
             }
             assert!(backward(&x, &w, &go, &g, false).0.is_empty());
+        }
+    }
+
+    /// Shared padding across row ends: kernels wider than the image, asymmetric padding (right beyond left),
+    /// and a single-column image, forward against the naive loop and backward as its adjoint.
+    #[test]
+    fn kernels_reaching_across_row_ends_match_the_naive_loop() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(p, q)| p * q).sum::<f64>();
+        let asymmetric = TapPlan {
+            taps: (0..2)
+                .flat_map(|dy| (0..4).map(move |dx| Tap { dy, dx, k: dy * 4 + dx }))
+                .collect(),
+            pad_top: 1,
+            pad_left: 1,
+            pad_right: 2,
+        };
+        let cases = [
+            (
+                crate::nn::masked_conv2d::masked_plan(7, crate::nn::ConvType::A),
+                49,
+                (2, 3, 2),
+            ),
+            (crate::nn::masked_conv2d::vertical_plan(5), 25, (3, 4, 1)),
+            (asymmetric, 8, (2, 3, 5)),
+        ];
+        for (plan, n_k, (b, h, w)) in cases {
+            let g = Geometry {
+                b,
+                h,
+                w,
+                c_in: 2,
+                c_out: 3,
+                n_k,
+                plan,
+            };
+            let x = random(b * h * w * 2, &mut rng);
+            let wt = random(3 * 2 * n_k, &mut rng);
+            let bias = random(3, &mut rng);
+            let err = forward(&x, &wt, &bias, &g)
+                .iter()
+                .zip(&naive(&x, &wt, &bias, &g))
+                .map(|(p, q)| (p - q).abs())
+                .fold(0.0, f64::max);
+            assert!(err < 1e-12, "{g:?}: forward max err {err}");
+            let go = random(b * h * w * 3, &mut rng);
+            let (gx, gw, _) = backward(&x, &wt, &go, &g, true);
+            let zero = vec![0.0; 3];
+            let lhs = dot(&go, &naive(&x, &wt, &zero, &g));
+            assert!((lhs - dot(&gx, &x)).abs() < 1e-9 * lhs.abs().max(1.0), "{g:?}: grad x");
+            assert!((lhs - dot(&gw, &wt)).abs() < 1e-9 * lhs.abs().max(1.0), "{g:?}: grad w");
         }
     }
 
