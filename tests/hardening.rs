@@ -159,7 +159,7 @@ fn a_run_killed_before_its_first_checkpoint_can_be_restarted() {
         .assert()
         .success()
         .stderr(contains("starting it from scratch"))
-        .stdout(contains("MaxEpochs after 1 epochs"));
+        .stdout(contains("reached the epoch limit after 1 epoch ("));
     assert!(!run.join("last.safetensors.tmp").exists(), "a leftover temporary file");
 }
 

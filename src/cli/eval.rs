@@ -49,7 +49,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         );
     } else {
         println!(
-            "{:?} split of {spec}: {:.3} nats per example, {:.4} bits per dimension ({} examples)",
+            "{} split of {spec}: {:.3} nats per example, {:.4} bits per dimension ({} examples)",
             a.split, ev.nll, ev.bpd, ev.examples
         );
     }

@@ -106,7 +106,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         _ => format!("{calls} ARM calls for D = {d}"),
     };
     println!(
-        "{} samples in {:.3}s ({method:?} sampler, {calls}) → {}",
+        "{} samples in {:.3}s ({method} sampler, {calls}) → {}",
         a.n,
         secs,
         a.out.display()

@@ -3,7 +3,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use armory::config::RunConfig;
+use armory::config::{Binarize, RunConfig};
 use armory::models::{Arm, ModelConfig};
 use armory::train::{self, evaluate, Controls, OptimizerKind, Outcome, RunDir};
 use candle_core::{DType, Device};
@@ -40,7 +40,7 @@ pub struct Args {
     levels: Option<usize>,
     /// Binarize the data after loading (stochastic: seeded by --seed).
     #[arg(long, value_enum)]
-    binarize: Option<armory::config::Binarize>,
+    binarize: Option<Binarize>,
     #[arg(long)]
     seed: Option<u64>,
     #[arg(long, value_enum)]
@@ -316,7 +316,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let arm = Arm::new(&cfg.model, cfg.train.seed, DType::F32, &Device::Cpu)?;
     if !a.quiet {
         eprintln!(
-            "{} {}: {} parameters, receptive field {} of {}; data {}{} (train {}, val {}, test {}); {} threads",
+            "{} {}: {} parameters, receptive field {} of {}; data {}{} (train {}, val {}, test {}); {}",
             if resume { "resuming" } else { "training" },
             run.path.display(),
             arm.params().num_params(),
@@ -325,13 +325,16 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             cfg.data.dataset,
             match (cfg.data.levels, cfg.data.binarize) {
                 (Some(l), _) => format!(", quantized to {l} levels"),
-                (_, Some(b)) => format!(", binarized ({b:?}, seed {})", cfg.data.binarize_seed),
+                (_, Some(Binarize::Threshold)) => ", binarized by threshold (the upper half of the values → 1)".into(),
+                (_, Some(Binarize::Stochastic)) => {
+                    format!(", binarized stochastically (seed {})", cfg.data.binarize_seed)
+                }
                 _ => String::new(),
             },
             splits.train.len(),
             splits.val.len(),
             splits.test.len(),
-            rayon::current_num_threads()
+            super::count(rayon::current_num_threads(), "thread")
         );
     }
 
@@ -362,7 +365,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let rows = train::metrics::read_csv(&run.file("metrics.csv"))?;
     train::pictures::draw(&run, &arm, &splits.test, &rows, cfg.train.seed)?;
     let summary_json = serde_json::json!({
-        "outcome": format!("{:?}", summary.outcome),
+        "outcome": format!("{:?}", summary.outcome), // the variant's name (EarlyStopped, MaxEpochs), as before
         "epochs": summary.epochs,
         "best_epoch": summary.best_epoch,
         "best_val_nll": summary.best_val_nll,
@@ -376,11 +379,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         serde_json::to_string_pretty(&summary_json)?.as_bytes(),
     )?;
     println!(
-        "{:?} after {} epochs (best {:.3} at epoch {}), {:.0}s\ntest: {:.3} nats per image, {:.4} bits/dim\nrun: {} (weights, metrics.csv, real.png, samples.png, curve.png)",
+        "{} after {} (best: epoch {}, {:.2} nats), {:.0}s\ntest: {:.3} nats per image, {:.4} bits/dim\nrun: {} (weights, metrics.csv, real.png, samples.png, curve.png)",
         summary.outcome,
-        summary.epochs,
-        summary.best_val_nll,
+        super::count(summary.epochs, "epoch"),
         summary.best_epoch,
+        summary.best_val_nll,
         summary.wall_secs,
         test.nll,
         test.bpd,

@@ -113,6 +113,17 @@ pub enum Split {
     Test,
 }
 
+impl std::fmt::Display for Split {
+    /// The split's name in words: "train", "validation", "test".
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Split::Train => "train",
+            Split::Val => "validation",
+            Split::Test => "test",
+        })
+    }
+}
+
 /// A binary file's payload must be exactly as long as its header says: shorter is a truncated file,
 /// longer has trailing bytes. `claim` says who promised the length ("the header [..] promises").
 pub(crate) fn check_payload(path: &Path, found: usize, expected: usize, claim: &str) -> Result<()> {

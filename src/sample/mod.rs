@@ -22,6 +22,17 @@ pub enum Method {
     Predictive,
 }
 
+impl std::fmt::Display for Method {
+    /// The sampler's name in words: "naive", "cached", "predictive".
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Method::Naive => "naive",
+            Method::Cached => "cached",
+            Method::Predictive => "predictive",
+        })
+    }
+}
+
 impl Method {
     /// Cached where the model family has a stepper, naive otherwise (`labels`: one per example for
     /// class-conditional models).
