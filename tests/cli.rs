@@ -2,35 +2,16 @@
 
 use std::path::Path;
 
-use assert_cmd::Command;
+use common::armory;
 use predicates::str::contains;
 
-fn armory() -> Command {
-    Command::cargo_bin("armory").unwrap()
-}
+mod common;
 
 const REFERENCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/reference");
 
 /// A tiny seed-like model trained for two epochs into `dir/t`.
 fn tiny_run(dir: &Path) -> std::path::PathBuf {
-    armory()
-        .args([
-            "train",
-            "--epochs",
-            "2",
-            "--hidden",
-            "8",
-            "--kernel",
-            "3",
-            "--quiet",
-            "--name",
-            "t",
-            "--runs-dir",
-        ])
-        .arg(dir)
-        .assert()
-        .success()
-        .stdout(contains("test:").and(contains("nats per image")));
+    common::tiny_train(dir, "t").stdout(contains("test:").and(contains("nats per image")));
     dir.join("t")
 }
 

@@ -5,25 +5,15 @@
 use std::path::{Path, PathBuf};
 
 use armory::train::RunDir;
-use assert_cmd::Command;
+use common::{armory, TINY};
 use predicates::prelude::*;
 use predicates::str::contains;
 
-fn armory() -> Command {
-    Command::cargo_bin("armory").unwrap()
-}
-
-const TINY: [&str; 6] = ["--hidden", "8", "--kernel", "3", "--quiet", "--epochs"];
+mod common;
 
 /// A tiny seed-like model trained for two epochs into `dir/name`.
 fn tiny_run(dir: &Path, name: &str) -> PathBuf {
-    armory()
-        .arg("train")
-        .args(TINY)
-        .args(["2", "--name", name, "--runs-dir"])
-        .arg(dir)
-        .assert()
-        .success();
+    common::tiny_train(dir, name);
     dir.join(name)
 }
 
