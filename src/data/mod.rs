@@ -214,6 +214,16 @@ fn open(spec: &str) -> Result<Source> {
 ///
 /// Sets that come with their own train and test files are returned as train followed by test; use
 /// [`load_splits`] to keep them apart.
+///
+/// ```
+/// use armory::data::{self, Splits};
+///
+/// let digits = data::load("digits")?; // 1797 8×8 pictures, values 0..16
+/// assert_eq!((digits.len(), digits.dim, digits.num_values), (1797, 64, 17));
+/// let splits = Splits::by_position(&digits)?;
+/// assert_eq!((splits.train.len(), splits.val.len(), splits.test.len()), (1000, 350, 447));
+/// # Ok::<(), armory::Error>(())
+/// ```
 pub fn load(spec: &str) -> Result<Dataset> {
     match open(spec)? {
         Source::One(ds) => Ok(ds),
