@@ -56,7 +56,7 @@ pub struct DataConfig {
 }
 
 /// How to binarize a dataset.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Binarize {
     Threshold,

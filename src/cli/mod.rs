@@ -1,6 +1,7 @@
 //! The command line: clap structs per subcommand, turned into library calls. No tensor math here.
 
 mod bench;
+mod choices;
 mod eval;
 mod info;
 mod model_source;

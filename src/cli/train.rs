@@ -8,6 +8,8 @@ use armory::models::{Arm, ModelConfig};
 use armory::train::{self, evaluate, Controls, OptimizerKind, Outcome, RunDir};
 use candle_core::{DType, Device};
 
+use super::choices;
+
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// A config file (default: configs/seed-arm.toml, embedded).
@@ -39,11 +41,11 @@ pub struct Args {
     #[arg(long, conflicts_with = "binarize")]
     levels: Option<usize>,
     /// Binarize the data after loading (stochastic: seeded by --seed).
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = choices::parser(choices::BINARIZE))]
     binarize: Option<Binarize>,
     #[arg(long)]
     seed: Option<u64>,
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = choices::parser(choices::OPTIMIZERS))]
     optimizer: Option<OptimizerKind>,
     #[arg(long)]
     lr: Option<f64>,
@@ -325,7 +327,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             cfg.data.dataset,
             match (cfg.data.levels, cfg.data.binarize) {
                 (Some(l), _) => format!(", quantized to {l} levels"),
-                (_, Some(Binarize::Threshold)) => ", binarized by threshold (the upper half of the values → 1)".into(),
+                (_, Some(Binarize::Threshold)) => ", binarized by threshold".into(),
                 (_, Some(Binarize::Stochastic)) => {
                     format!(", binarized stochastically (seed {})", cfg.data.binarize_seed)
                 }

@@ -12,7 +12,7 @@ use crate::limits;
 use crate::models::Arm;
 
 /// How to draw samples; all give the same samples for the same noise.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
     /// D full forward passes.
     Naive,
