@@ -56,7 +56,7 @@ pub struct DataConfig {
 }
 
 /// How to binarize a dataset.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Binarize {
     Threshold,
@@ -152,6 +152,15 @@ impl RunConfig {
     }
 
     /// One of the embedded configs by name (see [`NAMED`]).
+    ///
+    /// ```
+    /// use armory::config::RunConfig;
+    ///
+    /// let cfg = RunConfig::named("wavenet")?; // configs/wavenet.toml, embedded in the library
+    /// assert_eq!((cfg.data.dataset.as_str(), cfg.model.dim()), ("digits", 64));
+    /// assert!(RunConfig::named("wavnet").is_err()); // the error lists the names
+    /// # Ok::<(), armory::Error>(())
+    /// ```
     pub fn named(name: &str) -> Result<Self> {
         let (_, text) = NAMED.iter().find(|(n, _)| *n == name).ok_or_else(|| {
             let names: Vec<&str> = NAMED.iter().map(|(n, _)| *n).collect();

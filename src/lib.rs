@@ -34,6 +34,12 @@ pub use error::{Error, Result};
 /// operation); and candle's own pool for its elementwise operations off, since its spinning workers compete
 /// with ours for the same cores (set `CANDLE_NUM_THREADS` beforehand to override). Call it before any
 /// candle operation has run: candle starts its pool once.
+///
+/// ```
+/// let threads = armory::with_threads(2, rayon::current_num_threads)?; // f runs inside the pool
+/// assert_eq!(threads, 2);
+/// # Ok::<(), armory::Error>(())
+/// ```
 pub fn with_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> Result<R> {
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         std::env::set_var("CANDLE_NUM_THREADS", "1");

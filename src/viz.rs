@@ -125,6 +125,14 @@ pub struct Series {
     pub points: Vec<(f64, f64)>,
 }
 
+/// One point of a plot marked in red, with its legend entry (e.g. "best: epoch 50, 89.40 nats").
+#[derive(Debug, Clone, PartialEq)]
+pub struct Marker {
+    pub x: f64,
+    pub y: f64,
+    pub label: String,
+}
+
 const PLOT_W: u32 = 800;
 const PLOT_H: u32 = 500;
 const COLORS: [RGBColor; 6] = [
@@ -161,8 +169,9 @@ fn padded_range(vals: impl Iterator<Item = f64>) -> (f64, f64) {
 
 /// Draw a line plot (e.g. validation NLL per epoch) as an 800×500 PNG at `path`, with
 /// axes, tick labels, axis titles, a title, a legend, and optionally a red marker at
-/// `highlight` (e.g. the best epoch). Non-finite points are skipped; series with few
-/// points (≤ 50) also get a dot per point, so a single point is visible.
+/// `highlight` (e.g. the best epoch) named in the legend by its label. Where every x is a whole
+/// number (epochs), the x axis is labelled with whole numbers only. Non-finite points are skipped;
+/// series with few points (≤ 50) also get a dot per point, so a single point is visible.
 /// Errors (`Error::Plot`) when `series` is empty, no point is finite, or drawing fails.
 pub fn line_plot_png(
     path: &Path,
@@ -170,7 +179,7 @@ pub fn line_plot_png(
     x_label: &str,
     y_label: &str,
     series: &[Series],
-    highlight: Option<(f64, f64)>,
+    highlight: Option<&Marker>,
 ) -> Result<()> {
     if series.is_empty() {
         return Err(plot_err(path, "no series to plot"));
@@ -180,8 +189,13 @@ pub fn line_plot_png(
         .iter()
         .map(|s| s.points.iter().copied().filter(finite).collect())
         .collect();
-    let highlight = highlight.filter(finite);
-    let all: Vec<(f64, f64)> = clean.iter().flatten().copied().chain(highlight).collect();
+    let highlight = highlight.filter(|m| finite(&(m.x, m.y)));
+    let all: Vec<(f64, f64)> = clean
+        .iter()
+        .flatten()
+        .copied()
+        .chain(highlight.map(|m| (m.x, m.y)))
+        .collect();
     if all.is_empty() {
         return Err(plot_err(path, "no finite points to plot"));
     }
@@ -189,6 +203,18 @@ pub fn line_plot_png(
         padded_range(all.iter().map(|p| p.0)),
         padded_range(all.iter().map(|p| p.1)),
     );
+    // Whole-number x values (epochs) get whole-number ticks: at most one label per unit of the range keeps
+    // plotters' tick step at 1, 2, 5, 10, …, and a tick that still falls between two numbers goes unlabelled.
+    let whole_x = all.iter().all(|p| p.0.fract() == 0.0);
+    let x_labels = if whole_x {
+        ((xr.1 - xr.0).floor() as usize + 1).min(10)
+    } else {
+        10
+    };
+    let whole_number = |x: &f64| match x.fract() == 0.0 {
+        true => format!("{x:.0}"),
+        false => String::new(),
+    };
     register_font();
     let mut buf = vec![255u8; (PLOT_W * PLOT_H * 3) as usize];
     let drawn = (|| -> std::result::Result<(), Box<dyn std::error::Error>> {
@@ -200,14 +226,17 @@ pub fn line_plot_png(
             .x_label_area_size(45)
             .y_label_area_size(70)
             .build_cartesian_2d(xr.0..xr.1, yr.0..yr.1)?;
-        chart
-            .configure_mesh()
-            .x_desc(x_label)
+        let mut mesh = chart.configure_mesh();
+        mesh.x_desc(x_label)
             .y_desc(y_label)
             .label_style(("sans-serif", 14))
             .axis_desc_style(("sans-serif", 16))
             .light_line_style(RGBColor(235, 235, 235))
-            .draw()?;
+            .x_labels(x_labels);
+        if whole_x {
+            mesh.x_label_formatter(&whole_number);
+        }
+        mesh.draw()?;
         for (i, (s, pts)) in series.iter().zip(&clean).enumerate() {
             let color = COLORS[i % COLORS.len()];
             chart
@@ -218,11 +247,11 @@ pub fn line_plot_png(
                 chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
             }
         }
-        if let Some((x, y)) = highlight {
+        if let Some(m) = highlight {
             let red = RGBColor(214, 39, 40);
             chart
-                .draw_series([Circle::new((x, y), 7, red.stroke_width(3))])?
-                .label(format!("highlight ({x}, {y:.4})"))
+                .draw_series([Circle::new((m.x, m.y), 7, red.stroke_width(3))])?
+                .label(m.label.as_str())
                 .legend(move |(lx, ly)| Circle::new((lx + 10, ly), 5, red.stroke_width(2)));
         }
         chart
@@ -317,7 +346,12 @@ mod tests {
             name: "valid".into(),
             points: vec![(0.0, 3.1), (1.0, f64::NAN), (2.0, 1.4), (3.0, 1.2)],
         };
-        line_plot_png(&p, "NLL", "epoch", "nats/dim", &[train, val], Some((3.0, 1.2))).unwrap();
+        let best = Marker {
+            x: 3.0,
+            y: 1.2,
+            label: "best: epoch 3, 1.20 nats".into(),
+        };
+        line_plot_png(&p, "NLL", "epoch", "nats/dim", &[train, val], Some(&best)).unwrap();
         assert!(plot_colors(&p) > 10);
     }
 
@@ -335,7 +369,12 @@ mod tests {
             name: "flat".into(),
             points: vec![(0.0, 0.0), (1.0, 0.0), (2.0, f64::INFINITY)],
         };
-        line_plot_png(&p, "flat", "x", "y", &[flat], Some((f64::NAN, 0.0))).unwrap();
+        let nan = Marker {
+            x: f64::NAN,
+            y: 0.0,
+            label: "nowhere".into(),
+        };
+        line_plot_png(&p, "flat", "x", "y", &[flat], Some(&nan)).unwrap();
         assert!(matches!(
             line_plot_png(&p, "t", "x", "y", &[], None),
             Err(Error::Plot { .. })

@@ -2,35 +2,16 @@
 
 use std::path::Path;
 
-use assert_cmd::Command;
+use common::armory;
 use predicates::str::contains;
 
-fn armory() -> Command {
-    Command::cargo_bin("armory").unwrap()
-}
+mod common;
 
 const REFERENCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/reference");
 
 /// A tiny seed-like model trained for two epochs into `dir/t`.
 fn tiny_run(dir: &Path) -> std::path::PathBuf {
-    armory()
-        .args([
-            "train",
-            "--epochs",
-            "2",
-            "--hidden",
-            "8",
-            "--kernel",
-            "3",
-            "--quiet",
-            "--name",
-            "t",
-            "--runs-dir",
-        ])
-        .arg(dir)
-        .assert()
-        .success()
-        .stdout(contains("test:").and(contains("nats per image")));
+    common::tiny_train(dir, "t").stdout(contains("test:").and(contains("nats per image")));
     dir.join("t")
 }
 
@@ -60,7 +41,7 @@ fn train_writes_a_complete_run_directory_and_eval_and_sample_read_it() {
         .arg(&run)
         .assert()
         .success()
-        .stdout(contains("Val split of digits").and(contains("bits per dimension")));
+        .stdout(contains("validation split of digits").and(contains("bits per dimension")));
 
     let sample = |seed: &str, name: &str| {
         let raw = dir.path().join(name);
@@ -132,7 +113,7 @@ fn interrupted_training_resumes_from_the_command_line() {
         .arg(dir.path().join("r"))
         .assert()
         .success()
-        .stdout(contains("MaxEpochs after 2 epochs"));
+        .stdout(contains("reached the epoch limit after 2 epochs"));
 }
 
 #[test]
@@ -369,7 +350,7 @@ fn colour_pictures_train_an_rgb_pixelcnn_end_to_end() {
             .arg(&out)
             .assert()
             .success()
-            .stdout(contains("Cached"));
+            .stdout(contains("cached sampler"));
         let img = image::open(&out).unwrap().to_rgb8();
         assert!(
             img.pixels().any(|p| p.0[0] != p.0[1] || p.0[1] != p.0[2]),

@@ -14,9 +14,11 @@ use std::path::Path;
 use armory::config::{RunConfig, NAMED};
 use armory::data::{cifar, digits, idx, npy, png_folder};
 use armory::models::Arm;
-use armory::train::{self, metrics, Controls, RunDir};
+use armory::train::{self, metrics, RunDir};
 use candle_core::{DType, Device};
 use proptest::prelude::*;
+
+mod common;
 use proptest::sample::Index;
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRunner};
 
@@ -336,9 +338,7 @@ fn tiny_config() -> RunConfig {
 }
 
 fn tiny_splits() -> armory::data::Splits {
-    let mut s = armory::data::Splits::by_position(&armory::data::load("digits").unwrap()).unwrap();
-    s.train = s.train.slice(0..16);
-    s.val = s.val.slice(0..8);
+    let mut s = common::small_digits(16, 8);
     s.test = s.test.slice(0..8);
     s
 }
@@ -383,10 +383,7 @@ fn resume_files() {
     let cfg = tiny_config();
     let splits = tiny_splits();
     let dir = tempfile::tempdir().unwrap();
-    let quiet = Controls {
-        quiet: true,
-        ..Controls::default()
-    };
+    let quiet = common::quiet();
     let recipe = armory::train::TrainConfig {
         max_epochs: 1,
         ..cfg.train.clone()

@@ -5,25 +5,15 @@
 use std::path::{Path, PathBuf};
 
 use armory::train::RunDir;
-use assert_cmd::Command;
+use common::{armory, TINY};
 use predicates::prelude::*;
 use predicates::str::contains;
 
-fn armory() -> Command {
-    Command::cargo_bin("armory").unwrap()
-}
-
-const TINY: [&str; 6] = ["--hidden", "8", "--kernel", "3", "--quiet", "--epochs"];
+mod common;
 
 /// A tiny seed-like model trained for two epochs into `dir/name`.
 fn tiny_run(dir: &Path, name: &str) -> PathBuf {
-    armory()
-        .arg("train")
-        .args(TINY)
-        .args(["2", "--name", name, "--runs-dir"])
-        .arg(dir)
-        .assert()
-        .success();
+    common::tiny_train(dir, name);
     dir.join(name)
 }
 
@@ -159,7 +149,7 @@ fn a_run_killed_before_its_first_checkpoint_can_be_restarted() {
         .assert()
         .success()
         .stderr(contains("starting it from scratch"))
-        .stdout(contains("MaxEpochs after 1 epochs"));
+        .stdout(contains("reached the epoch limit after 1 epoch ("));
     assert!(!run.join("last.safetensors.tmp").exists(), "a leftover temporary file");
 }
 

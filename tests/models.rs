@@ -2,52 +2,13 @@
 //! causality, normalisation by enumeration, f64 finite-difference gradients, a training smoke test and a
 //! checkpoint round trip.
 
-use armory::data::{self, Splits};
+mod common;
+
 use armory::models::image_head::ColourMixture;
-use armory::models::{
-    causal_conv, gated_pixelcnn, mlp, pixelcnn, rnn, wavenet, Arm, InputEncoding, Mode, ModelConfig, Reduction,
-};
-use armory::train::{self, Controls, RunDir, TrainConfig};
+use armory::models::{causal_conv, gated_pixelcnn, mlp, pixelcnn, rnn, wavenet, Arm, InputEncoding, Mode, ModelConfig};
+use armory::train::{self, RunDir, TrainConfig};
 use candle_core::{DType, Device, Tensor};
-use rand::{Rng, SeedableRng};
-
-fn pixelcnn(k: usize, h: usize, w: usize) -> pixelcnn::Config {
-    pixelcnn::Config {
-        num_values: k,
-        height: h,
-        width: w,
-        hidden: 6,
-        first_kernel: 5,
-        blocks: 2,
-        kernel: 3,
-        head_hidden: 5,
-        input: InputEncoding::OneHot,
-        dropout: 0.0,
-        n_mix: None,
-        colors: 1,
-        colour_mixture: ColourMixture::Pixel,
-    }
-}
-
-fn gated(k: usize, h: usize, w: usize, num_classes: Option<usize>) -> gated_pixelcnn::Config {
-    gated_pixelcnn::Config {
-        num_values: k,
-        height: h,
-        width: w,
-        channels: 4,
-        first_kernel: 5,
-        layers: 2,
-        kernel: 3,
-        head_hidden: 5,
-        num_classes,
-        input: InputEncoding::OneHot,
-        dropout: 0.0,
-        n_mix: None,
-        colors: 1,
-        colour_mixture: ColourMixture::Pixel,
-        vertical_residual: false,
-    }
-}
+use common::{check_gradients, gated, pixelcnn, quiet, random_x, small_digits};
 
 /// Tiny members of every family, for K values and images of h × w (1-D models: D = h·w).
 fn families(k: usize, h: usize, w: usize) -> Vec<(&'static str, ModelConfig)> {
@@ -147,12 +108,6 @@ fn families(k: usize, h: usize, w: usize) -> Vec<(&'static str, ModelConfig)> {
     ]
 }
 
-fn random_x(b: usize, d: usize, k: usize, seed: u64) -> Tensor {
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let v: Vec<u32> = (0..b * d).map(|_| rng.random_range(0..k as u32)).collect();
-    Tensor::from_vec(v, (b, d), &Device::Cpu).unwrap()
-}
-
 /// Perturbing x_j changes no θ_d for d ≤ j, and changes θ_{j+1} (every family sees the previous value).
 #[test]
 fn perturbing_x_j_changes_no_output_at_or_before_j() {
@@ -238,45 +193,6 @@ fn model_gradients_match_finite_differences_f64() {
         k,
         12,
     );
-}
-
-fn check_gradients(name: &str, cfg: &ModelConfig, k: usize, d: usize) {
-    let arm = Arm::new(cfg, 3, DType::F64, &Device::Cpu).unwrap();
-    let x = random_x(4, d, k, 5);
-    let loss = |arm: &Arm| {
-        arm.loss(&x, Reduction::Mean, Mode::Eval)
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap()
-    };
-    let grads = arm.loss(&x, Reduction::Mean, Mode::Eval).unwrap().backward().unwrap();
-    for (pname, var) in arm.params().vars() {
-        let g = grads
-            .get(&var)
-            .unwrap_or_else(|| panic!("{name}: no gradient for {pname}"));
-        let g = g.flatten_all().unwrap().to_vec1::<f64>().unwrap();
-        let base = var.as_tensor().flatten_all().unwrap().to_vec1::<f64>().unwrap();
-        let set = |v: Vec<f64>| {
-            var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap())
-                .unwrap()
-        };
-        for i in (0..base.len()).step_by(1 + base.len() / 12) {
-            let mut v = base.clone();
-            v[i] += 1e-6;
-            set(v.clone());
-            let up = loss(&arm);
-            v[i] -= 2e-6;
-            set(v);
-            let down = loss(&arm);
-            set(base.clone());
-            let fd = (up - down) / 2e-6;
-            assert!(
-                (fd - g[i]).abs() < 1e-6 * (1.0 + fd.abs()),
-                "{name} {pname}[{i}]: fd {fd} vs backprop {}",
-                g[i]
-            );
-        }
-    }
 }
 
 /// An RGB PixelCNN: each colour in its own block of channels.
@@ -419,9 +335,7 @@ fn colour_models_order_r_before_g_before_b() {
 /// A few dozen steps on digits lower the loss, and the best checkpoint reloads to identical log-probs.
 #[test]
 fn every_family_trains_and_round_trips_its_checkpoint() {
-    let mut splits = Splits::by_position(&data::load("digits").unwrap()).unwrap();
-    splits.train = splits.train.slice(0..192);
-    splits.val = splits.val.slice(0..64);
+    let splits = small_digits(192, 64);
     let recipe = TrainConfig {
         lr: 5e-3,
         batch_size: 32,
@@ -437,18 +351,7 @@ fn every_family_trains_and_round_trips_its_checkpoint() {
         let before = train::evaluate(&arm, &splits.train, 256).unwrap().nll;
         let dir = tempfile::tempdir().unwrap();
         let run = RunDir::create(dir.path()).unwrap();
-        train::train(
-            &arm,
-            &splits,
-            &recipe,
-            &run,
-            false,
-            &Controls {
-                quiet: true,
-                ..Controls::default()
-            },
-        )
-        .unwrap();
+        train::train(&arm, &splits, &recipe, &run, false, &quiet()).unwrap();
         let after = train::evaluate(&arm, &splits.train, 256).unwrap().nll;
         assert!(after < before - 5.0, "{name}: train NLL {before:.2} → {after:.2}");
 

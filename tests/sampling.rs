@@ -5,6 +5,8 @@ use armory::nn::ConvType;
 use armory::sample::{sample_cached, sample_naive, sample_predictive, Noise};
 use candle_core::{DType, Device, Tensor};
 
+mod common;
+
 fn conv(dilations: Vec<usize>, input: InputEncoding, types: Option<Vec<ConvType>>) -> ModelConfig {
     ModelConfig::CausalConv(causal_conv::Config {
         num_values: 5,
@@ -69,42 +71,16 @@ fn conv_configs() -> Vec<ModelConfig> {
 /// A small class-conditional gated PixelCNN on 3×4 images with 4 values.
 fn gated_3x4() -> gated_pixelcnn::Config {
     gated_pixelcnn::Config {
-        num_values: 4,
-        height: 3,
-        width: 4,
-        channels: 4,
         first_kernel: 3,
-        layers: 2,
-        kernel: 3,
         head_hidden: 4,
-        num_classes: Some(3),
-        input: InputEncoding::OneHot,
-        dropout: 0.0,
-        n_mix: None,
-        colors: 1,
-        colour_mixture: Default::default(),
-        vertical_residual: false,
+        ..common::gated(4, 3, 4, Some(3))
     }
 }
 
 /// Small 2-D models, 3×4 images: PixelCNN and the gated PixelCNN, categorical and mixture, conditional too.
 fn image_configs() -> Vec<ModelConfig> {
     let gated = gated_3x4();
-    let pixelcnn = pixelcnn::Config {
-        num_values: 4,
-        height: 3,
-        width: 4,
-        hidden: 6,
-        first_kernel: 5,
-        blocks: 2,
-        kernel: 3,
-        head_hidden: 5,
-        input: InputEncoding::OneHot,
-        dropout: 0.0,
-        n_mix: None,
-        colors: 1,
-        colour_mixture: Default::default(),
-    };
+    let pixelcnn = common::pixelcnn(4, 3, 4);
     vec![
         // Colour images (R, G, B of each pixel in turn), conditional and mixture too.
         ModelConfig::GatedPixelcnn(gated_pixelcnn::Config {

@@ -3,12 +3,15 @@
 
 use std::path::Path;
 
-use armory::data::{self, Splits};
+mod common;
+
+use armory::data::Splits;
 use armory::models::causal_conv::Config;
 use armory::models::{Arm, InputEncoding, Mode, ModelConfig, Reduction};
 use armory::sample::{sample_naive, Noise};
 use armory::train::{self, metrics, Controls, Outcome, RunDir, TrainConfig};
 use candle_core::{DType, Device};
+use common::quiet;
 
 fn small_model() -> ModelConfig {
     ModelConfig::CausalConv(Config {
@@ -22,10 +25,7 @@ fn small_model() -> ModelConfig {
 
 /// The digits split, with the training set cut to 256 images so an epoch takes milliseconds.
 fn small_splits() -> Splits {
-    let mut s = Splits::by_position(&data::load("digits").unwrap()).unwrap();
-    s.train = s.train.slice(0..256);
-    s.val = s.val.slice(0..128);
-    s
+    common::small_digits(256, 128)
 }
 
 fn recipe(max_epochs: usize) -> TrainConfig {
@@ -36,13 +36,6 @@ fn recipe(max_epochs: usize) -> TrainConfig {
         patience: 100,
         seed: 3,
         ..TrainConfig::default()
-    }
-}
-
-fn quiet() -> Controls {
-    Controls {
-        quiet: true,
-        ..Controls::default()
     }
 }
 

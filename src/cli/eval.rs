@@ -2,6 +2,7 @@ use anyhow::Context;
 use armory::data::Split;
 use armory::train::evaluate;
 
+use super::choices;
 use super::model_source::ModelSource;
 
 #[derive(Debug, clap::Args)]
@@ -9,7 +10,7 @@ pub struct Args {
     #[command(flatten)]
     model: ModelSource,
     /// Which part of the data.
-    #[arg(long, value_enum, default_value = "test")]
+    #[arg(long, value_parser = choices::parser(choices::SPLITS), default_value = "test")]
     split: Split,
     /// Dataset instead of the config's (see `armory train --help`); the config's validation size and any
     /// quantization or binarization still apply.
@@ -49,7 +50,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         );
     } else {
         println!(
-            "{:?} split of {spec}: {:.3} nats per example, {:.4} bits per dimension ({} examples)",
+            "{} split of {spec}: {:.3} nats per example, {:.4} bits per dimension ({} examples)",
             a.split, ev.nll, ev.bpd, ev.examples
         );
     }

@@ -1,6 +1,7 @@
 //! The command line: clap structs per subcommand, turned into library calls. No tensor math here.
 
 mod bench;
+mod choices;
 mod eval;
 mod info;
 mod model_source;
@@ -50,8 +51,23 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     })?
 }
 
+/// `n` and the noun, plural unless `n` is 1: "1 epoch", "70 epochs", "1 thread".
+fn count(n: usize, noun: &str) -> String {
+    match n {
+        1 => format!("1 {noun}"),
+        _ => format!("{n} {noun}s"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn counts_read_as_words() {
+        assert_eq!(super::count(1, "epoch"), "1 epoch");
+        assert_eq!(super::count(70, "epoch"), "70 epochs");
+        assert_eq!(super::count(0, "thread"), "0 threads");
+    }
+
     #[test]
     fn cli_definition_is_consistent() {
         use clap::CommandFactory;

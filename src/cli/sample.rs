@@ -4,6 +4,7 @@ use anyhow::Context;
 use armory::sample::{sample, Method, Noise};
 use armory::viz::image_grid_png_bytes;
 
+use super::choices;
 use super::model_source::ModelSource;
 
 #[derive(Debug, clap::Args)]
@@ -32,7 +33,7 @@ pub struct Args {
     label: Option<u32>,
     /// naive (D full passes), cached (one column per position), or predictive (fixed-point iteration);
     /// all draw the same samples for the same --seed. Default: cached where the model has it, else naive.
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = choices::parser(choices::METHODS))]
     method: Option<Method>,
 }
 
@@ -106,7 +107,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         _ => format!("{calls} ARM calls for D = {d}"),
     };
     println!(
-        "{} samples in {:.3}s ({method:?} sampler, {calls}) → {}",
+        "{} samples in {:.3}s ({method} sampler, {calls}) → {}",
         a.n,
         secs,
         a.out.display()

@@ -3,10 +3,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use armory::config::RunConfig;
+use armory::config::{Binarize, RunConfig};
 use armory::models::{Arm, ModelConfig};
 use armory::train::{self, evaluate, Controls, OptimizerKind, Outcome, RunDir};
 use candle_core::{DType, Device};
+
+use super::choices;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -28,6 +30,20 @@ pub struct Args {
     /// Continue an interrupted run exactly where it stopped (a run directory).
     #[arg(long, conflicts_with_all = ["config", "model", "name", "force"])]
     resume: Option<PathBuf>,
+    #[command(flatten)]
+    recipe: RecipeFlags,
+    /// No progress bar or per-epoch lines.
+    #[arg(long)]
+    quiet: bool,
+    /// Stop as Ctrl-C would after this many steps (for testing resume).
+    #[arg(long, hide = true)]
+    stop_after_steps: Option<usize>,
+}
+
+/// The flags that change the recipe: declared here once, applied in [`apply_overrides`], and refused by
+/// `--resume` through [`given`]. Every one is optional (given exactly when not `None`).
+#[derive(Debug, clap::Args, serde::Serialize)]
+struct RecipeFlags {
     /// Dataset: `digits` (embedded), `mnist:DIR`, `fashion-mnist:DIR`, `binarized-mnist:DIR`, `cifar10:DIR`,
     /// `png:DIR`, `npy:FILE`, or a file in the digits CSV format.
     #[arg(long)]
@@ -39,11 +55,11 @@ pub struct Args {
     #[arg(long, conflicts_with = "binarize")]
     levels: Option<usize>,
     /// Binarize the data after loading (stochastic: seeded by --seed).
-    #[arg(long, value_enum)]
-    binarize: Option<armory::config::Binarize>,
+    #[arg(long, value_parser = choices::parser(choices::BINARIZE))]
+    binarize: Option<Binarize>,
     #[arg(long)]
     seed: Option<u64>,
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = choices::parser(choices::OPTIMIZERS))]
     optimizer: Option<OptimizerKind>,
     #[arg(long)]
     lr: Option<f64>,
@@ -82,15 +98,9 @@ pub struct Args {
     /// Number of layers, all dilation 1 unless --dilations is given (causal_conv).
     #[arg(long)]
     layers: Option<usize>,
-    /// No progress bar or per-epoch lines.
-    #[arg(long)]
-    quiet: bool,
-    /// Stop as Ctrl-C would after this many steps (for testing resume).
-    #[arg(long, hide = true)]
-    stop_after_steps: Option<usize>,
 }
 
-fn apply_overrides(cfg: &mut RunConfig, a: &Args) -> anyhow::Result<()> {
+fn apply_overrides(cfg: &mut RunConfig, a: &RecipeFlags) -> anyhow::Result<()> {
     if let Some(d) = &a.data {
         cfg.data.dataset = d.clone();
     }
@@ -171,33 +181,14 @@ fn apply_overrides(cfg: &mut RunConfig, a: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The flags that change the recipe, by name, if given.
-fn overrides_given(a: &Args) -> Vec<&'static str> {
-    let flags = [
-        ("--data", a.data.is_some()),
-        ("--validation", a.validation.is_some()),
-        ("--levels", a.levels.is_some()),
-        ("--binarize", a.binarize.is_some()),
-        ("--seed", a.seed.is_some()),
-        ("--optimizer", a.optimizer.is_some()),
-        ("--lr", a.lr.is_some()),
-        ("--batch-size", a.batch_size.is_some()),
-        ("--epochs", a.epochs.is_some()),
-        ("--patience", a.patience.is_some()),
-        ("--grad-clip", a.grad_clip.is_some()),
-        ("--ema", a.ema.is_some()),
-        ("--lr-decay", a.lr_decay.is_some()),
-        ("--weight-decay", a.weight_decay.is_some()),
-        ("--dropout", a.dropout.is_some()),
-        ("--hidden", a.hidden.is_some()),
-        ("--kernel", a.kernel.is_some()),
-        ("--dilations", a.dilations.is_some()),
-        ("--layers", a.layers.is_some()),
-    ];
-    flags
-        .iter()
-        .filter(|(_, given)| *given)
-        .map(|(name, _)| *name)
+/// The long names of the flags in `flags` that were given (each is optional: given when not `None`), in
+/// the order of `--help`; the names come from clap, the given-ness from the values.
+fn given<T: clap::Args + serde::Serialize>(flags: &T) -> Vec<String> {
+    let values = serde_json::to_value(flags).expect("flags serialise to a JSON object");
+    T::augment_args(clap::Command::new("flags"))
+        .get_arguments()
+        .filter(|arg| values.get(arg.get_id().as_str()).is_some_and(|v| !v.is_null()))
+        .map(|arg| format!("--{}", arg.get_long().expect("every recipe flag is long")))
         .collect()
 }
 
@@ -249,11 +240,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     // The run's lock is taken as soon as its directory exists and held until the process ends: one writer.
     let (cfg, run, lock, resume) = match &a.resume {
         Some(dir) => {
-            let given = overrides_given(&a);
-            if !given.is_empty() {
+            let flags = given(&a.recipe);
+            if !flags.is_empty() {
                 bail!(
                     "--resume continues a run exactly, with its own config.toml: {} cannot be used with it",
-                    given.join(", ")
+                    flags.join(", ")
                 );
             }
             let run = RunDir::open(dir)?;
@@ -272,7 +263,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 (None, Some(name)) => RunConfig::named(name)?,
                 (None, None) => RunConfig::seed(),
             };
-            apply_overrides(&mut cfg, &a)?;
+            apply_overrides(&mut cfg, &a.recipe)?;
             let name = a.name.clone().or_else(|| a.model.clone()).unwrap_or_else(|| {
                 a.config
                     .as_ref()
@@ -316,7 +307,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let arm = Arm::new(&cfg.model, cfg.train.seed, DType::F32, &Device::Cpu)?;
     if !a.quiet {
         eprintln!(
-            "{} {}: {} parameters, receptive field {} of {}; data {}{} (train {}, val {}, test {}); {} threads",
+            "{} {}: {} parameters, receptive field {} of {}; data {}{} (train {}, val {}, test {}); {}",
             if resume { "resuming" } else { "training" },
             run.path.display(),
             arm.params().num_params(),
@@ -325,13 +316,16 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             cfg.data.dataset,
             match (cfg.data.levels, cfg.data.binarize) {
                 (Some(l), _) => format!(", quantized to {l} levels"),
-                (_, Some(b)) => format!(", binarized ({b:?}, seed {})", cfg.data.binarize_seed),
+                (_, Some(Binarize::Threshold)) => ", binarized by threshold".into(),
+                (_, Some(Binarize::Stochastic)) => {
+                    format!(", binarized stochastically (seed {})", cfg.data.binarize_seed)
+                }
                 _ => String::new(),
             },
             splits.train.len(),
             splits.val.len(),
             splits.test.len(),
-            rayon::current_num_threads()
+            super::count(rayon::current_num_threads(), "thread")
         );
     }
 
@@ -362,7 +356,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let rows = train::metrics::read_csv(&run.file("metrics.csv"))?;
     train::pictures::draw(&run, &arm, &splits.test, &rows, cfg.train.seed)?;
     let summary_json = serde_json::json!({
-        "outcome": format!("{:?}", summary.outcome),
+        "outcome": format!("{:?}", summary.outcome), // the variant's name (EarlyStopped, MaxEpochs), as before
         "epochs": summary.epochs,
         "best_epoch": summary.best_epoch,
         "best_val_nll": summary.best_val_nll,
@@ -376,15 +370,60 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         serde_json::to_string_pretty(&summary_json)?.as_bytes(),
     )?;
     println!(
-        "{:?} after {} epochs (best {:.3} at epoch {}), {:.0}s\ntest: {:.3} nats per image, {:.4} bits/dim\nrun: {} (weights, metrics.csv, real.png, samples.png, curve.png)",
+        "{} after {} (best: epoch {}, {:.2} nats), {:.0}s\ntest: {:.3} nats per image, {:.4} bits/dim\nrun: {} (weights, metrics.csv, real.png, samples.png, curve.png)",
         summary.outcome,
-        summary.epochs,
-        summary.best_val_nll,
+        super::count(summary.epochs, "epoch"),
         summary.best_epoch,
+        summary.best_val_nll,
         summary.wall_secs,
         test.nll,
         test.bpd,
         run.path.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    /// `given` names every recipe flag given, in the order of `--help`, and none when none is.
+    #[test]
+    fn given_lists_the_recipe_flags_given() {
+        let flags = [
+            ("--data", "digits"),
+            ("--validation", "100"),
+            ("--levels", "4"),
+            ("--seed", "1"),
+            ("--optimizer", "adam"),
+            ("--lr", "0.1"),
+            ("--batch-size", "8"),
+            ("--epochs", "2"),
+            ("--patience", "3"),
+            ("--grad-clip", "1"),
+            ("--ema", "0.9"),
+            ("--lr-decay", "0.9"),
+            ("--weight-decay", "0.1"),
+            ("--dropout", "0.1"),
+            ("--hidden", "8"),
+            ("--kernel", "3"),
+            ("--dilations", "1,2"),
+            ("--layers", "2"),
+        ];
+        let train = |extra: &[&str]| {
+            let cli = super::super::Cli::try_parse_from(["armory", "train", "--quiet"].iter().chain(extra)).unwrap();
+            match cli.command {
+                super::super::Command::Train(a) => super::given(&a.recipe),
+                _ => unreachable!(),
+            }
+        };
+        let all: Vec<&str> = flags.iter().flat_map(|(f, v)| [*f, *v]).collect();
+        let names: Vec<&str> = flags.iter().map(|(f, _)| *f).collect();
+        assert_eq!(train(&all), names);
+        assert_eq!(
+            train(&["--binarize", "stochastic", "--lr", "1"]),
+            ["--binarize", "--lr"]
+        );
+        assert!(train(&["--name", "x", "--runs-dir", "r"]).is_empty());
+    }
 }

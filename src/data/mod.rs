@@ -105,12 +105,23 @@ impl Splits {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Split {
     Train,
     Val,
     Test,
+}
+
+impl std::fmt::Display for Split {
+    /// The split's name in words: "train", "validation", "test".
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Split::Train => "train",
+            Split::Val => "validation",
+            Split::Test => "test",
+        })
+    }
 }
 
 /// A binary file's payload must be exactly as long as its header says: shorter is a truncated file,
@@ -203,6 +214,16 @@ fn open(spec: &str) -> Result<Source> {
 ///
 /// Sets that come with their own train and test files are returned as train followed by test; use
 /// [`load_splits`] to keep them apart.
+///
+/// ```
+/// use armory::data::{self, Splits};
+///
+/// let digits = data::load("digits")?; // 1797 8×8 pictures, values 0..16
+/// assert_eq!((digits.len(), digits.dim, digits.num_values), (1797, 64, 17));
+/// let splits = Splits::by_position(&digits)?;
+/// assert_eq!((splits.train.len(), splits.val.len(), splits.test.len()), (1000, 350, 447));
+/// # Ok::<(), armory::Error>(())
+/// ```
 pub fn load(spec: &str) -> Result<Dataset> {
     match open(spec)? {
         Source::One(ds) => Ok(ds),

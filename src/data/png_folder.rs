@@ -40,8 +40,8 @@ fn channel_major(img: DynamicImage, path: &Path) -> Result<(Vec<u32>, (usize, us
         other => Err(Error::data(
             path,
             format!(
-                "colour type {:?} is not supported; only 8-bit gray (L8) or RGB (Rgb8) pictures are",
-                other.color()
+                "{} pictures are not supported; only 8-bit gray or 8-bit RGB pictures are",
+                colour_words(other.color())
             ),
         )),
     }
@@ -71,12 +71,21 @@ fn decode(path: &Path) -> Result<DynamicImage> {
     })
 }
 
-fn color_type_of(c: usize) -> ColorType {
-    if c == 1 {
-        ColorType::L8
-    } else {
-        ColorType::Rgb8
-    }
+/// The colour type in words: "8-bit gray", "8-bit RGB", "16-bit gray with alpha", ….
+fn colour_words(t: ColorType) -> String {
+    let kind = match (t.has_color(), t.has_alpha()) {
+        (false, false) => "gray",
+        (false, true) => "gray with alpha",
+        (true, false) => "RGB",
+        (true, true) => "RGBA",
+    };
+    let bits = t.bits_per_pixel() / t.channel_count() as u16;
+    format!("{bits}-bit {kind}")
+}
+
+/// The colour type of a picture with `c` channels (1 or 3) after loading, in words.
+fn color_type_of(c: usize) -> String {
+    colour_words(if c == 1 { ColorType::L8 } else { ColorType::Rgb8 })
 }
 
 /// Every `.png` in `dir` (sorted by name) as one example; they must all share the first one's size and colour
@@ -97,7 +106,7 @@ pub fn png_folder(dir: &Path) -> Result<Dataset> {
             return Err(Error::data(
                 path,
                 format!(
-                    "{}×{} {:?} picture, but {} is {}×{} {:?}; all pictures must share one size and colour type",
+                    "{}×{} {} picture, but {} is {}×{} {}; all pictures must share one size and colour type",
                     s.2,
                     s.1,
                     color_type_of(s.0),
@@ -186,19 +195,19 @@ mod tests {
         save(&d.join("1.png"), &[1; 6], 2, 3, ExtendedColorType::L8);
         let e = png_folder(d).unwrap_err().to_string();
         assert!(
-            e.contains("1.png") && e.contains("2×3 L8 picture") && e.contains("3×2 L8"),
+            e.contains("1.png") && e.contains("2×3 8-bit gray picture") && e.contains("3×2 8-bit gray"),
             "{e}"
         );
         save(&d.join("1.png"), &[1; 18], 3, 2, ExtendedColorType::Rgb8);
         let e = png_folder(d).unwrap_err().to_string();
         assert!(
-            e.contains("1.png") && e.contains("Rgb8 picture") && e.contains("3×2 L8"),
+            e.contains("1.png") && e.contains("8-bit RGB picture") && e.contains("3×2 8-bit gray"),
             "{e}"
         );
         save(&d.join("1.png"), &[1; 24], 3, 2, ExtendedColorType::Rgba8);
         let e = png_folder(d).unwrap_err().to_string();
         assert!(
-            e.contains("1.png") && e.contains("colour type Rgba8 is not supported"),
+            e.contains("1.png") && e.contains("8-bit RGBA pictures are not supported"),
             "{e}"
         );
         let good = std::fs::read(d.join("0.png")).unwrap();

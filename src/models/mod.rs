@@ -456,6 +456,18 @@ pub enum Reduction {
 
 impl Arm {
     /// Builds the model of `config` with fresh parameters drawn from `seed`.
+    ///
+    /// ```
+    /// use armory::models::{causal_conv, Arm, ModelConfig};
+    /// use candle_core::{DType, Device};
+    ///
+    /// // The seed ARM's network on 8×8 digits (17 values), with 8 channels instead of 256.
+    /// let cfg = ModelConfig::CausalConv(causal_conv::Config { hidden: 8, ..Default::default() });
+    /// let arm = Arm::new(&cfg, 0, DType::F32, &Device::Cpu)?;
+    /// assert_eq!((arm.dim(), arm.num_values()), (64, 17));
+    /// assert_eq!(arm.receptive_field(), 25); // 4 layers of kernel 7: 1 + 4·6 positions
+    /// # Ok::<(), armory::Error>(())
+    /// ```
     pub fn new(config: &ModelConfig, seed: u64, dtype: DType, device: &Device) -> Result<Self> {
         config.validate()?;
         let params = ParamStore::new(seed);
@@ -549,6 +561,18 @@ impl Arm {
     }
 
     /// log p(x) in nats: x `[B, D]` (u32) → `[B]`.
+    ///
+    /// ```
+    /// use armory::models::{causal_conv, Arm, ModelConfig};
+    /// use candle_core::{DType, Device, Tensor};
+    ///
+    /// let cfg = ModelConfig::CausalConv(causal_conv::Config { hidden: 8, ..Default::default() });
+    /// let arm = Arm::new(&cfg, 0, DType::F32, &Device::Cpu)?;
+    /// let x = Tensor::zeros((2, arm.dim()), DType::U32, &Device::Cpu)?; // two blank digits
+    /// let lp = arm.log_prob(&x)?.to_vec1::<f32>()?; // [2], nats
+    /// assert!(lp[0] < 0.0 && lp[0] == lp[1]);
+    /// # Ok::<(), armory::Error>(())
+    /// ```
     pub fn log_prob(&self, x: &Tensor) -> Result<Tensor> {
         self.log_prob_labelled(x, None)
     }

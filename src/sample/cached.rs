@@ -6,6 +6,20 @@ use crate::error::{Error, Result};
 use crate::models::Arm;
 
 /// The samples `[N, D]`, or an error if the model family has no cached stepper.
+///
+/// ```
+/// use armory::models::{causal_conv, Arm, ModelConfig};
+/// use armory::sample::{sample_cached, sample_naive, Noise};
+/// use candle_core::{DType, Device};
+///
+/// let cfg = ModelConfig::CausalConv(causal_conv::Config { hidden: 8, ..Default::default() });
+/// let arm = Arm::new(&cfg, 0, DType::F32, &Device::Cpu)?;
+/// let noise = Noise::new(3, arm.dim(), 7); // 3 samples, fixed by seed 7
+/// let x = sample_cached(&arm, &noise, 1.0, None)?; // [3 × 64], raster order
+/// assert!(x.len() == 3 * 64 && x.iter().all(|&v| v < 17));
+/// assert_eq!(x, sample_naive(&arm, &noise, 1.0, None)?); // the naive sampler's samples, 64 passes fewer
+/// # Ok::<(), armory::Error>(())
+/// ```
 pub fn sample_cached(arm: &Arm, noise: &Noise, temperature: f64, labels: Option<&[u32]>) -> Result<Vec<u32>> {
     let (n, dim) = (noise.len(), arm.dim());
     let mut stepper = arm.stepper(n, labels)?.ok_or_else(|| {

@@ -12,7 +12,7 @@ use crate::limits;
 use crate::models::Arm;
 
 /// How to draw samples; all give the same samples for the same noise.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
     /// D full forward passes.
     Naive,
@@ -20,6 +20,17 @@ pub enum Method {
     Cached,
     /// Fixed-point iteration with fixed noise; reports its ARM calls.
     Predictive,
+}
+
+impl std::fmt::Display for Method {
+    /// The sampler's name in words: "naive", "cached", "predictive".
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Method::Naive => "naive",
+            Method::Cached => "cached",
+            Method::Predictive => "predictive",
+        })
+    }
 }
 
 impl Method {

@@ -20,6 +20,20 @@ pub struct Evaluation {
 
 /// Evaluates −log p(x) on every example of `data`, `batch_size` at a time, summing in f64 (−log p(x | y)
 /// with the data's labels for class-conditional models).
+///
+/// ```
+/// use armory::data::{self, Splits};
+/// use armory::models::{causal_conv, Arm, ModelConfig};
+/// use candle_core::{DType, Device};
+///
+/// let splits = Splits::by_position(&data::load("digits")?)?;
+/// let cfg = ModelConfig::CausalConv(causal_conv::Config { hidden: 8, ..Default::default() });
+/// let arm = Arm::new(&cfg, 0, DType::F32, &Device::Cpu)?;
+/// let ev = armory::train::evaluate(&arm, &splits.test, 256)?;
+/// assert_eq!(ev.examples, 447);
+/// assert!((ev.bpd - ev.nll / (64.0 * std::f64::consts::LN_2)).abs() < 1e-9); // nats per image → bits per pixel
+/// # Ok::<(), armory::Error>(())
+/// ```
 pub fn evaluate(arm: &Arm, data: &Dataset, batch_size: usize) -> Result<Evaluation> {
     if data.is_empty() {
         return Err(Error::Config("cannot evaluate on an empty dataset".into()));

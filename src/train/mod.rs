@@ -128,6 +128,17 @@ pub enum Outcome {
     Interrupted,
 }
 
+impl std::fmt::Display for Outcome {
+    /// In words, to follow with "after N epochs": "stopped early", "reached the epoch limit", "interrupted".
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Outcome::EarlyStopped => "stopped early",
+            Outcome::MaxEpochs => "reached the epoch limit",
+            Outcome::Interrupted => "interrupted",
+        })
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Summary {
     pub outcome: Outcome,

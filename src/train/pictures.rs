@@ -4,7 +4,7 @@ use crate::data::Dataset;
 use crate::error::Result;
 use crate::models::Arm;
 use crate::sample::{sample, Method, Noise};
-use crate::viz::{image_grid_png, line_plot_png, Series};
+use crate::viz::{image_grid_png, line_plot_png, Marker, Series};
 
 use super::metrics::EpochRow;
 use super::RunDir;
@@ -34,14 +34,18 @@ pub fn draw(run: &RunDir, arm: &Arm, test: &Dataset, rows: &[EpochRow], seed: u6
         let best = rows
             .iter()
             .min_by(|a, b| a.val_nll.total_cmp(&b.val_nll))
-            .map(|r| (r.epoch as f64, r.val_nll));
+            .map(|r| Marker {
+                x: r.epoch as f64,
+                y: r.val_nll,
+                label: format!("best: epoch {}, {:.2} nats", r.epoch, r.val_nll),
+            });
         line_plot_png(
             &run.file("curve.png"),
             "Negative log-likelihood per epoch",
             "epoch",
             "nats per example",
             &[series("validation", |r| r.val_nll), series("train", |r| r.train_nll)],
-            best,
+            best.as_ref(),
         )?;
     }
     Ok(())
