@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::likelihood::{logistic_mixture, Likelihood};
 use crate::nn::step::relu_in_place;
-use crate::nn::{conv1x1, ConvType, PlannedConv2d, StepConv};
+use crate::nn::{conv1x1, Arithmetic, ConvType, PlannedConv2d, StepConv};
 
 /// How a colour image's mixture ties the colours of a pixel together (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -123,10 +123,17 @@ impl ImageHead {
         }
     }
 
-    pub fn stepper(&self, batch: usize) -> Result<HeadStepper> {
+    /// The head one pixel at a time; PixelCNN++'s RGB pixel mixture has no exact mode yet (its conditionals
+    /// are computed with candle ops).
+    pub fn stepper(&self, batch: usize, arithmetic: Arithmetic) -> Result<HeadStepper> {
+        if arithmetic == Arithmetic::Exact && matches!(self.kind, Out::Pixel { .. }) {
+            return Err(Error::NoExactMode(
+                "PixelCNN++'s RGB pixel mixture (colour_mixture = \"pixel\")".into(),
+            ));
+        }
         Ok(HeadStepper {
-            hidden: self.hidden.stepper((0, 0), batch)?,
-            out: self.out.stepper((0, 0), batch)?,
+            hidden: self.hidden.stepper((0, 0), batch)?.with_arithmetic(arithmetic),
+            out: self.out.stepper((0, 0), batch)?.with_arithmetic(arithmetic),
             kind: self.kind,
             batch,
             pixel: vec![],

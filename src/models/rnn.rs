@@ -10,7 +10,7 @@ use candle_nn::rnn::{GRUConfig, LSTMConfig, GRU, LSTM, RNN};
 use candle_nn::{Embedding, Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 
-use super::{CausalNet, Stepper};
+use super::{Arithmetic, CausalNet, Stepper};
 use crate::error::{Error, Result};
 use crate::nn::{dropout, linear, Linear, Mode};
 
@@ -124,7 +124,18 @@ impl CausalNet for RnnNet {
         self.cfg.length
     }
 
-    fn stepper(&self, batch: usize, _labels: Option<&[u32]>) -> Result<Option<Box<dyn Stepper + '_>>> {
+    /// No exact mode: the cell steps through candle's ops (gemm and the platform's `exp`).
+    fn stepper(
+        &self,
+        batch: usize,
+        _labels: Option<&[u32]>,
+        arithmetic: Arithmetic,
+    ) -> Result<Option<Box<dyn Stepper + '_>>> {
+        if arithmetic == Arithmetic::Exact {
+            return Err(crate::error::Error::NoExactMode(
+                format!("the {:?} family", self.cfg.cell).to_lowercase(),
+            ));
+        }
         let state = match &self.rnn {
             Recurrence::Lstm(r) => RnnState::Lstm(r.zero_state(batch)?),
             Recurrence::Gru(r) => RnnState::Gru(r.zero_state(batch)?),
