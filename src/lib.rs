@@ -10,8 +10,10 @@
 //! - [`models`]: the ARM and its network families
 //! - [`sample`]: the samplers
 //! - [`train`]: the training loop, optimisers, early stopping, checkpoints, metrics
+//! - [`codec`]: lossless compression with a trained ARM (`armory compress` / `decompress`)
 //! - [`viz`]: pictures of data, samples and learning curves
 
+pub mod codec;
 pub mod config;
 pub mod data;
 pub mod error;

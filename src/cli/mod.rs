@@ -1,6 +1,7 @@
 //! The command line: clap structs per subcommand, turned into library calls. No tensor math here.
 
 mod bench;
+mod compress;
 mod eval;
 mod info;
 mod model_source;
@@ -13,7 +14,7 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "armory",
     version,
-    about = "Deep autoregressive generative models: train, evaluate, sample"
+    about = "Deep autoregressive generative models: train, evaluate, sample, compress"
 )]
 pub struct Cli {
     /// Worker threads for the compute kernels (default: all cores).
@@ -33,6 +34,10 @@ enum Command {
     Sample(sample::Args),
     /// Parameters, receptive field and the full config of a model.
     Info(info::Args),
+    /// Compress a data file (digits CSV, IDX, npy, PNG folder) with a trained model, losslessly.
+    Compress(compress::CompressArgs),
+    /// Rebuild the data file from a `.arm` file and the model it was compressed with.
+    Decompress(compress::DecompressArgs),
     /// Speed of the seed ARM: train step, forward at batch 1 and 64, naive sampling; ratios to PyTorch.
     Bench(bench::Args),
 }
@@ -47,6 +52,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sample(a) => sample::run(a),
         Command::Info(a) => info::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Compress(a) => compress::compress(a),
+        Command::Decompress(a) => compress::decompress(a),
     }
 }
 
