@@ -479,3 +479,98 @@ fn every_format_round_trips() {
         }
     }
 }
+
+/// The command line on a briefly trained model: compress the digits test split (as IDX: the values alone),
+/// within 1 % of the model's NLL plus the header; decompress byte-identical with 1 or 2 threads, another batch
+/// size and the portable SIMD level; never overwrite without --force.
+#[test]
+fn cli_compresses_within_one_percent_of_a_trained_models_nll() {
+    use assert_cmd::Command;
+    use predicates::prelude::*;
+    use predicates::str::contains;
+    let armory = || Command::cargo_bin("armory").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    armory()
+        .args([
+            "train",
+            "--epochs",
+            "2",
+            "--hidden",
+            "8",
+            "--kernel",
+            "3",
+            "--quiet",
+            "--name",
+            "t",
+            "--runs-dir",
+        ])
+        .arg(d)
+        .assert()
+        .success();
+    let run = d.join("t");
+    let all = armory::data::digits::embedded().unwrap();
+    let mut idx = vec![0, 0, 8, 3, 0, 0, 1, 191, 0, 0, 0, 8, 0, 0, 0, 8]; // 447 × 8 × 8
+    idx.extend(all.values[1350 * 64..].iter().map(|&v| v as u8));
+    let input = d.join("digits-test-idx3-ubyte");
+    std::fs::write(&input, &idx).unwrap();
+    let file = d.join("test.arm");
+    let compress = || {
+        armory()
+            .arg("compress")
+            .arg(&input)
+            .arg("-o")
+            .arg(&file)
+            .arg("--run")
+            .arg(&run)
+            .assert()
+    };
+    compress().success().stdout(contains("447 examples (IDX images)"));
+    compress().failure().stderr(contains("already exists"));
+    let eval = armory().args(["eval", "--json", "--run"]).arg(&run).output().unwrap();
+    let eval: serde_json::Value = serde_json::from_slice(&eval.stdout).unwrap();
+    let nll_bits = eval["nll_nats"].as_f64().unwrap() * 447.0 / 2f64.ln();
+    let bytes = std::fs::read(&file).unwrap();
+    let (_, header) = armory::codec::Header::read(&bytes).unwrap();
+    let coded = (bytes.len() - header) as f64 * 8.0;
+    assert!(coded <= nll_bits * 1.01, "{coded} bits coded, NLL {nll_bits} bits");
+    assert!(header < 100, "{header}-byte header");
+    for (i, (threads, batch, simd)) in [("1", "64", "avx512"), ("2", "5", "portable")].into_iter().enumerate() {
+        let out = d.join(format!("back{i}"));
+        armory()
+            .env("ARMORY_SIMD", simd)
+            .args(["--threads", threads, "decompress"])
+            .arg(&file)
+            .arg("-o")
+            .arg(&out)
+            .args(["--batch", batch, "--run"])
+            .arg(&run)
+            .assert()
+            .success();
+        assert_eq!(std::fs::read(&out).unwrap(), idx);
+    }
+    armory()
+        .arg("decompress")
+        .arg(&file)
+        .arg("-o")
+        .arg(d.join("back0"))
+        .arg("--run")
+        .arg(&run)
+        .assert()
+        .failure()
+        .stderr(contains("already exists"));
+    let mut bad = bytes.clone();
+    bad.truncate(bytes.len() - 3);
+    std::fs::write(d.join("bad.arm"), bad).unwrap();
+    armory()
+        .arg("decompress")
+        .arg(d.join("bad.arm"))
+        .arg("-o")
+        .arg(d.join("bad.out"))
+        .arg("--run")
+        .arg(&run)
+        .assert()
+        .failure()
+        .stderr(contains("corrupt compressed file").and(contains("truncated")));
+    assert!(!d.join("bad.out").exists());
+}
