@@ -112,6 +112,13 @@ fn families() -> Vec<ModelConfig> {
             colour_mixture: ColourMixture::PerColour,
             ..gated(5, 2, 2)
         }),
+        // PixelCNN++'s RGB pixel mixture: one network column per pixel, G and B from the head.
+        ModelConfig::GatedPixelcnn(gated_pixelcnn::Config {
+            channels: 6,
+            colors: 3,
+            n_mix: Some(2),
+            ..gated(5, 2, 2)
+        }),
     ]
 }
 
@@ -207,13 +214,14 @@ fn families_without_an_exact_mode_are_refused_by_name() {
         embedding: 3,
         dropout: 0.0,
     });
-    let pixel_mixture = ModelConfig::GatedPixelcnn(gated_pixelcnn::Config {
-        channels: 6,
-        colors: 3,
-        n_mix: Some(2),
-        ..gated(5, 2, 2)
+    let gru = ModelConfig::Rnn(rnn::Config {
+        cell: rnn::Cell::Gru,
+        ..match &lstm {
+            ModelConfig::Rnn(c) => c.clone(),
+            _ => unreachable!(),
+        }
     });
-    for cfg in [lstm, pixel_mixture] {
+    for cfg in [lstm, gru] {
         let arm = arm(&cfg, 0);
         let e = compress(&arm, &data_for(&arm, 2, 0), &opts(2, 2), &|_| {}).unwrap_err();
         assert!(matches!(e, Error::NoExactMode(_)), "{e}");

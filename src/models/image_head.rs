@@ -123,15 +123,11 @@ impl ImageHead {
         }
     }
 
-    /// The head one pixel at a time; PixelCNN++'s RGB pixel mixture has no exact mode yet (its conditionals
-    /// are computed with candle ops).
+    /// The head one pixel at a time, in `arithmetic` (exact: the pixel mixture's conditionals in scalar code
+    /// with `libm`, [`logistic_mixture::rgb_channel_params_exact`]).
     pub fn stepper(&self, batch: usize, arithmetic: Arithmetic) -> Result<HeadStepper> {
-        if arithmetic == Arithmetic::Exact && matches!(self.kind, Out::Pixel { .. }) {
-            return Err(Error::NoExactMode(
-                "PixelCNN++'s RGB pixel mixture (colour_mixture = \"pixel\")".into(),
-            ));
-        }
         Ok(HeadStepper {
+            arithmetic,
             hidden: self.hidden.stepper((0, 0), batch)?.with_arithmetic(arithmetic),
             out: self.out.stepper((0, 0), batch)?.with_arithmetic(arithmetic),
             kind: self.kind,
@@ -144,6 +140,7 @@ impl ImageHead {
 
 /// The head, one pixel at a time.
 pub(crate) struct HeadStepper {
+    arithmetic: Arithmetic,
     hidden: StepConv,
     out: StepConv,
     kind: Out,
@@ -188,6 +185,13 @@ impl HeadStepper {
             Out::Pixel { n_mix, num_bins } => {
                 if let Some(out) = out {
                     self.pixel = out;
+                }
+                if self.arithmetic == Arithmetic::Exact {
+                    let width = logistic_mixture::rgb_params_len(n_mix);
+                    let rows = self.pixel.chunks(width).zip(self.values.chunks(3));
+                    return Ok(rows
+                        .map(|(p, x)| logistic_mixture::rgb_channel_params_exact(p, x, colour, n_mix, num_bins))
+                        .collect());
                 }
                 let dev = Device::Cpu;
                 let params = Tensor::from_slice(&self.pixel, (self.batch, ()), &dev)?;
