@@ -573,3 +573,23 @@ fn cli_compresses_within_one_percent_of_a_trained_models_nll() {
         .stderr(contains("corrupt compressed file").and(contains("truncated")));
     assert!(!d.join("bad.out").exists());
 }
+
+/// Random bytes, bare or behind a valid magic, version and mode, are refused without a panic.
+#[test]
+fn random_bytes_are_refused() {
+    let a = arm(&families()[0], 0);
+    let mut s = 99u64;
+    for i in 0..300 {
+        let mut next = || {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (s >> 33) as u8
+        };
+        let len = (next() as usize) * 2;
+        let mut bytes: Vec<u8> = (0..len).map(|_| next()).collect();
+        if i % 2 == 1 && bytes.len() >= 6 {
+            bytes[..6].copy_from_slice(b"ARMZ\x01\x01");
+        }
+        assert!(decompress(&a, &bytes, &opts(2, 2), &|_| {}).is_err(), "case {i}");
+        let _ = armory::codec::Format::parse(4, &bytes); // any result, but no panic
+    }
+}
