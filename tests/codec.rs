@@ -587,7 +587,7 @@ fn random_bytes_are_refused() {
         let len = (next() as usize) * 2;
         let mut bytes: Vec<u8> = (0..len).map(|_| next()).collect();
         if i % 2 == 1 && bytes.len() >= 6 {
-            bytes[..6].copy_from_slice(b"ARMZ\x01\x01");
+            bytes[..6].copy_from_slice(b"ARMZ\x01\x02");
         }
         assert!(decompress(&a, &bytes, &opts(2, 2), &|_| {}).is_err(), "case {i}");
         let _ = armory::codec::Format::parse(4, &bytes); // any result, but no panic

@@ -27,9 +27,10 @@ use crate::models::Arm;
 pub const MAGIC: &[u8; 4] = b"ARMZ";
 /// The container version this build writes and reads.
 pub const VERSION: u8 = 1;
-/// The arithmetic mode: 1 = the fixed-order f32 kernel of `nn::exact`, `libm` exponentials, f64 probabilities
-/// from `libm`, quantised to 2^24 by [`super::probability::quantise`]. A change to any of them is a new mode.
-pub const ARITHMETIC: u8 = 1;
+/// The arithmetic mode: 2 = the fixed-order f32 kernel of `nn::exact`, its f32 `exp` in the gates (mode 1 used
+/// `libm`'s there), `libm` elsewhere, f64 probabilities from `libm`, quantised to 2^24 by
+/// [`super::probability::quantise`]. A change to any of them is a new mode.
+pub const ARITHMETIC: u8 = 2;
 
 /// Everything in the header.
 #[derive(Debug, Clone, PartialEq, Eq)]

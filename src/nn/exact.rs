@@ -9,8 +9,9 @@
 //!
 //! So in [`Arithmetic::Exact`] every output element is `bias + Σ_k w_k·t_k` summed in increasing k, one
 //! rounded multiply and one rounded add per term (Rust never contracts `a * b + c` into an FMA, nor reorders
-//! float sums), each row on its own (a batch is any number of independent rows), and exponentials come from
-//! `libm`, a pure-Rust port of musl's maths: the same code and the same bits everywhere. SIMD only runs
+//! float sums), each row on its own (a batch is any number of independent rows), and exponentials are
+//! computed in plain f32 arithmetic ([`exp`]) or by `libm`, a pure-Rust port of musl's maths: the same code
+//! and the same bits everywhere. SIMD only runs
 //! several output elements side by side, each with the same operations in the same order, so the portable
 //! build, AVX2 and AVX-512 agree to the bit (tested, with [`force_simd`] to pick the level).
 
@@ -221,21 +222,82 @@ fn tiled<const BLOCK: usize, const ROWS: usize>(
     }
 }
 
-/// σ(x) = 1 / (1 + e^(−x)) with musl's `expf` (via `libm`): the same bits everywhere.
+/// e^x in plain f32 arithmetic, the same bits everywhere and vectorisable (Cephes' `expf`): x = n·ln 2 + r
+/// with n rounded to the nearest integer by the 1.5·2^23 trick and ln 2 split in two (Cody–Waite), a
+/// degree-7 polynomial in r, and 2^n built from its exponent bits. x is clamped to [−87, 88] first, so the
+/// result is a normal float (e^−87 ≈ 1.6e−38 for anything below); a NaN stays NaN. About 1 ulp from e^x.
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    const SHIFT: f32 = 12_582_912.0; // 1.5 · 2^23: adding it rounds to an integer (|x·log2 e| < 2^22)
+    let nan = x.is_nan();
+    let x = x.clamp(-87.0, 88.0);
+    let n = (x * std::f32::consts::LOG2_E + SHIFT) - SHIFT;
+    let r = (x - n * 0.693_359_4) - n * -2.121_944_4e-4;
+    let z = r * r;
+    let p = (((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 0.166_666_65)
+        * r
+        + 0.5)
+        * z
+        + r
+        + 1.0;
+    let pow2n = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    if nan {
+        x
+    } else {
+        p * pow2n
+    }
+}
+
+/// σ(x) = 1 / (1 + e^(−x)) with [`exp`].
+#[inline(always)]
 pub fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + libm::expf(-x))
+    1.0 / (1.0 + exp(-x))
 }
 
 /// tanh(a) · σ(b), the gated unit, in the training op's form (tanh(a) = 2σ(2a) − 1) with [`sigmoid`].
+#[inline(always)]
 pub fn gate_value(a: f32, b: f32) -> f32 {
     (2.0 * sigmoid(2.0 * a) - 1.0) * sigmoid(b)
 }
 
-/// The gated unit over rows of 2C numbers, `[R][2C]` → `[R][C]`, with [`gate_value`].
+/// The gated unit over rows of 2C numbers, `[R][2C]` → `[R][C]`, with [`gate_value`], at the SIMD level of
+/// [`simd_level`] (every level gives the same bits: each element has its own operations).
 pub fn gate_rows(x: &[f32], c: usize) -> Vec<f32> {
-    x.chunks(2 * c)
-        .flat_map(|row| (0..c).map(move |j| gate_value(row[j], row[c + j])))
-        .collect()
+    let mut out = vec![0f32; x.len() / 2];
+    match simd_level() {
+        Simd::Portable => gates(x, c, &mut out),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: simd_level() only returns a level the CPU supports.
+        Simd::Avx2 => unsafe { gates_avx2(x, c, &mut out) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Simd::Avx512 => unsafe { gates_avx512(x, c, &mut out) },
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => gates(x, c, &mut out),
+    }
+    out
+}
+
+#[inline(always)]
+fn gates(x: &[f32], c: usize, out: &mut [f32]) {
+    for (o, row) in out.chunks_mut(c.max(1)).zip(x.chunks(2 * c.max(1))) {
+        let (a, b) = row.split_at(c);
+        for j in 0..c {
+            o[j] = gate_value(a[j], b[j]);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn gates_avx2(x: &[f32], c: usize, out: &mut [f32]) {
+    gates(x, c, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn gates_avx512(x: &[f32], c: usize, out: &mut [f32]) {
+    gates(x, c, out)
 }
 
 #[cfg(test)]
@@ -305,7 +367,46 @@ mod tests {
         }
     }
 
-    /// The exact gate agrees with the fast one to f32 precision (only the exponential's last bit may differ).
+    /// The exact exponential is within 2 ulp-ish of the library's over its range, saturates outside it, and
+    /// keeps NaN.
+    #[test]
+    fn exact_exp_is_exp() {
+        for i in -19_700..20_000 {
+            let x = i as f32 * 0.0044;
+            let (ours, std) = (exp(x), x.exp());
+            assert!((ours - std).abs() <= 2.5e-7 * std, "{x}: {ours} vs {std}");
+        }
+        assert_eq!(exp(-1000.0), exp(-87.0));
+        assert!(exp(-1000.0) > 0.0 && exp(1000.0).is_finite());
+        assert!(exp(f32::NAN).is_nan());
+    }
+
+    /// The gates give the same bits at every SIMD level.
+    #[test]
+    fn gates_are_the_same_at_every_simd_level() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let c = 37;
+        let x: Vec<f32> = (0..5 * 2 * c).map(|_| rng.random_range(-12.0f32..12.0)).collect();
+        let mut want = vec![0f32; 5 * c];
+        gates(&x, c, &mut want);
+        for level in [Simd::Avx2, Simd::Avx512] {
+            if !supports(level) {
+                continue;
+            }
+            let mut out = vec![0f32; 5 * c];
+            match level {
+                #[cfg(target_arch = "x86_64")]
+                Simd::Avx2 => unsafe { gates_avx2(&x, c, &mut out) },
+                #[cfg(target_arch = "x86_64")]
+                Simd::Avx512 => unsafe { gates_avx512(&x, c, &mut out) },
+                _ => continue,
+            }
+            let same = out.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "{level:?}");
+        }
+    }
+
+    /// The exact gate agrees with the fast one to f32 precision (only the exponential's last bits may differ).
     #[test]
     fn exact_gate_is_the_gate() {
         for i in -40..40 {
