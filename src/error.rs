@@ -49,6 +49,33 @@ pub enum Error {
     #[error("{path}: cannot write picture: {msg}")]
     Plot { path: PathBuf, msg: String },
 
+    /// A model family the codec cannot run in its exact arithmetic.
+    #[error("{0} has no exact arithmetic mode yet, so it cannot compress or decompress (use another model family)")]
+    NoExactMode(String),
+
+    /// A compressed file that is not a valid `.arm` file: bad magic, truncated, corrupted.
+    #[error("corrupt compressed file: {0}")]
+    CodecCorrupt(String),
+
+    /// A compressed file written by another version of the container.
+    #[error("compressed file version {found} is not supported (this build reads version {supported})")]
+    CodecVersion { found: u8, supported: u8 },
+
+    /// A compressed file whose probabilities were computed in an arithmetic this build does not have.
+    #[error("compressed file arithmetic mode {found} is not supported (this build has mode {supported})")]
+    CodecArithmetic { found: u8, supported: u8 },
+
+    /// A compressed file written with another model (or other weights).
+    #[error(
+        "the file was compressed with another model (fingerprint {expected:016x}, this model's is {found:016x}); \
+         decompress with the run it was compressed with"
+    )]
+    CodecModelMismatch { expected: u64, found: u64 },
+
+    /// Decoding finished but the data fail the checksum the encoder stored: a corrupted stream.
+    #[error("corrupt compressed file: the decoded data fail their checksum (stored {stored:08x}, got {found:08x})")]
+    CodecChecksum { stored: u32, found: u32 },
+
     /// Training produced a NaN or infinite loss. `kept` says what the run directory holds and what to run next.
     #[error("loss became non-finite ({loss}) at epoch {epoch}, step {step}; {kept}")]
     NonFiniteLoss {

@@ -10,9 +10,11 @@
 //! - [`models`]: the ARM and its network families
 //! - [`sample`]: the samplers
 //! - [`train`]: the training loop, optimisers, early stopping, checkpoints, metrics
+//! - [`codec`]: lossless compression with a trained ARM (`armory compress` / `decompress`)
 //! - [`viz`]: pictures of data, samples and learning curves
 //! - [`output`]: files written through a temporary file and a rename; [`limits`]: bounds on input-decided sizes
 
+pub mod codec;
 pub mod config;
 pub mod data;
 pub mod error;

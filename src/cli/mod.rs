@@ -2,6 +2,7 @@
 
 mod bench;
 mod choices;
+mod compress;
 mod eval;
 mod info;
 mod model_source;
@@ -14,7 +15,7 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "armory",
     version,
-    about = "Deep autoregressive generative models: train, evaluate, sample"
+    about = "Deep autoregressive generative models: train, evaluate, sample, compress"
 )]
 pub struct Cli {
     /// Worker threads for the compute kernels (default: all cores).
@@ -34,6 +35,10 @@ enum Command {
     Sample(sample::Args),
     /// Parameters, receptive field and the full config of a model.
     Info(info::Args),
+    /// Compress a data file (digits CSV, IDX, npy, PNG folder) with a trained model, losslessly.
+    Compress(compress::CompressArgs),
+    /// Rebuild the data file from a `.arm` file and the model it was compressed with.
+    Decompress(compress::DecompressArgs),
     /// Speed side by side with PyTorch, both measured in this run: the seed net, training epochs, memory.
     Bench(bench::Args),
 }
@@ -48,6 +53,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sample(a) => sample::run(a),
         Command::Info(a) => info::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Compress(a) => compress::compress(a),
+        Command::Decompress(a) => compress::decompress(a),
     })?
 }
 

@@ -131,6 +131,58 @@ pub fn rgb_channel_params(params: &Tensor, x: &Tensor, n_mix: usize, num_bins: u
     Ok(Tensor::stack(&out, 1)?)
 }
 
+/// [`rgb_channel_params`] for one pixel in plain scalar f32 with `libm`'s functions (the codec's exact
+/// arithmetic: the same bits on every machine): params `[10M]`, the pixel's values `x` (only `x[..colour]`
+/// are read) → the parameters `[3M]` of colour `colour` given the earlier colours.
+pub fn rgb_channel_params_exact(params: &[f32], x: &[u32], colour: usize, n_mix: usize, num_bins: usize) -> Vec<f32> {
+    let lay = rgb_layout(n_mix);
+    let centre = |v: u32| v as f32 * (2.0 / (num_bins - 1) as f32) - 1.0;
+    let means = |c: usize| -> Vec<f32> {
+        let mut m = params[lay.means[c].clone()].to_vec();
+        for &(shifted, k, on) in RGB_DEPENDENCE.iter().filter(|d| d.0 == c) {
+            debug_assert_eq!(shifted, c);
+            for (j, mj) in m.iter_mut().enumerate() {
+                *mj += libm::tanhf(params[lay.coeffs[k].start + j]) * centre(x[on]);
+            }
+        }
+        m
+    };
+    let mut logits = params[lay.logits.clone()].to_vec();
+    for (c, &xc) in x.iter().enumerate().take(colour) {
+        let (m, log_scales) = (means(c), &params[lay.log_scales[c].clone()]);
+        for j in 0..n_mix {
+            logits[j] += log_prob_bin_exact(xc, m[j], log_scales[j].max(LOG_SCALE_MIN as f32), num_bins);
+        }
+    }
+    logits.extend(means(colour));
+    logits.extend_from_slice(&params[lay.log_scales[colour].clone()]);
+    logits
+}
+
+/// [`log_prob_bins`] for one value and one component, in scalar f32 with `libm` (the same rules: edge bins,
+/// the mid-bin fallback below [`MID_BIN_THRESHOLD`]); `log_scale` already floored.
+fn log_prob_bin_exact(x: u32, mean: f32, log_scale: f32, num_bins: usize) -> f32 {
+    let softplus = |v: f32| v.max(0.0) + libm::logf(1.0 + libm::expf(-v.abs()));
+    let log_sigmoid = |v: f32| -softplus(-v);
+    let h = 1.0 / (num_bins - 1) as f32;
+    let inv_scale = libm::expf(-log_scale);
+    let j = 2.0 * x as f32;
+    let plus_in = ((j + 1.0) * h - 1.0 - mean) * inv_scale;
+    let min_in = ((j - 1.0) * h - 1.0 - mean) * inv_scale;
+    if x == 0 {
+        return log_sigmoid(plus_in);
+    }
+    if x as usize == num_bins - 1 {
+        return -softplus(min_in);
+    }
+    let delta = libm::expf(log_sigmoid(plus_in)) - libm::expf(log_sigmoid(min_in));
+    if delta > MID_BIN_THRESHOLD as f32 {
+        return libm::logf(delta.max(DELTA_FLOOR as f32));
+    }
+    let mid_in = (x as f32 * (2.0 * h) - 1.0 - mean) * inv_scale;
+    mid_in - log_scale - 2.0 * softplus(mid_in) + libm::logf(2.0 * h)
+}
+
 /// The channels of x `[N, 3]` (`[N]` each) and the three channels' component means `[N, M]` with the linear
 /// dependence on the earlier channels' bin centres applied.
 fn rgb_shifted_means(params: &Tensor, x: &Tensor, n_mix: usize, num_bins: usize) -> Result<(Vec<Tensor>, Vec<Tensor>)> {
@@ -659,6 +711,33 @@ mod tests {
             }
             assert_ne!(per[16][1], per[0][1]);
             assert_ne!(per[4][2], per[0][2]);
+        }
+        Ok(())
+    }
+
+    /// The codec's scalar conditionals agree with the tensor ones (to f32 rounding), for every triple.
+    #[test]
+    fn exact_rgb_channel_params_match_the_tensor_ones() -> Result<()> {
+        let mut rng = ChaCha8Rng::seed_from_u64(13);
+        let dev = Device::Cpu;
+        for trial in 0..10 {
+            let n_mix = 1 + trial % 3;
+            let p = random_rgb(&mut rng, n_mix);
+            let p64: Vec<f64> = p.iter().map(|&v| v as f64).collect();
+            let (rows, x) = all_triples(&p64, 4, &dev)?;
+            let per: Vec<Vec<Vec<f64>>> = rgb_channel_params(&rows, &x, n_mix, 4)?.to_vec3()?;
+            let xs: Vec<Vec<u32>> = x.to_vec2()?;
+            for (i, xi) in xs.iter().enumerate() {
+                for (c, want) in per[i].iter().enumerate() {
+                    let exact = rgb_channel_params_exact(&p, xi, c, n_mix, 4);
+                    for (a, b) in exact.iter().zip(want) {
+                        assert!(
+                            (*a as f64 - b).abs() < 1e-4 * (1.0 + b.abs()),
+                            "triple {i} colour {c}: {a} vs {b}"
+                        );
+                    }
+                }
+            }
         }
         Ok(())
     }

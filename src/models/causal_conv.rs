@@ -6,7 +6,7 @@ use candle_core::Tensor;
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
-use super::{CausalNet, InputEncoding, Stepper};
+use super::{Arithmetic, CausalNet, InputEncoding, Stepper};
 use crate::error::{Error, Result};
 use crate::nn::{causal_conv1d, dropout, leaky_relu, CausalConv1d, CausalConv1dConfig, ConvType, Mode, StepConv};
 
@@ -167,8 +167,13 @@ impl CausalNet for CausalConvNet {
         self.cfg.receptive_field()
     }
 
-    fn stepper(&self, batch: usize, _labels: Option<&[u32]>) -> Result<Option<Box<dyn Stepper + '_>>> {
-        Ok(Some(Box::new(CachedStack::new(self, batch)?)))
+    fn stepper(
+        &self,
+        batch: usize,
+        _labels: Option<&[u32]>,
+        arithmetic: Arithmetic,
+    ) -> Result<Option<Box<dyn Stepper + '_>>> {
+        Ok(Some(Box::new(CachedStack::new(self, batch, arithmetic)?)))
     }
 }
 
@@ -182,11 +187,11 @@ pub struct CachedStack<'a> {
 }
 
 impl<'a> CachedStack<'a> {
-    fn new(net: &'a CausalConvNet, batch: usize) -> Result<Self> {
+    fn new(net: &'a CausalConvNet, batch: usize, arithmetic: Arithmetic) -> Result<Self> {
         let layers = net
             .layers
             .iter()
-            .map(|l| l.stepper(net.cfg.length, batch))
+            .map(|l| Ok(l.stepper(net.cfg.length, batch)?.with_arithmetic(arithmetic)))
             .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(Self { net, layers, t: 0 })
     }

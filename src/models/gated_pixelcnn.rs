@@ -29,11 +29,10 @@ use serde::{Deserialize, Serialize};
 
 use super::image_head::{self, ColourMixture, HeadStepper, ImageHead};
 use super::pixelcnn::one_hot;
-use super::{CausalNet, InputEncoding, Stepper};
+use super::{Arithmetic, CausalNet, InputEncoding, Stepper};
 use crate::error::{Error, Result};
 use crate::likelihood::Likelihood;
 use crate::nn::masked_conv2d::{horizontal_plan, reach, reach_down_shift, union, vertical_plan};
-use crate::nn::step::gate_rows;
 use crate::nn::{conv1x1, dropout, gate, planned_conv2d, ConvType, Mode, PlannedConv2d, StepConv};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -287,8 +286,13 @@ impl CausalNet for GatedPixelCnn {
         union(&sh, &sv).iter().flatten().filter(|&&v| v).count() * colors + colors - 1
     }
 
-    fn stepper(&self, batch: usize, labels: Option<&[u32]>) -> Result<Option<Box<dyn Stepper + '_>>> {
-        Ok(Some(Box::new(GatedStepper::new(self, batch, labels)?)))
+    fn stepper(
+        &self,
+        batch: usize,
+        labels: Option<&[u32]>,
+        arithmetic: Arithmetic,
+    ) -> Result<Option<Box<dyn Stepper + '_>>> {
+        Ok(Some(Box::new(GatedStepper::new(self, batch, labels, arithmetic)?)))
     }
 }
 
@@ -313,13 +317,16 @@ pub struct GatedStepper<'a> {
     net: &'a GatedPixelCnn,
     layers: Vec<LayerStepper>,
     head: HeadStepper,
+    arithmetic: Arithmetic,
     batch: usize,
     d: usize,
 }
 
 impl<'a> GatedStepper<'a> {
-    fn new(net: &'a GatedPixelCnn, batch: usize, labels: Option<&[u32]>) -> Result<Self> {
+    fn new(net: &'a GatedPixelCnn, batch: usize, labels: Option<&[u32]>, arithmetic: Arithmetic) -> Result<Self> {
         let grid = (net.cfg.height, net.cfg.width);
+        let step =
+            |c: &PlannedConv2d, grid| -> Result<StepConv> { Ok(c.stepper(grid, batch)?.with_arithmetic(arithmetic)) };
         let rows_for = |table: &Tensor, labels: &[u32]| -> Result<Vec<f32>> {
             let table = table.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?;
             Ok(labels.iter().flat_map(|&l| table[l as usize].iter().copied()).collect())
@@ -333,10 +340,10 @@ impl<'a> GatedStepper<'a> {
                     _ => None,
                 };
                 Ok(LayerStepper {
-                    vertical: l.vertical.stepper(grid, batch)?,
-                    horizontal: l.horizontal.stepper(grid, batch)?,
-                    v_to_h: l.v_to_h.stepper((0, 0), batch)?,
-                    h_out: l.h_out.stepper((0, 0), batch)?,
+                    vertical: step(&l.vertical, grid)?,
+                    horizontal: step(&l.horizontal, grid)?,
+                    v_to_h: step(&l.v_to_h, (0, 0))?,
+                    h_out: step(&l.h_out, (0, 0))?,
                     cond,
                     from_above: vec![],
                     residual: l.residual,
@@ -347,7 +354,8 @@ impl<'a> GatedStepper<'a> {
         Ok(Self {
             net,
             layers,
-            head: net.head.stepper(batch)?,
+            head: net.head.stepper(batch, arithmetic)?,
+            arithmetic,
             batch,
             d: 0,
         })
@@ -375,7 +383,7 @@ impl<'a> GatedStepper<'a> {
                 pre.chunks_mut(b * 2 * c)
                     .for_each(|r| r.iter_mut().zip(cv).for_each(|(a, c)| *a += c));
             }
-            let mut out = gate_rows(&pre, c); // [x][B][C]
+            let mut out = self.arithmetic.gate_rows(&pre, c); // [x][B][C]
             if layer.vertical_residual {
                 let inputs = row.clone().flat_map(|p| layer.vertical.input(p).iter().copied());
                 out.iter_mut().zip(inputs).for_each(|(a, v)| *a += v);
@@ -418,7 +426,7 @@ impl Stepper for GatedStepper<'_> {
             if let Some((_, ch)) = &layer.cond {
                 pre.iter_mut().zip(ch).for_each(|(a, c)| *a += c);
             }
-            let mut out = layer.h_out.pointwise(&gate_rows(&pre, c));
+            let mut out = layer.h_out.pointwise(&self.arithmetic.gate_rows(&pre, c));
             if layer.residual {
                 out.iter_mut().zip(layer.horizontal.input(d)).for_each(|(a, h)| *a += h);
             }

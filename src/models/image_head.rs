@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::likelihood::{logistic_mixture, Likelihood};
 use crate::nn::step::relu_in_place;
-use crate::nn::{conv1x1, ConvType, PlannedConv2d, StepConv};
+use crate::nn::{conv1x1, Arithmetic, ConvType, PlannedConv2d, StepConv};
 
 /// How a colour image's mixture ties the colours of a pixel together (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -123,10 +123,13 @@ impl ImageHead {
         }
     }
 
-    pub fn stepper(&self, batch: usize) -> Result<HeadStepper> {
+    /// The head one pixel at a time, in `arithmetic` (exact: the pixel mixture's conditionals in scalar code
+    /// with `libm`, [`logistic_mixture::rgb_channel_params_exact`]).
+    pub fn stepper(&self, batch: usize, arithmetic: Arithmetic) -> Result<HeadStepper> {
         Ok(HeadStepper {
-            hidden: self.hidden.stepper((0, 0), batch)?,
-            out: self.out.stepper((0, 0), batch)?,
+            arithmetic,
+            hidden: self.hidden.stepper((0, 0), batch)?.with_arithmetic(arithmetic),
+            out: self.out.stepper((0, 0), batch)?.with_arithmetic(arithmetic),
             kind: self.kind,
             batch,
             pixel: vec![],
@@ -137,6 +140,7 @@ impl ImageHead {
 
 /// The head, one pixel at a time.
 pub(crate) struct HeadStepper {
+    arithmetic: Arithmetic,
     hidden: StepConv,
     out: StepConv,
     kind: Out,
@@ -181,6 +185,13 @@ impl HeadStepper {
             Out::Pixel { n_mix, num_bins } => {
                 if let Some(out) = out {
                     self.pixel = out;
+                }
+                if self.arithmetic == Arithmetic::Exact {
+                    let width = logistic_mixture::rgb_params_len(n_mix);
+                    let rows = self.pixel.chunks(width).zip(self.values.chunks(3));
+                    return Ok(rows
+                        .map(|(p, x)| logistic_mixture::rgb_channel_params_exact(p, x, colour, n_mix, num_bins))
+                        .collect());
                 }
                 let dev = Device::Cpu;
                 let params = Tensor::from_slice(&self.pixel, (self.batch, ()), &dev)?;

@@ -6,9 +6,11 @@ use candle_core::Tensor;
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
-use super::{CausalNet, InputEncoding, Stepper};
+use super::{Arithmetic, CausalNet, InputEncoding, Stepper};
 use crate::error::{Error, Result};
-use crate::nn::{dropout, linear, Linear, Mode};
+use crate::nn::kernels::shifted_conv::TapPlan;
+use crate::nn::step::relu_in_place;
+use crate::nn::{dropout, linear, Linear, Mode, StepConv};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -85,12 +87,27 @@ impl CausalNet for MlpNet {
         self.cfg.memory.min(self.cfg.length)
     }
 
-    fn stepper(&self, batch: usize, _labels: Option<&[u32]>) -> Result<Option<Box<dyn Stepper + '_>>> {
+    fn stepper(
+        &self,
+        batch: usize,
+        _labels: Option<&[u32]>,
+        arithmetic: Arithmetic,
+    ) -> Result<Option<Box<dyn Stepper + '_>>> {
         // Before the start the window holds zeros, as the forward pass pads.
         let width = self.cfg.memory * self.cfg.input.channels(self.cfg.num_values);
+        // The exact path runs both layers as 1×1 step convolutions, whose product has an exact mode.
+        let pointwise = |l: &Linear| -> Result<StepConv> {
+            let plan = TapPlan::causal_1d(1, 1, 0);
+            Ok(StepConv::new(l.weight(), Some(l.bias()), &plan, (1, 1), batch)?.with_arithmetic(arithmetic))
+        };
+        let exact = match arithmetic {
+            Arithmetic::Fast => None,
+            Arithmetic::Exact => Some((pointwise(&self.hidden)?, pointwise(&self.out)?)),
+        };
         Ok(Some(Box::new(MlpStepper {
             net: self,
             window: vec![vec![0.0; width]; batch],
+            exact,
         })))
     }
 }
@@ -98,7 +115,8 @@ impl CausalNet for MlpNet {
 /// Stepping the finite-memory MLP: a window of the last m encoded values.
 pub struct MlpStepper<'a> {
     net: &'a MlpNet,
-    window: Vec<Vec<f32>>, // per example, lag 1 first: [x_{t−1}, …, x_{t−m}] encoded
+    window: Vec<Vec<f32>>,               // per example, lag 1 first: [x_{t−1}, …, x_{t−m}] encoded
+    exact: Option<(StepConv, StepConv)>, // the two layers in exact arithmetic, for the codec
 }
 
 impl Stepper for MlpStepper<'_> {
@@ -112,6 +130,11 @@ impl Stepper for MlpStepper<'_> {
                 w.truncate((cfg.memory - 1) * c);
                 w.splice(0..0, enc[i * c..(i + 1) * c].iter().copied());
             }
+        }
+        if let Some((hidden, out)) = &self.exact {
+            let mut h = hidden.pointwise(&self.window.concat());
+            relu_in_place(&mut h);
+            return Ok(out.pointwise(&h).chunks(cfg.num_values).map(|r| r.to_vec()).collect());
         }
         let dev = self.net.out.weight().device();
         let (b, width) = (self.window.len(), self.window[0].len());

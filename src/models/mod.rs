@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::likelihood::Likelihood;
 use crate::limits;
-pub use crate::nn::Mode;
+pub use crate::nn::{Arithmetic, Mode};
 use crate::params::ParamStore;
 
 /// The shared causal network of an ARM.
@@ -30,8 +30,14 @@ pub trait CausalNet: Send + Sync {
     }
     /// A cached, position-by-position evaluator for `batch` examples (with their class labels, for
     /// class-conditional networks; checked by the caller), where the family has one (Fast WaveNet-style
-    /// caching: one column of computation per position instead of a full pass).
-    fn stepper(&self, _batch: usize, _labels: Option<&[u32]>) -> Result<Option<Box<dyn Stepper + '_>>> {
+    /// caching: one column of computation per position instead of a full pass), computing in `arithmetic`
+    /// (families without an exact mode refuse [`Arithmetic::Exact`] with [`Error::NoExactMode`]).
+    fn stepper(
+        &self,
+        _batch: usize,
+        _labels: Option<&[u32]>,
+        _arithmetic: Arithmetic,
+    ) -> Result<Option<Box<dyn Stepper + '_>>> {
         Ok(None)
     }
     /// `forward` with a class label per example, `[B]` (u32), for class-conditional networks.
@@ -515,11 +521,22 @@ impl Arm {
     /// A cached stepper for `batch` examples (one label each for class-conditional models), if the network
     /// family has one.
     pub fn stepper(&self, batch: usize, labels: Option<&[u32]>) -> Result<Option<Box<dyn Stepper + '_>>> {
+        self.stepper_with(batch, labels, Arithmetic::Fast)
+    }
+    /// [`Arm::stepper`] computing in `arithmetic`: [`Arithmetic::Exact`] gives θ bit for bit the same on every
+    /// machine, thread count and batch size (the codec's mode), or [`Error::NoExactMode`] for a family
+    /// without it.
+    pub fn stepper_with(
+        &self,
+        batch: usize,
+        labels: Option<&[u32]>,
+        arithmetic: Arithmetic,
+    ) -> Result<Option<Box<dyn Stepper + '_>>> {
         let tensor = labels
             .map(|l| Tensor::from_slice(l, l.len(), &self.device))
             .transpose()?;
         check_labels(self.num_classes(), tensor.as_ref(), batch)?;
-        self.net.stepper(batch, labels)
+        self.net.stepper(batch, labels, arithmetic)
     }
     /// Classes of a class-conditional model.
     pub fn num_classes(&self) -> Option<usize> {

@@ -21,7 +21,7 @@ use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
 use super::image_head::{self, ColourMixture, HeadStepper, ImageHead};
-use super::{CausalNet, InputEncoding, Stepper};
+use super::{Arithmetic, CausalNet, InputEncoding, Stepper};
 use crate::error::{Error, Result};
 use crate::likelihood::Likelihood;
 use crate::nn::masked_conv2d::{masked_plan, reach, union};
@@ -196,8 +196,13 @@ impl CausalNet for PixelCnn {
         set.iter().flatten().filter(|&&v| v).count() * colors + colors - 1
     }
 
-    fn stepper(&self, batch: usize, _labels: Option<&[u32]>) -> Result<Option<Box<dyn Stepper + '_>>> {
-        Ok(Some(Box::new(PixelCnnStepper::new(self, batch)?)))
+    fn stepper(
+        &self,
+        batch: usize,
+        _labels: Option<&[u32]>,
+        arithmetic: Arithmetic,
+    ) -> Result<Option<Box<dyn Stepper + '_>>> {
+        Ok(Some(Box::new(PixelCnnStepper::new(self, batch, arithmetic)?)))
     }
 }
 
@@ -213,24 +218,26 @@ pub struct PixelCnnStepper<'a> {
 }
 
 impl<'a> PixelCnnStepper<'a> {
-    fn new(net: &'a PixelCnn, batch: usize) -> Result<Self> {
+    fn new(net: &'a PixelCnn, batch: usize, arithmetic: Arithmetic) -> Result<Self> {
         let grid = (net.cfg.height, net.cfg.width);
+        let step =
+            |c: &PlannedConv2d, grid| -> Result<StepConv> { Ok(c.stepper(grid, batch)?.with_arithmetic(arithmetic)) };
         let blocks = net
             .blocks
             .iter()
             .map(|b| {
                 Ok([
-                    b.reduce.stepper((0, 0), batch)?,
-                    b.masked.stepper(grid, batch)?,
-                    b.expand.stepper((0, 0), batch)?,
+                    step(&b.reduce, (0, 0))?,
+                    step(&b.masked, grid)?,
+                    step(&b.expand, (0, 0))?,
                 ])
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             net,
-            first: net.first.stepper(grid, batch)?,
+            first: step(&net.first, grid)?,
             blocks,
-            head: net.head.stepper(batch)?,
+            head: net.head.stepper(batch, arithmetic)?,
             d: 0,
         })
     }

@@ -10,9 +10,10 @@ use candle_nn::rnn::{GRUConfig, LSTMConfig, GRU, LSTM, RNN};
 use candle_nn::{Embedding, Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 
-use super::{CausalNet, Stepper};
+use super::{Arithmetic, CausalNet, Stepper};
 use crate::error::{Error, Result};
-use crate::nn::{dropout, linear, Linear, Mode};
+use crate::nn::kernels::shifted_conv::TapPlan;
+use crate::nn::{dropout, exact, linear, Linear, Mode, StepConv};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -54,6 +55,9 @@ enum Recurrence {
 pub struct RnnNet {
     embed: Embedding,
     rnn: Recurrence,
+    /// The cell's weights again (candle-nn's cells do not expose them), for the exact stepper:
+    /// `weight_ih` `[G·H, E]`, `weight_hh` `[G·H, H]`, `bias_ih`, `bias_hh` `[G·H]` (G = 4 gates, or 3).
+    cell_weights: [Tensor; 4],
     out: Linear,
     cfg: Config,
 }
@@ -92,9 +96,21 @@ impl RnnNet {
                 Recurrence::Gru(candle_nn::rnn::gru(e, h, c, vb.pp("rnn"))?)
             }
         };
+        let g = match cfg.cell {
+            Cell::Lstm => 4,
+            Cell::Gru => 3,
+        };
+        let rv = vb.pp("rnn");
+        let cell_weights = [
+            rv.get((g * h, e), "weight_ih_l0")?,
+            rv.get((g * h, h), "weight_hh_l0")?,
+            rv.get(g * h, "bias_ih_l0")?,
+            rv.get(g * h, "bias_hh_l0")?,
+        ];
         Ok(Self {
             embed: Embedding::new(table, e),
             rnn,
+            cell_weights,
             out: linear(h, cfg.num_values, vb.pp("out"))?,
             cfg: cfg.clone(),
         })
@@ -124,7 +140,17 @@ impl CausalNet for RnnNet {
         self.cfg.length
     }
 
-    fn stepper(&self, batch: usize, _labels: Option<&[u32]>) -> Result<Option<Box<dyn Stepper + '_>>> {
+    /// The fast stepper runs candle-nn's cell; the exact one ([`ExactRnnStepper`]) the same cell in the codec's
+    /// exact arithmetic.
+    fn stepper(
+        &self,
+        batch: usize,
+        _labels: Option<&[u32]>,
+        arithmetic: Arithmetic,
+    ) -> Result<Option<Box<dyn Stepper + '_>>> {
+        if arithmetic == Arithmetic::Exact {
+            return Ok(Some(Box::new(ExactRnnStepper::new(self, batch)?)));
+        }
         let state = match &self.rnn {
             Recurrence::Lstm(r) => RnnState::Lstm(r.zero_state(batch)?),
             Recurrence::Gru(r) => RnnState::Gru(r.zero_state(batch)?),
@@ -179,5 +205,85 @@ impl Stepper for RnnStepper<'_> {
             .forward(&h)?
             .to_dtype(candle_core::DType::F32)?
             .to_vec2::<f32>()?)
+    }
+}
+
+/// The RNN stepped in exact arithmetic (`nn::exact`), for the codec: the embedding looked up, the cell's two
+/// products and the output layer as exact 1×1 step convolutions, the gates with `libm`'s σ and tanh — candle-nn's
+/// cell equations (PyTorch's gate order: i, f, g, o for the LSTM; r, z, n for the GRU).
+pub struct ExactRnnStepper<'a> {
+    net: &'a RnnNet,
+    table: Vec<f32>, // [K + 1, E]
+    ih: StepConv,
+    hh: StepConv,
+    out: StepConv,
+    h: Vec<f32>, // [B][H]
+    c: Vec<f32>, // [B][H], the LSTM's cell state
+    batch: usize,
+}
+
+impl<'a> ExactRnnStepper<'a> {
+    fn new(net: &'a RnnNet, batch: usize) -> Result<Self> {
+        let plan = TapPlan::causal_1d(1, 1, 0);
+        let dense = |w: &Tensor, b: &Tensor| -> Result<StepConv> {
+            Ok(StepConv::new(w, Some(b), &plan, (1, 1), batch)?.with_arithmetic(Arithmetic::Exact))
+        };
+        let [w_ih, w_hh, b_ih, b_hh] = &net.cell_weights;
+        let h = net.cfg.hidden;
+        Ok(Self {
+            net,
+            table: net
+                .embed
+                .embeddings()
+                .to_dtype(candle_core::DType::F32)?
+                .flatten_all()?
+                .to_vec1()?,
+            ih: dense(w_ih, b_ih)?,
+            hh: dense(w_hh, b_hh)?,
+            out: dense(net.out.weight(), net.out.bias())?,
+            h: vec![0.0; batch * h],
+            c: vec![0.0; batch * h],
+            batch,
+        })
+    }
+}
+
+impl Stepper for ExactRnnStepper<'_> {
+    fn step(&mut self, prev: Option<&[u32]>) -> Result<Vec<Vec<f32>>> {
+        let (e, h, k) = (self.net.cfg.embedding, self.net.cfg.hidden, self.net.cfg.num_values);
+        let tokens: Vec<usize> = match prev {
+            Some(p) => p.iter().map(|&v| v as usize).collect(),
+            None => vec![k; self.batch], // the start token
+        };
+        let x: Vec<f32> = tokens
+            .iter()
+            .flat_map(|&t| self.table[t * e..(t + 1) * e].iter().copied())
+            .collect();
+        let (xi, hh) = (self.ih.pointwise(&x), self.hh.pointwise(&self.h)); // [B][G·H] each
+        let g = xi.len() / self.batch;
+        for b in 0..self.batch {
+            let (xi, hh) = (&xi[b * g..(b + 1) * g], &hh[b * g..(b + 1) * g]);
+            let (hb, cb) = (&mut self.h[b * h..(b + 1) * h], &mut self.c[b * h..(b + 1) * h]);
+            match self.net.cfg.cell {
+                Cell::Lstm => {
+                    for j in 0..h {
+                        let pre = |gate: usize| xi[gate * h + j] + hh[gate * h + j];
+                        let (i, f) = (exact::sigmoid(pre(0)), exact::sigmoid(pre(1)));
+                        let (cell, o) = (libm::tanhf(pre(2)), exact::sigmoid(pre(3)));
+                        cb[j] = f * cb[j] + i * cell;
+                        hb[j] = o * libm::tanhf(cb[j]);
+                    }
+                }
+                Cell::Gru => {
+                    for j in 0..h {
+                        let r = exact::sigmoid(xi[j] + hh[j]);
+                        let z = exact::sigmoid(xi[h + j] + hh[h + j]);
+                        let n = libm::tanhf(xi[2 * h + j] + r * hh[2 * h + j]);
+                        hb[j] = z * hb[j] - (z - 1.0) * n;
+                    }
+                }
+            }
+        }
+        Ok(self.out.pointwise(&self.h).chunks(k).map(|r| r.to_vec()).collect())
     }
 }

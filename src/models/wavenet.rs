@@ -8,9 +8,9 @@ use candle_core::Tensor;
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
-use super::{CausalNet, InputEncoding, Stepper};
+use super::{Arithmetic, CausalNet, InputEncoding, Stepper};
 use crate::error::{Error, Result};
-use crate::nn::step::{gate_rows, relu_in_place};
+use crate::nn::step::relu_in_place;
 use crate::nn::{causal_conv1d, dropout, gate, CausalConv1d, CausalConv1dConfig, ConvType, Mode, StepConv};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -153,8 +153,13 @@ impl CausalNet for WaveNet {
         self.cfg.receptive_field()
     }
 
-    fn stepper(&self, batch: usize, _labels: Option<&[u32]>) -> Result<Option<Box<dyn Stepper + '_>>> {
-        Ok(Some(Box::new(WaveNetStepper::new(self, batch)?)))
+    fn stepper(
+        &self,
+        batch: usize,
+        _labels: Option<&[u32]>,
+        arithmetic: Arithmetic,
+    ) -> Result<Option<Box<dyn Stepper + '_>>> {
+        Ok(Some(Box::new(WaveNetStepper::new(self, batch, arithmetic)?)))
     }
 }
 
@@ -165,30 +170,33 @@ pub struct WaveNetStepper<'a> {
     input: StepConv,
     blocks: Vec<(StepConv, Option<StepConv>, StepConv)>, // filter-gate, residual, skip
     head: (StepConv, StepConv),
+    arithmetic: Arithmetic,
     batch: usize,
     t: usize,
 }
 
 impl<'a> WaveNetStepper<'a> {
-    fn new(net: &'a WaveNet, batch: usize) -> Result<Self> {
+    fn new(net: &'a WaveNet, batch: usize, arithmetic: Arithmetic) -> Result<Self> {
         let d = net.cfg.length;
+        let step = |c: &CausalConv1d| -> Result<StepConv> { Ok(c.stepper(d, batch)?.with_arithmetic(arithmetic)) };
         let blocks = net
             .blocks
             .iter()
             .map(|b| {
                 Ok((
-                    b.filter_gate.stepper(d, batch)?,
-                    b.residual.as_ref().map(|r| r.stepper(d, batch)).transpose()?,
-                    b.skip.stepper(d, batch)?,
+                    step(&b.filter_gate)?,
+                    b.residual.as_ref().map(step).transpose()?,
+                    step(&b.skip)?,
                 ))
             })
             .collect::<Result<Vec<_>>>()?;
-        let head = (net.head1.stepper(d, batch)?, net.head2.stepper(d, batch)?);
+        let head = (step(&net.head1)?, step(&net.head2)?);
         Ok(Self {
             net,
-            input: net.input.stepper(d, batch)?,
+            input: step(&net.input)?,
             blocks,
             head,
+            arithmetic,
             batch,
             t: 0,
         })
@@ -207,7 +215,7 @@ impl Stepper for WaveNetStepper<'_> {
         let mut skips = vec![0f32; b * cfg.skip_channels];
         for (fg, res, skip) in &mut self.blocks {
             fg.set(at.clone(), &h);
-            let z = gate_rows(&fg.output(at.clone()), c); // [B][2C] → [B][C]
+            let z = self.arithmetic.gate_rows(&fg.output(at.clone()), c); // [B][2C] → [B][C]
             if let Some(res) = res {
                 res.set(at.clone(), &z);
                 h.iter_mut().zip(res.output(at.clone())).for_each(|(a, r)| *a += r);

@@ -90,33 +90,12 @@ pub trait GateFloat: WithDType + Send + Sync {
 }
 impl GateFloat for f32 {
     fn sigmoid(self) -> f32 {
-        1.0 / (1.0 + exp_f32(-self))
+        // Plain-arithmetic exp (Cephes' expf, within 2 ulp): the gate loops vectorise, where the library's
+        // `expf` is a call per element (7 % of a gated PixelCNN epoch); the codec's exact gates use it too.
+        super::exact::sigmoid(self)
     }
 }
 
-/// eᕽ in f32 within 2 ulp (Cephes' `expf`: x = n·ln 2 + r with |r| ≤ ½ ln 2, a degree-7 polynomial for eʳ,
-/// then 2ⁿ put into the exponent bits). Plain arithmetic and no branch, so the gate loops vectorise (the
-/// library's `expf` is a call per element: 7 % of a gated PixelCNN epoch); results are the same bits
-/// whether a loop runs it vectorised or not, on every x86 CPU. Inputs are clamped to [−87.3, 88.3]: e⁸⁸·³
-/// is near f32's largest value, and below −87.3 the result would be subnormal (here: e^−87.3).
-#[inline(always)]
-pub fn exp_f32(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4; // ln 2 split in two, the high part exact in a few bits
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    // x·log₂e rounded to the nearest integer by adding and subtracting 1.5·2²³ (plain SSE2 arithmetic;
-    // `floor` is a library call on baseline x86-64 and would stop the loop from vectorising).
-    const ROUND: f32 = 12_582_912.0;
-    let x = x.clamp(-87.3, 88.3);
-    let n = (x * LOG2E + ROUND) - ROUND;
-    let r = x - n * LN2_HI - n * LN2_LO;
-    let z = r * r;
-    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1)
-        * r
-        + 0.5; // Cephes: 5.0000001201E-1, which is 0.5 in f32
-    let e = p * z + r + 1.0;
-    e * f32::from_bits(((n as i32 + 127) as u32) << 23)
-}
 impl GateFloat for f64 {
     fn sigmoid(self) -> f64 {
         1.0 / (1.0 + (-self).exp())
@@ -234,9 +213,10 @@ mod tests {
         Ok(())
     }
 
-    /// The vectorisable exponential against f64's over the whole clamped range and near 0, within 2 ulp.
+    /// The gates' exponential against f64's over the whole clamped range and near 0, within 2 ulp.
     #[test]
-    fn exp_f32_is_within_two_ulp() {
+    fn gate_exp_is_within_two_ulp() {
+        use crate::nn::exact::exp as exp_f32;
         let mut worst = 0.0f64;
         let mut x = -87.0f32;
         while x < 88.0 {

@@ -16,6 +16,9 @@ impl Linear {
     pub fn weight(&self) -> &Tensor {
         &self.weight
     }
+    pub fn bias(&self) -> &Tensor {
+        &self.bias
+    }
 
     /// xs `[…, in]` → `[…, out]`. The leading axes are folded into one so that every product is a plain 2-D
     /// matmul (candle 0.11's batched matmul has had a backward bug with broadcast operands).

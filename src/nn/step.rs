@@ -8,10 +8,12 @@
 //! reads them.
 
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::{DType, Result, Tensor};
 
 use super::activation::gate_value;
+use super::exact::{self, Arithmetic};
 use super::kernels::shifted_conv::TapPlan;
 
 /// Tanh of the first half of each row of 2C numbers times the sigmoid of the second half: `[R][2C]` → `[R][C]`
@@ -26,7 +28,17 @@ pub fn relu_in_place(x: &mut [f32]) {
     x.iter_mut().for_each(|v| *v = v.max(0.0));
 }
 
+/// Whether the fast path may call gemm (the default); off, it runs the exact kernel's plain loops instead.
+static GEMM: AtomicBool = AtomicBool::new(true);
+
+/// Lets the fast path use gemm (`true`, the default) or not, for the whole process: with it off, nothing in a
+/// stepped network dispatches on the CPU, so tests can check that a result does not depend on gemm.
+pub fn set_gemm(enabled: bool) {
+    GEMM.store(enabled, Ordering::Relaxed);
+}
+
 pub struct StepConv {
+    arithmetic: Arithmetic,
     taps: Vec<f32>, // [(tap, ci), co]: the plan's taps side by side
     bias: Vec<f32>,
     c_in: usize,
@@ -63,6 +75,7 @@ impl StepConv {
             None => vec![0.0; c_out],
         };
         Ok(Self {
+            arithmetic: Arithmetic::Fast,
             taps,
             bias,
             c_in,
@@ -72,6 +85,16 @@ impl StepConv {
             batch,
             inputs: vec![0.0; grid.0 * grid.1 * batch * c_in],
         })
+    }
+
+    /// The same convolution computing with `arithmetic` ([`Arithmetic::Exact`]: the codec's bit-exact path).
+    pub fn with_arithmetic(mut self, arithmetic: Arithmetic) -> Self {
+        self.arithmetic = arithmetic;
+        self
+    }
+
+    pub fn arithmetic(&self) -> Arithmetic {
+        self.arithmetic
     }
 
     /// Sets the inputs at `positions`, `[position][B][C_in]` flattened.
@@ -129,9 +152,13 @@ impl StepConv {
         self.product(x, x.len() / self.c_in)
     }
 
-    /// bias + window `[rows, taps·C_in]` · taps `[taps·C_in, C_out]`.
+    /// bias + window `[rows, taps·C_in]` · taps `[taps·C_in, C_out]`: gemm on the fast path, the fixed-order
+    /// kernel of [`exact`] on the exact path (or when gemm is switched off by [`set_gemm`]).
     fn product(&self, window: &[f32], rows: usize) -> Vec<f32> {
         let (m, n, k) = (rows, self.c_out, self.plan.taps.len() * self.c_in);
+        if self.arithmetic == Arithmetic::Exact || !GEMM.load(Ordering::Relaxed) {
+            return exact::matmul_bias(window, &self.taps, &self.bias, m, n, k);
+        }
         let mut out: Vec<f32> = (0..m).flat_map(|_| self.bias.iter().copied()).collect();
         if m == 0 || k == 0 {
             return out;

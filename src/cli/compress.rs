@@ -1,0 +1,139 @@
+//! `armory compress` and `armory decompress`: a data file coded with a trained model, and back.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use armory::codec::{self, formats, Options};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use super::model_source::ModelSource;
+
+#[derive(Debug, clap::Args)]
+pub struct CompressArgs {
+    #[command(flatten)]
+    model: ModelSource,
+    /// The data: a digits CSV, an IDX images file, a uint8 `.npy` (each gzipped or plain), or a folder of PNGs.
+    input: PathBuf,
+    /// The compressed file (`.arm`).
+    #[arg(short, long)]
+    out: PathBuf,
+    /// Replace the output if it exists.
+    #[arg(long)]
+    force: bool,
+    /// Examples per chunk; chunks are independent streams, coded in parallel.
+    #[arg(long, default_value_t = 64)]
+    chunk: usize,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DecompressArgs {
+    /// The compressed file.
+    input: PathBuf,
+    /// The data file (or folder, for PNGs) to write.
+    #[arg(short, long)]
+    out: PathBuf,
+    /// The model the file was compressed with.
+    #[command(flatten)]
+    model: ModelSource,
+    /// Replace the output if it exists.
+    #[arg(long)]
+    force: bool,
+    /// Examples stepped together (any value decodes the same file).
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+}
+
+/// A progress bar on stderr for inputs of more than 1,000 examples.
+fn progress(n: usize, what: &str) -> ProgressBar {
+    if n <= 1000 {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(n as u64), ProgressDrawTarget::stderr());
+    if let Ok(style) = ProgressStyle::with_template(&format!("{what} {{bar:40}} {{pos}}/{{len}} examples ({{eta}})")) {
+        bar.set_style(style);
+    }
+    bar
+}
+
+/// Writes `bytes` to `out` through a temporary file renamed into place; an existing file only with `force`.
+fn write_new(out: &Path, bytes: &[u8], force: bool) -> anyhow::Result<()> {
+    if out.exists() && !force {
+        bail!("{}: already exists (add --force to replace it)", out.display());
+    }
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = out.with_file_name(format!(".{name}.armory-tmp"));
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, out).with_context(|| format!("writing {}", out.display()))?;
+    Ok(())
+}
+
+pub fn compress(a: CompressArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(a.chunk > 0, "--chunk must be at least 1");
+    if a.out.exists() && !a.force {
+        bail!("{}: already exists (add --force to replace it)", a.out.display());
+    }
+    let (_, arm) = a.model.load()?;
+    let (data, note) = formats::read(&a.input)?;
+    let n = data.len();
+    let bar = progress(n, "compressing");
+    let start = Instant::now();
+    let opts = Options {
+        chunk: a.chunk,
+        batch: a.chunk,
+    };
+    let bytes = codec::compress(&arm, &data, &opts, &|k| bar.inc(k as u64))
+        .with_context(|| format!("compressing {}", a.input.display()))?;
+    let secs = start.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    write_new(&a.out, &bytes, a.force)?;
+    let (header, body) = codec::Header::read(&bytes)?;
+    println!(
+        "{}: {n} examples ({}) → {}: {} bytes, {:.4} bits per dimension ({body}-byte header), {:.2} s, {:.0} examples/s",
+        a.input.display(),
+        data.format.name(),
+        a.out.display(),
+        bytes.len(),
+        bytes.len() as f64 * 8.0 / (n * header.dim) as f64,
+        secs,
+        n as f64 / secs
+    );
+    if let Some(note) = note {
+        println!("note: {note}");
+    }
+    Ok(())
+}
+
+pub fn decompress(a: DecompressArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(a.batch > 0, "--batch must be at least 1");
+    if a.out.exists() && !a.force {
+        bail!("{}: already exists (add --force to replace it)", a.out.display());
+    }
+    let bytes = std::fs::read(&a.input).with_context(|| format!("reading {}", a.input.display()))?;
+    let (header, _) = codec::Header::read(&bytes).with_context(|| format!("reading {}", a.input.display()))?;
+    let (_, arm) = a.model.load()?;
+    let bar = progress(header.count, "decompressing");
+    let start = Instant::now();
+    let opts = Options {
+        chunk: header.chunk,
+        batch: a.batch,
+    };
+    let data = codec::decompress(&arm, &bytes, &opts, &|k| bar.inc(k as u64))
+        .with_context(|| format!("decompressing {}", a.input.display()))?;
+    let secs = start.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    formats::write(&data, &a.out, a.force)?;
+    println!(
+        "{} → {}: {} examples ({}), {:.2} s, {:.0} examples/s",
+        a.input.display(),
+        a.out.display(),
+        data.len(),
+        data.format.name(),
+        secs,
+        data.len() as f64 / secs
+    );
+    Ok(())
+}

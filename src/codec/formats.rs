@@ -1,0 +1,307 @@
+//! The files the codec reads and rebuilds: what the container keeps besides the values, so that the file
+//! comes back as it was.
+//!
+//! - digits CSV (64 values and a label per line): rebuilt as `v,v,…,v,label\n` lines, which is byte-identical
+//!   for files written that way (the UCI/scikit-learn file is); other spacing comes back normalised, and a
+//!   gzipped file comes back inflated;
+//! - IDX images (`…-idx3-ubyte`): the header bytes are kept, so the file is byte-identical (inflated if it
+//!   was gzipped);
+//! - `.npy` of unsigned bytes: the header bytes are kept, byte-identical (inflated if gzipped);
+//! - a folder of PNGs: names and sizes are kept; the pictures come back pixel-identical (PNG's own
+//!   compression choices are not kept).
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use image::{ExtendedColorType, ImageFormat};
+
+use super::container::{corrupt, Reader};
+use super::Data;
+use crate::data::{digits, idx, npy, png_folder, transform};
+use crate::error::{Error, Result};
+
+/// Where the values came from, and what rebuilds that file around them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Format {
+    /// Values only (the library's own use); written back as raw bytes.
+    Raw,
+    /// The digits CSV: 64 values and a label per line.
+    DigitsCsv,
+    /// An IDX images file: its header bytes, then the values.
+    Idx { header: Vec<u8> },
+    /// An `.npy` file of unsigned bytes: its header bytes, then the values (`[N, H, W, C]`: the model's order).
+    Npy { header: Vec<u8> },
+    /// A folder of 8-bit gray (1 colour) or RGB (3) PNGs of one size, in name order.
+    PngFolder {
+        names: Vec<String>,
+        colors: u8,
+        height: u32,
+        width: u32,
+    },
+}
+
+impl Format {
+    pub fn tag(&self) -> u8 {
+        match self {
+            Format::Raw => 0,
+            Format::DigitsCsv => 1,
+            Format::Idx { .. } => 2,
+            Format::Npy { .. } => 3,
+            Format::PngFolder { .. } => 4,
+        }
+    }
+
+    /// What the container keeps for this format.
+    pub fn info(&self) -> Vec<u8> {
+        match self {
+            Format::Raw | Format::DigitsCsv => vec![],
+            Format::Idx { header } | Format::Npy { header } => header.clone(),
+            Format::PngFolder {
+                names,
+                colors,
+                height,
+                width,
+            } => {
+                let mut b = vec![*colors];
+                b.extend_from_slice(&height.to_le_bytes());
+                b.extend_from_slice(&width.to_le_bytes());
+                b.extend_from_slice(&(names.len() as u32).to_le_bytes());
+                for n in names {
+                    b.extend_from_slice(&(n.len() as u32).to_le_bytes());
+                    b.extend_from_slice(n.as_bytes());
+                }
+                b
+            }
+        }
+    }
+
+    /// The inverse of [`Format::tag`] and [`Format::info`]; anything malformed is a corrupt file.
+    pub fn parse(tag: u8, info: &[u8]) -> Result<Format> {
+        Ok(match tag {
+            0 => Format::Raw,
+            1 => Format::DigitsCsv,
+            2 => Format::Idx { header: info.to_vec() },
+            3 => Format::Npy { header: info.to_vec() },
+            4 => {
+                let mut r = Reader { bytes: info, at: 0 };
+                let colors = r.u8()?;
+                let (height, width) = (r.u32()?, r.u32()?);
+                let count = r.u32()? as usize;
+                if count > info.len() {
+                    return Err(corrupt("the PNG names are truncated"));
+                }
+                let names = (0..count)
+                    .map(|_| {
+                        let len = r.u32()? as usize;
+                        String::from_utf8(r.take(len)?.to_vec()).map_err(|_| corrupt("a PNG name is not UTF-8"))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Format::PngFolder {
+                    names,
+                    colors,
+                    height,
+                    width,
+                }
+            }
+            t => return Err(corrupt(format!("unknown data format {t}"))),
+        })
+    }
+
+    /// A short name for messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Format::Raw => "raw values",
+            Format::DigitsCsv => "digits CSV",
+            Format::Idx { .. } => "IDX images",
+            Format::Npy { .. } => "npy array",
+            Format::PngFolder { .. } => "PNG folder",
+        }
+    }
+}
+
+/// Reads a file or folder the codec can compress, found by its content: a folder of PNGs, an IDX images
+/// file, an `.npy` array, or a digits CSV (each file gzipped or plain). Also returns a note when the rebuilt
+/// file will differ in bytes (gzip inflated, a CSV not written `v,v,…\n`); the values never differ.
+pub fn read(path: &Path) -> Result<(Data, Option<String>)> {
+    if path.is_dir() {
+        return read_png_folder(path).map(|d| (d, None));
+    }
+    let raw = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let gzipped = raw.starts_with(&[0x1f, 0x8b]);
+    let bytes = if gzipped {
+        let mut out = vec![];
+        flate2::read::MultiGzDecoder::new(&raw[..])
+            .read_to_end(&mut out)
+            .map_err(|e| Error::data(path, format!("corrupt or truncated gzip data: {e}")))?;
+        out
+    } else {
+        raw
+    };
+    let mut note = gzipped.then(|| "the input is gzipped; decompression gives the inflated file".to_string());
+    let data = if bytes.starts_with(&idx::IMAGES_MAGIC.to_be_bytes()) {
+        let (dims, values) = idx::parse(&bytes, idx::IMAGES_MAGIC, path)?;
+        Data {
+            values: values.to_vec(),
+            labels: None,
+            dim: dims[1] * dims[2],
+            format: Format::Idx {
+                header: bytes[..bytes.len() - values.len()].to_vec(),
+            },
+        }
+    } else if bytes.starts_with(b"\x93NUMPY") {
+        let ds = npy::parse(&bytes, path)?;
+        let start = bytes.len() - ds.values.len();
+        Data {
+            values: bytes[start..].to_vec(), // [N, H, W, C] as stored: pixel-major
+            labels: None,
+            dim: ds.dim,
+            format: Format::Npy {
+                header: bytes[..start].to_vec(),
+            },
+        }
+    } else {
+        let ds = digits::parse(&bytes, path)?;
+        let data = Data {
+            values: ds.values.iter().map(|&v| v as u8).collect(),
+            labels: ds.labels.map(|l| l.iter().map(|&v| v as u8).collect()),
+            dim: ds.dim,
+            format: Format::DigitsCsv,
+        };
+        if csv_text(&data) != bytes {
+            note = Some(
+                "the CSV is not written as `v,v,…,v,label` lines; decompression gives the same values and \
+                 labels in that form"
+                    .into(),
+            );
+        }
+        data
+    };
+    Ok((data, note))
+}
+
+fn read_png_folder(dir: &Path) -> Result<Data> {
+    let ds = transform::to_pixel_major(png_folder::png_folder(dir)?);
+    let names = png_names(dir)?;
+    if names.len() != ds.len() {
+        return Err(Error::data(dir, "the folder changed while it was read"));
+    }
+    let (c, h, w) = ds.image_shape;
+    Ok(Data {
+        values: ds.values.iter().map(|&v| v as u8).collect(),
+        labels: None,
+        dim: ds.dim,
+        format: Format::PngFolder {
+            names,
+            colors: c as u8,
+            height: h as u32,
+            width: w as u32,
+        },
+    })
+}
+
+/// The `.png` names in `dir`, in the order `png_folder` reads them (by name).
+fn png_names(dir: &Path) -> Result<Vec<String>> {
+    let mut names = vec![];
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let path = entry.map_err(|e| Error::io(dir, e))?.path();
+        if path.is_file() && path.extension().is_some_and(|x| x.eq_ignore_ascii_case("png")) {
+            let name = path.file_name().and_then(|n| n.to_str());
+            let name = name.ok_or_else(|| Error::data(&path, "the file name is not UTF-8"))?;
+            names.push(name.to_string());
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// The digits CSV text of `data`: one line per example, its values then its label.
+fn csv_text(data: &Data) -> Vec<u8> {
+    let mut s = String::with_capacity(data.values.len() * 3);
+    for (i, ex) in data.values.chunks(data.dim).enumerate() {
+        for v in ex {
+            s.push_str(&v.to_string());
+            s.push(',');
+        }
+        let label = data.labels.as_ref().and_then(|l| l.get(i)).copied().unwrap_or(0);
+        s.push_str(&label.to_string());
+        s.push('\n');
+    }
+    s.into_bytes()
+}
+
+/// Writes `data` back as its format to `out` (a file, or a folder for PNGs), through a temporary file or
+/// folder renamed into place. An existing `out` is replaced only with `force` (a folder only if it holds
+/// nothing but PNGs).
+pub fn write(data: &Data, out: &Path, force: bool) -> Result<()> {
+    if out.exists() && !force {
+        return Err(Error::data(out, "already exists (add --force to replace it)"));
+    }
+    let tmp = temp_path(out);
+    let written = match &data.format {
+        Format::PngFolder {
+            names,
+            colors,
+            height,
+            width,
+        } => write_pngs(data, names, *colors, *height, *width, &tmp),
+        format => {
+            let bytes = match format {
+                Format::Raw => data.values.clone(),
+                Format::DigitsCsv => csv_text(data),
+                Format::Idx { header } | Format::Npy { header } => [&header[..], &data.values[..]].concat(),
+                Format::PngFolder { .. } => unreachable!(),
+            };
+            std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))
+        }
+    };
+    if let Err(e) = written {
+        let _ = std::fs::remove_dir_all(&tmp).or_else(|_| std::fs::remove_file(&tmp));
+        return Err(e);
+    }
+    if out.is_dir() {
+        let only_pngs = std::fs::read_dir(out)
+            .map_err(|e| Error::io(out, e))?
+            .all(|e| e.is_ok_and(|e| e.path().extension().is_some_and(|x| x.eq_ignore_ascii_case("png"))));
+        if !only_pngs {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(Error::data(
+                out,
+                "is a folder holding other files than PNGs; not replaced",
+            ));
+        }
+        std::fs::remove_dir_all(out).map_err(|e| Error::io(out, e))?;
+    }
+    std::fs::rename(&tmp, out).map_err(|e| Error::io(out, e))
+}
+
+fn temp_path(out: &Path) -> PathBuf {
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    out.with_file_name(format!(".{name}.armory-tmp"))
+}
+
+fn write_pngs(data: &Data, names: &[String], colors: u8, height: u32, width: u32, dir: &Path) -> Result<()> {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let ct = match colors {
+        1 => ExtendedColorType::L8,
+        3 => ExtendedColorType::Rgb8,
+        c => return Err(corrupt(format!("PNGs of {c} colours"))),
+    };
+    if names.len() != data.len() || (colors as usize * height as usize * width as usize) != data.dim {
+        return Err(corrupt("the PNG names or sizes do not fit the data"));
+    }
+    for (name, ex) in names.iter().zip(data.values.chunks(data.dim)) {
+        if name.contains(['/', '\\']) || name == "." || name == ".." {
+            return Err(corrupt(format!("PNG name `{name}` is not a plain file name")));
+        }
+        let path = dir.join(name);
+        image::save_buffer_with_format(&path, ex, width, height, ct, ImageFormat::Png).map_err(|e| Error::Plot {
+            path: path.clone(),
+            msg: e.to_string(),
+        })?;
+    }
+    Ok(())
+}

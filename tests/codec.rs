@@ -1,0 +1,595 @@
+//! The codec: exact round trips for every family that steps and every file format, refusals of bad files,
+//! determinism across threads, batch sizes and SIMD levels, and the committed golden files.
+
+use std::path::Path;
+
+use armory::codec::{compress, decompress, formats, Data, Format, Options};
+use armory::models::image_head::ColourMixture;
+use armory::models::{
+    causal_conv, gated_pixelcnn, mlp, pixelcnn, rnn, wavenet, Arithmetic, Arm, InputEncoding, ModelConfig,
+};
+use armory::nn::exact::{force_simd, Simd};
+use armory::Error;
+use candle_core::{DType, Device, Tensor};
+
+const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/codec");
+
+fn conv(k: usize, d: usize, input: InputEncoding) -> ModelConfig {
+    ModelConfig::CausalConv(causal_conv::Config {
+        num_values: k,
+        length: d,
+        hidden: 8,
+        kernel: 3,
+        dilations: vec![1, 2, 1],
+        layer_types: None,
+        leaky_slope: 0.1,
+        input,
+        dropout: 0.0,
+    })
+}
+
+fn gated(k: usize, h: usize, w: usize) -> gated_pixelcnn::Config {
+    gated_pixelcnn::Config {
+        num_values: k,
+        height: h,
+        width: w,
+        channels: 4,
+        first_kernel: 3,
+        layers: 2,
+        kernel: 3,
+        head_hidden: 4,
+        num_classes: None,
+        input: InputEncoding::OneHot,
+        dropout: 0.0,
+        n_mix: None,
+        colors: 1,
+        colour_mixture: ColourMixture::default(),
+        vertical_residual: true,
+    }
+}
+
+fn pixelcnn(k: usize, h: usize, w: usize) -> pixelcnn::Config {
+    pixelcnn::Config {
+        num_values: k,
+        height: h,
+        width: w,
+        hidden: 6,
+        first_kernel: 3,
+        blocks: 2,
+        kernel: 3,
+        head_hidden: 5,
+        input: InputEncoding::Scaled,
+        dropout: 0.0,
+        n_mix: None,
+        colors: 1,
+        colour_mixture: ColourMixture::default(),
+    }
+}
+
+/// Small members of every family with an exact stepper, on 3×4 images (or 12 positions), 5 values.
+fn families() -> Vec<ModelConfig> {
+    vec![
+        conv(5, 12, InputEncoding::Raw),
+        conv(5, 12, InputEncoding::OneHot),
+        ModelConfig::Wavenet(wavenet::Config {
+            num_values: 5,
+            length: 12,
+            residual_channels: 4,
+            skip_channels: 3,
+            kernel: 2,
+            dilations: vec![1, 2, 4],
+            input: InputEncoding::OneHot,
+            dropout: 0.0,
+        }),
+        ModelConfig::Rnn(rnn::Config {
+            num_values: 5,
+            length: 12,
+            cell: rnn::Cell::Lstm,
+            hidden: 6,
+            embedding: 3,
+            dropout: 0.0,
+        }),
+        ModelConfig::Rnn(rnn::Config {
+            num_values: 5,
+            length: 12,
+            cell: rnn::Cell::Gru,
+            hidden: 6,
+            embedding: 3,
+            dropout: 0.0,
+        }),
+        ModelConfig::Mlp(mlp::Config {
+            num_values: 5,
+            length: 12,
+            memory: 3,
+            hidden: 7,
+            input: InputEncoding::OneHot,
+            dropout: 0.0,
+        }),
+        ModelConfig::Pixelcnn(pixelcnn(5, 3, 4)),
+        ModelConfig::Pixelcnn(pixelcnn::Config {
+            n_mix: Some(2),
+            ..pixelcnn(5, 3, 4)
+        }),
+        ModelConfig::GatedPixelcnn(gated(5, 3, 4)),
+        ModelConfig::GatedPixelcnn(gated_pixelcnn::Config {
+            n_mix: Some(3),
+            ..gated(5, 3, 4)
+        }),
+        ModelConfig::GatedPixelcnn(gated_pixelcnn::Config {
+            num_classes: Some(3),
+            ..gated(5, 3, 4)
+        }),
+        // Colour, one mixture per colour: 3 × 2 × 2 values per example.
+        ModelConfig::GatedPixelcnn(gated_pixelcnn::Config {
+            channels: 6,
+            head_hidden: 6,
+            colors: 3,
+            n_mix: Some(2),
+            colour_mixture: ColourMixture::PerColour,
+            ..gated(5, 2, 2)
+        }),
+        // PixelCNN++'s RGB pixel mixture: one network column per pixel, G and B from the head.
+        ModelConfig::GatedPixelcnn(gated_pixelcnn::Config {
+            channels: 6,
+            colors: 3,
+            n_mix: Some(2),
+            ..gated(5, 2, 2)
+        }),
+    ]
+}
+
+/// A fresh model with every weight random (class-conditional biases too, which start at zero).
+fn arm(cfg: &ModelConfig, seed: u64) -> Arm {
+    let arm = Arm::new(cfg, seed, DType::F32, &Device::Cpu).unwrap();
+    for (name, var) in arm.params().vars() {
+        if name.contains("cond") {
+            let v: Vec<f32> = (0..var.elem_count())
+                .map(|i| 2.0 * (1.7 * i as f32 + 0.3).sin())
+                .collect();
+            var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap())
+                .unwrap();
+        }
+    }
+    arm
+}
+
+/// n examples of pseudo-random values (a fixed LCG), with labels for class-conditional models.
+fn data_for(arm: &Arm, n: usize, seed: u64) -> Data {
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut next = || {
+        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (s >> 33) as usize
+    };
+    let k = arm.num_values();
+    // Mostly small values, like pictures with a background.
+    let values = (0..n * arm.dim()).map(|_| (next() % k).min(next() % k) as u8).collect();
+    let labels = arm.num_classes().map(|c| (0..n).map(|i| (i % c) as u8).collect());
+    Data {
+        values,
+        labels,
+        dim: arm.dim(),
+        format: Format::Raw,
+    }
+}
+
+fn opts(chunk: usize, batch: usize) -> Options {
+    Options { chunk, batch }
+}
+
+#[test]
+fn every_family_round_trips_exactly_with_any_batch_size() {
+    for cfg in families() {
+        let arm = arm(&cfg, 1);
+        let data = data_for(&arm, 7, 2);
+        let file = compress(&arm, &data, &opts(3, 3), &|_| {}).unwrap();
+        for batch in [1, 2, 3] {
+            let back = decompress(&arm, &file, &opts(3, batch), &|_| {}).unwrap();
+            assert_eq!(back, data, "{cfg:?} batch {batch}");
+        }
+        // Encoding with another batch size writes the same file.
+        assert_eq!(compress(&arm, &data, &opts(3, 1), &|_| {}).unwrap(), file, "{cfg:?}");
+    }
+}
+
+/// The exact stepper computes the same network as the fast one (to f32 rounding).
+#[test]
+fn exact_stepping_is_the_same_network() {
+    for cfg in families() {
+        let arm = arm(&cfg, 5);
+        let data = data_for(&arm, 2, 3);
+        let labels: Option<Vec<u32>> = data.labels.as_ref().map(|l| l.iter().map(|&v| v as u32).collect());
+        let mut fast = arm
+            .stepper_with(2, labels.as_deref(), Arithmetic::Fast)
+            .unwrap()
+            .unwrap();
+        let mut exact = arm
+            .stepper_with(2, labels.as_deref(), Arithmetic::Exact)
+            .unwrap()
+            .unwrap();
+        for d in 0..arm.dim() {
+            let prev: Option<Vec<u32>> =
+                (d > 0).then(|| (0..2).map(|i| data.values[i * arm.dim() + d - 1] as u32).collect());
+            let (a, b) = (
+                fast.step(prev.as_deref()).unwrap(),
+                exact.step(prev.as_deref()).unwrap(),
+            );
+            for (x, y) in a.iter().flatten().zip(b.iter().flatten()) {
+                assert!((x - y).abs() <= 1e-4 * (1.0 + x.abs()), "{cfg:?} d={d}: {x} vs {y}");
+            }
+        }
+    }
+}
+
+/// The bytes do not depend on the thread count, the SIMD level of the exact kernel, or whether the fast path
+/// may use gemm (the exact path never does).
+#[test]
+fn files_are_the_same_with_any_threads_simd_level_or_gemm_setting() {
+    let cfgs = [families()[1].clone(), families()[3].clone(), families()[9].clone()];
+    for cfg in cfgs {
+        let arm = arm(&cfg, 2);
+        let data = data_for(&arm, 9, 4);
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| compress(&arm, &data, &opts(2, 2), &|_| {}).unwrap())
+        };
+        let reference = run(1);
+        assert_eq!(run(2), reference, "{cfg:?}: 2 threads");
+        for level in [Simd::Portable, Simd::Avx2, Simd::Avx512] {
+            force_simd(Some(level));
+            assert_eq!(run(2), reference, "{cfg:?}: {level:?}");
+        }
+        force_simd(None);
+        armory::nn::step::set_gemm(false);
+        let without_gemm = run(2);
+        armory::nn::step::set_gemm(true);
+        assert_eq!(without_gemm, reference, "{cfg:?}: gemm off");
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        let back = pool.install(|| decompress(&arm, &reference, &opts(2, 1), &|_| {}).unwrap());
+        assert_eq!(back, data);
+    }
+}
+
+/// Every truncation, a flipped byte anywhere, another model and another version are refused, never decoded
+/// into other data, never a panic.
+#[test]
+fn bad_files_are_refused() {
+    let cfg = families()[8].clone();
+    let a = arm(&cfg, 3);
+    let data = data_for(&a, 5, 6);
+    let file = compress(&a, &data, &opts(2, 2), &|_| {}).unwrap();
+    for n in 0..file.len() {
+        assert!(
+            decompress(&a, &file[..n], &opts(2, 2), &|_| {}).is_err(),
+            "truncated to {n}"
+        );
+    }
+    for i in 0..file.len() {
+        for bit in [0x01u8, 0x80] {
+            let mut bad = file.clone();
+            bad[i] ^= bit;
+            match decompress(&a, &bad, &opts(2, 2), &|_| {}) {
+                Err(_) => {}
+                Ok(back) => assert_eq!(back, data, "byte {i} flipped decoded into other data"),
+            }
+        }
+    }
+    let other = arm(&cfg, 4);
+    let e = decompress(&other, &file, &opts(2, 2), &|_| {}).unwrap_err();
+    assert!(matches!(e, Error::CodecModelMismatch { .. }), "{e}");
+    let mut v2 = file.clone();
+    v2[4] = 2;
+    let e = decompress(&a, &v2, &opts(2, 2), &|_| {}).unwrap_err();
+    assert!(matches!(e, Error::CodecVersion { found: 2, .. }), "{e}");
+    let mut body = file.clone();
+    let last = body.len() - 1;
+    body[last] ^= 0xff;
+    body[last - 5] ^= 0x5a;
+    assert!(decompress(&a, &body, &opts(2, 2), &|_| {})
+        .map(|b| b == data)
+        .unwrap_or(true));
+    // Values the model cannot code.
+    let mut big = data.clone();
+    big.values[3] = 5;
+    let e = compress(&a, &big, &opts(2, 2), &|_| {}).unwrap_err();
+    assert!(matches!(e, Error::ValueOutOfRange { value: 5, .. }), "{e}");
+}
+
+/// The file costs about the model's NLL: ≤ NLL in bits + 1 % + the header (random weights here; the CLI test
+/// checks a trained model).
+#[test]
+fn size_is_the_model_nll_plus_at_most_one_percent() {
+    let cfg = conv(17, 64, InputEncoding::Raw);
+    let arm = arm(&cfg, 8);
+    let data = data_for(&arm, 40, 9);
+    let file = compress(&arm, &data, &opts(64, 64), &|_| {}).unwrap();
+    let x: Vec<u32> = data.values.iter().map(|&v| v as u32).collect();
+    let x = Tensor::from_vec(x, (40, 64), &Device::Cpu).unwrap();
+    let nll_bits = -arm.log_prob(&x).unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() as f64 / 2f64.ln();
+    let (_, header) = armory::codec::Header::read(&file).unwrap();
+    let coded = (file.len() - header) as f64 * 8.0;
+    assert!(
+        coded <= nll_bits * 1.01 + 64.0,
+        "{coded} bits coded, NLL {nll_bits} bits"
+    );
+    assert!(header < 100, "header {header} bytes");
+}
+
+/// A deterministic model with no transcendental functions in its weights (an LCG's multiples of 2^-12), so
+/// that its fingerprint is the same everywhere.
+fn golden_arm(cfg: &ModelConfig) -> Arm {
+    let arm = Arm::new(cfg, 0, DType::F32, &Device::Cpu).unwrap();
+    let mut s = 12345u64;
+    for (_, var) in arm.params().vars() {
+        let v: Vec<f32> = (0..var.elem_count())
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 40) % 4096) as f32 / 4096.0 - 0.5
+            })
+            .collect();
+        var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap())
+            .unwrap();
+    }
+    arm
+}
+
+fn golden_models() -> Vec<(&'static str, ModelConfig)> {
+    vec![
+        ("conv", conv(17, 64, InputEncoding::OneHot)),
+        (
+            "gated-mixture",
+            ModelConfig::GatedPixelcnn(gated_pixelcnn::Config {
+                n_mix: Some(3),
+                ..gated(17, 8, 8)
+            }),
+        ),
+    ]
+}
+
+/// The first 8 digits of the embedded set's test split (rows 1350..1358), as a digits CSV.
+fn golden_csv() -> Vec<u8> {
+    let all = armory::data::digits::embedded().unwrap();
+    let mut s = String::new();
+    for i in 1350..1358 {
+        for v in all.example(i) {
+            s.push_str(&format!("{v},"));
+        }
+        s.push_str(&format!("{}\n", all.labels.as_ref().unwrap()[i]));
+    }
+    s.into_bytes()
+}
+
+/// The committed golden files decompress to the recorded digits, and compressing the digits again writes
+/// them byte for byte: the coded probabilities are the same on this machine as where they were written.
+/// (Rewrite them, after a deliberate change of the arithmetic, with `ARMORY_WRITE_GOLDEN=1`.)
+#[test]
+fn golden_files_decompress_to_the_recorded_digits() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("golden.csv");
+    std::fs::write(&csv, golden_csv()).unwrap();
+    assert_eq!(
+        std::fs::read(Path::new(GOLDEN).join("golden.csv")).unwrap(),
+        golden_csv()
+    );
+    let (data, note) = formats::read(&csv).unwrap();
+    assert!(note.is_none());
+    for (name, cfg) in golden_models() {
+        let arm = golden_arm(&cfg);
+        let path = Path::new(GOLDEN).join(format!("golden-{name}.arm"));
+        let file = compress(&arm, &data, &opts(3, 3), &|_| {}).unwrap();
+        if std::env::var_os("ARMORY_WRITE_GOLDEN").is_some() {
+            std::fs::write(&path, &file).unwrap();
+        }
+        let golden = std::fs::read(&path).unwrap();
+        let back = decompress(&arm, &golden, &opts(3, 2), &|_| {}).unwrap();
+        let out = dir.path().join(format!("{name}.csv"));
+        formats::write(&back, &out, false).unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), golden_csv(), "{name}");
+        assert_eq!(file, golden, "{name}: compressing again gives other bytes");
+    }
+}
+
+/// Every file format comes back: CSV (byte-identical, gzipped input inflated), IDX and npy (byte-identical),
+/// a PNG folder (pixel-identical, gray and RGB).
+#[test]
+fn every_format_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let round_trip = |arm: &Arm, input: &Path, out: &Path| -> Data {
+        let (data, _) = formats::read(input).unwrap();
+        let file = compress(arm, &data, &opts(4, 4), &|_| {}).unwrap();
+        let back = decompress(arm, &file, &opts(4, 2), &|_| {}).unwrap();
+        assert_eq!(back, data);
+        formats::write(&back, out, false).unwrap();
+        // Never overwritten without force.
+        assert!(formats::write(&back, out, false).is_err());
+        formats::write(&back, out, true).unwrap();
+        data
+    };
+    // CSV, plain and gzipped.
+    let digits = golden_arm(&golden_models()[0].1);
+    std::fs::write(d.join("a.csv"), golden_csv()).unwrap();
+    round_trip(&digits, &d.join("a.csv"), &d.join("a.out.csv"));
+    assert_eq!(std::fs::read(d.join("a.out.csv")).unwrap(), golden_csv());
+    let mut gz = flate2::write::GzEncoder::new(vec![], flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, &golden_csv()).unwrap();
+    std::fs::write(d.join("a.csv.gz"), gz.finish().unwrap()).unwrap();
+    round_trip(&digits, &d.join("a.csv.gz"), &d.join("b.out.csv"));
+    assert_eq!(std::fs::read(d.join("b.out.csv")).unwrap(), golden_csv());
+
+    // IDX, 5 images of 3×4 bytes, and npy (N, 3, 4), with a 256-value model.
+    let bytes_arm = arm(&conv(256, 12, InputEncoding::Scaled), 1);
+    let pixels: Vec<u8> = (0..60u32).map(|i| (i * 37 % 256) as u8).collect();
+    let mut idx = vec![0, 0, 8, 3, 0, 0, 0, 5, 0, 0, 0, 3, 0, 0, 0, 4];
+    idx.extend_from_slice(&pixels);
+    std::fs::write(d.join("x-idx3-ubyte"), &idx).unwrap();
+    round_trip(&bytes_arm, &d.join("x-idx3-ubyte"), &d.join("x.out"));
+    assert_eq!(std::fs::read(d.join("x.out")).unwrap(), idx);
+    let npy = |shape: &str, data: &[u8]| {
+        let mut h = format!("{{'descr': '|u1', 'fortran_order': False, 'shape': {shape}, }}");
+        while (10 + h.len() + 1) % 64 != 0 {
+            h.push(' ');
+        }
+        h.push('\n');
+        let mut b = b"\x93NUMPY\x01\x00".to_vec();
+        b.extend_from_slice(&(h.len() as u16).to_le_bytes());
+        b.extend_from_slice(h.as_bytes());
+        b.extend_from_slice(data);
+        b
+    };
+    let gray = npy("(5, 3, 4)", &pixels);
+    std::fs::write(d.join("g.npy"), &gray).unwrap();
+    round_trip(&bytes_arm, &d.join("g.npy"), &d.join("g.out.npy"));
+    assert_eq!(std::fs::read(d.join("g.out.npy")).unwrap(), gray);
+    // Colour npy (N, 2, 2, 3): the stored order is the model's, R, G, B per pixel.
+    let colour_arm = arm(
+        &ModelConfig::GatedPixelcnn(gated_pixelcnn::Config {
+            channels: 6,
+            head_hidden: 6,
+            colors: 3,
+            colour_mixture: ColourMixture::PerColour,
+            n_mix: Some(2),
+            ..gated(256, 2, 2)
+        }),
+        2,
+    );
+    let rgb = npy("(5, 2, 2, 3)", &pixels);
+    std::fs::write(d.join("c.npy"), &rgb).unwrap();
+    round_trip(&colour_arm, &d.join("c.npy"), &d.join("c.out.npy"));
+    assert_eq!(std::fs::read(d.join("c.out.npy")).unwrap(), rgb);
+
+    // PNG folders, gray 4×3 and RGB 2×2.
+    for (name, arm, ct, w, h) in [
+        ("gray", &bytes_arm, image::ExtendedColorType::L8, 4u32, 3u32),
+        ("rgb", &colour_arm, image::ExtendedColorType::Rgb8, 2, 2),
+    ] {
+        let src = d.join(name);
+        std::fs::create_dir(&src).unwrap();
+        let per = pixels.len() / 5;
+        for (i, p) in pixels.chunks(per).enumerate() {
+            image::save_buffer(src.join(format!("{i:02}.png")), p, w, h, ct).unwrap();
+        }
+        let out = d.join(format!("{name}.out"));
+        round_trip(arm, &src, &out);
+        for i in 0..5 {
+            let a = image::open(src.join(format!("{i:02}.png"))).unwrap();
+            let b = image::open(out.join(format!("{i:02}.png"))).unwrap();
+            assert_eq!(a.as_bytes(), b.as_bytes(), "{name} {i}");
+            assert_eq!(a.color(), b.color());
+        }
+    }
+}
+
+/// The command line on a briefly trained model: compress the digits test split (as IDX: the values alone),
+/// within 1 % of the model's NLL plus the header; decompress byte-identical with 1 or 2 threads, another batch
+/// size and the portable SIMD level; never overwrite without --force.
+#[test]
+fn cli_compresses_within_one_percent_of_a_trained_models_nll() {
+    use assert_cmd::Command;
+    use predicates::prelude::*;
+    use predicates::str::contains;
+    let armory = || Command::cargo_bin("armory").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    armory()
+        .args([
+            "train",
+            "--epochs",
+            "2",
+            "--hidden",
+            "8",
+            "--kernel",
+            "3",
+            "--quiet",
+            "--name",
+            "t",
+            "--runs-dir",
+        ])
+        .arg(d)
+        .assert()
+        .success();
+    let run = d.join("t");
+    let all = armory::data::digits::embedded().unwrap();
+    let mut idx = vec![0, 0, 8, 3, 0, 0, 1, 191, 0, 0, 0, 8, 0, 0, 0, 8]; // 447 × 8 × 8
+    idx.extend(all.values[1350 * 64..].iter().map(|&v| v as u8));
+    let input = d.join("digits-test-idx3-ubyte");
+    std::fs::write(&input, &idx).unwrap();
+    let file = d.join("test.arm");
+    let compress = || {
+        armory()
+            .arg("compress")
+            .arg(&input)
+            .arg("-o")
+            .arg(&file)
+            .arg("--run")
+            .arg(&run)
+            .assert()
+    };
+    compress().success().stdout(contains("447 examples (IDX images)"));
+    compress().failure().stderr(contains("already exists"));
+    let eval = armory().args(["eval", "--json", "--run"]).arg(&run).output().unwrap();
+    let eval: serde_json::Value = serde_json::from_slice(&eval.stdout).unwrap();
+    let nll_bits = eval["nll_nats"].as_f64().unwrap() * 447.0 / 2f64.ln();
+    let bytes = std::fs::read(&file).unwrap();
+    let (_, header) = armory::codec::Header::read(&bytes).unwrap();
+    let coded = (bytes.len() - header) as f64 * 8.0;
+    assert!(coded <= nll_bits * 1.01, "{coded} bits coded, NLL {nll_bits} bits");
+    assert!(header < 100, "{header}-byte header");
+    for (i, (threads, batch, simd)) in [("1", "64", "avx512"), ("2", "5", "portable")].into_iter().enumerate() {
+        let out = d.join(format!("back{i}"));
+        armory()
+            .env("ARMORY_SIMD", simd)
+            .args(["--threads", threads, "decompress"])
+            .arg(&file)
+            .arg("-o")
+            .arg(&out)
+            .args(["--batch", batch, "--run"])
+            .arg(&run)
+            .assert()
+            .success();
+        assert_eq!(std::fs::read(&out).unwrap(), idx);
+    }
+    armory()
+        .arg("decompress")
+        .arg(&file)
+        .arg("-o")
+        .arg(d.join("back0"))
+        .arg("--run")
+        .arg(&run)
+        .assert()
+        .failure()
+        .stderr(contains("already exists"));
+    let mut bad = bytes.clone();
+    bad.truncate(bytes.len() - 3);
+    std::fs::write(d.join("bad.arm"), bad).unwrap();
+    armory()
+        .arg("decompress")
+        .arg(d.join("bad.arm"))
+        .arg("-o")
+        .arg(d.join("bad.out"))
+        .arg("--run")
+        .arg(&run)
+        .assert()
+        .failure()
+        .stderr(contains("corrupt compressed file").and(contains("truncated")));
+    assert!(!d.join("bad.out").exists());
+}
+
+/// Random bytes, bare or behind a valid magic, version and mode, are refused without a panic.
+#[test]
+fn random_bytes_are_refused() {
+    let a = arm(&families()[0], 0);
+    let mut s = 99u64;
+    for i in 0..300 {
+        let mut next = || {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (s >> 33) as u8
+        };
+        let len = (next() as usize) * 2;
+        let mut bytes: Vec<u8> = (0..len).map(|_| next()).collect();
+        if i % 2 == 1 && bytes.len() >= 6 {
+            bytes[..6].copy_from_slice(b"ARMZ\x01\x02");
+        }
+        assert!(decompress(&a, &bytes, &opts(2, 2), &|_| {}).is_err(), "case {i}");
+        let _ = armory::codec::Format::parse(4, &bytes); // any result, but no panic
+    }
+}
