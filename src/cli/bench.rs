@@ -348,6 +348,7 @@ fn wait_with_rusage(child: &mut std::process::Child) -> anyhow::Result<(bool, u6
 /// One training run, the same on both sides: `armory train` against the peer's epoch loop.
 struct EpochJob {
     name: &'static str,
+    slug: &'static str,  // the run's directory name
     model: &'static str, // armory's shipped config
     ours_extra: &'static [&'static str],
     peer_args: &'static [&'static str],
@@ -357,6 +358,7 @@ struct EpochJob {
 const EPOCH_JOBS: &[EpochJob] = &[
     EpochJob {
         name: "seed-arm, batch 64",
+        slug: "seed-b64",
         model: "seed-arm",
         ours_extra: &[],
         peer_args: &["--model", "seed"],
@@ -364,6 +366,7 @@ const EPOCH_JOBS: &[EpochJob] = &[
     },
     EpochJob {
         name: "gated-pixelcnn (5 layers), batch 64",
+        slug: "gated-b64",
         model: "gated-pixelcnn",
         ours_extra: &[],
         peer_args: &["--model", "gated", "--layers", "5", "--batch", "64"],
@@ -371,6 +374,7 @@ const EPOCH_JOBS: &[EpochJob] = &[
     },
     EpochJob {
         name: "gated-pixelcnn, 8 layers, batch 4",
+        slug: "gated8-b4",
         model: "gated-pixelcnn",
         ours_extra: &["--layers", "8", "--batch-size", "4"],
         peer_args: &["--model", "gated", "--layers", "8", "--batch", "4"],
@@ -378,6 +382,7 @@ const EPOCH_JOBS: &[EpochJob] = &[
     },
     EpochJob {
         name: "gated-pixelcnn-mixture (shipped: batch 4, EMA)",
+        slug: "mixture",
         model: "gated-pixelcnn-mixture",
         ours_extra: &[],
         peer_args: &[
@@ -400,7 +405,7 @@ const EPOCH_JOBS: &[EpochJob] = &[
 impl EpochJob {
     fn run_ours(&self, scratch: &Scratch, threads: usize, round: usize) -> anyhow::Result<(Vec<f64>, u64)> {
         let runs = scratch.dir.join("runs");
-        let name = format!("{}-{round}", self.model);
+        let name = format!("{}-{round}", self.slug);
         let mut c = Command::new(std::env::current_exe()?);
         c.args([
             "--threads",

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Arithmetic, CausalNet, InputEncoding, Stepper};
 use crate::error::{Error, Result};
-use crate::nn::{causal_conv1d, dropout, leaky_relu, CausalConv1d, CausalConv1dConfig, ConvType, Mode, StepConv};
+use crate::nn::{causal_conv1d, dropout, CausalConv1d, CausalConv1dConfig, ConvType, Mode, StepConv};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -155,9 +155,12 @@ impl CausalNet for CausalConvNet {
         let dtype = self.layers[0].weight().dtype();
         let mut h = self.cfg.input.encode(x, self.cfg.num_values, dtype)?; // [B, D, C_in]
         for (i, layer) in self.layers.iter().enumerate() {
-            h = layer.forward_blc(&h)?; // [B, D, hidden] … [B, D, K]
             if i + 1 < self.layers.len() {
-                h = dropout(&leaky_relu(&h, self.cfg.leaky_slope)?, self.cfg.dropout, mode, i as u64)?;
+                // conv → LeakyReLU (one fused pass) → dropout: [B, D, hidden]
+                h = layer.forward_blc_leaky(&h, self.cfg.leaky_slope)?;
+                h = dropout(&h, self.cfg.dropout, mode, i as u64)?;
+            } else {
+                h = layer.forward_blc(&h)?; // [B, D, K]
             }
         }
         Ok(h)

@@ -46,25 +46,31 @@ impl CustomOp1 for LeakyRelu {
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        fn run<T: WithDType>(x: &Tensor, g: &Tensor, slope: f64) -> Result<Tensor> {
-            let xs = x.flatten_all()?.to_vec1::<T>()?;
-            let gs = g.contiguous()?.flatten_all()?.to_vec1::<T>()?;
-            let s = T::from_f64(slope);
-            let mut out = vec![T::zero(); xs.len()];
-            out.par_chunks_mut(CHUNK)
-                .zip(xs.par_chunks(CHUNK).zip(gs.par_chunks(CHUNK)))
-                .for_each(|(o, (x, g))| {
-                    for ((o, &x), &g) in o.iter_mut().zip(x).zip(g) {
-                        *o = if x > T::zero() { g } else { g * s };
-                    }
-                });
-            Tensor::from_vec(out, x.shape(), x.device())
-        }
-        Ok(Some(match arg.dtype() {
-            candle_core::DType::F32 => run::<f32>(arg, grad, self.slope)?,
-            candle_core::DType::F64 => run::<f64>(arg, grad, self.slope)?,
-            dt => candle_core::bail!("leaky_relu: unsupported dtype {dt:?}"),
-        }))
+        leaky_relu_backward(arg, grad, self.slope).map(Some)
+    }
+}
+
+/// The gradient through a LeakyReLU of `slope`: `grad` where `x` > 0, `grad · slope` elsewhere. `x` is the
+/// input, or (for slope ≥ 0) the output, which is > 0 exactly where the input is.
+pub(crate) fn leaky_relu_backward(x: &Tensor, grad: &Tensor, slope: f64) -> Result<Tensor> {
+    fn run<T: WithDType>(x: &Tensor, g: &Tensor, slope: f64) -> Result<Tensor> {
+        let xs = x.flatten_all()?.to_vec1::<T>()?;
+        let gs = g.contiguous()?.flatten_all()?.to_vec1::<T>()?;
+        let s = T::from_f64(slope);
+        let mut out = vec![T::zero(); xs.len()];
+        out.par_chunks_mut(CHUNK)
+            .zip(xs.par_chunks(CHUNK).zip(gs.par_chunks(CHUNK)))
+            .for_each(|(o, (x, g))| {
+                for ((o, &x), &g) in o.iter_mut().zip(x).zip(g) {
+                    *o = if x > T::zero() { g } else { g * s };
+                }
+            });
+        Tensor::from_vec(out, x.shape(), x.device())
+    }
+    match x.dtype() {
+        candle_core::DType::F32 => run::<f32>(x, grad, slope),
+        candle_core::DType::F64 => run::<f64>(x, grad, slope),
+        dt => candle_core::bail!("leaky_relu: unsupported dtype {dt:?}"),
     }
 }
 

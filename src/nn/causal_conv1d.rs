@@ -7,7 +7,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 
-use super::kernels::shifted_conv::{shifted_conv, TapPlan};
+use super::kernels::shifted_conv::{shifted_conv, shifted_conv_leaky, TapPlan};
 use super::step::StepConv;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,6 +77,16 @@ impl CausalConv1d {
 
     /// Channels-last, the layout the ARMs use inside: xs `[B, L, C_in]` → `[B, L, C_out]`.
     pub fn forward_blc(&self, xs: &Tensor) -> Result<Tensor> {
+        self.forward_blc_act(xs, None)
+    }
+
+    /// [`Self::forward_blc`] then a LeakyReLU of `slope`, fused into the convolution's output pass on the
+    /// CPU (one pass over the activations instead of three).
+    pub fn forward_blc_leaky(&self, xs: &Tensor, slope: f64) -> Result<Tensor> {
+        self.forward_blc_act(xs, Some(slope))
+    }
+
+    fn forward_blc_act(&self, xs: &Tensor, leaky: Option<f64>) -> Result<Tensor> {
         let _ = xs.dims3()?;
         if xs.device().is_cpu() {
             let zeros;
@@ -88,7 +98,11 @@ impl CausalConv1d {
                 }
             };
             // A sequence is an image of one row: [B, L, C] → [B, 1, L, C].
-            return shifted_conv(&xs.unsqueeze(1)?, &self.weight, bias, &self.plan())?.squeeze(1);
+            let xs = xs.unsqueeze(1)?;
+            return match leaky {
+                Some(slope) => shifted_conv_leaky(&xs, &self.weight, bias, &self.plan(), slope)?.squeeze(1),
+                None => shifted_conv(&xs, &self.weight, bias, &self.plan())?.squeeze(1),
+            };
         }
         // Accelerators: candle's own conv1d on the padded input (its CPU backward is what we avoid).
         let l = xs.dim(1)?;
@@ -98,8 +112,12 @@ impl CausalConv1d {
             .conv1d(&self.weight, 0, 1, self.cfg.dilation, 1)?
             .narrow(2, 0, l)?
             .transpose(1, 2)?;
-        match &self.bias {
-            Some(b) => ys.broadcast_add(b),
+        let ys = match &self.bias {
+            Some(b) => ys.broadcast_add(b)?,
+            None => ys,
+        };
+        match leaky {
+            Some(slope) => super::leaky_relu(&ys, slope),
             None => Ok(ys),
         }
     }

@@ -384,10 +384,12 @@ pub fn train(
     })
 }
 
-/// The batch to evaluate with: 256 examples, or fewer (halving) where a model's activations for 256 would
-/// exceed [`crate::limits::MAX_ACTIVATION_BYTES`] (estimated). Every shipped model evaluates 256 at a time.
+/// The batch to evaluate with: 64 examples (products of 64 images are already large enough to run at full
+/// speed, and a larger batch only raises the run's peak memory), or fewer (halving) where a model's
+/// activations for 64 would exceed [`crate::limits::MAX_ACTIVATION_BYTES`] (estimated). Every shipped
+/// model evaluates 64 at a time.
 pub fn eval_batch(model: &crate::models::ModelConfig) -> usize {
-    let mut batch = 256;
+    let mut batch = 64;
     while batch > 1 && model.activation_bytes(batch) > crate::limits::MAX_ACTIVATION_BYTES {
         batch /= 2;
     }
@@ -443,13 +445,13 @@ fn format_secs(s: f64) -> String {
 mod tests {
     use super::*;
 
-    /// Evaluation batches shrink only for models whose 256-example batch would exceed the activation limit.
+    /// Evaluation batches shrink only for models whose 64-example batch would exceed the activation limit.
     #[test]
     fn evaluation_batches_fit_the_activation_limit() {
         for (name, _) in crate::config::NAMED {
             assert_eq!(
                 eval_batch(&crate::config::RunConfig::named(name).unwrap().model),
-                256,
+                64,
                 "{name}"
             );
         }
@@ -459,7 +461,7 @@ mod tests {
         }
         let b = eval_batch(&long);
         assert!(
-            b < 256 && long.activation_bytes(b) <= crate::limits::MAX_ACTIVATION_BYTES,
+            b < 64 && long.activation_bytes(b) <= crate::limits::MAX_ACTIVATION_BYTES,
             "{b}"
         );
         assert!(long.activation_bytes(2 * b) > crate::limits::MAX_ACTIVATION_BYTES);

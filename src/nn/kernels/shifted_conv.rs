@@ -307,11 +307,12 @@ fn pack_run_reversed<T: WithDType>(w: &[T], g: &Geometry, run: Run) -> Vec<T> {
 /// The forward pass on plain slices: x `[B, H, W, C_in]`, w `[C_out, C_in, N_k]`, bias `[C_out]` →
 /// `[B, H, W, C_out]`.
 pub fn forward<T: WithDType>(x: &[T], w: &[T], bias: &[T], g: &Geometry) -> Vec<T> {
-    forward_packed(x, &pack_tap_major(w, g.c_out, g.c_in, g.n_k), bias, g)
+    forward_packed(x, &pack_tap_major(w, g.c_out, g.c_in, g.n_k), bias, g, None)
 }
 
-/// The forward pass with the kernel already packed tap-major (`[N_k, C_in, C_out]`).
-fn forward_packed<T: WithDType>(x: &[T], packed: &[T], bias: &[T], g: &Geometry) -> Vec<T> {
+/// The forward pass with the kernel already packed tap-major (`[N_k, C_in, C_out]`), and a LeakyReLU of
+/// slope `leaky` applied on the way out if given (LeakyReLU's own rule: v if v > 0, else v·slope).
+fn forward_packed<T: WithDType>(x: &[T], packed: &[T], bias: &[T], g: &Geometry, leaky: Option<f64>) -> Vec<T> {
     let (c_in, c_out) = (g.c_in, g.c_out);
     let xpad = pad_rows(x, g, c_in);
     let m = g.m();
@@ -336,12 +337,20 @@ fn forward_packed<T: WithDType>(x: &[T], packed: &[T], bias: &[T], g: &Geometry)
             );
         }
     }
-    // Keep the rows of real pixels, adding the bias on the way.
-    unpad_rows(&full, g, c_out, 0, 0, |px| {
-        for (o, &b) in px.iter_mut().zip(bias) {
-            *o += b;
-        }
-    })
+    // Keep the rows of real pixels, adding the bias (and the activation) on the way.
+    match leaky.map(T::from_f64) {
+        None => unpad_rows(&full, g, c_out, 0, 0, |px| {
+            for (o, &b) in px.iter_mut().zip(bias) {
+                *o += b;
+            }
+        }),
+        Some(slope) => unpad_rows(&full, g, c_out, 0, 0, |px| {
+            for (o, &b) in px.iter_mut().zip(bias) {
+                let v = *o + b;
+                *o = if v > T::zero() { v } else { v * slope };
+            }
+        }),
+    }
 }
 
 /// The backward pass on plain slices: given `grad_out [B, H, W, C_out]`, returns
@@ -443,10 +452,12 @@ fn column_sums<T: WithDType>(m: &[T], c: usize) -> Vec<T> {
 
 /// The candle op on (x, w, bias). Its inputs must be contiguous (the wrapper makes them so). `packed` is
 /// the kernel already packed tap-major, when the weights are frozen (see [`with_frozen_weights`]).
+/// `leaky` fuses a LeakyReLU of that slope (≥ 0) into the output pass.
 #[derive(Clone)]
 pub struct ShiftedConvOp {
     pub plan: TapPlan,
     packed: Option<Arc<dyn Any + Send + Sync>>,
+    leaky: Option<f64>,
 }
 
 impl ShiftedConvOp {
@@ -524,6 +535,7 @@ impl CustomOp3 for ShiftedConvOp {
             s: [(&CpuStorage, &Layout); 3],
             g: &Geometry,
             packed: Option<&(dyn Any + Send + Sync)>,
+            leaky: Option<f64>,
         ) -> Result<Vec<T>> {
             let (x, w, b) = (
                 contiguous::<T>(s[0].0, s[0].1)?,
@@ -531,15 +543,19 @@ impl CustomOp3 for ShiftedConvOp {
                 contiguous::<T>(s[2].0, s[2].1)?,
             );
             Ok(match packed.and_then(|p| p.downcast_ref::<Vec<T>>()) {
-                Some(p) => forward_packed(x, p, b, g),
-                None => forward(x, w, b, g),
+                Some(p) => forward_packed(x, p, b, g, leaky),
+                None => forward_packed(x, &pack_tap_major(w, g.c_out, g.c_in, g.n_k), b, g, leaky),
             })
         }
         let args = [(s1, l1), (s2, l2), (s3, l3)];
         let packed = self.packed.as_deref();
         let out = match (s1, s2, s3) {
-            (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(run(args, &g, packed)?),
-            (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(run(args, &g, packed)?),
+            (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => {
+                CpuStorage::F32(run(args, &g, packed, self.leaky)?)
+            }
+            (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => {
+                CpuStorage::F64(run(args, &g, packed, self.leaky)?)
+            }
             _ => candle_core::bail!("shifted conv: supports f32 and f64 with matching dtypes"),
         };
         Ok((out, Shape::from((g.b, g.h, g.w, g.c_out))))
@@ -550,10 +566,16 @@ impl CustomOp3 for ShiftedConvOp {
         x: &Tensor,
         w: &Tensor,
         b: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let g = self.geometry(x.shape(), w.shape(), b.shape())?;
+        // Through the fused LeakyReLU first: its derivative is 1 where the output is > 0 and the slope
+        // elsewhere (with slope ≥ 0 the output is > 0 exactly where the input is, as PyTorch's rule asks).
+        let grad = match self.leaky {
+            Some(slope) => &crate::nn::activation::leaky_relu_backward(res, grad, slope)?,
+            None => grad,
+        };
         type Grads = (Option<Tensor>, Option<Tensor>, Option<Tensor>);
         fn run<T: WithDType>(x: &Tensor, w: &Tensor, b: &Tensor, grad: &Tensor, g: &Geometry) -> Result<Grads> {
             // The input of a first layer is data: no gradient needed (nor computed).
@@ -584,6 +606,19 @@ impl CustomOp3 for ShiftedConvOp {
 /// `out[b, y, x] = bias + Σ_taps w[:, :, k] · x[b, y + dy − pad_top, x + dx − pad_left]` (zero outside).
 /// Differentiable in all three.
 pub fn shifted_conv(x: &Tensor, w: &Tensor, bias: &Tensor, plan: &TapPlan) -> Result<Tensor> {
+    conv_op(x, w, bias, plan, None)
+}
+
+/// [`shifted_conv`] followed by a LeakyReLU of `slope` (≥ 0), in one pass over the output: the same
+/// values and gradients as `leaky_relu(&shifted_conv(…), slope)`.
+pub fn shifted_conv_leaky(x: &Tensor, w: &Tensor, bias: &Tensor, plan: &TapPlan, slope: f64) -> Result<Tensor> {
+    if !(slope >= 0.0) {
+        return crate::nn::leaky_relu(&shifted_conv(x, w, bias, plan)?, slope);
+    }
+    conv_op(x, w, bias, plan, Some(slope))
+}
+
+fn conv_op(x: &Tensor, w: &Tensor, bias: &Tensor, plan: &TapPlan, leaky: Option<f64>) -> Result<Tensor> {
     let w = w.contiguous()?;
     let packed = frozen_packed(&w)?;
     x.contiguous()?.apply_op3(
@@ -592,6 +627,7 @@ pub fn shifted_conv(x: &Tensor, w: &Tensor, bias: &Tensor, plan: &TapPlan) -> Re
         ShiftedConvOp {
             plan: plan.clone(),
             packed,
+            leaky,
         },
     )
 }
@@ -988,6 +1024,43 @@ mod tests {
         assert!(FROZEN.with(|c| c.borrow().is_none()), "the cache outlived its scope");
         w.set(&(w.as_tensor() * 2.0)?)?;
         assert_ne!(plain(&w)?, want, "a changed weight is seen after the scope");
+        Ok(())
+    }
+
+    /// The fused convolution + LeakyReLU gives bitwise the values and gradients of the two ops composed, with
+    /// exact zeros in the pre-activation (the derivative there is the slope, as PyTorch's).
+    #[test]
+    fn fused_leaky_relu_equals_the_composition() -> Result<()> {
+        let dev = candle_core::Device::Cpu;
+        let plan = TapPlan::causal_1d(3, 1, 3);
+        let x = candle_core::Var::randn(0f64, 1., (2, 1, 9, 4), &dev)?;
+        let w = candle_core::Var::randn(0f64, 1., (5, 4, 3), &dev)?;
+        let b = candle_core::Var::randn(0f64, 1., 5, &dev)?;
+        // Zero the first position's input: its outputs are the bias alone, which we set to 0 for two channels.
+        let mut bias = b.as_tensor().to_vec1::<f64>()?;
+        bias[0] = 0.0;
+        bias[3] = 0.0;
+        b.set(&Tensor::new(bias, &dev)?)?;
+        let g = Tensor::randn(0f64, 1., (2, 1, 9, 5), &dev)?;
+        let run = |fused: bool| -> Result<Vec<Vec<f64>>> {
+            let y = if fused {
+                shifted_conv_leaky(&x, &w, &b, &plan, 0.01)?
+            } else {
+                crate::nn::leaky_relu(&shifted_conv(&x, &w, &b, &plan)?, 0.01)?
+            };
+            let grads = (y.clone() * &g)?.sum_all()?.backward()?;
+            let mut out = vec![y.flatten_all()?.to_vec1::<f64>()?];
+            for v in [&x, &w, &b] {
+                out.push(grads.get(v).expect("a gradient").flatten_all()?.to_vec1::<f64>()?);
+            }
+            Ok(out)
+        };
+        let (fused, composed) = (run(true)?, run(false)?);
+        assert!(
+            fused[0].iter().filter(|&&v| v == 0.0).count() >= 4,
+            "exact zeros are exercised"
+        );
+        assert_eq!(fused, composed);
         Ok(())
     }
 
