@@ -612,7 +612,7 @@ pub fn shifted_conv(x: &Tensor, w: &Tensor, bias: &Tensor, plan: &TapPlan) -> Re
 /// [`shifted_conv`] followed by a LeakyReLU of `slope` (≥ 0), in one pass over the output: the same
 /// values and gradients as `leaky_relu(&shifted_conv(…), slope)`.
 pub fn shifted_conv_leaky(x: &Tensor, w: &Tensor, bias: &Tensor, plan: &TapPlan, slope: f64) -> Result<Tensor> {
-    if !(slope >= 0.0) {
+    if slope.is_nan() || slope < 0.0 {
         return crate::nn::leaky_relu(&shifted_conv(x, w, bias, plan)?, slope);
     }
     conv_op(x, w, bias, plan, Some(slope))
