@@ -93,8 +93,99 @@ pub trait GateFloat: WithDType + Send + Sync {
         let two = Self::from_f64(2.0);
         two * (two * self).sigmoid() - Self::one()
     }
+    /// Gates of rows of 2C numbers (`x`) into rows of C (`out`).
+    fn gate_rows_into(x: &[Self], c: usize, out: &mut [Self]) {
+        gate_rows_scalar(x, c, out)
+    }
+    /// The gradient through the gates: `g` rows of C, `x` and `out` rows of 2C.
+    fn gate_grad_rows_into(x: &[Self], g: &[Self], c: usize, out: &mut [Self]) {
+        gate_grad_rows_scalar(x, g, c, out)
+    }
+}
+
+#[inline(always)]
+fn gate_rows_scalar<T: GateFloat>(x: &[T], c: usize, out: &mut [T]) {
+    // Zipped iterators, no indexing: no bounds checks, so the loop vectorises.
+    for (o, x) in out.chunks_mut(c).zip(x.chunks(2 * c)) {
+        let (a, b) = x.split_at(c);
+        for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
+            *o = gate_value(a, b);
+        }
+    }
+}
+
+#[inline(always)]
+fn gate_grad_rows_scalar<T: GateFloat>(x: &[T], g: &[T], c: usize, out: &mut [T]) {
+    let one = T::one();
+    for ((o, x), g) in out.chunks_mut(2 * c).zip(x.chunks(2 * c)).zip(g.chunks(c)) {
+        let (oa, ob) = o.split_at_mut(c);
+        let (xa, xb) = x.split_at(c);
+        for ((((oa, ob), &a), &b), &g) in oa.iter_mut().zip(ob.iter_mut()).zip(xa).zip(xb).zip(g) {
+            let (t, s) = (a.tanh_via_sigmoid(), b.sigmoid());
+            *oa = g * s * (one - t * t);
+            *ob = g * t * s * (one - s);
+        }
+    }
+}
+
+/// The f32 loops compiled for the widest SIMD level the CPU has (the codec's dispatch): every level gives
+/// the same bits, as each element has its own operations and none is fused.
+mod wide {
+    use super::{gate_grad_rows_scalar, gate_rows_scalar};
+    use crate::nn::exact::{simd_level, Simd};
+
+    pub fn gates(x: &[f32], c: usize, out: &mut [f32]) {
+        match simd_level() {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: simd_level() only returns a level the CPU supports.
+            Simd::Avx512 => unsafe { gates_avx512(x, c, out) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            Simd::Avx2 => unsafe { gates_avx2(x, c, out) },
+            _ => gate_rows_scalar(x, c, out),
+        }
+    }
+
+    pub fn grads(x: &[f32], g: &[f32], c: usize, out: &mut [f32]) {
+        match simd_level() {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: simd_level() only returns a level the CPU supports.
+            Simd::Avx512 => unsafe { grads_avx512(x, g, c, out) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            Simd::Avx2 => unsafe { grads_avx2(x, g, c, out) },
+            _ => gate_grad_rows_scalar(x, g, c, out),
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn gates_avx2(x: &[f32], c: usize, out: &mut [f32]) {
+        gate_rows_scalar(x, c, out)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn gates_avx512(x: &[f32], c: usize, out: &mut [f32]) {
+        gate_rows_scalar(x, c, out)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn grads_avx2(x: &[f32], g: &[f32], c: usize, out: &mut [f32]) {
+        gate_grad_rows_scalar(x, g, c, out)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn grads_avx512(x: &[f32], g: &[f32], c: usize, out: &mut [f32]) {
+        gate_grad_rows_scalar(x, g, c, out)
+    }
 }
 impl GateFloat for f32 {
+    fn gate_rows_into(x: &[f32], c: usize, out: &mut [f32]) {
+        wide::gates(x, c, out)
+    }
+    fn gate_grad_rows_into(x: &[f32], g: &[f32], c: usize, out: &mut [f32]) {
+        wide::grads(x, g, c, out)
+    }
     fn sigmoid(self) -> f32 {
         // Plain-arithmetic exp (Cephes' expf, within 2 ulp): the gate loops vectorise, where the library's
         // `expf` is a call per element (7 % of a gated PixelCNN epoch); the codec's exact gates use it too.
@@ -140,13 +231,7 @@ impl CustomOp1 for Gate {
             let r = rows_per_task(c);
             out.par_chunks_mut(r * c.max(1))
                 .zip(x.par_chunks(2 * r * c.max(1)))
-                .for_each(|(o, x)| {
-                    for (o, x) in o.chunks_mut(c).zip(x.chunks(2 * c)) {
-                        for j in 0..c {
-                            o[j] = gate_value(x[j], x[c + j]);
-                        }
-                    }
-                });
+                .for_each(|(o, x)| T::gate_rows_into(x, c, o));
             out
         }
         let out = match s {
@@ -167,18 +252,9 @@ impl CustomOp1 for Gate {
             let gs = g.contiguous()?.flatten_all()?.to_vec1::<T>()?;
             let mut out = vec![T::zero(); xs.len()];
             let r = rows_per_task(c);
-            let one = T::one();
             out.par_chunks_mut(2 * r * c.max(1))
                 .zip(xs.par_chunks(2 * r * c.max(1)).zip(gs.par_chunks(r * c.max(1))))
-                .for_each(|(o, (x, g))| {
-                    for ((o, x), g) in o.chunks_mut(2 * c).zip(x.chunks(2 * c)).zip(g.chunks(c)) {
-                        for j in 0..c {
-                            let (t, s) = (x[j].tanh_via_sigmoid(), x[c + j].sigmoid());
-                            o[j] = g[j] * s * (one - t * t);
-                            o[c + j] = g[j] * t * s * (one - s);
-                        }
-                    }
-                });
+                .for_each(|(o, (x, g))| T::gate_grad_rows_into(x, g, c, o));
             Tensor::from_vec(out, x.shape(), x.device())
         }
         Ok(Some(match arg.dtype() {
@@ -217,6 +293,36 @@ mod tests {
         let g = y.sum_all()?.backward()?;
         assert_eq!(g.get(&x).unwrap().to_vec1::<f64>()?, vec![0.01, 0.01, 1.0]);
         Ok(())
+    }
+
+    /// The gates and their gradients compiled for the CPU's widest SIMD level give the baseline loops' bits,
+    /// over ordinary, large, tiny and non-finite inputs.
+    #[test]
+    fn wide_gate_loops_equal_the_baseline_bitwise() {
+        let c = 37;
+        let x: Vec<f32> = (0..2 * c * 5)
+            .map(|i| match i % 7 {
+                0 => 1e3 * (i as f32).sin(),
+                1 => 1e-30 * (i as f32),
+                2 if i == 23 => f32::NAN,
+                _ => 8.0 * ((i as f32) * 0.37).cos(),
+            })
+            .collect();
+        let g: Vec<f32> = (0..c * 5).map(|i| ((i as f32) * 0.11).sin()).collect();
+        let (mut a, mut b) = (vec![0f32; c * 5], vec![0f32; c * 5]);
+        wide::gates(&x, c, &mut a);
+        gate_rows_scalar(&x, c, &mut b);
+        assert!(
+            a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()),
+            "gates differ"
+        );
+        let (mut a, mut b) = (vec![0f32; 2 * c * 5], vec![0f32; 2 * c * 5]);
+        wide::grads(&x, &g, c, &mut a);
+        gate_grad_rows_scalar(&x, &g, c, &mut b);
+        assert!(
+            a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()),
+            "gradients differ"
+        );
     }
 
     /// The gates' exponential against f64's over the whole clamped range and near 0, within 2 ulp.

@@ -1,7 +1,7 @@
 //! Dropout with its randomness given explicitly, so training stays deterministic and resumable.
 
 use candle_core::{Result, Tensor};
-use rand::{Rng, SeedableRng};
+use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
@@ -32,17 +32,22 @@ pub fn dropout(x: &Tensor, p: f64, mode: Mode, salt: u64) -> Result<Tensor> {
 /// Elements per parallel task.
 const CHUNK: usize = 1 << 14;
 
-/// The mask: element i is 0 when the i-th f64 drawn from `rng` is below `p`, else 1/(1−p). Drawn in
-/// parallel chunks, each starting where the sequential stream would be (an f64 takes two 32-bit words of
-/// ChaCha's stream), so the mask is the same for any number of threads.
+/// The mask: element i is 0 when the i-th 32-bit word of `rng`'s stream is below p·2³², else 1/(1−p).
+/// Drawn in parallel chunks, each starting at its own place in the sequential stream, so the mask is the
+/// same for any number of threads (one word per element: half the stream an f64 per element took).
 fn mask(rng: ChaCha8Rng, p: f64, n: usize) -> Vec<f32> {
     let keep = (1.0 / (1.0 - p)) as f32;
+    let threshold = (p * 4_294_967_296.0).round() as u64; // drop when word < threshold
     let mut out = vec![0f32; n];
     let fill = |(i, chunk): (usize, &mut [f32])| {
         let mut rng = rng.clone();
-        rng.set_word_pos(2 * (i * CHUNK) as u128);
+        rng.set_word_pos((i * CHUNK) as u128);
         for v in chunk {
-            *v = if rng.random::<f64>() < p { 0.0 } else { keep };
+            *v = if u64::from(rng.next_u32()) < threshold {
+                0.0
+            } else {
+                keep
+            };
         }
     };
     if n <= CHUNK {
@@ -64,9 +69,10 @@ mod tests {
         let rng = ChaCha8Rng::seed_from_u64(42);
         let n = 3 * CHUNK + 17;
         let mut seq = rng.clone();
+        let threshold = (0.3 * 4_294_967_296.0f64).round() as u64;
         let want: Vec<f32> = (0..n)
             .map(|_| {
-                if seq.random::<f64>() < 0.3 {
+                if u64::from(seq.next_u32()) < threshold {
                     0.0
                 } else {
                     (1.0 / 0.7f64) as f32
