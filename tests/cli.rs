@@ -358,3 +358,42 @@ fn colour_pictures_train_an_rgb_pixelcnn_end_to_end() {
         );
     }
 }
+
+/// `armory bench` measures our side without the peer (the table, the second-core row), and an interpreter
+/// without torch is refused by name rather than silently skipped.
+#[test]
+fn bench_prints_our_figures_alone_and_refuses_a_python_without_torch() {
+    let out = armory()
+        .args([
+            "--threads",
+            "2",
+            "bench",
+            "--only",
+            "seed",
+            "--rounds",
+            "1",
+            "--reps",
+            "1",
+            "--no-peer",
+        ])
+        .assert()
+        .success();
+    let text = String::from_utf8_lossy(&out.get_output().stdout).to_string();
+    for row in [
+        "no PyTorch peer",
+        "train step, batch 64, 2 threads",
+        "naive sampling, 16 images",
+        "2 threads over 1",
+    ] {
+        assert!(text.contains(row), "missing {row:?} in:\n{text}");
+    }
+    assert!(
+        text.contains("AVX") || text.contains("SSE") || text.contains("non-x86"),
+        "no SIMD level:\n{text}"
+    );
+    armory()
+        .args(["bench", "--only", "seed", "--python", "/nonexistent/python"])
+        .assert()
+        .failure()
+        .stderr(contains("cannot import torch and numpy"));
+}
