@@ -201,14 +201,15 @@ fn header(threads: usize, peer: Option<&Peer>) -> String {
     );
     match peer {
         Some(p) => s.push_str(&format!(
-            "; PyTorch {} ({}{}), {threads} threads",
+            "; PyTorch {} (kernels {}{}; {}), {threads} threads",
             p.version,
-            p.python.display(),
-            if p.isa_env().is_empty() {
+            p.isa,
+            if Peer::isa_env().is_empty() {
                 ""
             } else {
-                ", limited to AVX2 like ours"
-            }
+                ", held to AVX2 like ours"
+            },
+            p.python.display(),
         )),
         None => s.push_str("; no PyTorch peer"),
     }
@@ -220,6 +221,8 @@ fn header(threads: usize, peer: Option<&Peer>) -> String {
 struct Peer {
     python: PathBuf,
     version: String,
+    /// What PyTorch reports it runs its kernels with (`torch.backends.cpu.get_cpu_capability()`).
+    isa: String,
 }
 
 impl Peer {
@@ -241,13 +244,19 @@ impl Peer {
         let explicit = candidates.len() == 1;
         for python in candidates {
             let out = Command::new(&python)
-                .args(["-c", "import torch, numpy; print(torch.__version__)"])
+                .args([
+                    "-c",
+                    "import torch, numpy; print(torch.__version__, torch.backends.cpu.get_cpu_capability())",
+                ])
+                .envs(Peer::isa_env())
                 .stderr(Stdio::null())
                 .output();
             match out {
                 Ok(o) if o.status.success() => {
-                    let version = String::from_utf8_lossy(&o.stdout).trim().to_string();
-                    return Ok(Some(Peer { python, version }));
+                    let text = String::from_utf8_lossy(&o.stdout).trim().to_string();
+                    let (version, isa) = text.split_once(' ').unwrap_or((&text, "?"));
+                    let (version, isa) = (version.to_string(), isa.to_string());
+                    return Ok(Some(Peer { python, version, isa }));
                 }
                 _ if explicit => bail!("--python {}: cannot import torch and numpy with it", python.display()),
                 _ => {}
@@ -257,7 +266,7 @@ impl Peer {
     }
 
     /// With our kernels held to AVX2 on an AVX-512 CPU, PyTorch is held there too.
-    fn isa_env(&self) -> Vec<(&'static str, &'static str)> {
+    fn isa_env() -> Vec<(&'static str, &'static str)> {
         match simd_levels() {
             ("AVX-512", "AVX2") => vec![("ATEN_CPU_CAPABILITY", "avx2"), ("ONEDNN_MAX_CPU_ISA", "AVX2")],
             _ => vec![],
@@ -267,7 +276,7 @@ impl Peer {
     fn command(&self, scratch: &Scratch, threads: usize) -> Command {
         let mut c = Command::new(&self.python);
         c.arg(&scratch.script);
-        c.envs(self.isa_env());
+        c.envs(Peer::isa_env());
         c.env("OMP_NUM_THREADS", threads.to_string());
         c.args([
             "--digits",
