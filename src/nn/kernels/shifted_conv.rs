@@ -310,9 +310,24 @@ pub fn forward<T: WithDType>(x: &[T], w: &[T], bias: &[T], g: &Geometry) -> Vec<
     forward_packed(x, &pack_tap_major(w, g.c_out, g.c_in, g.n_k), bias, g, None)
 }
 
+/// Runs `f` on a worker of the current rayon pool. Called from outside a pool (a library user's thread),
+/// each parallel loop inside a kernel would hand its work to the pool and wait for it, a wake-up each time
+/// (a 256-channel layer ran 28 % slower, batch 1 twice as slow); one hand-off for the whole kernel instead.
+pub fn on_worker<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_thread_index().is_some() {
+        f()
+    } else {
+        rayon::join(f, || ()).0
+    }
+}
+
 /// The forward pass with the kernel already packed tap-major (`[N_k, C_in, C_out]`), and a LeakyReLU of
 /// slope `leaky` applied on the way out if given (LeakyReLU's own rule: v if v > 0, else v·slope).
 fn forward_packed<T: WithDType>(x: &[T], packed: &[T], bias: &[T], g: &Geometry, leaky: Option<f64>) -> Vec<T> {
+    on_worker(|| forward_on_worker(x, packed, bias, g, leaky))
+}
+
+fn forward_on_worker<T: WithDType>(x: &[T], packed: &[T], bias: &[T], g: &Geometry, leaky: Option<f64>) -> Vec<T> {
     let (c_in, c_out) = (g.c_in, g.c_out);
     let xpad = pad_rows(x, g, c_in);
     let m = g.m();
@@ -357,6 +372,16 @@ fn forward_packed<T: WithDType>(x: &[T], packed: &[T], bias: &[T], g: &Geometry,
 /// `(grad_x [B, H, W, C_in], grad_w [C_out, C_in, N_k], grad_bias [C_out])`; grad_x is empty unless
 /// `need_gx`. Weights no tap uses (masked ones) get a zero gradient.
 pub fn backward<T: WithDType>(
+    x: &[T],
+    w: &[T],
+    grad_out: &[T],
+    g: &Geometry,
+    need_gx: bool,
+) -> (Vec<T>, Vec<T>, Vec<T>) {
+    on_worker(|| backward_on_worker(x, w, grad_out, g, need_gx))
+}
+
+fn backward_on_worker<T: WithDType>(
     x: &[T],
     w: &[T],
     grad_out: &[T],
