@@ -53,18 +53,26 @@ impl CustomOp1 for LeakyRelu {
 /// The gradient through a LeakyReLU of `slope`: `grad` where `x` > 0, `grad · slope` elsewhere. `x` is the
 /// input, or (for slope ≥ 0) the output, which is > 0 exactly where the input is.
 pub(crate) fn leaky_relu_backward(x: &Tensor, grad: &Tensor, slope: f64) -> Result<Tensor> {
+    use crate::nn::kernels::shifted_conv::with_slice;
     fn run<T: WithDType>(x: &Tensor, g: &Tensor, slope: f64) -> Result<Tensor> {
-        let xs = x.flatten_all()?.to_vec1::<T>()?;
-        let gs = g.contiguous()?.flatten_all()?.to_vec1::<T>()?;
+        if x.dims() != g.dims() {
+            candle_core::bail!("leaky_relu: gradient {:?} for an input {:?}", g.dims(), x.dims());
+        }
         let s = T::from_f64(slope);
-        let mut out = vec![T::zero(); xs.len()];
-        out.par_chunks_mut(CHUNK)
-            .zip(xs.par_chunks(CHUNK).zip(gs.par_chunks(CHUNK)))
-            .for_each(|(o, (x, g))| {
-                for ((o, &x), &g) in o.iter_mut().zip(x).zip(g) {
-                    *o = if x > T::zero() { g } else { g * s };
-                }
-            });
+        // Read in place: no copy of either tensor.
+        let out = with_slice::<T, _>(x, |xs| {
+            with_slice::<T, _>(g, |gs| {
+                let mut out = vec![T::zero(); xs.len()];
+                out.par_chunks_mut(CHUNK)
+                    .zip(xs.par_chunks(CHUNK).zip(gs.par_chunks(CHUNK)))
+                    .for_each(|(o, (x, g))| {
+                        for ((o, &x), &g) in o.iter_mut().zip(x).zip(g) {
+                            *o = if x > T::zero() { g } else { g * s };
+                        }
+                    });
+                out
+            })
+        })??;
         Tensor::from_vec(out, x.shape(), x.device())
     }
     match x.dtype() {
