@@ -255,14 +255,22 @@ impl CustomOp1 for Gate {
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         fn run<T: GateFloat>(x: &Tensor, g: &Tensor) -> Result<Tensor> {
+            use crate::nn::kernels::shifted_conv::with_slice;
             let c = x.dims().last().copied().unwrap_or(0) / 2;
-            let xs = x.flatten_all()?.to_vec1::<T>()?;
-            let gs = g.contiguous()?.flatten_all()?.to_vec1::<T>()?;
-            let mut out = vec![T::zero(); xs.len()];
-            let r = rows_per_task(c);
-            out.par_chunks_mut(2 * r * c.max(1))
-                .zip(xs.par_chunks(2 * r * c.max(1)).zip(gs.par_chunks(r * c.max(1))))
-                .for_each(|(o, (x, g))| T::gate_grad_rows_into(x, g, c, o));
+            if 2 * g.elem_count() != x.elem_count() {
+                candle_core::bail!("gate: gradient {:?} for an input {:?}", g.dims(), x.dims());
+            }
+            // Read in place: no copy of either tensor.
+            let out = with_slice::<T, _>(x, |xs| {
+                with_slice::<T, _>(g, |gs| {
+                    let mut out = vec![T::zero(); xs.len()];
+                    let r = rows_per_task(c);
+                    out.par_chunks_mut(2 * r * c.max(1))
+                        .zip(xs.par_chunks(2 * r * c.max(1)).zip(gs.par_chunks(r * c.max(1))))
+                        .for_each(|(o, (x, g))| T::gate_grad_rows_into(x, g, c, o));
+                    out
+                })
+            })??;
             Tensor::from_vec(out, x.shape(), x.device())
         }
         Ok(Some(match arg.dtype() {
