@@ -12,6 +12,8 @@ use armory::nn::exact::{force_simd, Simd};
 use armory::Error;
 use candle_core::{DType, Device, Tensor};
 
+mod common;
+
 const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/codec");
 
 fn conv(k: usize, d: usize, input: InputEncoding) -> ModelConfig {
@@ -138,19 +140,8 @@ fn families() -> Vec<ModelConfig> {
     ]
 }
 
-/// A fresh model with every weight random (class-conditional biases too, which start at zero).
 fn arm(cfg: &ModelConfig, seed: u64) -> Arm {
-    let arm = Arm::new(cfg, seed, DType::F32, &Device::Cpu).unwrap();
-    for (name, var) in arm.params().vars() {
-        if name.contains("cond") {
-            let v: Vec<f32> = (0..var.elem_count())
-                .map(|i| 2.0 * (1.7 * i as f32 + 0.3).sin())
-                .collect();
-            var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap())
-                .unwrap();
-        }
-    }
-    arm
+    common::random_arm(cfg, seed)
 }
 
 /// n examples of pseudo-random values (a fixed LCG), with labels for class-conditional models.
@@ -484,10 +475,9 @@ fn every_format_round_trips() {
 /// size and the portable SIMD level; never overwrite without --force.
 #[test]
 fn cli_compresses_within_one_percent_of_a_trained_models_nll() {
-    use assert_cmd::Command;
+    use common::armory;
     use predicates::prelude::*;
     use predicates::str::contains;
-    let armory = || Command::cargo_bin("armory").unwrap();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     armory()

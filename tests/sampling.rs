@@ -124,20 +124,8 @@ fn image_configs() -> Vec<ModelConfig> {
     ]
 }
 
-/// A fresh model whose class-conditional gate biases (zero at initialisation) are random, so that a
-/// sampler that drops or misplaces them is caught.
 fn arm(cfg: &ModelConfig, seed: u64) -> Arm {
-    let arm = Arm::new(cfg, seed, DType::F32, &Device::Cpu).unwrap();
-    for (name, var) in arm.params().vars() {
-        if name.contains("cond") {
-            let v: Vec<f32> = (0..var.elem_count())
-                .map(|i| 2.0 * (1.7 * i as f32 + 0.3).sin())
-                .collect();
-            var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap())
-                .unwrap();
-        }
-    }
-    arm
+    common::random_arm(cfg, seed)
 }
 
 /// One label per example for class-conditional models (cycling through the classes), none otherwise.

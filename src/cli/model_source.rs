@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use armory::config::RunConfig;
 use armory::models::Arm;
 use candle_core::{DType, Device};
@@ -45,9 +45,8 @@ impl ModelSource {
             _ => bail!("say which model: --run DIR (a training run) or --weights FILE.safetensors"),
         };
         let arm = Arm::new(&cfg.model, cfg.train.seed, DType::F32, &Device::Cpu)?;
-        arm.params()
-            .load(&weights)
-            .with_context(|| format!("loading weights from {}", weights.display()))?;
+        // The library's errors name the file already (missing, corrupt, a tensor that does not fit, NaN).
+        arm.params().load(&weights)?;
         Ok((cfg, arm))
     }
 }

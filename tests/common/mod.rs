@@ -137,3 +137,19 @@ pub fn check_gradients(name: &str, cfg: &ModelConfig, k: usize, d: usize) {
         }
     }
 }
+
+/// A fresh model whose class-conditional gate biases (zero at initialisation) are random, so that a
+/// sampler (or coder) that drops or misplaces them is caught.
+pub fn random_arm(cfg: &ModelConfig, seed: u64) -> Arm {
+    let arm = Arm::new(cfg, seed, DType::F32, &Device::Cpu).unwrap();
+    for (name, var) in arm.params().vars() {
+        if name.contains("cond") {
+            let v: Vec<f32> = (0..var.elem_count())
+                .map(|i| 2.0 * (1.7 * i as f32 + 0.3).sin())
+                .collect();
+            var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap())
+                .unwrap();
+        }
+    }
+    arm
+}
