@@ -217,10 +217,11 @@ mod tests {
     #[test]
     fn the_seed_config_is_the_seed_network() {
         let cfg = RunConfig::seed();
-        let ModelConfig::CausalConv(m) = &cfg.model else {
+        let crate::models::Network::CausalConv(m) = &cfg.model.network else {
             panic!("seed-arm is a causal conv")
         };
         assert_eq!(m, &crate::models::causal_conv::Config::default());
+        assert_eq!((cfg.model.num_values, cfg.model.dim()), (17, 64));
         assert_eq!(RunConfig::parse(&cfg.to_toml(), Path::new("x")).unwrap(), cfg);
     }
 

@@ -58,7 +58,10 @@ pub enum Error {
     CodecCorrupt(String),
 
     /// A compressed file written by another version of the container.
-    #[error("compressed file version {found} is not supported (this build reads version {supported})")]
+    #[error(
+        "compressed file version {found} is not supported (this build reads version {supported}; a file of an \
+         older version decompresses with the armory that wrote it)"
+    )]
     CodecVersion { found: u8, supported: u8 },
 
     /// A compressed file whose probabilities were computed in an arithmetic this build does not have.

@@ -4,9 +4,9 @@
 use std::path::Path;
 
 use armory::codec::{compress, decompress, formats, Data, Format, Options};
-use armory::models::image_head::ColourMixture;
 use armory::models::{
-    causal_conv, gated_pixelcnn, mlp, pixelcnn, rnn, wavenet, Arithmetic, Arm, InputEncoding, ModelConfig,
+    causal_conv, gated_pixelcnn, mlp, pixelcnn, rnn, wavenet, Arithmetic, Arm, ColourMixture, InputEncoding,
+    ModelConfig, Network,
 };
 use armory::nn::exact::{force_simd, Simd};
 use armory::Error;
@@ -17,126 +17,88 @@ mod common;
 const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/codec");
 
 fn conv(k: usize, d: usize, input: InputEncoding) -> ModelConfig {
-    ModelConfig::CausalConv(causal_conv::Config {
-        num_values: k,
-        length: d,
+    let net = causal_conv::Config {
         hidden: 8,
         kernel: 3,
         dilations: vec![1, 2, 1],
         layer_types: None,
         leaky_slope: 0.1,
-        input,
-        dropout: 0.0,
-    })
+    };
+    ModelConfig::sequence(Network::CausalConv(net), k, d).with_input(input)
 }
 
-fn gated(k: usize, h: usize, w: usize) -> gated_pixelcnn::Config {
-    gated_pixelcnn::Config {
-        num_values: k,
-        height: h,
-        width: w,
-        channels: 4,
+/// A small gated PixelCNN with a residual vertical stack, `colors` colours of `channels` each.
+fn gated_colours(k: usize, h: usize, w: usize, colors: usize, channels: usize) -> ModelConfig {
+    let net = gated_pixelcnn::Config {
+        channels,
         first_kernel: 3,
         layers: 2,
         kernel: 3,
-        head_hidden: 4,
+        head_hidden: channels.max(4),
         num_classes: None,
-        input: InputEncoding::OneHot,
-        dropout: 0.0,
-        n_mix: None,
-        colors: 1,
-        colour_mixture: ColourMixture::default(),
         vertical_residual: true,
-    }
+    };
+    ModelConfig::image(Network::GatedPixelcnn(net), k, h, w, colors)
 }
 
-fn pixelcnn(k: usize, h: usize, w: usize) -> pixelcnn::Config {
-    pixelcnn::Config {
-        num_values: k,
-        height: h,
-        width: w,
+fn gated(k: usize, h: usize, w: usize) -> ModelConfig {
+    gated_colours(k, h, w, 1, 4)
+}
+
+fn pixelcnn(k: usize, h: usize, w: usize) -> ModelConfig {
+    let net = pixelcnn::Config {
         hidden: 6,
         first_kernel: 3,
         blocks: 2,
         kernel: 3,
         head_hidden: 5,
-        input: InputEncoding::Scaled,
-        dropout: 0.0,
-        n_mix: None,
-        colors: 1,
-        colour_mixture: ColourMixture::default(),
-    }
+    };
+    ModelConfig::image(Network::Pixelcnn(net), k, h, w, 1).with_input(InputEncoding::Scaled)
 }
 
-/// Small members of every family with an exact stepper, on 3×4 images (or 12 positions), 5 values.
+/// Small members of every family with an exact stepper, on 3×4 images (or 12 positions), 5 values, with
+/// either likelihood.
 fn families() -> Vec<ModelConfig> {
+    let seq = |net| ModelConfig::sequence(net, 5, 12);
+    let rnn = |cell| {
+        seq(Network::Rnn(rnn::Config {
+            cell,
+            hidden: 6,
+            embedding: 3,
+        }))
+    };
+    let mut conditional = gated(5, 3, 4);
+    if let Network::GatedPixelcnn(c) = &mut conditional.network {
+        c.num_classes = Some(3);
+    }
+    let mut pixel_mixture = gated_colours(5, 2, 2, 3, 6).with_mixture(2);
+    if let Network::GatedPixelcnn(c) = &mut pixel_mixture.network {
+        c.head_hidden = 4;
+    }
     vec![
         conv(5, 12, InputEncoding::Raw),
         conv(5, 12, InputEncoding::OneHot),
-        ModelConfig::Wavenet(wavenet::Config {
-            num_values: 5,
-            length: 12,
+        conv(5, 12, InputEncoding::Raw).with_mixture(2),
+        seq(Network::Wavenet(wavenet::Config {
             residual_channels: 4,
             skip_channels: 3,
             kernel: 2,
             dilations: vec![1, 2, 4],
-            input: InputEncoding::OneHot,
-            dropout: 0.0,
-        }),
-        ModelConfig::Rnn(rnn::Config {
-            num_values: 5,
-            length: 12,
-            cell: rnn::Cell::Lstm,
-            hidden: 6,
-            embedding: 3,
-            dropout: 0.0,
-        }),
-        ModelConfig::Rnn(rnn::Config {
-            num_values: 5,
-            length: 12,
-            cell: rnn::Cell::Gru,
-            hidden: 6,
-            embedding: 3,
-            dropout: 0.0,
-        }),
-        ModelConfig::Mlp(mlp::Config {
-            num_values: 5,
-            length: 12,
-            memory: 3,
-            hidden: 7,
-            input: InputEncoding::OneHot,
-            dropout: 0.0,
-        }),
-        ModelConfig::Pixelcnn(pixelcnn(5, 3, 4)),
-        ModelConfig::Pixelcnn(pixelcnn::Config {
-            n_mix: Some(2),
-            ..pixelcnn(5, 3, 4)
-        }),
-        ModelConfig::GatedPixelcnn(gated(5, 3, 4)),
-        ModelConfig::GatedPixelcnn(gated_pixelcnn::Config {
-            n_mix: Some(3),
-            ..gated(5, 3, 4)
-        }),
-        ModelConfig::GatedPixelcnn(gated_pixelcnn::Config {
-            num_classes: Some(3),
-            ..gated(5, 3, 4)
-        }),
+        })),
+        rnn(rnn::Cell::Lstm),
+        rnn(rnn::Cell::Gru).with_mixture(2),
+        seq(Network::Mlp(mlp::Config { memory: 3, hidden: 7 })).with_input(InputEncoding::OneHot),
+        pixelcnn(5, 3, 4),
+        pixelcnn(5, 3, 4).with_mixture(2),
+        gated(5, 3, 4),
+        gated(5, 3, 4).with_mixture(3),
+        conditional,
         // Colour, one mixture per colour: 3 × 2 × 2 values per example.
-        ModelConfig::GatedPixelcnn(gated_pixelcnn::Config {
-            channels: 6,
-            head_hidden: 6,
-            colors: 3,
-            n_mix: Some(2),
-            colour_mixture: ColourMixture::PerColour,
-            ..gated(5, 2, 2)
-        }),
+        gated_colours(5, 2, 2, 3, 6)
+            .with_mixture(2)
+            .with_colour_mixture(ColourMixture::PerColour),
         // PixelCNN++'s RGB pixel mixture: one network column per pixel, G and B from the head.
-        ModelConfig::GatedPixelcnn(gated_pixelcnn::Config {
-            channels: 6,
-            colors: 3,
-            n_mix: Some(2),
-            ..gated(5, 2, 2)
-        }),
+        pixel_mixture,
     ]
 }
 
@@ -267,10 +229,15 @@ fn bad_files_are_refused() {
     let other = arm(&cfg, 4);
     let e = decompress(&other, &file, &opts(2, 2), &|_| {}).unwrap_err();
     assert!(matches!(e, Error::CodecModelMismatch { .. }), "{e}");
-    let mut v2 = file.clone();
-    v2[4] = 2;
-    let e = decompress(&a, &v2, &opts(2, 2), &|_| {}).unwrap_err();
-    assert!(matches!(e, Error::CodecVersion { found: 2, .. }), "{e}");
+    for version in [1, 3] {
+        let mut other = file.clone();
+        other[4] = version;
+        let e = decompress(&a, &other, &opts(2, 2), &|_| {}).unwrap_err();
+        assert!(
+            matches!(e, Error::CodecVersion { found, .. } if found == version),
+            "{e}"
+        );
+    }
     let mut body = file.clone();
     let last = body.len() - 1;
     body[last] ^= 0xff;
@@ -326,13 +293,7 @@ fn golden_arm(cfg: &ModelConfig) -> Arm {
 fn golden_models() -> Vec<(&'static str, ModelConfig)> {
     vec![
         ("conv", conv(17, 64, InputEncoding::OneHot)),
-        (
-            "gated-mixture",
-            ModelConfig::GatedPixelcnn(gated_pixelcnn::Config {
-                n_mix: Some(3),
-                ..gated(17, 8, 8)
-            }),
-        ),
+        ("gated-mixture", gated(17, 8, 8).with_mixture(3)),
     ]
 }
 
@@ -433,14 +394,9 @@ fn every_format_round_trips() {
     assert_eq!(std::fs::read(d.join("g.out.npy")).unwrap(), gray);
     // Colour npy (N, 2, 2, 3): the stored order is the model's, R, G, B per pixel.
     let colour_arm = arm(
-        &ModelConfig::GatedPixelcnn(gated_pixelcnn::Config {
-            channels: 6,
-            head_hidden: 6,
-            colors: 3,
-            colour_mixture: ColourMixture::PerColour,
-            n_mix: Some(2),
-            ..gated(256, 2, 2)
-        }),
+        &gated_colours(256, 2, 2, 3, 6)
+            .with_mixture(2)
+            .with_colour_mixture(ColourMixture::PerColour),
         2,
     );
     let rgb = npy("(5, 2, 2, 3)", &pixels);

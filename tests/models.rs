@@ -4,107 +4,67 @@
 
 mod common;
 
-use armory::models::image_head::ColourMixture;
-use armory::models::{causal_conv, gated_pixelcnn, mlp, pixelcnn, rnn, wavenet, Arm, InputEncoding, Mode, ModelConfig};
+use armory::models::{causal_conv, mlp, rnn, wavenet, Arm, ColourMixture, InputEncoding, Mode, ModelConfig, Network};
 use armory::train::{self, RunDir, TrainConfig};
 use candle_core::{DType, Device, Tensor};
-use common::{check_gradients, gated, pixelcnn, quiet, random_x, small_digits};
+use common::{check_gradients, gated, gated_colours, pixelcnn, pixelcnn_colours, quiet, random_x, small_digits};
 
-/// Tiny members of every family, for K values and images of h × w (1-D models: D = h·w).
+/// Tiny members of every family, for K values and images of h × w (1-D models: D = h·w), with either
+/// likelihood: the 1-D families take the logistic mixture as the 2-D ones do.
 fn families(k: usize, h: usize, w: usize) -> Vec<(&'static str, ModelConfig)> {
     let d = h * w;
+    let seq = |net| ModelConfig::sequence(net, k, d);
+    let conv = |hidden, kernel, dilations, leaky_slope| {
+        Network::CausalConv(causal_conv::Config {
+            hidden,
+            kernel,
+            dilations,
+            layer_types: None,
+            leaky_slope,
+        })
+    };
+    let rnn = |cell| {
+        Network::Rnn(rnn::Config {
+            cell,
+            hidden: 5,
+            embedding: 3,
+        })
+    };
+    let wavenet = Network::Wavenet(wavenet::Config {
+        residual_channels: 4,
+        skip_channels: 5,
+        kernel: 2,
+        dilations: vec![1, 2, 4],
+    });
+    let mut residual = gated(k, h, w, None).with_dropout(0.2);
+    common::gated_net(&mut residual).vertical_residual = true;
     vec![
-        ("pixelcnn", ModelConfig::Pixelcnn(pixelcnn(k, h, w))),
-        ("gated_pixelcnn", ModelConfig::GatedPixelcnn(gated(k, h, w, None))),
-        (
-            "gated_pixelcnn logistic mixture",
-            ModelConfig::GatedPixelcnn(gated_pixelcnn::Config {
-                n_mix: Some(2),
-                ..gated(k, h, w, None)
-            }),
-        ),
-        (
-            "gated_pixelcnn residual vertical stack",
-            ModelConfig::GatedPixelcnn(gated_pixelcnn::Config {
-                vertical_residual: true,
-                dropout: 0.2,
-                ..gated(k, h, w, None)
-            }),
-        ),
-        (
-            "causal_conv",
-            ModelConfig::CausalConv(causal_conv::Config {
-                num_values: k,
-                length: d,
-                hidden: 5,
-                kernel: 2,
-                dilations: vec![1, 2, 1],
-                layer_types: None,
-                leaky_slope: 0.01,
-                input: InputEncoding::Raw,
-                dropout: 0.0,
-            }),
-        ),
+        ("pixelcnn", pixelcnn(k, h, w)),
+        ("gated_pixelcnn", gated(k, h, w, None)),
+        ("gated_pixelcnn logistic mixture", gated(k, h, w, None).with_mixture(2)),
+        ("gated_pixelcnn residual vertical stack", residual),
+        ("causal_conv", seq(conv(5, 2, vec![1, 2, 1], 0.01))),
         (
             "causal_conv one-hot",
-            ModelConfig::CausalConv(causal_conv::Config {
-                num_values: k,
-                length: d,
-                hidden: 4,
-                kernel: 3,
-                dilations: vec![3, 1],
-                layer_types: None,
-                leaky_slope: 0.2,
-                input: InputEncoding::OneHot,
-                dropout: 0.0,
-            }),
+            seq(conv(4, 3, vec![3, 1], 0.2)).with_input(InputEncoding::OneHot),
+        ),
+        (
+            "causal_conv logistic mixture",
+            seq(conv(5, 2, vec![1, 2, 1], 0.01)).with_mixture(2),
         ),
         (
             "mlp",
-            ModelConfig::Mlp(mlp::Config {
-                num_values: k,
-                length: d,
-                memory: 2,
-                hidden: 6,
-                input: InputEncoding::Scaled,
-                dropout: 0.0,
-            }),
+            seq(Network::Mlp(mlp::Config { memory: 2, hidden: 6 })).with_input(InputEncoding::Scaled),
         ),
         (
-            "lstm",
-            ModelConfig::Rnn(rnn::Config {
-                num_values: k,
-                length: d,
-                cell: rnn::Cell::Lstm,
-                hidden: 5,
-                embedding: 3,
-                dropout: 0.0,
-            }),
+            "mlp logistic mixture",
+            seq(Network::Mlp(mlp::Config { memory: 2, hidden: 6 })).with_mixture(3),
         ),
-        (
-            "gru",
-            ModelConfig::Rnn(rnn::Config {
-                num_values: k,
-                length: d,
-                cell: rnn::Cell::Gru,
-                hidden: 5,
-                embedding: 3,
-                dropout: 0.0,
-            }),
-        ),
-        (
-            "wavenet",
-            ModelConfig::Wavenet(wavenet::Config {
-                num_values: k,
-                length: d,
-                residual_channels: 4,
-                skip_channels: 5,
-                kernel: 2,
-                dilations: vec![1, 2, 4],
-                input: InputEncoding::OneHot,
-                dropout: 0.0,
-            }),
-        ),
+        ("lstm", seq(rnn(rnn::Cell::Lstm))),
+        ("gru", seq(rnn(rnn::Cell::Gru))),
+        ("gru logistic mixture", seq(rnn(rnn::Cell::Gru)).with_mixture(2)),
+        ("wavenet", seq(wavenet.clone())),
+        ("wavenet logistic mixture", seq(wavenet).with_mixture(2)),
     ]
 }
 
@@ -176,33 +136,25 @@ fn model_gradients_match_finite_differences_f64() {
     for (name, cfg) in families(k, 3, 3) {
         check_gradients(name, &cfg, k, d);
     }
-    check_gradients(
-        "colour pixelcnn",
-        &ModelConfig::Pixelcnn(colour_pixelcnn(k, 2, 2, None)),
-        k,
-        12,
-    );
+    check_gradients("colour pixelcnn", &colour_pixelcnn(k, 2, 2, None), k, 12);
     // PixelCNN++'s pixel mixture: the gradient flows through the colours' conditionals too.
     check_gradients(
         "colour gated pixelcnn, pixel mixture",
-        &ModelConfig::GatedPixelcnn(gated_pixelcnn::Config {
-            colors: 3,
-            n_mix: Some(2),
-            ..gated(k, 2, 2, None)
-        }),
+        &gated_colours(k, 2, 2, 3, None).with_mixture(2),
         k,
         12,
     );
 }
 
 /// An RGB PixelCNN: each colour in its own block of channels.
-fn colour_pixelcnn(k: usize, h: usize, w: usize, n_mix: Option<usize>) -> pixelcnn::Config {
-    pixelcnn::Config {
-        hidden: 12,
-        head_hidden: 6,
-        colors: 3,
-        n_mix,
-        ..pixelcnn(k, h, w)
+fn colour_pixelcnn(k: usize, h: usize, w: usize, n_mix: Option<usize>) -> ModelConfig {
+    let mut m = pixelcnn_colours(k, h, w, 3);
+    if let Network::Pixelcnn(c) = &mut m.network {
+        (c.hidden, c.head_hidden) = (12, 6);
+    }
+    match n_mix {
+        Some(n) => m.with_mixture(n),
+        None => m,
     }
 }
 
@@ -213,57 +165,43 @@ fn colour_pixelcnn(k: usize, h: usize, w: usize, n_mix: Option<usize>) -> pixelc
 #[test]
 fn colour_models_order_r_before_g_before_b() {
     let k = 3;
-    let gated_colour = |h, w, n_mix, num_classes| gated_pixelcnn::Config {
-        channels: 12, // 4 per colour: with fewer, ReLU can silence a colour's whole block
-        head_hidden: 12,
-        colors: 3,
-        n_mix,
-        ..gated(k, h, w, num_classes)
+    let gated_colour = |h, w, n_mix: Option<usize>, num_classes| {
+        let mut m = gated_colours(k, h, w, 3, num_classes);
+        let net = common::gated_net(&mut m);
+        (net.channels, net.head_hidden) = (12, 12); // 4 per colour: with fewer, ReLU can silence a colour's block
+        match n_mix {
+            Some(n) => m.with_mixture(n),
+            None => m,
+        }
     };
     let per_colour = ColourMixture::PerColour;
     type Make<'a> = Box<dyn Fn(usize, usize) -> ModelConfig + 'a>;
     let makers: Vec<(&str, Make)> = vec![
-        (
-            "pixelcnn",
-            Box::new(move |h, w| ModelConfig::Pixelcnn(colour_pixelcnn(k, h, w, None))),
-        ),
+        ("pixelcnn", Box::new(move |h, w| colour_pixelcnn(k, h, w, None))),
         (
             "pixelcnn pixel mixture",
-            Box::new(move |h, w| ModelConfig::Pixelcnn(colour_pixelcnn(k, h, w, Some(2)))),
+            Box::new(move |h, w| colour_pixelcnn(k, h, w, Some(2))),
         ),
         (
             "pixelcnn per-colour mixture",
-            Box::new(move |h, w| {
-                ModelConfig::Pixelcnn(pixelcnn::Config {
-                    colour_mixture: per_colour,
-                    ..colour_pixelcnn(k, h, w, Some(2))
-                })
-            }),
+            Box::new(move |h, w| colour_pixelcnn(k, h, w, Some(2)).with_colour_mixture(per_colour)),
         ),
-        (
-            "gated",
-            Box::new(move |h, w| ModelConfig::GatedPixelcnn(gated_colour(h, w, None, None))),
-        ),
+        ("gated", Box::new(move |h, w| gated_colour(h, w, None, None))),
         (
             "gated pixel mixture",
-            Box::new(move |h, w| ModelConfig::GatedPixelcnn(gated_colour(h, w, Some(2), None))),
+            Box::new(move |h, w| gated_colour(h, w, Some(2), None)),
         ),
         (
             "gated per-colour mixture",
-            Box::new(move |h, w| {
-                ModelConfig::GatedPixelcnn(gated_pixelcnn::Config {
-                    colour_mixture: per_colour,
-                    ..gated_colour(h, w, Some(2), None)
-                })
-            }),
+            Box::new(move |h, w| gated_colour(h, w, Some(2), None).with_colour_mixture(per_colour)),
         ),
         (
             "gated conditional",
-            Box::new(move |h, w| ModelConfig::GatedPixelcnn(gated_colour(h, w, None, Some(2)))),
+            Box::new(move |h, w| gated_colour(h, w, None, Some(2))),
         ),
         (
             "gated conditional pixel mixture",
-            Box::new(move |h, w| ModelConfig::GatedPixelcnn(gated_colour(h, w, Some(2), Some(2)))),
+            Box::new(move |h, w| gated_colour(h, w, Some(2), Some(2))),
         ),
     ];
     for (name, make) in makers {
@@ -309,26 +247,15 @@ fn colour_models_order_r_before_g_before_b() {
         assert!((total - 1.0).abs() < 1e-9, "{name}: Σ p(x) = {total}");
     }
     // A colour model's channels must split into its colours.
-    let bad = pixelcnn::Config {
-        hidden: 10,
-        ..colour_pixelcnn(k, 2, 2, None)
-    };
-    let e = Arm::new(&ModelConfig::Pixelcnn(bad), 0, DType::F32, &Device::Cpu)
-        .err()
-        .unwrap()
-        .to_string();
+    let mut bad = colour_pixelcnn(k, 2, 2, None);
+    if let Network::Pixelcnn(c) = &mut bad.network {
+        c.hidden = 10;
+    }
+    let e = Arm::new(&bad, 0, DType::F32, &Device::Cpu).err().unwrap().to_string();
     assert!(e.contains("multiple of 6"), "{e}");
     // PixelCNN++'s pixel mixture is an R, G, B mixture.
-    let two = pixelcnn::Config {
-        colors: 2,
-        hidden: 8,
-        head_hidden: 4,
-        ..colour_pixelcnn(k, 2, 2, Some(2))
-    };
-    let e = Arm::new(&ModelConfig::Pixelcnn(two), 0, DType::F32, &Device::Cpu)
-        .err()
-        .unwrap()
-        .to_string();
+    let two = pixelcnn_colours(k, 2, 2, 2).with_mixture(2);
+    let e = Arm::new(&two, 0, DType::F32, &Device::Cpu).err().unwrap().to_string();
     assert!(e.contains("colors = 3") && e.contains("per_colour"), "{e}");
 }
 
@@ -366,17 +293,19 @@ fn every_family_trains_and_round_trips_its_checkpoint() {
 #[test]
 fn wavenet_receptive_field_equals_the_formula() {
     let cfg = wavenet::Config {
-        num_values: 3,
-        length: 40,
         residual_channels: 3,
         skip_channels: 3,
         kernel: 3,
         dilations: vec![1, 2, 4],
-        input: InputEncoding::OneHot,
-        dropout: 0.0,
     };
-    assert_eq!(cfg.receptive_field(), 3 + 2 * 7);
-    let arm = Arm::new(&ModelConfig::Wavenet(cfg), 0, DType::F64, &Device::Cpu).unwrap();
+    assert_eq!(cfg.receptive_field(40), 3 + 2 * 7);
+    let arm = Arm::new(
+        &ModelConfig::sequence(Network::Wavenet(cfg), 3, 40),
+        0,
+        DType::F64,
+        &Device::Cpu,
+    )
+    .unwrap();
     assert_eq!(arm.receptive_field(), 17);
     let x = random_x(1, 40, 3, 0);
     let base = arm.forward(&x, Mode::Eval).unwrap();
@@ -407,7 +336,7 @@ fn wavenet_receptive_field_equals_the_formula() {
 #[test]
 fn dropout_is_active_in_training_only_and_seeded() {
     for (name, mut cfg) in families(5, 2, 4) {
-        *cfg.dropout_mut() = 0.5;
+        cfg.dropout = 0.5;
         let arm = Arm::new(&cfg, 0, DType::F32, &Device::Cpu).unwrap();
         let x = random_x(2, 8, 5, 1);
         let eval = arm.forward(&x, Mode::Eval).unwrap().to_vec3::<f32>().unwrap();
@@ -461,14 +390,17 @@ fn pixels_seen(arm: &Arm, y: usize, x: usize) -> Vec<(usize, usize)> {
 fn gated_pixelcnn_has_no_blind_spot_and_pixelcnn_has_the_one_the_paper_describes() {
     let preceding: Vec<(usize, usize)> = (0..4 * 8 + 2).map(|j| (j / 8, j % 8)).collect();
     let mut g = gated(3, 8, 8, None);
-    (g.first_kernel, g.layers) = (7, 4);
-    let arm = Arm::new(&ModelConfig::GatedPixelcnn(g), 0, DType::F64, &Device::Cpu).unwrap();
+    let net = common::gated_net(&mut g);
+    (net.first_kernel, net.layers) = (7, 4);
+    let arm = Arm::new(&g, 0, DType::F64, &Device::Cpu).unwrap();
     assert_eq!(pixels_seen(&arm, 4, 2), preceding);
     assert_eq!(arm.receptive_field(), pixels_seen(&arm, 7, 7).len());
 
     let mut p = pixelcnn(3, 8, 8);
-    (p.first_kernel, p.blocks) = (7, 4);
-    let arm = Arm::new(&ModelConfig::Pixelcnn(p), 0, DType::F64, &Device::Cpu).unwrap();
+    if let Network::Pixelcnn(c) = &mut p.network {
+        (c.first_kernel, c.blocks) = (7, 4);
+    }
+    let arm = Arm::new(&p, 0, DType::F64, &Device::Cpu).unwrap();
     let seen = pixels_seen(&arm, 4, 2);
     assert!(seen.iter().all(|px| preceding.contains(px)), "PixelCNN sees the future");
     // The first 7×7 layer reaches 3 columns right in the rows above; each later 3×3 layer adds at most one
@@ -483,7 +415,7 @@ fn gated_pixelcnn_has_no_blind_spot_and_pixelcnn_has_the_one_the_paper_describes
 /// distribution depends on the label; labels are required and range-checked.
 #[test]
 fn class_conditional_gated_pixelcnn_depends_on_the_label() {
-    let cfg = ModelConfig::GatedPixelcnn(gated(3, 1, 3, Some(4)));
+    let cfg = gated(3, 1, 3, Some(4));
     let arm = Arm::new(&cfg, 2, DType::F32, &Device::Cpu).unwrap();
     // Zero-initialised class biases make every label the same model; give them values.
     for (name, var) in arm.params().vars() {

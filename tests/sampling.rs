@@ -1,6 +1,6 @@
 //! Fast samplers against the naive one: the same noise gives the same samples.
 
-use armory::models::{causal_conv, gated_pixelcnn, mlp, pixelcnn, rnn, wavenet, Arm, InputEncoding, Mode, ModelConfig};
+use armory::models::{causal_conv, mlp, rnn, wavenet, Arm, ColourMixture, InputEncoding, Mode, ModelConfig, Network};
 use armory::nn::ConvType;
 use armory::sample::{sample_cached, sample_naive, sample_predictive, Noise};
 use candle_core::{DType, Device, Tensor};
@@ -8,119 +8,90 @@ use candle_core::{DType, Device, Tensor};
 mod common;
 
 fn conv(dilations: Vec<usize>, input: InputEncoding, types: Option<Vec<ConvType>>) -> ModelConfig {
-    ModelConfig::CausalConv(causal_conv::Config {
-        num_values: 5,
-        length: 14,
+    let net = causal_conv::Config {
         hidden: 6,
         kernel: 3,
         dilations,
         layer_types: types,
         leaky_slope: 0.1,
-        input,
-        dropout: 0.0,
-    })
+    };
+    ModelConfig::sequence(Network::CausalConv(net), 5, 14).with_input(input)
 }
 
-/// Small members of every family with a cached stepper, D = 14, K = 5.
+/// Small members of every family with a cached stepper, D = 14, K = 5, with either likelihood.
 fn conv_configs() -> Vec<ModelConfig> {
     let wavenet = |input| {
-        ModelConfig::Wavenet(wavenet::Config {
-            num_values: 5,
-            length: 14,
+        let net = wavenet::Config {
             residual_channels: 4,
             skip_channels: 3,
             kernel: 2,
             dilations: vec![1, 2, 4, 1],
-            input,
-            dropout: 0.0,
-        })
+        };
+        ModelConfig::sequence(Network::Wavenet(net), 5, 14).with_input(input)
     };
     let rnn = |cell| {
-        ModelConfig::Rnn(rnn::Config {
-            num_values: 5,
-            length: 14,
-            cell,
-            hidden: 6,
-            embedding: 3,
-            dropout: 0.0,
-        })
+        ModelConfig::sequence(
+            Network::Rnn(rnn::Config {
+                cell,
+                hidden: 6,
+                embedding: 3,
+            }),
+            5,
+            14,
+        )
     };
-    let mlp = |input| {
-        ModelConfig::Mlp(mlp::Config {
-            num_values: 5,
-            length: 14,
-            memory: 3,
-            hidden: 7,
-            input,
-            dropout: 0.0,
-        })
-    };
+    let mlp =
+        |input| ModelConfig::sequence(Network::Mlp(mlp::Config { memory: 3, hidden: 7 }), 5, 14).with_input(input);
     vec![
         conv(vec![1, 1, 1], InputEncoding::Raw, None),
         conv(vec![1, 2, 4], InputEncoding::OneHot, None),
         conv(vec![2, 1], InputEncoding::Scaled, Some(vec![ConvType::A, ConvType::A])),
+        conv(vec![1, 2], InputEncoding::Raw, None).with_mixture(2),
         wavenet(InputEncoding::OneHot),
         wavenet(InputEncoding::Raw),
+        wavenet(InputEncoding::OneHot).with_mixture(3),
         rnn(rnn::Cell::Lstm),
         rnn(rnn::Cell::Gru),
+        rnn(rnn::Cell::Lstm).with_mixture(2),
         mlp(InputEncoding::Raw),
         mlp(InputEncoding::OneHot),
+        mlp(InputEncoding::Scaled).with_mixture(2),
     ]
 }
 
-/// A small class-conditional gated PixelCNN on 3×4 images with 4 values.
-fn gated_3x4() -> gated_pixelcnn::Config {
-    gated_pixelcnn::Config {
-        first_kernel: 3,
-        head_hidden: 4,
-        ..common::gated(4, 3, 4, Some(3))
+/// A small class-conditional gated PixelCNN on 3×4 images with 4 values (`colors` colours).
+fn gated_3x4(colors: usize) -> ModelConfig {
+    let mut m = common::gated_colours(4, 3, 4, colors, Some(3));
+    let net = common::gated_net(&mut m);
+    (net.first_kernel, net.head_hidden) = (3, 4);
+    if colors == 3 {
+        (net.channels, net.head_hidden) = (12, 12);
     }
+    m
 }
 
 /// Small 2-D models, 3×4 images: PixelCNN and the gated PixelCNN, categorical and mixture, conditional too.
 fn image_configs() -> Vec<ModelConfig> {
-    let gated = gated_3x4();
     let pixelcnn = common::pixelcnn(4, 3, 4);
+    let mut colour_residual = gated_3x4(3);
+    common::gated_net(&mut colour_residual).vertical_residual = true;
+    let mut colour_pixelcnn = common::pixelcnn_colours(4, 3, 4, 3).with_mixture(2);
+    if let Network::Pixelcnn(c) = &mut colour_pixelcnn.network {
+        (c.hidden, c.head_hidden) = (12, 6);
+    }
+    let mut unconditional = gated_3x4(1).with_mixture(2).with_input(InputEncoding::Scaled);
+    let net = common::gated_net(&mut unconditional);
+    (net.num_classes, net.first_kernel) = (None, 5);
     vec![
         // Colour images (R, G, B of each pixel in turn), conditional and mixture too.
-        ModelConfig::GatedPixelcnn(gated_pixelcnn::Config {
-            channels: 12,
-            head_hidden: 12,
-            colors: 3,
-            vertical_residual: true,
-            ..gated.clone()
-        }),
-        ModelConfig::Pixelcnn(pixelcnn::Config {
-            hidden: 12,
-            head_hidden: 6,
-            colors: 3,
-            n_mix: Some(2),
-            colour_mixture: armory::models::image_head::ColourMixture::PerColour,
-            ..pixelcnn.clone()
-        }),
+        colour_residual,
+        colour_pixelcnn.with_colour_mixture(ColourMixture::PerColour),
         // PixelCNN++'s pixel mixture: the network's column once per pixel, G and B from the head alone.
-        ModelConfig::GatedPixelcnn(gated_pixelcnn::Config {
-            channels: 12,
-            head_hidden: 12,
-            colors: 3,
-            n_mix: Some(3),
-            ..gated.clone()
-        }),
-        ModelConfig::GatedPixelcnn(gated.clone()),
-        ModelConfig::GatedPixelcnn(gated_pixelcnn::Config {
-            num_classes: None,
-            n_mix: Some(2),
-            first_kernel: 5,
-            input: InputEncoding::Scaled,
-            ..gated
-        }),
-        ModelConfig::Pixelcnn(pixelcnn.clone()),
-        ModelConfig::Pixelcnn(pixelcnn::Config {
-            n_mix: Some(2),
-            colors: 1,
-            input: InputEncoding::Raw,
-            ..pixelcnn
-        }),
+        gated_3x4(3).with_mixture(3),
+        gated_3x4(1),
+        unconditional,
+        pixelcnn.clone(),
+        pixelcnn.with_mixture(2).with_input(InputEncoding::Raw),
     ]
 }
 
@@ -195,20 +166,13 @@ fn cached_step_matches_the_forward_pass_at_every_position() {
 /// D + 1 ARM calls; with a peaked model (low temperature) it needs far fewer.
 #[test]
 fn predictive_sampling_reproduces_the_naive_sampler() {
-    let gated = gated_pixelcnn::Config {
-        layers: 1,
-        ..gated_3x4()
-    };
+    let mut gated = gated_3x4(1);
+    common::gated_net(&mut gated).layers = 1;
+    let mut mixture = gated.clone().with_mixture(2);
+    common::gated_net(&mut mixture).num_classes = None;
     let mut cases: Vec<(ModelConfig, Option<Vec<u32>>)> = conv_configs().into_iter().map(|c| (c, None)).collect();
-    cases.push((ModelConfig::GatedPixelcnn(gated.clone()), Some(vec![0, 2, 1, 2])));
-    cases.push((
-        ModelConfig::GatedPixelcnn(gated_pixelcnn::Config {
-            num_classes: None,
-            n_mix: Some(2),
-            ..gated
-        }),
-        None,
-    ));
+    cases.push((gated, Some(vec![0, 2, 1, 2])));
+    cases.push((mixture, None));
     for (cfg, labels) in cases {
         let arm = Arm::new(&cfg, 5, DType::F32, &Device::Cpu).unwrap();
         let d = arm.dim();

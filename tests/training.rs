@@ -7,20 +7,20 @@ mod common;
 
 use armory::data::Splits;
 use armory::models::causal_conv::Config;
-use armory::models::{Arm, InputEncoding, Mode, ModelConfig, Reduction};
+use armory::models::{Arm, InputEncoding, Mode, ModelConfig, Network, Reduction};
 use armory::sample::{sample_naive, Noise};
 use armory::train::{self, metrics, Controls, Outcome, RunDir, TrainConfig};
 use candle_core::{DType, Device};
 use common::quiet;
 
 fn small_model() -> ModelConfig {
-    ModelConfig::CausalConv(Config {
+    let net = Config {
         hidden: 16,
         kernel: 3,
         dilations: vec![1, 2, 1],
-        input: InputEncoding::Scaled,
         ..Config::default()
-    })
+    };
+    ModelConfig::sequence(Network::CausalConv(net), 17, 64).with_input(InputEncoding::Scaled)
 }
 
 /// The digits split, with the training set cut to 256 images so an epoch takes milliseconds.
@@ -325,11 +325,12 @@ fn mean_and_sum_reductions_agree() {
 /// convolution products are split across threads and the bias gradients sum several blocks of rows.
 #[test]
 fn training_is_bitwise_the_same_on_one_and_two_threads() {
-    let cfg = ModelConfig::CausalConv(Config {
+    let net = Config {
         hidden: 64,
         kernel: 7,
         ..Config::default()
-    });
+    };
+    let cfg = ModelConfig::sequence(Network::CausalConv(net), 17, 64);
     let splits = small_splits();
     let train_weights = |threads: usize| {
         armory::with_threads(threads, || {

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use armory::config::RunConfig;
-use armory::models::{pixelcnn, Arm, InputEncoding, Mode, ModelConfig, Reduction};
+use armory::models::{pixelcnn, Arm, Mode, ModelConfig, Network, Reduction};
 use armory::sample::{sample_cached, sample_naive, sample_predictive, Noise};
 use armory::train::{Optimizer, OptimizerKind};
 use candle_core::{DType, Device};
@@ -718,21 +718,14 @@ fn images(reps: usize) -> anyhow::Result<()> {
         Path::new("configs/binarized-mnist.toml"),
     )?
     .model;
-    let pixelcnn = ModelConfig::Pixelcnn(pixelcnn::Config {
-        num_values: 2,
-        height: 28,
-        width: 28,
+    let net = pixelcnn::Config {
         hidden: 64,
         first_kernel: 7,
         blocks: 4,
         kernel: 3,
         head_hidden: 64,
-        input: InputEncoding::OneHot,
-        dropout: 0.0,
-        n_mix: None,
-        colors: 1,
-        colour_mixture: Default::default(),
-    });
+    };
+    let pixelcnn = ModelConfig::image(Network::Pixelcnn(net), 2, 28, 28, 1);
     println!(
         "\n28×28 binary images, 16 at a time, {} threads (armory only, random weights)",
         rayon::current_num_threads()

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use armory::config::{Binarize, RunConfig};
-use armory::models::{Arm, ModelConfig};
+use armory::models::{ArchFlags, Arm};
 use armory::train::{self, evaluate, Controls, OptimizerKind, Outcome, RunDir};
 use candle_core::{DType, Device};
 
@@ -120,63 +120,14 @@ fn apply_overrides(cfg: &mut RunConfig, a: &RecipeFlags) -> anyhow::Result<()> {
     t.ema = a.ema.or(t.ema);
     t.lr_decay = a.lr_decay.or(t.lr_decay);
     t.weight_decay = a.weight_decay.or(t.weight_decay);
-    if let Some(p) = a.dropout {
-        *cfg.model.dropout_mut() = p;
-    }
-    let unused = |flag: &str| anyhow::anyhow!("{flag} does not apply to this model family");
-    match &mut cfg.model {
-        ModelConfig::CausalConv(m) => {
-            m.hidden = a.hidden.unwrap_or(m.hidden);
-            m.kernel = a.kernel.unwrap_or(m.kernel);
-            match (&a.dilations, a.layers) {
-                (Some(d), Some(n)) if d.len() != n => bail!("--dilations has {} entries but --layers is {n}", d.len()),
-                (Some(d), _) => m.dilations = d.clone(),
-                (None, Some(n)) => m.dilations = vec![1; n],
-                (None, None) => {}
-            }
-            if a.dilations.is_some() || a.layers.is_some() {
-                m.layer_types = None; // re-derived: A first, then B
-            }
-        }
-        ModelConfig::Wavenet(m) => {
-            m.kernel = a.kernel.unwrap_or(m.kernel);
-            m.dilations = a.dilations.clone().unwrap_or(m.dilations.clone());
-            if a.hidden.is_some() {
-                return Err(unused("--hidden (use a config: residual_channels, skip_channels)"));
-            }
-            if a.layers.is_some() {
-                return Err(unused("--layers (give --dilations, one per block)"));
-            }
-        }
-        ModelConfig::Mlp(m) => {
-            m.hidden = a.hidden.unwrap_or(m.hidden);
-            if a.kernel.is_some() || a.dilations.is_some() || a.layers.is_some() {
-                return Err(unused("--kernel/--dilations/--layers"));
-            }
-        }
-        ModelConfig::Rnn(m) => {
-            m.hidden = a.hidden.unwrap_or(m.hidden);
-            if a.kernel.is_some() || a.dilations.is_some() || a.layers.is_some() {
-                return Err(unused("--kernel/--dilations/--layers"));
-            }
-        }
-        ModelConfig::Pixelcnn(m) => {
-            m.hidden = a.hidden.unwrap_or(m.hidden);
-            m.kernel = a.kernel.unwrap_or(m.kernel);
-            m.blocks = a.layers.unwrap_or(m.blocks);
-            if a.dilations.is_some() {
-                return Err(unused("--dilations"));
-            }
-        }
-        ModelConfig::GatedPixelcnn(m) => {
-            m.channels = a.hidden.unwrap_or(m.channels);
-            m.kernel = a.kernel.unwrap_or(m.kernel);
-            m.layers = a.layers.unwrap_or(m.layers);
-            if a.dilations.is_some() {
-                return Err(unused("--dilations"));
-            }
-        }
-    }
+    cfg.model.dropout = a.dropout.unwrap_or(cfg.model.dropout);
+    let arch = ArchFlags {
+        hidden: a.hidden,
+        kernel: a.kernel,
+        dilations: a.dilations.clone(),
+        layers: a.layers,
+    };
+    cfg.model.network.family_mut().apply(&arch)?;
     cfg.validate()?;
     Ok(())
 }

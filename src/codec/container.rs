@@ -7,7 +7,7 @@
 //! | 4 | magic `ARMZ` |
 //! | 1 | format version ([`VERSION`]) |
 //! | 1 | arithmetic mode ([`ARITHMETIC`]: exact f32 network, `libm`, 24-bit frequencies) |
-//! | 8 | model fingerprint ([`fingerprint`]: FNV-1a 64 of the config and every weight) |
+//! | 8 | model fingerprint ([`fingerprint`]: FNV-1a 64 of the model description and every weight) |
 //! | 4, 4, 2 | examples N, dimensions D, values K |
 //! | 2 | label classes (0: no labels) |
 //! | 4 | examples per chunk |
@@ -25,8 +25,10 @@ use crate::error::{Error, Result};
 use crate::models::Arm;
 
 pub const MAGIC: &[u8; 4] = b"ARMZ";
-/// The container version this build writes and reads.
-pub const VERSION: u8 = 1;
+/// The container version this build writes and reads. Version 2 (2026-12-01): the fingerprint hashes the
+/// model description in canonical form (JSON, keys sorted); version 1 hashed the config structs of the
+/// model families as they were then, and files of it decompress with the armory that wrote them.
+pub const VERSION: u8 = 2;
 /// The arithmetic mode: 2 = the fixed-order f32 kernel of `nn::exact`, its f32 `exp` in the gates (mode 1 used
 /// `libm`'s there), `libm` elsewhere, f64 probabilities from `libm`, quantised to 2^24 by
 /// [`super::probability::quantise`]. A change to any of them is a new mode.
@@ -211,12 +213,13 @@ impl Fnv64 {
     }
 }
 
-/// The model's fingerprint: FNV-1a 64 of its config (JSON) and of every parameter in name order (name, shape,
-/// f32 little-endian values).
+/// The model's fingerprint: FNV-1a 64 of its description in canonical form (JSON with every object's keys
+/// sorted, so that it depends on what the model is, not on the order its settings are declared or written
+/// in) and of every parameter in name order (name, shape, f32 little-endian values).
 pub fn fingerprint(arm: &Arm) -> Result<u64> {
     let mut h = Fnv64::default();
-    let config = serde_json::to_vec(arm.config()).map_err(|e| Error::Config(format!("config to JSON: {e}")))?;
-    h.write(&config);
+    let json = serde_json::to_value(arm.config()).map_err(|e| Error::Config(format!("config to JSON: {e}")))?;
+    h.write(canonical(json).to_string().as_bytes());
     for (name, var) in arm.params().vars() {
         h.write(name.as_bytes());
         for &d in var.dims() {
@@ -232,6 +235,20 @@ pub fn fingerprint(arm: &Arm) -> Result<u64> {
         }
     }
     Ok(h.finish())
+}
+
+/// `v` with the keys of every object in sorted order.
+fn canonical(v: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::Object(map) => {
+            let sorted: std::collections::BTreeMap<String, Value> =
+                map.into_iter().map(|(k, v)| (k, canonical(v))).collect();
+            Value::Object(sorted.into_iter().collect())
+        }
+        Value::Array(items) => Value::Array(items.into_iter().map(canonical).collect()),
+        other => other,
+    }
 }
 
 #[cfg(test)]
@@ -283,6 +300,31 @@ mod tests {
         bytes[5] = 7;
         let e = Header::read(&bytes).unwrap_err();
         assert!(matches!(e, Error::CodecArithmetic { found: 7, .. }), "{e}");
+    }
+
+    /// The fingerprint reads what the model is: the same config written with its keys in another order gives
+    /// the same fingerprint; another setting, or another weight, another one.
+    #[test]
+    fn the_fingerprint_is_the_model_not_the_text() {
+        use crate::config::RunConfig;
+        use std::path::Path;
+        let arm = |text: &str| {
+            let cfg = RunConfig::parse(text, Path::new("t.toml")).unwrap();
+            Arm::new(&cfg.model, 0, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap()
+        };
+        let base = crate::config::SEED_CONFIG.replace("hidden = 256", "hidden = 4");
+        let a = fingerprint(&arm(&base)).unwrap();
+        let moved = base
+            .replace("hidden = 4\n", "")
+            .replace("[model]\n", "[model]\nhidden = 4\n");
+        assert_ne!(moved, base);
+        assert_eq!(fingerprint(&arm(&moved)).unwrap(), a);
+        let other = fingerprint(&arm(&base.replace("input = \"raw\"", "input = \"scaled\""))).unwrap();
+        assert_ne!(other, a);
+        let model = arm(&base);
+        let (_, var) = model.params().vars().into_iter().next().unwrap();
+        var.set(&(var.as_tensor() * 2.0).unwrap()).unwrap();
+        assert_ne!(fingerprint(&model).unwrap(), a);
     }
 
     #[test]

@@ -11,18 +11,12 @@
 //!
 //! ```
 //! use armory::codec::{compress, decompress, Data, Format, Options};
-//! use armory::models::{causal_conv, Arm, ModelConfig};
+//! use armory::models::{causal_conv, Arm, ModelConfig, Network};
 //! use candle_core::{DType, Device};
 //!
 //! # fn main() -> armory::Result<()> {
-//! let cfg = ModelConfig::CausalConv(causal_conv::Config {
-//!     num_values: 4,
-//!     length: 6,
-//!     hidden: 8,
-//!     kernel: 3,
-//!     dilations: vec![1, 1],
-//!     ..Default::default()
-//! });
+//! let net = causal_conv::Config { hidden: 8, kernel: 3, dilations: vec![1, 1], ..Default::default() };
+//! let cfg = ModelConfig::sequence(Network::CausalConv(net), 4, 6); // values 0..3, 6 per example
 //! let arm = Arm::new(&cfg, 0, DType::F32, &Device::Cpu)?; // a trained model in practice
 //! let data = Data { values: vec![0, 1, 2, 3, 2, 1, 3, 3, 0, 0, 1, 2], labels: None, dim: 6, format: Format::Raw };
 //! let file = compress(&arm, &data, &Options::default(), &|_| {})?;

@@ -6,17 +6,16 @@ use candle_core::Tensor;
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
-use super::{Arithmetic, CausalNet, InputEncoding, Stepper};
+use super::{at_most, ArchFlags, Arithmetic, CausalNet, Family, ModelConfig, Stepper};
 use crate::error::{Error, Result};
+use crate::limits;
 use crate::nn::{causal_conv1d, dropout, CausalConv1d, CausalConv1dConfig, ConvType, Mode, StepConv};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    pub num_values: usize, // K: 17 for digits (0..16)
-    pub length: usize,     // D: 64 for 8×8 digits
-    pub hidden: usize,     // channels of every hidden layer; the seed uses 256
-    pub kernel: usize,     // the seed uses 7
+    pub hidden: usize, // channels of every hidden layer; the seed uses 256
+    pub kernel: usize, // the seed uses 7
     /// One dilation per layer; the number of layers is its length (the seed: [1, 1, 1, 1]).
     pub dilations: Vec<usize>,
     /// Layer types; default A then B. A first layer of type B would let θ_d see x_d and is refused.
@@ -24,11 +23,6 @@ pub struct Config {
     pub layer_types: Option<Vec<ConvType>>,
     #[serde(default = "default_slope")]
     pub leaky_slope: f64, // LeakyReLU slope between layers (PyTorch's default 0.01)
-    #[serde(default)]
-    pub input: InputEncoding, // the seed feeds the raw value 0..16 as a float
-    /// Dropout after each hidden activation, in training (digits has only 1,000 training images).
-    #[serde(default)]
-    pub dropout: f64,
 }
 
 fn default_slope() -> f64 {
@@ -36,18 +30,14 @@ fn default_slope() -> f64 {
 }
 
 impl Default for Config {
-    /// The seed chapter's network on 8×8 digits: 1 → 256 → 256 → 256 → 17, kernel 7.
+    /// The seed chapter's network: 1 → 256 → 256 → 256 → K, kernel 7.
     fn default() -> Self {
         Self {
-            num_values: 17,
-            length: 64,
             hidden: 256,
             kernel: 7,
             dilations: vec![1; 4],
             layer_types: None,
             leaky_slope: 0.01,
-            input: InputEncoding::Raw,
-            dropout: 0.0,
         }
     }
 }
@@ -74,24 +64,24 @@ impl Config {
     }
 
     /// Previous positions θ_d sees: (k−1)·d + 1 for the type-A layer, plus (k−1)·d per type-B layer.
-    pub fn receptive_field(&self) -> usize {
+    pub fn receptive_field(&self, length: usize) -> usize {
         self.layer_configs()
             .iter()
             .map(|c| c.reach())
             .sum::<usize>()
-            .min(self.length)
+            .min(length)
     }
+}
 
-    pub fn validate(&self) -> Result<()> {
+impl Family for Config {
+    fn validate(&self, m: &ModelConfig) -> Result<()> {
+        let length = m.dim();
+        at_most("hidden", self.hidden, limits::MAX_WIDTH)?;
+        at_most("kernel", self.kernel, length + 1)?;
+        super::check_dilations(&self.dilations, length)?;
         let bad = |m: String| Err(Error::Config(m));
-        if self.num_values < 2 {
-            return bad(format!(
-                "num_values = {}: a categorical needs at least 2 values",
-                self.num_values
-            ));
-        }
-        if self.length == 0 || self.hidden == 0 || self.kernel == 0 {
-            return bad("length, hidden and kernel must be positive".into());
+        if self.hidden == 0 || self.kernel == 0 {
+            return bad("hidden and kernel must be positive".into());
         }
         if self.dilations.is_empty() || self.dilations.contains(&0) {
             return bad(format!(
@@ -100,7 +90,7 @@ impl Config {
             ));
         }
         for &d in &self.dilations {
-            super::check_kernel_size("causal_conv", self.kernel, d, self.length)?;
+            super::check_kernel_size("causal_conv", self.kernel, d, length)?;
         }
         let types = self.layer_types();
         if types.len() != self.dilations.len() {
@@ -120,7 +110,46 @@ impl Config {
         if !(self.leaky_slope.is_finite()) {
             return bad(format!("leaky_slope = {} is not finite", self.leaky_slope));
         }
-        super::check_dropout(self.dropout)?;
+        Ok(())
+    }
+
+    fn param_estimate(&self, m: &ModelConfig, out: u128) -> u128 {
+        let w = limits::wide;
+        let (cin, h, l) = (
+            w(m.input.channels(m.num_values)),
+            w(self.hidden),
+            w(self.dilations.len()),
+        );
+        w(self.kernel) * (cin * h + l * h * h + h * out) + l * h + out
+    }
+
+    fn activation_shape(&self, _m: &ModelConfig) -> (usize, usize, usize) {
+        // A dilated causal convolution pads its input by (kernel − 1) × dilation positions.
+        let pad = self.kernel.saturating_sub(1) * self.dilations.iter().max().unwrap_or(&1);
+        (self.hidden, self.dilations.len(), pad)
+    }
+
+    fn build(&self, m: &ModelConfig, vb: VarBuilder) -> Result<Box<dyn CausalNet>> {
+        Ok(Box::new(CausalConvNet::new(m, self, vb)?))
+    }
+
+    fn apply(&mut self, f: &ArchFlags) -> Result<()> {
+        self.hidden = f.hidden.unwrap_or(self.hidden);
+        self.kernel = f.kernel.unwrap_or(self.kernel);
+        match (&f.dilations, f.layers) {
+            (Some(d), Some(n)) if d.len() != n => {
+                return Err(Error::Config(format!(
+                    "--dilations has {} entries but --layers is {n}",
+                    d.len()
+                )))
+            }
+            (Some(d), _) => self.dilations = d.clone(),
+            (None, Some(n)) => self.dilations = vec![1; n],
+            (None, None) => {}
+        }
+        if f.dilations.is_some() || f.layers.is_some() {
+            self.layer_types = None; // re-derived: A first, then B
+        }
         Ok(())
     }
 }
@@ -128,24 +157,30 @@ impl Config {
 pub struct CausalConvNet {
     layers: Vec<CausalConv1d>,
     cfg: Config,
+    m: ModelConfig,
 }
 
 impl CausalConvNet {
     /// Weight names follow the seed's PyTorch `nn.Sequential`: `net.{0,2,4,…}.conv1d.{weight,bias}` (the odd
     /// indices are the LeakyReLUs), so the reference `state_dict` loads as it is.
-    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
-        cfg.validate()?;
+    pub fn new(m: &ModelConfig, cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        cfg.validate(m)?;
         let n = cfg.dilations.len();
-        let c_in = cfg.input.channels(cfg.num_values);
+        let c_in = m.input.channels(m.num_values);
         let mut layers = Vec::with_capacity(n);
         for (i, lc) in cfg.layer_configs().into_iter().enumerate() {
             let from = if i == 0 { c_in } else { cfg.hidden };
-            let to = if i + 1 == n { cfg.num_values } else { cfg.hidden };
+            let to = if i + 1 == n {
+                m.outputs_per_position()
+            } else {
+                cfg.hidden
+            };
             layers.push(causal_conv1d(from, to, lc, vb.pp("net").pp(2 * i).pp("conv1d"))?);
         }
         Ok(Self {
             layers,
             cfg: cfg.clone(),
+            m: m.clone(),
         })
     }
 }
@@ -153,21 +188,21 @@ impl CausalConvNet {
 impl CausalNet for CausalConvNet {
     fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         let dtype = self.layers[0].weight().dtype();
-        let mut h = self.cfg.input.encode(x, self.cfg.num_values, dtype)?; // [B, D, C_in]
+        let mut h = self.m.input.encode(x, self.m.num_values, dtype)?; // [B, D, C_in]
         for (i, layer) in self.layers.iter().enumerate() {
             if i + 1 < self.layers.len() {
                 // conv → LeakyReLU (one fused pass) → dropout: [B, D, hidden]
                 h = layer.forward_blc_leaky(&h, self.cfg.leaky_slope)?;
-                h = dropout(&h, self.cfg.dropout, mode, i as u64)?;
+                h = dropout(&h, self.m.dropout, mode, i as u64)?;
             } else {
-                h = layer.forward_blc(&h)?; // [B, D, K]
+                h = layer.forward_blc(&h)?; // [B, D, P]
             }
         }
         Ok(h)
     }
 
     fn receptive_field(&self) -> usize {
-        self.cfg.receptive_field()
+        self.cfg.receptive_field(self.m.dim())
     }
 
     fn stepper(
@@ -194,7 +229,7 @@ impl<'a> CachedStack<'a> {
         let layers = net
             .layers
             .iter()
-            .map(|l| Ok(l.stepper(net.cfg.length, batch)?.with_arithmetic(arithmetic)))
+            .map(|l| Ok(l.stepper(net.m.dim(), batch)?.with_arithmetic(arithmetic)))
             .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(Self { net, layers, t: 0 })
     }
@@ -202,10 +237,10 @@ impl<'a> CachedStack<'a> {
 
 impl Stepper for CachedStack<'_> {
     fn step(&mut self, prev: Option<&[u32]>) -> Result<Vec<Vec<f32>>> {
-        let (t, cfg) = (self.t, &self.net.cfg);
+        let (t, cfg, m) = (self.t, &self.net.cfg, &self.net.m);
         // The value drawn at t − 1 enters the first layer's inputs.
         if let Some(prev) = prev {
-            self.layers[0].set(t - 1..t, &cfg.input.encode_values(prev, cfg.num_values));
+            self.layers[0].set(t - 1..t, &m.input.encode_values(prev, m.num_values));
         }
         let n = self.layers.len();
         let mut out = vec![];
@@ -222,48 +257,43 @@ impl Stepper for CachedStack<'_> {
             }
         }
         self.t += 1;
-        let k = cfg.num_values;
-        Ok(out.chunks(k).map(|r| r.to_vec()).collect())
+        Ok(out.chunks(m.outputs_per_position()).map(|r| r.to_vec()).collect())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::models::{Arm, ModelConfig};
+    use crate::models::{Arm, Network};
     use candle_core::{DType, Device};
 
-    fn tiny(k: usize, d: usize, dilations: Vec<usize>, input: InputEncoding) -> ModelConfig {
-        ModelConfig::CausalConv(Config {
-            num_values: k,
-            length: d,
+    fn tiny(k: usize, d: usize, dilations: Vec<usize>) -> ModelConfig {
+        let net = Config {
             hidden: 5,
             kernel: 2,
             dilations,
-            layer_types: None,
-            leaky_slope: 0.01,
-            input,
-            dropout: 0.0,
-        })
+            ..Config::default()
+        };
+        ModelConfig::sequence(Network::CausalConv(net), k, d)
     }
 
     #[test]
     fn receptive_field_is_the_sum_of_reaches() {
-        let ModelConfig::CausalConv(seed) = crate::config::RunConfig::seed().model else {
+        let Network::CausalConv(seed) = crate::config::RunConfig::seed().model.network else {
             unreachable!()
         };
-        assert_eq!(seed.receptive_field(), 25); // 7 (type A) + 3 × 6
+        assert_eq!(seed.receptive_field(64), 25); // 7 (type A) + 3 × 6
         let dilated = Config {
             dilations: vec![1, 2, 4, 8],
             kernel: 2,
             ..Config::default()
         };
-        assert_eq!(dilated.receptive_field(), 2 + 2 + 4 + 8);
+        assert_eq!(dilated.receptive_field(64), 2 + 2 + 4 + 8);
     }
 
     #[test]
     fn values_outside_0_to_k_minus_1_are_refused() -> Result<()> {
-        let arm = Arm::new(&tiny(3, 4, vec![1], InputEncoding::Raw), 0, DType::F32, &Device::Cpu)?;
+        let arm = Arm::new(&tiny(3, 4, vec![1]), 0, DType::F32, &Device::Cpu)?;
         let x = Tensor::new(&[[0u32, 1, 3, 2]], &Device::Cpu)?;
         let e = arm.log_prob(&x).unwrap_err().to_string();
         assert!(e.contains("value 3 at position 2 is outside 0..2"), "{e}");
@@ -273,13 +303,17 @@ mod tests {
     /// A kernel far wider than the sequence is refused before any weight is allocated.
     #[test]
     fn absurd_kernels_are_refused() {
-        let ModelConfig::CausalConv(mut c) = tiny(3, 4, vec![1], InputEncoding::Raw) else {
+        let mut m = tiny(3, 4, vec![1]);
+        let Network::CausalConv(c) = &mut m.network else {
             unreachable!()
         };
         c.kernel = 100_000_000;
-        let e = c.validate().unwrap_err().to_string();
-        assert!(e.contains("too large"), "{e}");
+        let e = m.validate().unwrap_err().to_string();
+        assert!(e.contains("model.kernel = 100000000 exceeds"), "{e}");
+        let Network::CausalConv(c) = &mut m.network else {
+            unreachable!()
+        };
         c.kernel = 5; // exactly the whole sequence and one more: fine
-        c.validate().unwrap();
+        m.validate().unwrap();
     }
 }

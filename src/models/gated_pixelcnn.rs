@@ -27,20 +27,16 @@ use candle_core::Tensor;
 use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 
-use super::image_head::{self, ColourMixture, HeadStepper, ImageHead};
-use super::pixelcnn::one_hot;
-use super::{Arithmetic, CausalNet, InputEncoding, Stepper};
+use super::image_head::{HeadStepper, ImageHead};
+use super::{at_most, ArchFlags, Arithmetic, CausalNet, Family, InputEncoding, ModelConfig, Stepper};
 use crate::error::{Error, Result};
-use crate::likelihood::Likelihood;
+use crate::limits;
 use crate::nn::masked_conv2d::{horizontal_plan, reach, reach_down_shift, union, vertical_plan};
 use crate::nn::{conv1x1, dropout, gate, planned_conv2d, ConvType, Mode, PlannedConv2d, StepConv};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    pub num_values: usize,
-    pub height: usize,
-    pub width: usize,
     pub channels: usize,     // C: gated units per stack
     pub first_kernel: usize, // 7 in the paper
     pub layers: usize,       // gated layers after the first
@@ -49,37 +45,39 @@ pub struct Config {
     /// Condition on a class label in 0..num_classes (digits: 10); none for an unconditional model.
     #[serde(default)]
     pub num_classes: Option<usize>,
-    #[serde(default = "one_hot")]
-    pub input: InputEncoding,
-    /// Dropout on the horizontal stack's gated output, in training.
-    #[serde(default)]
-    pub dropout: f64,
-    /// A discretized logistic mixture of this many components (PixelCNN++) instead of the categorical
-    /// softmax over the K values.
-    #[serde(default)]
-    pub n_mix: Option<usize>,
-    /// Colour channels per pixel: 1 (gray) or 3 (RGB), generated in that order within each pixel.
-    #[serde(default = "super::pixelcnn::one")]
-    pub colors: usize,
-    /// Colour images with a mixture: `pixel` (PixelCNN++) or `per_colour` (see `image_head`).
-    #[serde(default, skip_serializing_if = "super::is_default")]
-    pub colour_mixture: ColourMixture,
     /// Residual connections and dropout on the vertical stack too (after the first layer), as PixelCNN++'s
     /// down-shifted stream has; the paper's vertical stack has neither.
     #[serde(default, skip_serializing_if = "super::is_default")]
     pub vertical_residual: bool,
 }
 
-impl Config {
-    /// Values per example: H·W·colors.
-    pub fn dim(&self) -> usize {
-        self.height * self.width * self.colors
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            channels: 64,
+            first_kernel: 7,
+            layers: 6,
+            kernel: 3,
+            head_hidden: 128,
+            num_classes: None,
+            vertical_residual: false,
+        }
     }
+}
 
-    pub fn validate(&self) -> Result<()> {
+/// The input is one-hot by default; dropout (the model's) applies to the horizontal stack's gated output
+/// (and the vertical one's, with `vertical_residual`), in training.
+impl Family for Config {
+    fn validate(&self, m: &ModelConfig) -> Result<()> {
+        at_most("channels", self.channels, limits::MAX_WIDTH)?;
+        at_most("head_hidden", self.head_hidden, limits::MAX_WIDTH)?;
+        at_most("layers", self.layers, limits::MAX_LAYERS)?;
+        at_most("num_classes", self.num_classes.unwrap_or(1), limits::MAX_CLASSES)?;
+        at_most("first_kernel", self.first_kernel, 2 * limits::MAX_SIDE + 1)?;
+        at_most("kernel", self.kernel, 2 * limits::MAX_SIDE + 1)?;
         let bad = |m: String| Err(Error::Config(format!("gated_pixelcnn: {m}")));
-        if self.num_values < 2 || self.height == 0 || self.width == 0 || self.channels == 0 || self.head_hidden == 0 {
-            return bad("num_values ≥ 2; height, width, channels and head_hidden ≥ 1".into());
+        if self.channels == 0 || self.head_hidden == 0 {
+            return bad("channels and head_hidden must be at least 1".into());
         }
         if self.first_kernel.is_multiple_of(2)
             || self.kernel.is_multiple_of(2)
@@ -94,14 +92,7 @@ impl Config {
         if self.num_classes == Some(0) {
             return bad("num_classes must be at least 1".into());
         }
-        if self.n_mix == Some(0) {
-            return bad("n_mix must be at least 1".into());
-        }
-        if self.colors == 0 {
-            return bad("colors must be at least 1".into());
-        }
-        image_head::check("gated_pixelcnn", self.colors, self.likelihood(), self.colour_mixture)?;
-        let masks = self.network_colours();
+        let masks = m.network_colours();
         if !self.channels.is_multiple_of(masks) || !self.head_hidden.is_multiple_of(masks) {
             return bad(format!(
                 "channels ({}) and head_hidden ({}) must be multiples of colors ({masks}): each colour gets its own \
@@ -109,20 +100,56 @@ impl Config {
                 self.channels, self.head_hidden
             ));
         }
-        let extent = (2 * self.height.max(self.width)).max(8); // a kernel spans both sides of its centre
+        let extent = (2 * m.height().max(m.width())).max(8); // a kernel spans both sides of its centre
         super::check_kernel_size("gated_pixelcnn", self.first_kernel, 1, extent)?;
-        super::check_kernel_size("gated_pixelcnn", self.kernel, 1, extent)?;
-        super::check_dropout(self.dropout)
+        super::check_kernel_size("gated_pixelcnn", self.kernel, 1, extent)
     }
 
-    /// The per-pixel distribution.
-    pub fn likelihood(&self) -> Likelihood {
-        Likelihood::for_values(self.num_values, self.n_mix)
+    fn param_estimate(&self, m: &ModelConfig, out: u128) -> u128 {
+        let w = limits::wide;
+        let (cin, ch, hh) = (
+            w(m.input.channels(m.num_values) * m.colors()),
+            w(self.channels),
+            w(self.head_hidden),
+        );
+        let (k1, k) = (w(self.first_kernel), w(self.kernel));
+        let classes = w(self.num_classes.unwrap_or(0));
+        let layer = |cin: u128, k: u128| {
+            2 * cin * ch * k * (k / 2 + 1)
+                + 2 * cin * ch * (k / 2 + 1)
+                + 4 * ch * ch
+                + ch * ch
+                + 4 * classes * ch
+                + 8 * ch
+        };
+        layer(cin, k1) + w(self.layers) * layer(ch, k) + ch * hh + hh * out * w(m.colors()) + hh
     }
 
-    /// The colours the network's channels are split into (1: no colour masks).
-    fn network_colours(&self) -> usize {
-        image_head::network_colours(self.colors, self.likelihood(), self.colour_mixture)
+    fn activation_shape(&self, _m: &ModelConfig) -> (usize, usize, usize) {
+        (6 * self.channels.max(self.head_hidden), self.layers + 1, 0)
+    }
+
+    fn build(&self, m: &ModelConfig, vb: VarBuilder) -> Result<Box<dyn CausalNet>> {
+        Ok(Box::new(GatedPixelCnn::new(m, self, vb)?))
+    }
+
+    fn default_input(&self) -> Option<InputEncoding> {
+        Some(InputEncoding::OneHot)
+    }
+
+    fn is_2d(&self) -> bool {
+        true
+    }
+
+    fn num_classes(&self) -> Option<usize> {
+        self.num_classes
+    }
+
+    fn apply(&mut self, f: &ArchFlags) -> Result<()> {
+        self.channels = f.hidden.unwrap_or(self.channels);
+        self.kernel = f.kernel.unwrap_or(self.kernel);
+        self.layers = f.layers.unwrap_or(self.layers);
+        f.refuse("gated_pixelcnn", &[("--dilations", f.dilations.is_some())])
     }
 }
 
@@ -140,7 +167,7 @@ struct GatedLayer {
 const VERTICAL_SALT: u64 = 0x5645_5254; // "VERT"
 
 impl GatedLayer {
-    fn new(c_in: usize, cfg: &Config, first: bool, vb: VarBuilder) -> Result<Self> {
+    fn new(c_in: usize, m: &ModelConfig, cfg: &Config, first: bool, vb: VarBuilder) -> Result<Self> {
         let (c, k) = (cfg.channels, if first { cfg.first_kernel } else { cfg.kernel });
         let mask = if first { ConvType::A } else { ConvType::B };
         let cond = match cfg.num_classes {
@@ -154,7 +181,7 @@ impl GatedLayer {
             None => None,
         };
         // Colour masks: the first horizontal layer keeps its centre tap, with a colour mask A on it.
-        let colors = cfg.network_colours();
+        let colors = m.network_colours();
         let plan = if colors > 1 { ConvType::B } else { mask };
         let horizontal = planned_conv2d(
             c_in,
@@ -210,28 +237,30 @@ pub struct GatedPixelCnn {
     layers: Vec<GatedLayer>,
     head: ImageHead,
     cfg: Config,
+    m: ModelConfig,
 }
 
 impl GatedPixelCnn {
-    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
-        cfg.validate()?;
-        let c_in = cfg.colors * cfg.input.channels(cfg.num_values);
-        let mut layers = vec![GatedLayer::new(c_in, cfg, true, vb.pp("layers").pp(0))?];
+    pub fn new(m: &ModelConfig, cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        cfg.validate(m)?;
+        let c_in = m.colors() * m.input.channels(m.num_values);
+        let mut layers = vec![GatedLayer::new(c_in, m, cfg, true, vb.pp("layers").pp(0))?];
         for i in 1..=cfg.layers {
-            layers.push(GatedLayer::new(cfg.channels, cfg, false, vb.pp("layers").pp(i))?);
+            layers.push(GatedLayer::new(cfg.channels, m, cfg, false, vb.pp("layers").pp(i))?);
         }
         let head = ImageHead::new(
             cfg.channels,
             cfg.head_hidden,
-            cfg.colors,
-            cfg.likelihood(),
-            cfg.colour_mixture,
+            m.colors(),
+            m.likelihood(),
+            m.colour_mixture(),
             vb,
         )?;
         Ok(Self {
             layers,
             head,
             cfg: cfg.clone(),
+            m: m.clone(),
         })
     }
 }
@@ -247,26 +276,26 @@ impl CausalNet for GatedPixelCnn {
 
     fn forward_labelled(&self, x: &Tensor, labels: Option<&Tensor>, mode: Mode) -> Result<Tensor> {
         let (b, d) = x.dims2()?;
-        let (hh, w, k) = (self.cfg.height, self.cfg.width, self.cfg.num_values);
-        if d != self.cfg.dim() {
+        let (hh, w, k) = (self.m.height(), self.m.width(), self.m.num_values);
+        if d != self.m.dim() {
             return Err(Error::Config(format!(
                 "gated_pixelcnn: input has {d} values per example, the model is {hh}×{w}×{}",
-                self.cfg.colors
+                self.m.colors()
             )));
         }
         super::check_labels(self.cfg.num_classes, labels, b)?;
         let dtype = self.layers[0].vertical.weight().dtype();
-        let e = self.cfg.input.encode(x, k, dtype)?.reshape((b, hh, w, ()))?; // [B, H, W, C_in]
+        let e = self.m.input.encode(x, k, dtype)?.reshape((b, hh, w, ()))?; // [B, H, W, C_in]
         let (mut v, mut h) = (e.clone(), e);
         for (i, layer) in self.layers.iter().enumerate() {
-            (v, h) = layer.forward(&v, &h, labels, mode, i as u64, self.cfg.dropout)?;
+            (v, h) = layer.forward(&v, &h, labels, mode, i as u64, self.m.dropout)?;
         }
         self.head.forward(&h, x)
     }
 
     /// Input pixels that θ of the last pixel depends on (traced through both stacks' tap plans).
     fn receptive_field(&self) -> usize {
-        let (h, w) = (self.cfg.height, self.cfg.width);
+        let (h, w) = (self.m.height(), self.m.width());
         let mut sh = vec![vec![false; w]; h]; // what the horizontal stack's output needs, per layer input
         sh[h - 1][w - 1] = true;
         let mut sv = vec![vec![false; w]; h];
@@ -282,7 +311,7 @@ impl CausalNet for GatedPixelCnn {
             (sh, sv) = (from_h, from_v);
         }
         // Every colour of each earlier pixel seen, and the last pixel's own earlier colours.
-        let colors = self.cfg.colors;
+        let colors = self.m.colors();
         union(&sh, &sv).iter().flatten().filter(|&&v| v).count() * colors + colors - 1
     }
 
@@ -324,7 +353,7 @@ pub struct GatedStepper<'a> {
 
 impl<'a> GatedStepper<'a> {
     fn new(net: &'a GatedPixelCnn, batch: usize, labels: Option<&[u32]>, arithmetic: Arithmetic) -> Result<Self> {
-        let grid = (net.cfg.height, net.cfg.width);
+        let grid = (net.m.height(), net.m.width());
         let step =
             |c: &PlannedConv2d, grid| -> Result<StepConv> { Ok(c.stepper(grid, batch)?.with_arithmetic(arithmetic)) };
         let rows_for = |table: &Tensor, labels: &[u32]| -> Result<Vec<f32>> {
@@ -364,7 +393,7 @@ impl<'a> GatedStepper<'a> {
     /// Runs the vertical stack over row `y − 1` (all of it known now) and keeps what row `y`'s horizontal
     /// stack reads from it; row 0 reads the down-shift's zero padding.
     fn start_row(&mut self, y: usize) {
-        let (w, b, c) = (self.net.cfg.width, self.batch, self.net.cfg.channels);
+        let (w, b, c) = (self.net.m.width(), self.batch, self.net.cfg.channels);
         if y == 0 {
             for layer in &mut self.layers {
                 layer.from_above = layer.v_to_h.pointwise(&vec![0.0; w * b * 2 * c]);
@@ -396,11 +425,11 @@ impl<'a> GatedStepper<'a> {
 impl Stepper for GatedStepper<'_> {
     fn step(&mut self, prev: Option<&[u32]>) -> Result<Vec<Vec<f32>>> {
         // Step d is colour d % colors of pixel d / colors; a colour image's pixel is computed once per colour.
-        let (d, cfg) = (self.d, &self.net.cfg);
-        let (w, b, c, colors) = (cfg.width, self.batch, cfg.channels, cfg.colors);
+        let (d, cfg, m) = (self.d, &self.net.cfg, &self.net.m);
+        let (w, b, c, colors) = (m.width(), self.batch, cfg.channels, m.colors());
         if let Some(prev) = prev {
             // The value drawn at d − 1 enters its pixel's inputs of the first layer, vertical and horizontal.
-            let e = cfg.input.encode_values(prev, cfg.num_values);
+            let e = m.input.encode_values(prev, m.num_values);
             let (px, offset) = ((d - 1) / colors, (d - 1) % colors * (e.len() / prev.len()));
             self.layers[0].vertical.set_channels(px, offset, &e);
             self.layers[0].horizontal.set_channels(px, offset, &e);

@@ -54,17 +54,6 @@ pub(crate) fn network_colours(colors: usize, likelihood: Likelihood, mixture: Co
     }
 }
 
-/// Refuses a pixel mixture for anything but 3 colours (PixelCNN++'s layout is R, G, B).
-pub(crate) fn check(family: &str, colors: usize, likelihood: Likelihood, mixture: ColourMixture) -> Result<()> {
-    if is_pixel_mixture(colors, likelihood, mixture) && colors != 3 {
-        return Err(Error::Config(format!(
-            "{family}: colour_mixture = \"pixel\" is PixelCNN++'s R, G, B mixture and needs colors = 3, not \
-             {colors}; use colour_mixture = \"per_colour\""
-        )));
-    }
-    Ok(())
-}
-
 pub(crate) struct ImageHead {
     hidden: PlannedConv2d,
     out: PlannedConv2d,

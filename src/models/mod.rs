@@ -1,5 +1,7 @@
-//! An ARM is a causal network + a per-dimension distribution + an ordering (raster order, here):
-//! p(x) = Π_d p(x_d | θ_d(x_<d)). One file per network family; this file holds the shared interface.
+//! An ARM is a causal network + a per-dimension distribution + an ordering: p(x) = Π_d p(x_d | θ_d(x_<d)).
+//! [`ModelConfig`] describes one — shape × network × likelihood, the ordering following from the shape — and
+//! [`Arm`] is the built model. One file per network family (its settings and a [`Family`] implementation,
+//! its network, its stepper), one line per family in the registry ([`families!`] below).
 
 pub mod causal_conv;
 pub mod gated_pixelcnn;
@@ -10,6 +12,7 @@ pub mod rnn;
 pub mod wavenet;
 
 use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -17,6 +20,7 @@ use crate::likelihood::Likelihood;
 use crate::limits;
 pub use crate::nn::{Arithmetic, Mode};
 use crate::params::ParamStore;
+pub use image_head::ColourMixture;
 
 /// The shared causal network of an ARM.
 pub trait CausalNet: Send + Sync {
@@ -128,22 +132,317 @@ impl InputEncoding {
     }
 }
 
-/// Every model family, chosen by `kind = "..."` in a config file.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum ModelConfig {
-    /// The seed chapter's stack of causal 1-D convolutions (optionally dilated).
-    CausalConv(causal_conv::Config),
-    /// Finite memory: an MLP of the last m values.
-    Mlp(mlp::Config),
-    /// LSTM or GRU over the previous values.
-    Rnn(rnn::Config),
-    /// Gated residual blocks of dilated causal convolutions.
-    Wavenet(wavenet::Config),
-    /// Masked 2-D convolutions over an image in raster order.
-    Pixelcnn(pixelcnn::Config),
-    /// Vertical and horizontal gated stacks, no blind spot, optional class conditioning.
-    GatedPixelcnn(gated_pixelcnn::Config),
+/// The registry of network families: one line each, `Variant(module::Config) = "kind"`. The `kind` names the
+/// family in a config file (`kind = "wavenet"`) and on the command line; everything else a family is — its
+/// settings, their checks, its estimates and how it is built — is its [`Family`] implementation, in its file.
+macro_rules! families {
+    ($($variant:ident($config:ty) = $kind:literal, $about:literal;)*) => {
+        /// A network family and its own settings, chosen by `kind = "..."` in a config file.
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(tag = "kind")]
+        pub enum Network {
+            $(#[doc = $about] #[serde(rename = $kind)] $variant($config),)*
+        }
+
+        impl Network {
+            /// The family's interface.
+            pub fn family(&self) -> &dyn Family {
+                match self {
+                    $(Network::$variant(c) => c,)*
+                }
+            }
+            /// The family's name, as `kind` in a config file.
+            pub fn kind(&self) -> &'static str {
+                match self {
+                    $(Network::$variant(_) => $kind,)*
+                }
+            }
+            /// The family's interface, to change its settings.
+            pub fn family_mut(&mut self) -> &mut dyn Family {
+                match self {
+                    $(Network::$variant(c) => c,)*
+                }
+            }
+        }
+
+        /// Every family: its `kind` and what it is, in words (`armory info --families`, `--help`).
+        pub const FAMILIES: &[(&str, &str)] = &[$(($kind, $about),)*];
+    };
+}
+
+families! {
+    CausalConv(causal_conv::Config) = "causal_conv", "The seed chapter's stack of causal 1-D convolutions (optionally dilated).";
+    Mlp(mlp::Config) = "mlp", "Finite memory: an MLP of the last m values.";
+    Rnn(rnn::Config) = "rnn", "LSTM or GRU over the previous values.";
+    Wavenet(wavenet::Config) = "wavenet", "Gated residual blocks of dilated causal convolutions.";
+    Pixelcnn(pixelcnn::Config) = "pixelcnn", "Masked 2-D convolutions over an image in raster order.";
+    GatedPixelcnn(gated_pixelcnn::Config) = "gated_pixelcnn", "Vertical and horizontal gated stacks, no blind spot, optional class conditioning.";
+}
+
+/// What a network family provides. Each family's `Config` holds its own settings only (layers, channels,
+/// kernels); the shape of the data, the values, the input encoding, the likelihood and dropout are the
+/// [`ModelConfig`]'s, passed in as `m`.
+pub trait Family: std::fmt::Debug + Send + Sync {
+    /// Checks the family's settings against the model (`m`), so that a config that passes can be built:
+    /// every size within its limit (see [`crate::limits`]) first, then what would break causality or could
+    /// not be built.
+    fn validate(&self, m: &ModelConfig) -> Result<()>;
+    /// An upper estimate of the parameter count (within a small factor of the exact one), given `out`, the
+    /// outputs per position, from sizes `validate` has bounded.
+    fn param_estimate(&self, m: &ModelConfig, out: u128) -> u128;
+    /// For the activation-memory estimate: floats one layer computes per position, the layers whose
+    /// activations a training step keeps, and the positions of padding a layer adds.
+    fn activation_shape(&self, m: &ModelConfig) -> (usize, usize, usize);
+    /// Builds the network, its weights drawn through `vb`.
+    fn build(&self, m: &ModelConfig, vb: VarBuilder) -> Result<Box<dyn CausalNet>>;
+    /// The input encoding when the config gives none; `None` for a family whose values enter some other way
+    /// (the RNN's embedding), which refuses an `input` setting.
+    fn default_input(&self) -> Option<InputEncoding> {
+        Some(InputEncoding::Raw)
+    }
+    /// Whether the family convolves images in two dimensions (and so needs `height` and `width`); the
+    /// others read any shape as one sequence in the model's [`Ordering`].
+    fn is_2d(&self) -> bool {
+        false
+    }
+    /// The classes a class-conditional network is conditioned on.
+    fn num_classes(&self) -> Option<usize> {
+        None
+    }
+    /// Applies the architecture flags of the command line (`--hidden`, `--kernel`, `--dilations`,
+    /// `--layers`), refusing those that do not apply to the family.
+    fn apply(&mut self, flags: &ArchFlags) -> Result<()>;
+}
+
+/// Architecture settings given on the command line, each optional; a family maps them onto its own
+/// settings ([`Family::apply`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ArchFlags {
+    pub hidden: Option<usize>,
+    pub kernel: Option<usize>,
+    pub dilations: Option<Vec<usize>>,
+    pub layers: Option<usize>,
+}
+
+impl ArchFlags {
+    /// An error for the flags given that `family` has no use for (`what`: which, and what to do instead).
+    pub fn refuse(&self, family: &str, what: &[(&str, bool)]) -> Result<()> {
+        match what.iter().find(|(_, given)| *given) {
+            Some((flag, _)) => Err(Error::Config(format!("{flag} does not apply to the {family} family"))),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The shape of one example: a sequence, or an image of `colors` channels (generated in the model's
+/// [`Ordering`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    Sequence { length: usize },
+    Image { height: usize, width: usize, colors: usize },
+}
+
+impl Shape {
+    /// Values per example, D.
+    pub fn dim(&self) -> usize {
+        match *self {
+            Shape::Sequence { length } => length,
+            Shape::Image { height, width, colors } => height * width * colors,
+        }
+    }
+    /// The order its values are generated in.
+    pub fn ordering(&self) -> Ordering {
+        match *self {
+            Shape::Sequence { length } => Ordering {
+                height: 1,
+                width: length,
+                colors: 1,
+            },
+            Shape::Image { height, width, colors } => Ordering { height, width, colors },
+        }
+    }
+}
+
+/// The order an ARM generates the values of an example in: raster order over the pixels (rows top to
+/// bottom, each left to right), and within a pixel its colours in turn (R before G before B), so position
+/// d holds colour d % colors of pixel d / colors ("pixel-major"). A sequence is one row of one colour. The
+/// data transforms ([`crate::data::transform::to_pixel_major`]), the colour masks of the 2-D families and
+/// their steppers all read it from here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ordering {
+    pub height: usize,
+    pub width: usize,
+    pub colors: usize,
+}
+
+impl Ordering {
+    /// Values per example.
+    pub fn len(&self) -> usize {
+        self.height * self.width * self.colors
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The position of colour `colour` of the pixel at (`row`, `col`).
+    pub fn position(&self, row: usize, col: usize, colour: usize) -> usize {
+        (row * self.width + col) * self.colors + colour
+    }
+    /// (pixel index in raster order, colour) of position `d`.
+    pub fn pixel_and_colour(&self, d: usize) -> (usize, usize) {
+        (d / self.colors, d % self.colors)
+    }
+    /// (row, column, colour) of position `d`.
+    pub fn coords(&self, d: usize) -> (usize, usize, usize) {
+        let (p, c) = self.pixel_and_colour(d);
+        (p / self.width, p % self.width, c)
+    }
+    /// The position in this order of the value at `index` of a channel-major (`[C, H, W]`, the layout of
+    /// image files) example.
+    pub fn from_channel_major(&self, index: usize) -> usize {
+        let plane = self.height * self.width;
+        let (c, p) = (index / plane, index % plane);
+        p * self.colors + c
+    }
+}
+
+/// The per-position distribution of a model, over its `num_values` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Distribution {
+    /// A softmax over the K values.
+    Categorical,
+    /// PixelCNN++'s discretized logistic mixture of `n_mix` components over K bins; for colour images,
+    /// `colours` says how a pixel's colours are tied together (see [`image_head`]).
+    LogisticMixture { n_mix: usize, colours: ColourMixture },
+}
+
+/// A model: the shape of its data and the values they take, how values enter the network, the network
+/// (a family and its settings), the per-position distribution, and dropout; the ordering follows from the
+/// shape ([`Shape::ordering`]). Written in a config file as one flat `[model]` table:
+///
+/// ```toml
+/// [model]
+/// kind = "wavenet"          # the network family (see FAMILIES) and its settings:
+/// residual_channels = 64
+/// skip_channels = 64
+/// kernel = 2
+/// dilations = [1, 2, 4, 8, 16, 32]
+/// num_values = 17           # values 0..16
+/// length = 64               # or: height = 8, width = 8 (colors = 1)
+/// input = "one_hot"         # the family's default when left out
+/// n_mix = 5                 # a discretized logistic mixture; left out: the categorical
+/// dropout = 0.1
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelConfig {
+    pub network: Network,
+    pub shape: Shape,
+    pub num_values: usize,
+    pub input: InputEncoding,
+    pub distribution: Distribution,
+    pub dropout: f64,
+}
+
+/// The flat table of a config file (see [`ModelConfig`]).
+#[derive(Serialize, Deserialize)]
+#[serde(rename = "ModelConfig")]
+struct Flat {
+    #[serde(flatten)]
+    network: Network,
+    num_values: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    length: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    height: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    width: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    colors: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    input: Option<InputEncoding>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    n_mix: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    colour_mixture: Option<ColourMixture>,
+    #[serde(default)]
+    dropout: f64,
+}
+
+impl Flat {
+    fn resolve(self) -> std::result::Result<ModelConfig, String> {
+        let family = self.network.family();
+        let shape = match (self.length, self.height, self.width) {
+            (Some(length), None, None) if self.colors.is_none() => Shape::Sequence { length },
+            (None, Some(height), Some(width)) => Shape::Image {
+                height,
+                width,
+                colors: self.colors.unwrap_or(1),
+            },
+            (None, None, None) => return Err("give the data's shape: length, or height and width".into()),
+            _ => {
+                return Err(
+                    "give either length (a sequence) or height and width (an image, with colors), not a mix".into(),
+                )
+            }
+        };
+        let input = match (family.default_input(), self.input) {
+            (Some(_), Some(input)) => input,
+            (Some(default), None) => default,
+            (None, None) => InputEncoding::Raw,
+            (None, Some(_)) => {
+                return Err("this family takes no `input` setting: its values enter through a learned embedding".into())
+            }
+        };
+        let distribution = match (self.n_mix, self.colour_mixture) {
+            (Some(n_mix), colours) => Distribution::LogisticMixture {
+                n_mix,
+                colours: colours.unwrap_or_default(),
+            },
+            (None, None) => Distribution::Categorical,
+            (None, Some(_)) => return Err("colour_mixture needs a logistic mixture (n_mix)".into()),
+        };
+        Ok(ModelConfig {
+            network: self.network,
+            shape,
+            num_values: self.num_values,
+            input,
+            distribution,
+            dropout: self.dropout,
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for ModelConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        Flat::deserialize(d)?.resolve().map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for ModelConfig {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let (length, height, width, colors) = match self.shape {
+            Shape::Sequence { length } => (Some(length), None, None, None),
+            Shape::Image { height, width, colors } => (None, Some(height), Some(width), Some(colors)),
+        };
+        let (n_mix, colour_mixture) = match self.distribution {
+            Distribution::Categorical => (None, None),
+            Distribution::LogisticMixture { n_mix, colours } => {
+                (Some(n_mix), (colors.unwrap_or(1) > 1).then_some(colours))
+            }
+        };
+        Flat {
+            network: self.network.clone(),
+            num_values: self.num_values,
+            length,
+            height,
+            width,
+            colors,
+            input: self.network.family().default_input().map(|_| self.input),
+            n_mix,
+            colour_mixture,
+            dropout: self.dropout,
+        }
+        .serialize(s)
+    }
 }
 
 /// Kernels wider than the data (`extent` positions) only ever read padding there, and absurd sizes would
@@ -157,33 +456,137 @@ pub(crate) fn check_kernel_size(what: &str, kernel: usize, dilation: usize, exte
     Ok(())
 }
 
-/// Dropout probabilities live in [0, 1).
 /// For `skip_serializing_if`: settings left at their default stay out of a written config.
 pub(crate) fn is_default<T: Default + PartialEq>(t: &T) -> bool {
     *t == T::default()
 }
 
-pub(crate) fn check_dropout(p: f64) -> Result<()> {
-    if !(0.0..1.0).contains(&p) {
-        return Err(Error::Config(format!("dropout = {p} must be in [0, 1)")));
-    }
-    Ok(())
+/// `model.{what} = v` within `limit`.
+pub(crate) fn at_most(what: &str, v: usize, limit: usize) -> Result<()> {
+    limits::check(format!("model.{what}"), limits::wide(v), limits::wide(limit))
+}
+
+/// A dilation beyond the sequence only ever reads padding, and pads every layer by (kernel − 1) × it.
+pub(crate) fn check_dilations(d: &[usize], length: usize) -> Result<()> {
+    at_most("dilations (layers)", d.len(), limits::MAX_LAYERS)?;
+    let limit = length.max(limits::MAX_LAYERS);
+    d.iter()
+        .try_for_each(|&d| at_most("dilations entry (at most the length, or 1024)", d, limit))
 }
 
 impl ModelConfig {
+    /// A model of `network` over sequences of `length` values in 0..`num_values`, with the family's default
+    /// input encoding, the categorical distribution and no dropout.
+    pub fn sequence(network: Network, num_values: usize, length: usize) -> Self {
+        Self::with_shape(network, num_values, Shape::Sequence { length })
+    }
+
+    /// A model of `network` over `height × width` images of `colors` channels, values in 0..`num_values`,
+    /// with the family's default input encoding, the categorical distribution and no dropout.
+    pub fn image(network: Network, num_values: usize, height: usize, width: usize, colors: usize) -> Self {
+        Self::with_shape(network, num_values, Shape::Image { height, width, colors })
+    }
+
+    fn with_shape(network: Network, num_values: usize, shape: Shape) -> Self {
+        let input = network.family().default_input().unwrap_or_default();
+        Self {
+            network,
+            shape,
+            num_values,
+            input,
+            distribution: Distribution::Categorical,
+            dropout: 0.0,
+        }
+    }
+
+    /// The same model with a discretized logistic mixture of `n_mix` components (colour images: PixelCNN++'s
+    /// pixel mixture).
+    pub fn with_mixture(mut self, n_mix: usize) -> Self {
+        self.distribution = Distribution::LogisticMixture {
+            n_mix,
+            colours: ColourMixture::default(),
+        };
+        self
+    }
+
+    /// The same model with values entering the network as `input`.
+    pub fn with_input(mut self, input: InputEncoding) -> Self {
+        self.input = input;
+        self
+    }
+
+    /// The same model with dropout `p` in training.
+    pub fn with_dropout(mut self, p: f64) -> Self {
+        self.dropout = p;
+        self
+    }
+
+    /// The same model with a colour image's mixture tied by `colours` (a model with a mixture only).
+    pub fn with_colour_mixture(mut self, colours: ColourMixture) -> Self {
+        if let Distribution::LogisticMixture { n_mix, .. } = self.distribution {
+            self.distribution = Distribution::LogisticMixture { n_mix, colours };
+        }
+        self
+    }
+
+    /// The network family's interface.
+    pub fn family(&self) -> &dyn Family {
+        self.network.family()
+    }
+
     /// Rejects settings that cannot be built or that would break causality: every size within its limit
     /// (see [`crate::limits`]) and the model's parameter count, estimated before anything is allocated, within
     /// [`limits::MAX_PARAMS`]. A config that passes can be built.
     pub fn validate(&self) -> Result<()> {
-        self.check_limits()?;
-        match self {
-            ModelConfig::CausalConv(c) => c.validate(),
-            ModelConfig::Mlp(c) => c.validate(),
-            ModelConfig::Rnn(c) => c.validate(),
-            ModelConfig::Wavenet(c) => c.validate(),
-            ModelConfig::Pixelcnn(c) => c.validate(),
-            ModelConfig::GatedPixelcnn(c) => c.validate(),
-        }?;
+        use limits::*;
+        at_most("num_values", self.num_values, MAX_NUM_VALUES)?;
+        match self.shape {
+            Shape::Sequence { length } => at_most("length", length, MAX_DIM)?,
+            Shape::Image { height, width, colors } => {
+                at_most("height", height, MAX_SIDE)?;
+                at_most("width", width, MAX_SIDE)?;
+                at_most("colors", colors, 4)?;
+                at_most("height × width × colors", height * width * colors, MAX_DIM)?;
+            }
+        }
+        if let Distribution::LogisticMixture { n_mix, .. } = self.distribution {
+            at_most("n_mix", n_mix, MAX_COMPONENTS)?;
+        }
+        let bad = |m: String| Err(Error::Config(m));
+        if self.num_values < 2 {
+            return bad(format!(
+                "num_values = {}: a distribution needs at least 2 values",
+                self.num_values
+            ));
+        }
+        if self.dim() == 0 || self.ordering().colors == 0 {
+            return bad("the data's shape must be positive: length, or height, width and colors ≥ 1".into());
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return bad(format!("dropout = {} must be in [0, 1)", self.dropout));
+        }
+        let family = self.family();
+        if let Distribution::LogisticMixture { n_mix, colours } = self.distribution {
+            if n_mix == 0 {
+                return bad("n_mix must be at least 1".into());
+            }
+            let colors = self.ordering().colors;
+            if colors > 1 && colours == ColourMixture::Pixel && (colors != 3 || !family.is_2d()) {
+                return bad(format!(
+                    "colour_mixture = \"pixel\" is PixelCNN++'s R, G, B mixture, built into the image families' \
+                     head: it needs colors = 3 and a 2-D family (this is {colors} colours and {}); use \
+                     colour_mixture = \"per_colour\"",
+                    self.kind()
+                ));
+            }
+        }
+        if family.is_2d() && matches!(self.shape, Shape::Sequence { .. }) {
+            return bad(format!(
+                "{} convolves images: give height and width (and colors) instead of length",
+                self.kind()
+            ));
+        }
+        family.validate(self)?;
         limits::check(
             "model parameters (estimated)",
             self.param_estimate(),
@@ -191,159 +594,22 @@ impl ModelConfig {
         )
     }
 
-    /// Each size a config gives, against its limit, so that the products below cannot overflow.
-    fn check_limits(&self) -> Result<()> {
-        use limits::*;
-        let at_most = |what: &str, v: usize, limit: usize| check(format!("model.{what}"), wide(v), wide(limit));
-        let seq = |k: usize, length: usize| -> Result<()> {
-            at_most("num_values", k, MAX_NUM_VALUES)?;
-            at_most("length", length, MAX_DIM)
-        };
-        // A dilation beyond the sequence only ever reads padding, and pads every layer by (kernel − 1) × it.
-        let dilations = |d: &[usize], length: usize| -> Result<()> {
-            at_most("dilations (layers)", d.len(), MAX_LAYERS)?;
-            let limit = length.max(MAX_LAYERS);
-            d.iter()
-                .try_for_each(|&d| at_most("dilations entry (at most the length, or 1024)", d, limit))
-        };
-        let image = |k: usize, h: usize, w: usize, colors: usize, n_mix: Option<usize>| -> Result<()> {
-            at_most("num_values", k, MAX_NUM_VALUES)?;
-            at_most("height", h, MAX_SIDE)?;
-            at_most("width", w, MAX_SIDE)?;
-            at_most("colors", colors, 4)?;
-            at_most("n_mix", n_mix.unwrap_or(1), MAX_COMPONENTS)?;
-            at_most("height × width × colors", h * w * colors, MAX_DIM)
-        };
-        match self {
-            ModelConfig::CausalConv(c) => {
-                seq(c.num_values, c.length)?;
-                at_most("hidden", c.hidden, MAX_WIDTH)?;
-                at_most("kernel", c.kernel, c.length + 1)?;
-                dilations(&c.dilations, c.length)
-            }
-            ModelConfig::Mlp(c) => {
-                seq(c.num_values, c.length)?;
-                at_most("hidden", c.hidden, MAX_WIDTH)?;
-                at_most("memory", c.memory, MAX_DIM)
-            }
-            ModelConfig::Rnn(c) => {
-                seq(c.num_values, c.length)?;
-                at_most("hidden", c.hidden, MAX_WIDTH)?;
-                at_most("embedding", c.embedding, MAX_WIDTH)
-            }
-            ModelConfig::Wavenet(c) => {
-                seq(c.num_values, c.length)?;
-                at_most("residual_channels", c.residual_channels, MAX_WIDTH)?;
-                at_most("skip_channels", c.skip_channels, MAX_WIDTH)?;
-                at_most("kernel", c.kernel, c.length + 1)?;
-                dilations(&c.dilations, c.length)
-            }
-            ModelConfig::Pixelcnn(c) => {
-                image(c.num_values, c.height, c.width, c.colors, c.n_mix)?;
-                at_most("hidden", c.hidden, MAX_WIDTH)?;
-                at_most("head_hidden", c.head_hidden, MAX_WIDTH)?;
-                at_most("blocks", c.blocks, MAX_LAYERS)?;
-                at_most("first_kernel", c.first_kernel, 2 * MAX_SIDE + 1)?;
-                at_most("kernel", c.kernel, 2 * MAX_SIDE + 1)
-            }
-            ModelConfig::GatedPixelcnn(c) => {
-                image(c.num_values, c.height, c.width, c.colors, c.n_mix)?;
-                at_most("channels", c.channels, MAX_WIDTH)?;
-                at_most("head_hidden", c.head_hidden, MAX_WIDTH)?;
-                at_most("layers", c.layers, MAX_LAYERS)?;
-                at_most("num_classes", c.num_classes.unwrap_or(1), MAX_CLASSES)?;
-                at_most("first_kernel", c.first_kernel, 2 * MAX_SIDE + 1)?;
-                at_most("kernel", c.kernel, 2 * MAX_SIDE + 1)
-            }
-        }
+    /// The family's name, as `kind` in a config file.
+    pub fn kind(&self) -> &'static str {
+        self.network.kind()
     }
 
     /// An upper estimate of the parameter count (within a small factor of the exact one, which only the built
-    /// model knows), from sizes already checked by `check_limits`.
+    /// model knows), from sizes already checked by `validate`.
     pub fn param_estimate(&self) -> u128 {
-        use limits::wide;
-        let w = |n: usize| wide(n);
         // Outputs per position, whatever the likelihood (a pixel mixture has 10 per component).
         let out = match self.likelihood() {
-            Likelihood::Categorical { num_values } => w(num_values),
-            l @ Likelihood::LogisticMixture { n_mix, .. } => w(l.params_per_dim()) + 10 * w(n_mix),
-        };
-        let est = match self {
-            ModelConfig::CausalConv(c) => {
-                let (cin, h, l) = (w(c.input.channels(c.num_values)), w(c.hidden), w(c.dilations.len()));
-                w(c.kernel) * (cin * h + l * h * h + h * out) + l * h + out
-            }
-            ModelConfig::Mlp(c) => {
-                let (cin, h) = (w(c.input.channels(c.num_values)), w(c.hidden));
-                w(c.memory) * cin * h + h + h * out + out
-            }
-            ModelConfig::Rnn(c) => {
-                let (e, h) = (w(c.embedding), w(c.hidden));
-                (w(c.num_values) + 1) * e + 4 * (e * h + h * h + 2 * h) + h * out + out
-            }
-            ModelConfig::Wavenet(c) => {
-                let (cin, r, s, k) = (
-                    w(c.input.channels(c.num_values)),
-                    w(c.residual_channels),
-                    w(c.skip_channels),
-                    w(c.kernel),
-                );
-                let block = 2 * r * r * k + r * r + r * s + 4 * r + s;
-                cin * r * k + w(c.dilations.len()) * block + s * s + s * out + r + s + out
-            }
-            ModelConfig::Pixelcnn(c) => {
-                let (cin, h, hh) = (
-                    w(c.input.channels(c.num_values) * c.colors),
-                    w(c.hidden),
-                    w(c.head_hidden),
-                );
-                let (k1, k) = (w(c.first_kernel), w(c.kernel));
-                let block = h * h + h * h * k * k / 4 + 2 * h;
-                cin * h * k1 * k1 + h + w(c.blocks) * block + h * hh + hh * out * w(c.colors) + hh
-            }
-            ModelConfig::GatedPixelcnn(c) => {
-                let (cin, ch, hh) = (
-                    w(c.input.channels(c.num_values) * c.colors),
-                    w(c.channels),
-                    w(c.head_hidden),
-                );
-                let (k1, k) = (w(c.first_kernel), w(c.kernel));
-                let classes = w(c.num_classes.unwrap_or(0));
-                let layer = |cin: u128, k: u128| {
-                    2 * cin * ch * k * (k / 2 + 1)
-                        + 2 * cin * ch * (k / 2 + 1)
-                        + 4 * ch * ch
-                        + ch * ch
-                        + 4 * classes * ch
-                        + 8 * ch
-                };
-                layer(cin, k1) + w(c.layers) * layer(ch, k) + ch * hh + hh * out * w(c.colors) + hh
+            Likelihood::Categorical { num_values } => limits::wide(num_values),
+            l @ Likelihood::LogisticMixture { n_mix, .. } => {
+                limits::wide(l.params_per_dim()) + 10 * limits::wide(n_mix)
             }
         };
-        2 * est
-    }
-
-    /// Floats one layer computes per position (all its intermediate tensors), for the activation estimate.
-    fn width(&self) -> usize {
-        match self {
-            ModelConfig::CausalConv(c) => c.hidden,
-            ModelConfig::Mlp(c) => c.hidden + c.memory * c.input.channels(c.num_values),
-            ModelConfig::Rnn(c) => 5 * c.hidden + c.embedding,
-            ModelConfig::Wavenet(c) => 4 * c.residual_channels + c.skip_channels,
-            ModelConfig::Pixelcnn(c) => 2 * c.hidden.max(c.head_hidden),
-            ModelConfig::GatedPixelcnn(c) => 6 * c.channels.max(c.head_hidden),
-        }
-    }
-
-    /// Layers whose activations a training step keeps.
-    fn depth(&self) -> usize {
-        match self {
-            ModelConfig::CausalConv(c) => c.dilations.len(),
-            ModelConfig::Mlp(_) | ModelConfig::Rnn(_) => 1,
-            ModelConfig::Wavenet(c) => c.dilations.len() + 1,
-            ModelConfig::Pixelcnn(c) => c.blocks + 1,
-            ModelConfig::GatedPixelcnn(c) => c.layers + 1,
-        }
+        2 * self.family().param_estimate(self, out)
     }
 
     /// An estimate of the memory a training step on `batch` examples needs for activations and their
@@ -351,73 +617,80 @@ impl ModelConfig {
     /// and copied once (3 × f32).
     pub fn activation_bytes(&self, batch: usize) -> u128 {
         use limits::wide;
-        let per_position = wide(self.width()) * wide(self.depth())
-            + wide(self.likelihood().params_per_dim()) * 4
-            + wide(self.num_values()) * 2;
-        // A dilated causal convolution pads its input by (kernel − 1) × dilation positions.
-        let pad = match self {
-            ModelConfig::CausalConv(c) => c.kernel.saturating_sub(1) * c.dilations.iter().max().unwrap_or(&1),
-            ModelConfig::Wavenet(c) => c.kernel.saturating_sub(1) * c.dilations.iter().max().unwrap_or(&1),
-            _ => 0,
-        };
+        let (width, depth, pad) = self.family().activation_shape(self);
+        let per_position =
+            wide(width) * wide(depth) + wide(self.likelihood().params_per_dim()) * 4 + wide(self.num_values) * 2;
         wide(batch) * (wide(self.dim()) + wide(pad)) * per_position * 4 * 3
     }
 
     pub fn num_values(&self) -> usize {
-        match self {
-            ModelConfig::CausalConv(c) => c.num_values,
-            ModelConfig::Mlp(c) => c.num_values,
-            ModelConfig::Rnn(c) => c.num_values,
-            ModelConfig::Wavenet(c) => c.num_values,
-            ModelConfig::Pixelcnn(c) => c.num_values,
-            ModelConfig::GatedPixelcnn(c) => c.num_values,
-        }
+        self.num_values
     }
+    /// D, values per example.
     pub fn dim(&self) -> usize {
-        match self {
-            ModelConfig::CausalConv(c) => c.length,
-            ModelConfig::Mlp(c) => c.length,
-            ModelConfig::Rnn(c) => c.length,
-            ModelConfig::Wavenet(c) => c.length,
-            ModelConfig::Pixelcnn(c) => c.dim(),
-            ModelConfig::GatedPixelcnn(c) => c.dim(),
-        }
+        self.shape.dim()
     }
-    /// (colours, height, width) of the images a 2-D model draws; `None` for sequence models.
+    /// The order the values of an example are generated in.
+    pub fn ordering(&self) -> Ordering {
+        self.shape.ordering()
+    }
+    /// Rows of an image (1 for a sequence).
+    pub fn height(&self) -> usize {
+        self.ordering().height
+    }
+    /// Columns of an image (the length of a sequence).
+    pub fn width(&self) -> usize {
+        self.ordering().width
+    }
+    /// Colours per pixel (1 for a sequence).
+    pub fn colors(&self) -> usize {
+        self.ordering().colors
+    }
+    /// The colours the network's channels are split into by colour masks (1: none — gray images, sequences
+    /// and the pixel mixture, whose network sees only whole pixels before the current one).
+    pub fn network_colours(&self) -> usize {
+        image_head::network_colours(self.colors(), self.likelihood(), self.colour_mixture())
+    }
+    /// (colours, height, width) of the images a model of images draws; `None` for sequences.
     pub fn image_shape(&self) -> Option<(usize, usize, usize)> {
-        match self {
-            ModelConfig::Pixelcnn(c) => Some((c.colors, c.height, c.width)),
-            ModelConfig::GatedPixelcnn(c) => Some((c.colors, c.height, c.width)),
-            _ => None,
+        match self.shape {
+            Shape::Image { height, width, colors } => Some((colors, height, width)),
+            Shape::Sequence { .. } => None,
         }
     }
     pub fn likelihood(&self) -> Likelihood {
-        match self {
-            ModelConfig::Pixelcnn(c) => c.likelihood(),
-            ModelConfig::GatedPixelcnn(c) => c.likelihood(),
-            _ => Likelihood::Categorical {
-                num_values: self.num_values(),
+        match self.distribution {
+            Distribution::Categorical => Likelihood::Categorical {
+                num_values: self.num_values,
+            },
+            Distribution::LogisticMixture { n_mix, .. } => Likelihood::LogisticMixture {
+                num_values: self.num_values,
+                n_mix,
             },
         }
     }
+    /// How a colour image's mixture ties its colours together (the default for the categorical).
+    pub fn colour_mixture(&self) -> ColourMixture {
+        match self.distribution {
+            Distribution::LogisticMixture { colours, .. } => colours,
+            Distribution::Categorical => ColourMixture::default(),
+        }
+    }
+    /// Network outputs per position.
+    pub fn outputs_per_position(&self) -> usize {
+        self.likelihood().params_per_dim()
+    }
     /// The classes a class-conditional model is conditioned on; `None` for the others.
     pub fn num_classes(&self) -> Option<usize> {
-        match self {
-            ModelConfig::GatedPixelcnn(c) => c.num_classes,
-            _ => None,
-        }
+        self.family().num_classes()
     }
     /// The per-position distribution, in words (`armory info`).
     pub fn distribution(&self) -> String {
-        let (colors, mixture) = match self {
-            ModelConfig::Pixelcnn(c) => (c.colors, c.colour_mixture),
-            ModelConfig::GatedPixelcnn(c) => (c.colors, c.colour_mixture),
-            _ => (1, image_head::ColourMixture::default()),
-        };
+        let colors = self.ordering().colors;
         match self.likelihood() {
             Likelihood::Categorical { num_values } => format!("categorical (softmax) over {num_values} values"),
             l @ Likelihood::LogisticMixture { num_values, n_mix } => {
-                if image_head::is_pixel_mixture(colors, l, mixture) {
+                if self.family().is_2d() && image_head::is_pixel_mixture(colors, l, self.colour_mixture()) {
                     format!(
                         "PixelCNN++ RGB pixel mixture: {n_mix} discretized logistics over {num_values} bins shared \
                          by R, G and B, the means of G and B linear in the earlier colours"
@@ -429,17 +702,6 @@ impl ModelConfig {
                     )
                 }
             }
-        }
-    }
-    /// The dropout probability of the model, whatever its family.
-    pub fn dropout_mut(&mut self) -> &mut f64 {
-        match self {
-            ModelConfig::CausalConv(c) => &mut c.dropout,
-            ModelConfig::Mlp(c) => &mut c.dropout,
-            ModelConfig::Rnn(c) => &mut c.dropout,
-            ModelConfig::Wavenet(c) => &mut c.dropout,
-            ModelConfig::Pixelcnn(c) => &mut c.dropout,
-            ModelConfig::GatedPixelcnn(c) => &mut c.dropout,
         }
     }
 }
@@ -464,11 +726,11 @@ impl Arm {
     /// Builds the model of `config` with fresh parameters drawn from `seed`.
     ///
     /// ```
-    /// use armory::models::{causal_conv, Arm, ModelConfig};
+    /// use armory::models::{causal_conv, Arm, ModelConfig, Network};
     /// use candle_core::{DType, Device};
     ///
     /// // The seed ARM's network on 8×8 digits (17 values), with 8 channels instead of 256.
-    /// let cfg = ModelConfig::CausalConv(causal_conv::Config { hidden: 8, ..Default::default() });
+    /// let cfg = ModelConfig::sequence(Network::CausalConv(causal_conv::Config { hidden: 8, ..Default::default() }), 17, 64);
     /// let arm = Arm::new(&cfg, 0, DType::F32, &Device::Cpu)?;
     /// assert_eq!((arm.dim(), arm.num_values()), (64, 17));
     /// assert_eq!(arm.receptive_field(), 25); // 4 layers of kernel 7: 1 + 4·6 positions
@@ -478,14 +740,7 @@ impl Arm {
         config.validate()?;
         let params = ParamStore::new(seed);
         let vb = params.var_builder(dtype, device);
-        let net: Box<dyn CausalNet> = match config {
-            ModelConfig::CausalConv(c) => Box::new(causal_conv::CausalConvNet::new(c, vb)?),
-            ModelConfig::Mlp(c) => Box::new(mlp::MlpNet::new(c, vb)?),
-            ModelConfig::Rnn(c) => Box::new(rnn::RnnNet::new(c, vb)?),
-            ModelConfig::Wavenet(c) => Box::new(wavenet::WaveNet::new(c, vb)?),
-            ModelConfig::Pixelcnn(c) => Box::new(pixelcnn::PixelCnn::new(c, vb)?),
-            ModelConfig::GatedPixelcnn(c) => Box::new(gated_pixelcnn::GatedPixelCnn::new(c, vb)?),
-        };
+        let net = config.family().build(config, vb)?;
         Ok(Self {
             config: config.clone(),
             net,
@@ -580,10 +835,10 @@ impl Arm {
     /// log p(x) in nats: x `[B, D]` (u32) → `[B]`.
     ///
     /// ```
-    /// use armory::models::{causal_conv, Arm, ModelConfig};
+    /// use armory::models::{causal_conv, Arm, ModelConfig, Network};
     /// use candle_core::{DType, Device, Tensor};
     ///
-    /// let cfg = ModelConfig::CausalConv(causal_conv::Config { hidden: 8, ..Default::default() });
+    /// let cfg = ModelConfig::sequence(Network::CausalConv(causal_conv::Config { hidden: 8, ..Default::default() }), 17, 64);
     /// let arm = Arm::new(&cfg, 0, DType::F32, &Device::Cpu)?;
     /// let x = Tensor::zeros((2, arm.dim()), DType::U32, &Device::Cpu)?; // two blank digits
     /// let lp = arm.log_prob(&x)?.to_vec1::<f32>()?; // [2], nats

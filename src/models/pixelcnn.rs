@@ -20,10 +20,10 @@ use candle_core::Tensor;
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
-use super::image_head::{self, ColourMixture, HeadStepper, ImageHead};
-use super::{Arithmetic, CausalNet, InputEncoding, Stepper};
+use super::image_head::{HeadStepper, ImageHead};
+use super::{at_most, ArchFlags, Arithmetic, CausalNet, Family, InputEncoding, ModelConfig, Stepper};
 use crate::error::{Error, Result};
-use crate::likelihood::Likelihood;
+use crate::limits;
 use crate::nn::masked_conv2d::{masked_plan, reach, union};
 use crate::nn::step::relu_in_place;
 use crate::nn::{conv1x1, dropout, masked_conv2d, ConvType, Mode, PlannedConv2d, StepConv};
@@ -31,43 +31,37 @@ use crate::nn::{conv1x1, dropout, masked_conv2d, ConvType, Mode, PlannedConv2d, 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    pub num_values: usize,
-    pub height: usize,
-    pub width: usize,
     pub hidden: usize,       // channels of the residual stream
     pub first_kernel: usize, // the paper: 7
     pub blocks: usize,
     pub kernel: usize,      // masked kernel inside the blocks: 3
     pub head_hidden: usize, // channels of the 1×1 output head
-    #[serde(default = "one_hot")]
-    pub input: InputEncoding,
-    #[serde(default)]
-    pub dropout: f64,
-    /// A discretized logistic mixture of this many components (PixelCNN++) instead of the categorical
-    /// softmax over the K values.
-    #[serde(default)]
-    pub n_mix: Option<usize>,
-    /// Colour channels per pixel: 1 (gray) or 3 (RGB), generated in that order within each pixel.
-    #[serde(default = "one")]
-    pub colors: usize,
-    /// Colour images with a mixture: `pixel` (PixelCNN++) or `per_colour` (see `image_head`).
-    #[serde(default, skip_serializing_if = "super::is_default")]
-    pub colour_mixture: ColourMixture,
 }
 
-pub(crate) fn one() -> usize {
-    1
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            hidden: 128,
+            first_kernel: 7,
+            blocks: 6,
+            kernel: 3,
+            head_hidden: 128,
+        }
+    }
 }
 
-pub(crate) fn one_hot() -> InputEncoding {
-    InputEncoding::OneHot
-}
-
-impl Config {
-    pub fn validate(&self) -> Result<()> {
+/// The input is one-hot by default; dropout (the model's) applies to each block's output before it is
+/// added back.
+impl Family for Config {
+    fn validate(&self, m: &ModelConfig) -> Result<()> {
+        at_most("hidden", self.hidden, limits::MAX_WIDTH)?;
+        at_most("head_hidden", self.head_hidden, limits::MAX_WIDTH)?;
+        at_most("blocks", self.blocks, limits::MAX_LAYERS)?;
+        at_most("first_kernel", self.first_kernel, 2 * limits::MAX_SIDE + 1)?;
+        at_most("kernel", self.kernel, 2 * limits::MAX_SIDE + 1)?;
         let bad = |m: String| Err(Error::Config(format!("pixelcnn: {m}")));
-        if self.num_values < 2 || self.height == 0 || self.width == 0 || self.hidden < 2 || self.head_hidden == 0 {
-            return bad("num_values ≥ 2, hidden ≥ 2; height, width and head_hidden ≥ 1".into());
+        if self.hidden < 2 || self.head_hidden == 0 {
+            return bad("hidden ≥ 2 and head_hidden ≥ 1".into());
         }
         if self.first_kernel.is_multiple_of(2) || self.kernel.is_multiple_of(2) || self.first_kernel < 3 {
             return bad(format!(
@@ -75,14 +69,7 @@ impl Config {
                 self.first_kernel, self.kernel
             ));
         }
-        if self.n_mix == Some(0) {
-            return bad("n_mix must be at least 1".into());
-        }
-        if self.colors == 0 {
-            return bad("colors must be at least 1".into());
-        }
-        image_head::check("pixelcnn", self.colors, self.likelihood(), self.colour_mixture)?;
-        let masks = self.network_colours();
+        let masks = m.network_colours();
         if masks > 1 && (!self.hidden.is_multiple_of(2 * masks) || !self.head_hidden.is_multiple_of(masks)) {
             return bad(format!(
                 "with {masks} colours, hidden must be a multiple of {} and head_hidden of {masks} (each colour gets \
@@ -92,25 +79,44 @@ impl Config {
                 self.head_hidden
             ));
         }
-        let extent = (2 * self.height.max(self.width)).max(8); // a kernel spans both sides of its centre
+        let extent = (2 * m.height().max(m.width())).max(8); // a kernel spans both sides of its centre
         super::check_kernel_size("pixelcnn", self.first_kernel, 1, extent)?;
-        super::check_kernel_size("pixelcnn", self.kernel, 1, extent)?;
-        super::check_dropout(self.dropout)
+        super::check_kernel_size("pixelcnn", self.kernel, 1, extent)
     }
 
-    /// Values per example: H·W·colors.
-    pub fn dim(&self) -> usize {
-        self.height * self.width * self.colors
+    fn param_estimate(&self, m: &ModelConfig, out: u128) -> u128 {
+        let w = limits::wide;
+        let (cin, h, hh) = (
+            w(m.input.channels(m.num_values) * m.colors()),
+            w(self.hidden),
+            w(self.head_hidden),
+        );
+        let (k1, k) = (w(self.first_kernel), w(self.kernel));
+        let block = h * h + h * h * k * k / 4 + 2 * h;
+        cin * h * k1 * k1 + h + w(self.blocks) * block + h * hh + hh * out * w(m.colors()) + hh
     }
 
-    /// The per-pixel distribution.
-    pub fn likelihood(&self) -> Likelihood {
-        Likelihood::for_values(self.num_values, self.n_mix)
+    fn activation_shape(&self, _m: &ModelConfig) -> (usize, usize, usize) {
+        (2 * self.hidden.max(self.head_hidden), self.blocks + 1, 0)
     }
 
-    /// The colours the network's channels are split into (1: no colour masks).
-    fn network_colours(&self) -> usize {
-        image_head::network_colours(self.colors, self.likelihood(), self.colour_mixture)
+    fn build(&self, m: &ModelConfig, vb: VarBuilder) -> Result<Box<dyn CausalNet>> {
+        Ok(Box::new(PixelCnn::new(m, self, vb)?))
+    }
+
+    fn default_input(&self) -> Option<InputEncoding> {
+        Some(InputEncoding::OneHot)
+    }
+
+    fn is_2d(&self) -> bool {
+        true
+    }
+
+    fn apply(&mut self, f: &ArchFlags) -> Result<()> {
+        self.hidden = f.hidden.unwrap_or(self.hidden);
+        self.kernel = f.kernel.unwrap_or(self.kernel);
+        self.blocks = f.layers.unwrap_or(self.blocks);
+        f.refuse("pixelcnn", &[("--dilations", f.dilations.is_some())])
     }
 }
 
@@ -125,13 +131,14 @@ pub struct PixelCnn {
     blocks: Vec<Block>,
     head: ImageHead,
     cfg: Config,
+    m: ModelConfig,
 }
 
 impl PixelCnn {
-    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
-        cfg.validate()?;
-        let (c, half, colors) = (cfg.hidden, cfg.hidden / 2, cfg.network_colours());
-        let c_in = cfg.colors * cfg.input.channels(cfg.num_values);
+    pub fn new(m: &ModelConfig, cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        cfg.validate(m)?;
+        let (c, half, colors) = (cfg.hidden, cfg.hidden / 2, m.network_colours());
+        let c_in = m.colors() * m.input.channels(m.num_values);
         // Gray (and the pixel mixture): the first layer's mask A drops the centre tap. Colour masks: the centre
         // tap stays and its colour mask A lets each colour read only the earlier colours of the same pixel.
         let first = if colors == 1 {
@@ -150,12 +157,13 @@ impl PixelCnn {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let head = ImageHead::new(c, cfg.head_hidden, cfg.colors, cfg.likelihood(), cfg.colour_mixture, vb)?;
+        let head = ImageHead::new(c, cfg.head_hidden, m.colors(), m.likelihood(), m.colour_mixture(), vb)?;
         Ok(Self {
             first,
             blocks,
             head,
             cfg: cfg.clone(),
+            m: m.clone(),
         })
     }
 }
@@ -163,20 +171,20 @@ impl PixelCnn {
 impl CausalNet for PixelCnn {
     fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         let (b, d) = x.dims2()?;
-        let (h, w, k) = (self.cfg.height, self.cfg.width, self.cfg.num_values);
-        if d != self.cfg.dim() {
+        let (h, w, k) = (self.m.height(), self.m.width(), self.m.num_values);
+        if d != self.m.dim() {
             return Err(Error::Config(format!(
                 "pixelcnn: input has {d} values per example, the model is {h}×{w}×{}",
-                self.cfg.colors
+                self.m.colors()
             )));
         }
         let dtype = self.first.weight().dtype();
-        let e = self.cfg.input.encode(x, k, dtype)?.reshape((b, h, w, ()))?; // [B, H, W, colors·E]
+        let e = self.m.input.encode(x, k, dtype)?.reshape((b, h, w, ()))?; // [B, H, W, colors·E]
         let mut s = self.first.forward(&e)?; // [B, H, W, C]
         for (i, blk) in self.blocks.iter().enumerate() {
             let t = blk.reduce.forward(&s.relu()?)?.relu()?;
             let t = blk.masked.forward(&t)?.relu()?;
-            let t = dropout(&blk.expand.forward(&t)?, self.cfg.dropout, mode, i as u64)?;
+            let t = dropout(&blk.expand.forward(&t)?, self.m.dropout, mode, i as u64)?;
             s = (s + t)?;
         }
         self.head.forward(&s, x)
@@ -184,7 +192,7 @@ impl CausalNet for PixelCnn {
 
     /// Input pixels that θ of the last pixel depends on.
     fn receptive_field(&self) -> usize {
-        let (h, w) = (self.cfg.height, self.cfg.width);
+        let (h, w) = (self.m.height(), self.m.width());
         let mut set = vec![vec![false; w]; h];
         set[h - 1][w - 1] = true;
         for _ in &self.blocks {
@@ -192,7 +200,7 @@ impl CausalNet for PixelCnn {
         }
         set = reach(&set, &masked_plan(self.cfg.first_kernel, ConvType::A));
         // Every colour of each earlier pixel seen, and the last pixel's own earlier colours.
-        let colors = self.cfg.colors;
+        let colors = self.m.colors();
         set.iter().flatten().filter(|&&v| v).count() * colors + colors - 1
     }
 
@@ -219,7 +227,7 @@ pub struct PixelCnnStepper<'a> {
 
 impl<'a> PixelCnnStepper<'a> {
     fn new(net: &'a PixelCnn, batch: usize, arithmetic: Arithmetic) -> Result<Self> {
-        let grid = (net.cfg.height, net.cfg.width);
+        let grid = (net.m.height(), net.m.width());
         let step =
             |c: &PlannedConv2d, grid| -> Result<StepConv> { Ok(c.stepper(grid, batch)?.with_arithmetic(arithmetic)) };
         let blocks = net
@@ -249,10 +257,10 @@ impl Stepper for PixelCnnStepper<'_> {
     /// masks, which keep the colours not drawn yet out of it; once, at R, with the pixel mixture, whose later
     /// colours come from the head alone).
     fn step(&mut self, prev: Option<&[u32]>) -> Result<Vec<Vec<f32>>> {
-        let (d, cfg) = (self.d, &self.net.cfg);
-        let colors = cfg.colors;
+        let (d, m) = (self.d, &self.net.m);
+        let colors = m.colors();
         if let Some(prev) = prev {
-            let e = cfg.input.encode_values(prev, cfg.num_values); // [B][E]
+            let e = m.input.encode_values(prev, m.num_values); // [B][E]
             let width = e.len() / prev.len();
             self.first.set_channels((d - 1) / colors, (d - 1) % colors * width, &e);
             self.head.record(prev, (d - 1) % colors);

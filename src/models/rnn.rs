@@ -10,8 +10,9 @@ use candle_nn::rnn::{GRUConfig, LSTMConfig, GRU, LSTM, RNN};
 use candle_nn::{Embedding, Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 
-use super::{Arithmetic, CausalNet, Stepper};
+use super::{at_most, ArchFlags, Arithmetic, CausalNet, Family, InputEncoding, ModelConfig, Stepper};
 use crate::error::{Error, Result};
+use crate::limits;
 use crate::nn::kernels::shifted_conv::TapPlan;
 use crate::nn::{dropout, exact, linear, Linear, Mode, StepConv};
 
@@ -25,25 +26,62 @@ pub enum Cell {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    pub num_values: usize,
-    pub length: usize,
     pub cell: Cell,
     pub hidden: usize,
     /// Size of the embedding of the previous value.
     pub embedding: usize,
-    /// Dropout on the hidden states before the output layer, in training.
-    #[serde(default)]
-    pub dropout: f64,
 }
 
-impl Config {
-    pub fn validate(&self) -> Result<()> {
-        if self.num_values < 2 || self.length == 0 || self.hidden == 0 || self.embedding == 0 {
-            return Err(Error::Config(
-                "rnn: num_values ≥ 2; length, hidden and embedding ≥ 1".into(),
-            ));
+impl Default for Config {
+    /// The seed chapter's LSTM.
+    fn default() -> Self {
+        Self {
+            cell: Cell::Lstm,
+            hidden: 256,
+            embedding: 32,
         }
-        super::check_dropout(self.dropout)
+    }
+}
+
+/// Dropout (the model's `dropout`) applies to the hidden states before the output layer, in training.
+impl Family for Config {
+    fn validate(&self, _m: &ModelConfig) -> Result<()> {
+        at_most("hidden", self.hidden, limits::MAX_WIDTH)?;
+        at_most("embedding", self.embedding, limits::MAX_WIDTH)?;
+        if self.hidden == 0 || self.embedding == 0 {
+            return Err(Error::Config("rnn: hidden and embedding must be at least 1".into()));
+        }
+        Ok(())
+    }
+
+    fn param_estimate(&self, m: &ModelConfig, out: u128) -> u128 {
+        let w = limits::wide;
+        let (e, h) = (w(self.embedding), w(self.hidden));
+        (w(m.num_values) + 1) * e + 4 * (e * h + h * h + 2 * h) + h * out + out
+    }
+
+    fn activation_shape(&self, _m: &ModelConfig) -> (usize, usize, usize) {
+        (5 * self.hidden + self.embedding, 1, 0)
+    }
+
+    fn build(&self, m: &ModelConfig, vb: VarBuilder) -> Result<Box<dyn CausalNet>> {
+        Ok(Box::new(RnnNet::new(m, self, vb)?))
+    }
+
+    fn default_input(&self) -> Option<InputEncoding> {
+        None
+    }
+
+    fn apply(&mut self, f: &ArchFlags) -> Result<()> {
+        self.hidden = f.hidden.unwrap_or(self.hidden);
+        f.refuse(
+            "rnn",
+            &[
+                ("--kernel", f.kernel.is_some()),
+                ("--dilations", f.dilations.is_some()),
+                ("--layers", f.layers.is_some()),
+            ],
+        )
     }
 }
 
@@ -60,16 +98,17 @@ pub struct RnnNet {
     cell_weights: [Tensor; 4],
     out: Linear,
     cfg: Config,
+    m: ModelConfig,
 }
 
 impl RnnNet {
     /// Names follow PyTorch: `rnn.weight_ih_l0`, `rnn.weight_hh_l0`, `rnn.bias_ih_l0`, `rnn.bias_hh_l0`.
-    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
-        cfg.validate()?;
+    pub fn new(m: &ModelConfig, cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        cfg.validate(m)?;
         let (e, h) = (cfg.embedding, cfg.hidden);
         let table =
             vb.pp("embed")
-                .get_with_hints((cfg.num_values + 1, e), "weight", Init::Randn { mean: 0., stdev: 1. })?;
+                .get_with_hints((m.num_values + 1, e), "weight", Init::Randn { mean: 0., stdev: 1. })?;
         // PyTorch's initialisation: every weight and bias uniform in ±1/√hidden.
         let u = Init::Uniform {
             lo: -1.0 / (h as f64).sqrt(),
@@ -111,8 +150,9 @@ impl RnnNet {
             embed: Embedding::new(table, e),
             rnn,
             cell_weights,
-            out: linear(h, cfg.num_values, vb.pp("out"))?,
+            out: linear(h, m.outputs_per_position(), vb.pp("out"))?,
             cfg: cfg.clone(),
+            m: m.clone(),
         })
     }
 }
@@ -122,7 +162,7 @@ impl CausalNet for RnnNet {
         use candle_core::Module;
         let (b, d) = x.dims2()?;
         // Inputs: [start, x_0, …, x_{D−2}]: position d reads x_{d−1}.
-        let start = Tensor::full(self.cfg.num_values as u32, (b, 1), x.device())?;
+        let start = Tensor::full(self.m.num_values as u32, (b, 1), x.device())?;
         let prev = Tensor::cat(&[&start, &x.narrow(1, 0, d - 1)?], 1)?; // [B, D]
         let e = self.embed.forward(&prev)?; // [B, D, E]
                                             // The hidden state after each step, stacked along the sequence (candle-nn's GRU `states_to_tensor`
@@ -132,12 +172,12 @@ impl CausalNet for RnnNet {
             Recurrence::Gru(r) => r.seq(&e)?.into_iter().map(|s| s.h).collect(),
         };
         let h = Tensor::stack(&hs, 1)?; // [B, D, H]
-        let h = dropout(&h, self.cfg.dropout, mode, 0)?;
+        let h = dropout(&h, self.m.dropout, mode, 0)?;
         Ok(self.out.forward(&h)?) // [B, D, K]
     }
 
     fn receptive_field(&self) -> usize {
-        self.cfg.length
+        self.m.dim()
     }
 
     /// The fast stepper runs candle-nn's cell; the exact one ([`ExactRnnStepper`]) the same cell in the codec's
@@ -181,7 +221,7 @@ impl Stepper for RnnStepper<'_> {
         let dev = self.net.out.weight().device().clone();
         let tokens = match prev {
             Some(p) => Tensor::from_slice(p, p.len(), &dev)?,
-            None => Tensor::full(self.net.cfg.num_values as u32, self.batch, &dev)?, // the start token
+            None => Tensor::full(self.net.m.num_values as u32, self.batch, &dev)?, // the start token
         };
         let e = self.net.embed.forward(&tokens)?; // [B, E]
         let h = match (&self.net.rnn, &self.state) {
@@ -250,7 +290,7 @@ impl<'a> ExactRnnStepper<'a> {
 
 impl Stepper for ExactRnnStepper<'_> {
     fn step(&mut self, prev: Option<&[u32]>) -> Result<Vec<Vec<f32>>> {
-        let (e, h, k) = (self.net.cfg.embedding, self.net.cfg.hidden, self.net.cfg.num_values);
+        let (e, h, k) = (self.net.cfg.embedding, self.net.cfg.hidden, self.net.m.num_values);
         let tokens: Vec<usize> = match prev {
             Some(p) => p.iter().map(|&v| v as usize).collect(),
             None => vec![k; self.batch], // the start token
@@ -284,6 +324,7 @@ impl Stepper for ExactRnnStepper<'_> {
                 }
             }
         }
-        Ok(self.out.pointwise(&self.h).chunks(k).map(|r| r.to_vec()).collect())
+        let p = self.net.m.outputs_per_position();
+        Ok(self.out.pointwise(&self.h).chunks(p).map(|r| r.to_vec()).collect())
     }
 }

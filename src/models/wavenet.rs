@@ -8,43 +8,51 @@ use candle_core::Tensor;
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
-use super::{Arithmetic, CausalNet, InputEncoding, Stepper};
+use super::{at_most, ArchFlags, Arithmetic, CausalNet, Family, InputEncoding, ModelConfig, Stepper};
 use crate::error::{Error, Result};
+use crate::limits;
 use crate::nn::step::relu_in_place;
 use crate::nn::{causal_conv1d, dropout, gate, CausalConv1d, CausalConv1dConfig, ConvType, Mode, StepConv};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    pub num_values: usize,
-    pub length: usize,
     pub residual_channels: usize,
     pub skip_channels: usize,
     pub kernel: usize, // WaveNet uses 2
     /// One residual block per entry, e.g. [1, 2, 4, 8, 16, 32] (repeat the cycle for more depth).
     pub dilations: Vec<usize>,
-    #[serde(default = "one_hot")]
-    pub input: InputEncoding, // one-hot by default: values are categories, not magnitudes
-    /// Dropout on each block's gated output, in training.
-    #[serde(default)]
-    pub dropout: f64,
 }
 
-fn one_hot() -> InputEncoding {
-    InputEncoding::OneHot
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            residual_channels: 64,
+            skip_channels: 64,
+            kernel: 2,
+            dilations: vec![1, 2, 4, 8, 16, 32],
+        }
+    }
 }
 
 impl Config {
     /// k for the type-A input layer, plus (k−1)·d for every block.
-    pub fn receptive_field(&self) -> usize {
-        (self.kernel + (self.kernel - 1) * self.dilations.iter().sum::<usize>()).min(self.length)
+    pub fn receptive_field(&self, length: usize) -> usize {
+        (self.kernel + (self.kernel - 1) * self.dilations.iter().sum::<usize>()).min(length)
     }
+}
 
-    pub fn validate(&self) -> Result<()> {
-        if self.num_values < 2 || self.length == 0 || self.residual_channels == 0 || self.skip_channels == 0 {
-            return Err(Error::Config(
-                "wavenet: num_values ≥ 2; length and channel counts ≥ 1".into(),
-            ));
+/// The input is one-hot by default (values are categories, not magnitudes); dropout (the model's) applies to
+/// each block's gated output, in training.
+impl Family for Config {
+    fn validate(&self, m: &ModelConfig) -> Result<()> {
+        let length = m.dim();
+        at_most("residual_channels", self.residual_channels, limits::MAX_WIDTH)?;
+        at_most("skip_channels", self.skip_channels, limits::MAX_WIDTH)?;
+        at_most("kernel", self.kernel, length + 1)?;
+        super::check_dilations(&self.dilations, length)?;
+        if self.residual_channels == 0 || self.skip_channels == 0 {
+            return Err(Error::Config("wavenet: channel counts must be at least 1".into()));
         }
         if self.kernel < 2 {
             return Err(Error::Config(
@@ -58,9 +66,53 @@ impl Config {
             )));
         }
         for &d in &self.dilations {
-            super::check_kernel_size("wavenet", self.kernel, d, self.length)?;
+            super::check_kernel_size("wavenet", self.kernel, d, length)?;
         }
-        super::check_dropout(self.dropout)
+        Ok(())
+    }
+
+    fn param_estimate(&self, m: &ModelConfig, out: u128) -> u128 {
+        let w = limits::wide;
+        let (cin, r, s, k) = (
+            w(m.input.channels(m.num_values)),
+            w(self.residual_channels),
+            w(self.skip_channels),
+            w(self.kernel),
+        );
+        let block = 2 * r * r * k + r * r + r * s + 4 * r + s;
+        cin * r * k + w(self.dilations.len()) * block + s * s + s * out + r + s + out
+    }
+
+    fn activation_shape(&self, _m: &ModelConfig) -> (usize, usize, usize) {
+        let pad = self.kernel.saturating_sub(1) * self.dilations.iter().max().unwrap_or(&1);
+        (
+            4 * self.residual_channels + self.skip_channels,
+            self.dilations.len() + 1,
+            pad,
+        )
+    }
+
+    fn build(&self, m: &ModelConfig, vb: VarBuilder) -> Result<Box<dyn CausalNet>> {
+        Ok(Box::new(WaveNet::new(m, self, vb)?))
+    }
+
+    fn default_input(&self) -> Option<InputEncoding> {
+        Some(InputEncoding::OneHot)
+    }
+
+    fn apply(&mut self, f: &ArchFlags) -> Result<()> {
+        self.kernel = f.kernel.unwrap_or(self.kernel);
+        self.dilations = f.dilations.clone().unwrap_or(self.dilations.clone());
+        f.refuse(
+            "wavenet",
+            &[
+                (
+                    "--hidden (use a config: residual_channels, skip_channels)",
+                    f.hidden.is_some(),
+                ),
+                ("--layers (give --dilations, one per block)", f.layers.is_some()),
+            ],
+        )
     }
 }
 
@@ -76,6 +128,7 @@ pub struct WaveNet {
     head1: CausalConv1d,
     head2: CausalConv1d,
     cfg: Config,
+    m: ModelConfig,
 }
 
 fn one_by_one() -> CausalConv1dConfig {
@@ -87,10 +140,10 @@ fn one_by_one() -> CausalConv1dConfig {
 }
 
 impl WaveNet {
-    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
-        cfg.validate()?;
+    pub fn new(m: &ModelConfig, cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        cfg.validate(m)?;
         let (c, s) = (cfg.residual_channels, cfg.skip_channels);
-        let c_in = cfg.input.channels(cfg.num_values);
+        let c_in = m.input.channels(m.num_values);
         let a = CausalConv1dConfig {
             kernel: cfg.kernel,
             dilation: 1,
@@ -119,8 +172,9 @@ impl WaveNet {
             input,
             blocks,
             head1: causal_conv1d(s, s, one_by_one(), vb.pp("head1"))?,
-            head2: causal_conv1d(s, cfg.num_values, one_by_one(), vb.pp("head2"))?,
+            head2: causal_conv1d(s, m.outputs_per_position(), one_by_one(), vb.pp("head2"))?,
             cfg: cfg.clone(),
+            m: m.clone(),
         })
     }
 }
@@ -130,12 +184,12 @@ impl CausalNet for WaveNet {
         let dtype = self.input.weight().dtype();
         let mut h = self
             .input
-            .forward_blc(&self.cfg.input.encode(x, self.cfg.num_values, dtype)?)?; // [B, D, C]
+            .forward_blc(&self.m.input.encode(x, self.m.num_values, dtype)?)?; // [B, D, C]
         let mut skips: Option<Tensor> = None;
         for (i, block) in self.blocks.iter().enumerate() {
             let fg = block.filter_gate.forward_blc(&h)?; // [B, D, 2C]
             let z = gate(&fg)?; // [B, D, C]
-            let z = dropout(&z, self.cfg.dropout, mode, i as u64)?;
+            let z = dropout(&z, self.m.dropout, mode, i as u64)?;
             if let Some(res) = &block.residual {
                 h = (h + res.forward_blc(&z)?)?;
             }
@@ -146,11 +200,11 @@ impl CausalNet for WaveNet {
             });
         }
         let out = skips.expect("at least one block").relu()?;
-        Ok(self.head2.forward_blc(&self.head1.forward_blc(&out)?.relu()?)?) // [B, D, K]
+        Ok(self.head2.forward_blc(&self.head1.forward_blc(&out)?.relu()?)?) // [B, D, P]
     }
 
     fn receptive_field(&self) -> usize {
-        self.cfg.receptive_field()
+        self.cfg.receptive_field(self.m.dim())
     }
 
     fn stepper(
@@ -177,7 +231,7 @@ pub struct WaveNetStepper<'a> {
 
 impl<'a> WaveNetStepper<'a> {
     fn new(net: &'a WaveNet, batch: usize, arithmetic: Arithmetic) -> Result<Self> {
-        let d = net.cfg.length;
+        let d = net.m.dim();
         let step = |c: &CausalConv1d| -> Result<StepConv> { Ok(c.stepper(d, batch)?.with_arithmetic(arithmetic)) };
         let blocks = net
             .blocks
@@ -205,11 +259,11 @@ impl<'a> WaveNetStepper<'a> {
 
 impl Stepper for WaveNetStepper<'_> {
     fn step(&mut self, prev: Option<&[u32]>) -> Result<Vec<Vec<f32>>> {
-        let (b, t, cfg) = (self.batch, self.t, &self.net.cfg);
+        let (b, t, cfg, m) = (self.batch, self.t, &self.net.cfg, &self.net.m);
         let c = cfg.residual_channels;
         let at = t..t + 1;
         if let Some(prev) = prev {
-            self.input.set(t - 1..t, &cfg.input.encode_values(prev, cfg.num_values));
+            self.input.set(t - 1..t, &m.input.encode_values(prev, m.num_values));
         }
         let mut h = self.input.output(at.clone()); // [B][C]
         let mut skips = vec![0f32; b * cfg.skip_channels];
@@ -230,6 +284,6 @@ impl Stepper for WaveNetStepper<'_> {
         self.head.1.set(at.clone(), &hidden);
         let out = self.head.1.output(at);
         self.t += 1;
-        Ok(out.chunks(cfg.num_values).map(|r| r.to_vec()).collect())
+        Ok(out.chunks(m.outputs_per_position()).map(|r| r.to_vec()).collect())
     }
 }

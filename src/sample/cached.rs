@@ -8,11 +8,11 @@ use crate::models::Arm;
 /// The samples `[N, D]`, or an error if the model family has no cached stepper.
 ///
 /// ```
-/// use armory::models::{causal_conv, Arm, ModelConfig};
+/// use armory::models::{causal_conv, Arm, ModelConfig, Network};
 /// use armory::sample::{sample_cached, sample_naive, Noise};
 /// use candle_core::{DType, Device};
 ///
-/// let cfg = ModelConfig::CausalConv(causal_conv::Config { hidden: 8, ..Default::default() });
+/// let cfg = ModelConfig::sequence(Network::CausalConv(causal_conv::Config { hidden: 8, ..Default::default() }), 17, 64);
 /// let arm = Arm::new(&cfg, 0, DType::F32, &Device::Cpu)?;
 /// let noise = Noise::new(3, arm.dim(), 7); // 3 samples, fixed by seed 7
 /// let x = sample_cached(&arm, &noise, 1.0, None)?; // [3 × 64], raster order

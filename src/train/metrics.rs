@@ -23,11 +23,11 @@ pub struct Evaluation {
 ///
 /// ```
 /// use armory::data::{self, Splits};
-/// use armory::models::{causal_conv, Arm, ModelConfig};
+/// use armory::models::{causal_conv, Arm, ModelConfig, Network};
 /// use candle_core::{DType, Device};
 ///
 /// let splits = Splits::by_position(&data::load("digits")?)?;
-/// let cfg = ModelConfig::CausalConv(causal_conv::Config { hidden: 8, ..Default::default() });
+/// let cfg = ModelConfig::sequence(Network::CausalConv(causal_conv::Config { hidden: 8, ..Default::default() }), 17, 64);
 /// let arm = Arm::new(&cfg, 0, DType::F32, &Device::Cpu)?;
 /// let ev = armory::train::evaluate(&arm, &splits.test, 256)?;
 /// assert_eq!(ev.examples, 447);

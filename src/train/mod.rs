@@ -456,9 +456,7 @@ mod tests {
             );
         }
         let mut long = crate::config::RunConfig::seed().model;
-        if let crate::models::ModelConfig::CausalConv(c) = &mut long {
-            c.length = 1 << 16;
-        }
+        long.shape = crate::models::Shape::Sequence { length: 1 << 16 };
         let b = eval_batch(&long);
         assert!(
             b < 64 && long.activation_bytes(b) <= crate::limits::MAX_ACTIVATION_BYTES,

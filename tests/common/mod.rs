@@ -5,8 +5,7 @@
 use std::path::Path;
 
 use armory::data::{self, Splits};
-use armory::models::image_head::ColourMixture;
-use armory::models::{gated_pixelcnn, pixelcnn, Arm, InputEncoding, Mode, ModelConfig, Reduction};
+use armory::models::{gated_pixelcnn, pixelcnn, Arm, Mode, ModelConfig, Network, Reduction};
 use armory::train::Controls;
 use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
@@ -49,43 +48,47 @@ pub fn quiet() -> Controls {
 }
 
 /// A tiny PixelCNN for K values and h × w gray images: 2 blocks of 6 channels, one-hot input, categorical.
-pub fn pixelcnn(k: usize, h: usize, w: usize) -> pixelcnn::Config {
-    pixelcnn::Config {
-        num_values: k,
-        height: h,
-        width: w,
+pub fn pixelcnn(k: usize, h: usize, w: usize) -> ModelConfig {
+    pixelcnn_colours(k, h, w, 1)
+}
+
+/// [`pixelcnn`] for images of `colors` colours.
+pub fn pixelcnn_colours(k: usize, h: usize, w: usize, colors: usize) -> ModelConfig {
+    let net = pixelcnn::Config {
         hidden: 6,
         first_kernel: 5,
         blocks: 2,
         kernel: 3,
         head_hidden: 5,
-        input: InputEncoding::OneHot,
-        dropout: 0.0,
-        n_mix: None,
-        colors: 1,
-        colour_mixture: ColourMixture::Pixel,
-    }
+    };
+    ModelConfig::image(Network::Pixelcnn(net), k, h, w, colors)
 }
 
 /// A tiny gated PixelCNN for K values and h × w gray images: 2 layers of 4 channels, one-hot input,
 /// categorical, class-conditional with `num_classes`.
-pub fn gated(k: usize, h: usize, w: usize, num_classes: Option<usize>) -> gated_pixelcnn::Config {
-    gated_pixelcnn::Config {
-        num_values: k,
-        height: h,
-        width: w,
+pub fn gated(k: usize, h: usize, w: usize, num_classes: Option<usize>) -> ModelConfig {
+    gated_colours(k, h, w, 1, num_classes)
+}
+
+/// [`gated`] for images of `colors` colours.
+pub fn gated_colours(k: usize, h: usize, w: usize, colors: usize, num_classes: Option<usize>) -> ModelConfig {
+    let net = gated_pixelcnn::Config {
         channels: 4,
         first_kernel: 5,
         layers: 2,
         kernel: 3,
         head_hidden: 5,
         num_classes,
-        input: InputEncoding::OneHot,
-        dropout: 0.0,
-        n_mix: None,
-        colors: 1,
-        colour_mixture: ColourMixture::Pixel,
         vertical_residual: false,
+    };
+    ModelConfig::image(Network::GatedPixelcnn(net), k, h, w, colors)
+}
+
+/// The gated PixelCNN settings of `m` (which must be one), to change.
+pub fn gated_net(m: &mut ModelConfig) -> &mut gated_pixelcnn::Config {
+    match &mut m.network {
+        Network::GatedPixelcnn(c) => c,
+        other => panic!("not a gated PixelCNN: {other:?}"),
     }
 }
 
