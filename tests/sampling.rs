@@ -199,3 +199,42 @@ fn cached_sampling_checks_its_labels() {
     let plain = Arm::new(&image_configs()[4], 0, DType::F32, &Device::Cpu).unwrap();
     assert!(err(&plain, Some(&[0, 1])).contains("not class-conditional"));
 }
+
+/// Given a context vector per example (a latent code), the cached sampler draws the naive sampler's samples
+/// for the context-conditioned decoders: the gated PixelCNN (gray, colour with the pixel mixture, with
+/// labels too) and the dense network; a wrong context size is refused.
+#[test]
+fn cached_equals_naive_given_a_context() {
+    let mut cases = vec![];
+    for (colors, n_mix) in [(1, None), (3, Some(2))] {
+        let mut m = gated_3x4(colors);
+        m.context = 3;
+        let net = common::gated_net(&mut m);
+        (net.channels, net.head_hidden) = (12, 12);
+        cases.push(match n_mix {
+            Some(n) => m.with_mixture(n),
+            None => m,
+        });
+    }
+    let mut dense = ModelConfig::sequence(
+        Network::Dense(armory::models::dense::Config { hidden: 6, layers: 1 }),
+        4,
+        12,
+    );
+    dense.context = 3;
+    cases.push(dense);
+    for cfg in cases {
+        let arm = arm(&cfg, 3);
+        let n = 4;
+        let noise = Noise::new(n, arm.dim(), 11);
+        let labels: Option<Vec<u32>> = arm.num_classes().map(|c| (0..n as u32).map(|i| i % c as u32).collect());
+        let z: Vec<f32> = (0..n * 3).map(|i| (0.7 * i as f32).sin() * 1.5).collect();
+        let naive = armory::sample::sample_naive_given(&arm, &noise, 1.0, labels.as_deref(), Some(&z)).unwrap();
+        let cached = armory::sample::sample_cached_given(&arm, &noise, 1.0, labels.as_deref(), Some(&z)).unwrap();
+        assert_eq!(naive, cached, "{}", cfg.kind());
+        let other: Vec<f32> = z.iter().map(|v| -v).collect();
+        let moved = armory::sample::sample_cached_given(&arm, &noise, 1.0, labels.as_deref(), Some(&other)).unwrap();
+        assert_ne!(moved, cached, "{}: the samples ignore the context", cfg.kind());
+        assert!(armory::sample::sample_cached_given(&arm, &noise, 1.0, labels.as_deref(), Some(&z[..n * 2])).is_err());
+    }
+}

@@ -113,7 +113,7 @@ impl Family for Config {
             w(self.head_hidden),
         );
         let (k1, k) = (w(self.first_kernel), w(self.kernel));
-        let classes = w(self.num_classes.unwrap_or(0));
+        let classes = w(self.num_classes.unwrap_or(0)) + w(m.context);
         let layer = |cin: u128, k: u128| {
             2 * cin * ch * k * (k / 2 + 1)
                 + 2 * cin * ch * (k / 2 + 1)
@@ -145,6 +145,10 @@ impl Family for Config {
         self.num_classes
     }
 
+    fn takes_context(&self) -> bool {
+        true
+    }
+
     fn apply(&mut self, f: &ArchFlags) -> Result<()> {
         self.channels = f.hidden.unwrap_or(self.channels);
         self.kernel = f.kernel.unwrap_or(self.kernel);
@@ -159,6 +163,7 @@ struct GatedLayer {
     horizontal: PlannedConv2d,      // C_in → 2C, 1 × (k/2 + 1)
     h_out: PlannedConv2d,           // 1×1, C → C
     cond: Option<(Tensor, Tensor)>, // per-class gate biases [classes, 2C] for the vertical and horizontal stacks
+    ctx: Option<(Tensor, Tensor)>,  // context → gate biases, [2C, E] for each stack
     residual: bool,
     vertical_residual: bool,
 }
@@ -180,6 +185,18 @@ impl GatedLayer {
             }
             None => None,
         };
+        // A context (a latent code) maps linearly onto every gate's bias: the class conditioning generalised.
+        let ctx = match m.context {
+            0 => None,
+            e => {
+                let bound = 1.0 / (e as f64).sqrt();
+                let init = Init::Uniform { lo: -bound, up: bound };
+                Some((
+                    vb.get_with_hints((2 * c, e), "ctx_v", init)?,
+                    vb.get_with_hints((2 * c, e), "ctx_h", init)?,
+                ))
+            }
+        };
         // Colour masks: the first horizontal layer keeps its centre tap, with a colour mask A on it.
         let colors = m.network_colours();
         let plan = if colors > 1 { ConvType::B } else { mask };
@@ -196,6 +213,7 @@ impl GatedLayer {
             horizontal: horizontal.with_gated_colours(colors, mask)?,
             h_out: conv1x1(c, c, vb.pp("h_out"))?.with_colours(colors, ConvType::B)?,
             cond,
+            ctx,
             residual: !first,
             vertical_residual: !first && cfg.vertical_residual,
         })
@@ -206,7 +224,7 @@ impl GatedLayer {
         &self,
         v: &Tensor,
         h: &Tensor,
-        labels: Option<&Tensor>,
+        (labels, context): (Option<&Tensor>, Option<&Tensor>),
         mode: Mode,
         salt: u64,
         p: f64,
@@ -220,6 +238,13 @@ impl GatedLayer {
             };
             v_pre = v_pre.broadcast_add(&bias(cv)?)?;
             h_pre = h_pre.broadcast_add(&bias(ch)?)?;
+        }
+        if let (Some((wv, wh)), Some(context)) = (&self.ctx, context) {
+            let b = context.dim(0)?;
+            let bias =
+                |w: &Tensor| -> candle_core::Result<Tensor> { context.matmul(&w.t()?)?.reshape((b, 1, 1, w.dim(0)?)) };
+            v_pre = v_pre.broadcast_add(&bias(wv)?)?;
+            h_pre = h_pre.broadcast_add(&bias(wh)?)?;
         }
         let mut v_out = gate(&v_pre)?;
         if self.vertical_residual {
@@ -275,6 +300,16 @@ impl CausalNet for GatedPixelCnn {
     }
 
     fn forward_labelled(&self, x: &Tensor, labels: Option<&Tensor>, mode: Mode) -> Result<Tensor> {
+        self.forward_context(x, labels, None, mode)
+    }
+
+    fn forward_context(
+        &self,
+        x: &Tensor,
+        labels: Option<&Tensor>,
+        context: Option<&Tensor>,
+        mode: Mode,
+    ) -> Result<Tensor> {
         let (b, d) = x.dims2()?;
         let (hh, w, k) = (self.m.height(), self.m.width(), self.m.num_values);
         if d != self.m.dim() {
@@ -284,11 +319,13 @@ impl CausalNet for GatedPixelCnn {
             )));
         }
         super::check_labels(self.cfg.num_classes, labels, b)?;
+        super::check_context(self.m.context, context, b)?;
         let dtype = self.layers[0].vertical.weight().dtype();
+        let context = context.map(|c| c.to_dtype(dtype)).transpose()?;
         let e = self.m.input.encode(x, k, dtype)?.reshape((b, hh, w, ()))?; // [B, H, W, C_in]
         let (mut v, mut h) = (e.clone(), e);
         for (i, layer) in self.layers.iter().enumerate() {
-            (v, h) = layer.forward(&v, &h, labels, mode, i as u64, self.m.dropout)?;
+            (v, h) = layer.forward(&v, &h, (labels, context.as_ref()), mode, i as u64, self.m.dropout)?;
         }
         self.head.forward(&h, x)
     }
@@ -321,7 +358,19 @@ impl CausalNet for GatedPixelCnn {
         labels: Option<&[u32]>,
         arithmetic: Arithmetic,
     ) -> Result<Option<Box<dyn Stepper + '_>>> {
-        Ok(Some(Box::new(GatedStepper::new(self, batch, labels, arithmetic)?)))
+        self.stepper_context(batch, labels, None, arithmetic)
+    }
+
+    fn stepper_context(
+        &self,
+        batch: usize,
+        labels: Option<&[u32]>,
+        context: Option<&[f32]>,
+        arithmetic: Arithmetic,
+    ) -> Result<Option<Box<dyn Stepper + '_>>> {
+        Ok(Some(Box::new(GatedStepper::new(
+            self, batch, labels, context, arithmetic,
+        )?)))
     }
 }
 
@@ -331,7 +380,8 @@ struct LayerStepper {
     horizontal: StepConv, // keeps the layer's horizontal input, pixel by pixel
     v_to_h: StepConv,
     h_out: StepConv,
-    cond: Option<(Vec<f32>, Vec<f32>)>, // this batch's gate biases, [B][2C] for each stack
+    cond: Option<(Vec<f32>, Vec<f32>)>, // this batch's gate biases from its labels, [B][2C] for each stack
+    ctx: Option<(Vec<f32>, Vec<f32>)>,  // … and from its context, added after them (the full pass's order)
     /// The vertical stack's contribution to the current row of the horizontal one: v_to_h of the
     /// pre-activation one row up, `[x][B][2C]`.
     from_above: Vec<f32>,
@@ -352,13 +402,40 @@ pub struct GatedStepper<'a> {
 }
 
 impl<'a> GatedStepper<'a> {
-    fn new(net: &'a GatedPixelCnn, batch: usize, labels: Option<&[u32]>, arithmetic: Arithmetic) -> Result<Self> {
+    fn new(
+        net: &'a GatedPixelCnn,
+        batch: usize,
+        labels: Option<&[u32]>,
+        context: Option<&[f32]>,
+        arithmetic: Arithmetic,
+    ) -> Result<Self> {
         let grid = (net.m.height(), net.m.width());
         let step =
             |c: &PlannedConv2d, grid| -> Result<StepConv> { Ok(c.stepper(grid, batch)?.with_arithmetic(arithmetic)) };
         let rows_for = |table: &Tensor, labels: &[u32]| -> Result<Vec<f32>> {
             let table = table.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?;
             Ok(labels.iter().flat_map(|&l| table[l as usize].iter().copied()).collect())
+        };
+        // context `[B, E]` times w `[2C, E]` transposed: the full pass's product (Fast), or fixed-order sums.
+        let biases_for = |w: &Tensor, context: &[f32]| -> Result<Vec<f32>> {
+            let e = w.dim(1)?;
+            match arithmetic {
+                Arithmetic::Fast => {
+                    let c = Tensor::from_slice(context, (batch, e), w.device())?.to_dtype(w.dtype())?;
+                    Ok(c.matmul(&w.t()?)?
+                        .to_dtype(candle_core::DType::F32)?
+                        .flatten_all()?
+                        .to_vec1::<f32>()?)
+                }
+                Arithmetic::Exact => {
+                    let w = w.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                    let dot = |row: &[f32], z: &[f32]| row.iter().zip(z).fold(0f32, |acc, (a, b)| acc + a * b);
+                    Ok(context
+                        .chunks(e)
+                        .flat_map(|z| w.chunks(e).map(move |row| dot(row, z)).collect::<Vec<_>>())
+                        .collect())
+                }
+            }
         };
         let layers = net
             .layers
@@ -368,12 +445,17 @@ impl<'a> GatedStepper<'a> {
                     (Some((cv, ch)), Some(labels)) => Some((rows_for(cv, labels)?, rows_for(ch, labels)?)),
                     _ => None,
                 };
+                let ctx = match (&l.ctx, context) {
+                    (Some((wv, wh)), Some(context)) => Some((biases_for(wv, context)?, biases_for(wh, context)?)),
+                    _ => None,
+                };
                 Ok(LayerStepper {
                     vertical: step(&l.vertical, grid)?,
                     horizontal: step(&l.horizontal, grid)?,
                     v_to_h: step(&l.v_to_h, (0, 0))?,
                     h_out: step(&l.h_out, (0, 0))?,
                     cond,
+                    ctx,
                     from_above: vec![],
                     residual: l.residual,
                     vertical_residual: l.vertical_residual,
@@ -408,7 +490,7 @@ impl<'a> GatedStepper<'a> {
             }
             let mut pre = layer.vertical.output(row.clone()); // [x][B][2C]
             layer.from_above = layer.v_to_h.pointwise(&pre);
-            if let Some((cv, _)) = &layer.cond {
+            for (cv, _) in layer.cond.iter().chain(&layer.ctx) {
                 pre.chunks_mut(b * 2 * c)
                     .for_each(|r| r.iter_mut().zip(cv).for_each(|(a, c)| *a += c));
             }
@@ -452,7 +534,7 @@ impl Stepper for GatedStepper<'_> {
             let mut pre = layer.horizontal.output(d..d + 1); // [B][2C]
             let above = &layer.from_above[x * b * 2 * c..(x + 1) * b * 2 * c];
             pre.iter_mut().zip(above).for_each(|(a, v)| *a += v);
-            if let Some((_, ch)) = &layer.cond {
+            for (_, ch) in layer.cond.iter().chain(&layer.ctx) {
                 pre.iter_mut().zip(ch).for_each(|(a, c)| *a += c);
             }
             let mut out = layer.h_out.pointwise(&self.arithmetic.gate_rows(&pre, c));

@@ -4,6 +4,7 @@
 //! its network, its stepper), one line per family in the registry ([`families!`] below).
 
 pub mod causal_conv;
+pub mod dense;
 pub mod gated_pixelcnn;
 pub mod image_head;
 pub mod mlp;
@@ -48,6 +49,54 @@ pub trait CausalNet: Send + Sync {
     fn forward_labelled(&self, x: &Tensor, labels: Option<&Tensor>, mode: Mode) -> Result<Tensor> {
         check_labels(None, labels, x.dim(0)?)?;
         self.forward(x, mode)
+    }
+    /// `forward_labelled` given a context vector per example too, `[B, E]` (the latent code of a
+    /// latent-variable model, for the families that take one: see [`Family::takes_context`]).
+    fn forward_context(
+        &self,
+        x: &Tensor,
+        labels: Option<&Tensor>,
+        context: Option<&Tensor>,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        no_context(context.is_some())?;
+        self.forward_labelled(x, labels, mode)
+    }
+    /// `stepper` given a context vector per example, `[B][E]` flattened.
+    fn stepper_context(
+        &self,
+        batch: usize,
+        labels: Option<&[u32]>,
+        context: Option<&[f32]>,
+        arithmetic: Arithmetic,
+    ) -> Result<Option<Box<dyn Stepper + '_>>> {
+        no_context(context.is_some())?;
+        self.stepper(batch, labels, arithmetic)
+    }
+}
+
+fn no_context(given: bool) -> Result<()> {
+    match given {
+        true => Err(Error::Config("this network takes no context vector".into())),
+        false => Ok(()),
+    }
+}
+
+/// A context `[B, E]` must be given exactly to the models conditioned on one (`context = E`), one row per
+/// example.
+pub(crate) fn check_context(size: usize, context: Option<&Tensor>, batch: usize) -> Result<()> {
+    match (size, context) {
+        (0, None) => Ok(()),
+        (0, Some(_)) => Err(Error::Config("this model takes no context vector".into())),
+        (e, None) => Err(Error::Config(format!(
+            "this model is conditioned on a context of {e} numbers per example: give one"
+        ))),
+        (e, Some(c)) => match c.dims() {
+            [b, w] if *b == batch && *w == e => Ok(()),
+            dims => Err(Error::Config(format!(
+                "the context has shape {dims:?}; the model needs [{batch}, {e}]"
+            ))),
+        },
     }
 }
 
@@ -175,6 +224,7 @@ families! {
     Mlp(mlp::Config) = "mlp", "Finite memory: an MLP of the last m values.";
     Rnn(rnn::Config) = "rnn", "LSTM or GRU over the previous values.";
     Wavenet(wavenet::Config) = "wavenet", "Gated residual blocks of dilated causal convolutions.";
+    Dense(dense::Config) = "dense", "No autoregression: an MLP of the context vector gives every position's distribution (a VAE's decoder).";
     Pixelcnn(pixelcnn::Config) = "pixelcnn", "Masked 2-D convolutions over an image in raster order.";
     GatedPixelcnn(gated_pixelcnn::Config) = "gated_pixelcnn", "Vertical and horizontal gated stacks, no blind spot, optional class conditioning.";
 }
@@ -208,6 +258,11 @@ pub trait Family: std::fmt::Debug + Send + Sync {
     /// The classes a class-conditional network is conditioned on.
     fn num_classes(&self) -> Option<usize> {
         None
+    }
+    /// Whether the network can be conditioned on a context vector per example (the model's `context`, the
+    /// latent code of a latent-variable model's decoder).
+    fn takes_context(&self) -> bool {
+        false
     }
     /// Applies the architecture flags of the command line (`--hidden`, `--kernel`, `--dilations`,
     /// `--layers`), refusing those that do not apply to the family.
@@ -340,6 +395,9 @@ pub struct ModelConfig {
     pub input: InputEncoding,
     pub distribution: Distribution,
     pub dropout: f64,
+    /// Numbers per example of a context vector the network is conditioned on (0: none) — set by a
+    /// latent-variable model to its number of latents, for its decoder.
+    pub context: usize,
 }
 
 /// The flat table of a config file (see [`ModelConfig`]).
@@ -365,6 +423,8 @@ struct Flat {
     colour_mixture: Option<ColourMixture>,
     #[serde(default)]
     dropout: f64,
+    #[serde(default, skip_serializing_if = "is_default")]
+    context: usize,
 }
 
 impl Flat {
@@ -407,6 +467,7 @@ impl Flat {
             input,
             distribution,
             dropout: self.dropout,
+            context: self.context,
         })
     }
 }
@@ -440,6 +501,7 @@ impl Serialize for ModelConfig {
             n_mix,
             colour_mixture,
             dropout: self.dropout,
+            context: self.context,
         }
         .serialize(s)
     }
@@ -496,6 +558,7 @@ impl ModelConfig {
             input,
             distribution: Distribution::Categorical,
             dropout: 0.0,
+            context: 0,
         }
     }
 
@@ -579,6 +642,15 @@ impl ModelConfig {
                     self.kind()
                 ));
             }
+        }
+        at_most("context", self.context, limits::MAX_WIDTH)?;
+        if self.context > 0 && !family.takes_context() {
+            return bad(format!(
+                "{} takes no context vector (context = {}): decoders of latent-variable models are dense or \
+                 gated_pixelcnn",
+                self.kind(),
+                self.context
+            ));
         }
         if family.is_2d() && matches!(self.shape, Shape::Sequence { .. }) {
             return bad(format!(
@@ -793,9 +865,32 @@ impl Arm {
         check_labels(self.num_classes(), tensor.as_ref(), batch)?;
         self.net.stepper(batch, labels, arithmetic)
     }
+    /// [`Arm::stepper_with`] for a model conditioned on a context vector (`context` `[B][E]` flattened; `None`
+    /// for the others).
+    pub fn stepper_context(
+        &self,
+        batch: usize,
+        labels: Option<&[u32]>,
+        context: Option<&[f32]>,
+        arithmetic: Arithmetic,
+    ) -> Result<Option<Box<dyn Stepper + '_>>> {
+        let labels_t = labels
+            .map(|l| Tensor::from_slice(l, l.len(), &self.device))
+            .transpose()?;
+        check_labels(self.num_classes(), labels_t.as_ref(), batch)?;
+        let context_t = context
+            .map(|c| Tensor::from_slice(c, (batch, c.len() / batch.max(1)), &self.device))
+            .transpose()?;
+        check_context(self.config.context, context_t.as_ref(), batch)?;
+        self.net.stepper_context(batch, labels, context, arithmetic)
+    }
     /// Classes of a class-conditional model.
     pub fn num_classes(&self) -> Option<usize> {
         self.net.num_classes()
+    }
+    /// Numbers per example of the context vector the model is conditioned on (0: none).
+    pub fn context_size(&self) -> usize {
+        self.config.context
     }
 
     /// Checks that x is `[B, D]` with values in 0..K.
@@ -830,6 +925,31 @@ impl Arm {
     /// θ given class labels `[B]` (class-conditional models; `None` otherwise).
     pub fn forward_labelled(&self, x: &Tensor, labels: Option<&Tensor>, mode: Mode) -> Result<Tensor> {
         self.net.forward_labelled(x, labels, mode)
+    }
+
+    /// θ given labels (class-conditional models) and a context `[B, E]` (models conditioned on one).
+    pub fn forward_context(
+        &self,
+        x: &Tensor,
+        labels: Option<&Tensor>,
+        context: Option<&Tensor>,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        check_context(self.config.context, context, x.dim(0)?)?;
+        self.net.forward_context(x, labels, context, mode)
+    }
+
+    /// log p(x | labels, context) in nats, `[B]`, in `mode` (differentiable: a latent-variable model trains
+    /// through it, dropout included in [`Mode::Train`]).
+    pub fn log_prob_context(
+        &self,
+        x: &Tensor,
+        labels: Option<&Tensor>,
+        context: Option<&Tensor>,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        self.likelihood
+            .log_prob(&self.forward_context(x, labels, context, mode)?, x)
     }
 
     /// log p(x) in nats: x `[B, D]` (u32) → `[B]`.

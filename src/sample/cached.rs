@@ -3,7 +3,7 @@
 
 use super::Noise;
 use crate::error::{Error, Result};
-use crate::models::Arm;
+use crate::models::{Arithmetic, Arm};
 
 /// The samples `[N, D]`, or an error if the model family has no cached stepper.
 ///
@@ -21,10 +21,24 @@ use crate::models::Arm;
 /// # Ok::<(), armory::Error>(())
 /// ```
 pub fn sample_cached(arm: &Arm, noise: &Noise, temperature: f64, labels: Option<&[u32]>) -> Result<Vec<u32>> {
+    sample_cached_given(arm, noise, temperature, labels, None)
+}
+
+/// [`sample_cached`] for a model conditioned on a context vector per example (`context` `[N][E]` flattened:
+/// a latent-variable model's decoder, given z).
+pub fn sample_cached_given(
+    arm: &Arm,
+    noise: &Noise,
+    temperature: f64,
+    labels: Option<&[u32]>,
+    context: Option<&[f32]>,
+) -> Result<Vec<u32>> {
     let (n, dim) = (noise.len(), arm.dim());
-    let mut stepper = arm.stepper(n, labels)?.ok_or_else(|| {
-        Error::Config("this model family has no cached sampler; use --method naive or predictive".into())
-    })?;
+    let mut stepper = arm
+        .stepper_context(n, labels, context, Arithmetic::Fast)?
+        .ok_or_else(|| {
+            Error::Config("this model family has no cached sampler; use --method naive or predictive".into())
+        })?;
     let mut x = vec![0u32; n * dim];
     let mut prev: Option<Vec<u32>> = None;
     for d in 0..dim {

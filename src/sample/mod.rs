@@ -106,6 +106,6 @@ impl Noise {
     }
 }
 
-pub use cached::sample_cached;
-pub use naive::sample_naive;
+pub use cached::{sample_cached, sample_cached_given};
+pub use naive::{sample_naive, sample_naive_given};
 pub use predictive::sample_predictive;

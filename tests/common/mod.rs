@@ -146,7 +146,7 @@ pub fn check_gradients(name: &str, cfg: &ModelConfig, k: usize, d: usize) {
 pub fn random_arm(cfg: &ModelConfig, seed: u64) -> Arm {
     let arm = Arm::new(cfg, seed, DType::F32, &Device::Cpu).unwrap();
     for (name, var) in arm.params().vars() {
-        if name.contains("cond") {
+        if name.contains("cond") || name.contains("ctx") {
             let v: Vec<f32> = (0..var.elem_count())
                 .map(|i| 2.0 * (1.7 * i as f32 + 0.3).sin())
                 .collect();
