@@ -20,7 +20,9 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::data::Splits;
+use candle_core::Tensor;
+
+use crate::data::{Dataset, Splits};
 use crate::error::{Error, Result};
 use crate::models::{Arm, Mode, Reduction};
 pub use early_stopping::{EarlyStopping, Verdict};
@@ -167,221 +169,348 @@ fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
     idx
 }
 
-/// Trains `arm` on `splits.train`, selecting on `splits.val`, writing into `run`. With `resume`, continues
-/// from `run`'s `resume.safetensors`. On return (other than an interruption) `arm` holds the best weights.
+/// What the training loop needs of a model: its parameters, a differentiable objective on a batch, and a
+/// validation score to select on — an ARM's negative log-likelihood, or a latent-variable model's −ELBO.
+pub trait Trainable {
+    fn params(&self) -> &crate::params::ParamStore;
+    fn device(&self) -> &candle_core::Device;
+    /// Whether batches carry the examples' class labels.
+    fn uses_labels(&self) -> bool;
+    /// The objective to minimise, averaged over the batch x `[B, D]`, in nats (`epoch` from 0, for schedules
+    /// such as a KL warm-up).
+    fn objective(&self, x: &Tensor, labels: Option<&Tensor>, mode: Mode, epoch: usize) -> Result<Tensor>;
+    /// The validation score (lower is better, nats per example) that selects the best epoch.
+    fn validate(&self, data: &Dataset) -> Result<Evaluation>;
+}
+
+impl Trainable for Arm {
+    fn params(&self) -> &crate::params::ParamStore {
+        Arm::params(self)
+    }
+    fn device(&self) -> &candle_core::Device {
+        Arm::device(self)
+    }
+    fn uses_labels(&self) -> bool {
+        self.num_classes().is_some()
+    }
+    fn objective(&self, x: &Tensor, labels: Option<&Tensor>, mode: Mode, _epoch: usize) -> Result<Tensor> {
+        self.loss_labelled(x, labels, Reduction::Mean, mode)
+    }
+    fn validate(&self, data: &Dataset) -> Result<Evaluation> {
+        evaluate(self, data, eval_batch(self.config()))
+    }
+}
+
+/// Trains `model` on `splits.train`, selecting on `splits.val`, writing into `run`. With `resume`, continues
+/// from `run`'s `resume.safetensors`. On return (other than an interruption) `model` holds the best weights.
+///
+/// The loop, step by step: [`Session::start`] (optimiser, average, state — restored on resume), then per
+/// epoch [`Session::train_epoch`] (shuffled batches, one optimiser step each; stops cleanly on an interrupt)
+/// and [`Session::end_epoch`] (validate, select, checkpoint, log), until early stopping or the epoch limit;
+/// [`Session::finish`] loads the best weights.
 pub fn train(
-    arm: &Arm,
+    model: &dyn Trainable,
     splits: &Splits,
     cfg: &TrainConfig,
     run: &RunDir,
     resume: bool,
     controls: &Controls,
 ) -> Result<Summary> {
-    cfg.validate()?;
-    let params = arm.params();
-    let mut opt =
-        Optimizer::new(cfg.optimizer, cfg.lr, params.vars())?.with_weight_decay(cfg.weight_decay.unwrap_or(0.0));
-    let mut ema = cfg.ema.map(|d| Ema::new(d, params.vars())).transpose()?;
-    let metrics_path = run.file("metrics.csv");
-    let mut rows = vec![];
-    let mut st = LoopState {
-        epoch: 0,
-        step: 0,
-        loss_sum: 0.0,
-        loss_count: 0,
-        early: EarlyStopping::new(cfg.patience),
-        optimizer_steps: 0,
-        elapsed_secs: 0.0,
-        epoch_secs: 0.0,
-    };
-    if resume {
-        let (tensors, state) = run.load_resume()?;
-        let path = run.file("resume.safetensors");
-        st = serde_json::from_str(&state).map_err(|e| Error::Checkpoint {
-            path: path.clone(),
-            msg: format!("bad training state: {e}"),
-        })?;
-        st.early.patience = cfg.patience;
-        let weights = tensors
-            .iter()
-            .filter(|(k, _)| !k.starts_with("optim.") && !k.starts_with("ema."))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        params.assign(&weights, &path)?;
-        opt.load_state(&tensors, st.optimizer_steps, &path)?;
-        if let Some(ema) = &mut ema {
-            ema.load_state(&tensors, st.optimizer_steps, &path)?;
+    let mut session = Session::start(model, cfg, run, resume, controls)?;
+    let outcome = loop {
+        if let Some(outcome) = session.done() {
+            break outcome;
         }
-        // Rows written after the saved state (an epoch that finished but was not checkpointed) are redone.
-        rows = metrics::read_csv(&metrics_path)?
-            .into_iter()
-            .filter(|r| r.epoch <= st.epoch)
-            .collect();
-        check_history(&metrics_path, &rows, st.epoch)?;
-    }
-    let n = splits.train.len();
-    let steps_per_epoch = n.div_ceil(cfg.batch_size);
-    let pb = if controls.quiet {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::with_draw_target(Some(cfg.max_epochs as u64), ProgressDrawTarget::stderr())
+        if !session.train_epoch(&splits.train)? {
+            break Outcome::Interrupted;
+        }
+        session.end_epoch(&splits.val)?;
     };
-    pb.set_style(
-        ProgressStyle::with_template("{prefix} [{bar:30}] epoch {pos}/{len} {msg}")
-            .unwrap()
-            .progress_chars("=> "),
-    );
-    pb.set_prefix("train");
-    pb.set_position(st.epoch as u64);
-    // Holds the raw weights (never the average) and everything needed to continue exactly.
-    let save_resume = |st: &LoopState, opt: &Optimizer, ema: &Option<Ema>| -> Result<()> {
-        let mut tensors = params.tensors()?;
-        tensors.extend(opt.state_tensors());
-        if let Some(ema) = ema {
+    session.finish(outcome)
+}
+
+/// One call of [`train`]: the model, its optimiser and weight average, where the loop is, and its outputs.
+pub struct Session<'a> {
+    model: &'a dyn Trainable,
+    cfg: &'a TrainConfig,
+    run: &'a RunDir,
+    controls: &'a Controls,
+    opt: Optimizer,
+    ema: Option<Ema>,
+    st: LoopState,
+    rows: Vec<EpochRow>,
+    pb: ProgressBar,
+    started: Instant,
+    epoch_started: Instant,
+    steps_this_call: usize,
+}
+
+impl<'a> Session<'a> {
+    /// The optimiser and the weight average, fresh or — with `resume` — restored with the weights, the loop
+    /// state and the metrics rows from `run`.
+    pub fn start(
+        model: &'a dyn Trainable,
+        cfg: &'a TrainConfig,
+        run: &'a RunDir,
+        resume: bool,
+        controls: &'a Controls,
+    ) -> Result<Self> {
+        cfg.validate()?;
+        let params = model.params();
+        let mut opt =
+            Optimizer::new(cfg.optimizer, cfg.lr, params.vars())?.with_weight_decay(cfg.weight_decay.unwrap_or(0.0));
+        let mut ema = cfg.ema.map(|d| Ema::new(d, params.vars())).transpose()?;
+        let mut rows = vec![];
+        let mut st = LoopState {
+            epoch: 0,
+            step: 0,
+            loss_sum: 0.0,
+            loss_count: 0,
+            early: EarlyStopping::new(cfg.patience),
+            optimizer_steps: 0,
+            elapsed_secs: 0.0,
+            epoch_secs: 0.0,
+        };
+        if resume {
+            let (tensors, state) = run.load_resume()?;
+            let path = run.file("resume.safetensors");
+            st = serde_json::from_str(&state).map_err(|e| Error::Checkpoint {
+                path: path.clone(),
+                msg: format!("bad training state: {e}"),
+            })?;
+            st.early.patience = cfg.patience;
+            let weights = tensors
+                .iter()
+                .filter(|(k, _)| !k.starts_with("optim.") && !k.starts_with("ema."))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            params.assign(&weights, &path)?;
+            opt.load_state(&tensors, st.optimizer_steps, &path)?;
+            if let Some(ema) = &mut ema {
+                ema.load_state(&tensors, st.optimizer_steps, &path)?;
+            }
+            // Rows written after the saved state (an epoch that finished but was not checkpointed) are redone.
+            let metrics_path = run.file("metrics.csv");
+            rows = metrics::read_csv(&metrics_path)?
+                .into_iter()
+                .filter(|r| r.epoch <= st.epoch)
+                .collect();
+            check_history(&metrics_path, &rows, st.epoch)?;
+        }
+        let pb = if controls.quiet {
+            ProgressBar::hidden()
+        } else {
+            ProgressBar::with_draw_target(Some(cfg.max_epochs as u64), ProgressDrawTarget::stderr())
+        };
+        pb.set_style(
+            ProgressStyle::with_template("{prefix} [{bar:30}] epoch {pos}/{len} {msg}")
+                .unwrap()
+                .progress_chars("=> "),
+        );
+        pb.set_prefix("train");
+        pb.set_position(st.epoch as u64);
+        let started = earlier(st.elapsed_secs);
+        Ok(Self {
+            model,
+            cfg,
+            run,
+            controls,
+            opt,
+            ema,
+            st,
+            rows,
+            pb,
+            started,
+            epoch_started: Instant::now(),
+            steps_this_call: 0,
+        })
+    }
+
+    /// How the loop ends before another epoch, if it does: the epoch limit, or early stopping.
+    pub fn done(&self) -> Option<Outcome> {
+        if self.st.epoch >= self.cfg.max_epochs {
+            Some(Outcome::MaxEpochs)
+        } else if self.st.early.bad_epochs >= self.cfg.patience {
+            Some(Outcome::EarlyStopped)
+        } else {
+            None
+        }
+    }
+
+    /// Saves the raw weights (never the average) and everything needed to continue exactly.
+    fn save_resume(&self) -> Result<()> {
+        let mut tensors = self.model.params().tensors()?;
+        tensors.extend(self.opt.state_tensors());
+        if let Some(ema) = &self.ema {
             tensors.extend(ema.state_tensors());
         }
-        let state = serde_json::to_string(st).expect("state serialises");
-        run.save_resume(&tensors, &state)
-    };
-    let started = earlier(st.elapsed_secs);
-    let mut steps_this_call = 0usize;
-    let outcome = 'epochs: loop {
-        if st.epoch >= cfg.max_epochs {
-            break Outcome::MaxEpochs;
-        }
-        if st.early.bad_epochs >= cfg.patience {
-            break Outcome::EarlyStopped;
-        }
-        let epoch_started = earlier(st.epoch_secs);
-        let order = epoch_order(n, cfg.seed, st.epoch);
-        opt.set_lr(cfg.lr_at(st.epoch));
-        for (step, idx) in order.chunks(cfg.batch_size).enumerate().skip(st.step) {
-            if controls.interrupt.load(Ordering::SeqCst)
-                || controls.stop_after_steps.is_some_and(|s| steps_this_call >= s)
+        let state = serde_json::to_string(&self.st).expect("state serialises");
+        self.run.save_resume(&tensors, &state)
+    }
+
+    /// The rest of the current epoch: shuffled batches of `train`, one optimiser step each. Returns `false`
+    /// when interrupted (the state saved for `--resume`).
+    pub fn train_epoch(&mut self, train: &Dataset) -> Result<bool> {
+        let (cfg, model) = (self.cfg, self.model);
+        self.epoch_started = earlier(self.st.epoch_secs);
+        let order = epoch_order(train.len(), cfg.seed, self.st.epoch);
+        let steps_per_epoch = train.len().div_ceil(cfg.batch_size);
+        self.opt.set_lr(cfg.lr_at(self.st.epoch));
+        for (step, idx) in order.chunks(cfg.batch_size).enumerate().skip(self.st.step) {
+            if self.controls.interrupt.load(Ordering::SeqCst)
+                || self
+                    .controls
+                    .stop_after_steps
+                    .is_some_and(|s| self.steps_this_call >= s)
             {
-                st.epoch_secs = epoch_started.elapsed().as_secs_f64();
-                st.elapsed_secs = started.elapsed().as_secs_f64();
-                save_resume(&st, &opt, &ema)?;
-                break 'epochs Outcome::Interrupted;
+                self.st.epoch_secs = self.epoch_started.elapsed().as_secs_f64();
+                self.st.elapsed_secs = self.started.elapsed().as_secs_f64();
+                self.save_resume()?;
+                return Ok(false);
             }
-            let x = splits.train.batch(idx, arm.device())?;
-            let labels = match arm.num_classes() {
-                Some(_) => Some(splits.train.label_batch(idx, arm.device())?),
-                None => None,
+            let x = train.batch(idx, model.device())?;
+            let labels = match model.uses_labels() {
+                true => Some(train.label_batch(idx, model.device())?),
+                false => None,
             };
-            // Dropout masks depend on (seed, step) only, so a resumed run draws the same ones.
+            // Dropout masks (and a latent model's noise) depend on (seed, step) only: a resumed run draws
+            // the same ones.
             let mode = Mode::Train {
-                seed: cfg.seed ^ (st.optimizer_steps as u64 + 1).wrapping_mul(0xD1B54A32D192ED03),
+                seed: cfg.seed ^ (self.st.optimizer_steps as u64 + 1).wrapping_mul(0xD1B54A32D192ED03),
             };
-            let loss = arm.loss_labelled(&x, labels.as_ref(), Reduction::Mean, mode)?;
+            let loss = model.objective(&x, labels.as_ref(), mode, self.st.epoch)?;
             let value = loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
             if !value.is_finite() {
-                // The weights are not saved: last.safetensors and resume.safetensors hold the last good epoch,
-                // if there is one. Resuming would replay the same steps, so the advice is a new recipe.
-                let kept = match st.epoch {
-                    0 => "no checkpoint was written (it failed in the first epoch); change the recipe (e.g. a lower \
-                          --lr or --grad-clip) and start again with --force"
-                        .to_string(),
-                    e => format!(
-                        "the last good checkpoint (epoch {e}) is kept in last.safetensors and resume.safetensors; \
-                         resuming would replay the same steps, so change the recipe (e.g. a lower --lr or \
-                         --grad-clip) and start again with --force"
-                    ),
-                };
-                return Err(Error::NonFiniteLoss {
-                    loss: value as f32,
-                    epoch: st.epoch + 1,
-                    step,
-                    kept,
-                });
+                return Err(self.non_finite(value, step));
             }
             let mut grads = loss.backward()?;
             if let Some(max_norm) = cfg.grad_clip {
-                opt.clip_grad_norm(&mut grads, max_norm)?;
+                self.opt.clip_grad_norm(&mut grads, max_norm)?;
             }
-            opt.step(&grads)?;
-            if let Some(ema) = &mut ema {
+            self.opt.step(&grads)?;
+            if let Some(ema) = &mut self.ema {
                 ema.update()?;
             }
-            st.step = step + 1;
-            st.loss_sum += value * idx.len() as f64;
-            st.loss_count += idx.len();
-            st.optimizer_steps = opt.steps_taken();
-            steps_this_call += 1;
-            pb.set_message(format!("step {}/{steps_per_epoch} loss {value:.3}", step + 1));
+            self.st.step = step + 1;
+            self.st.loss_sum += value * idx.len() as f64;
+            self.st.loss_count += idx.len();
+            self.st.optimizer_steps = self.opt.steps_taken();
+            self.steps_this_call += 1;
+            self.pb
+                .set_message(format!("step {}/{steps_per_epoch} loss {value:.3}", step + 1));
         }
-        // With Polyak averaging, the average is what is validated and saved (best and last).
-        if let Some(ema) = &mut ema {
+        Ok(true)
+    }
+
+    /// The error for a non-finite loss at `step`. The weights are not saved: last.safetensors and
+    /// resume.safetensors hold the last good epoch, if there is one. Resuming would replay the same steps, so
+    /// the advice is a new recipe.
+    fn non_finite(&self, value: f64, step: usize) -> Error {
+        let kept = match self.st.epoch {
+            0 => "no checkpoint was written (it failed in the first epoch); change the recipe (e.g. a lower --lr \
+                  or --grad-clip) and start again with --force"
+                .to_string(),
+            e => format!(
+                "the last good checkpoint (epoch {e}) is kept in last.safetensors and resume.safetensors; resuming \
+                 would replay the same steps, so change the recipe (e.g. a lower --lr or --grad-clip) and start \
+                 again with --force"
+            ),
+        };
+        Error::NonFiniteLoss {
+            loss: value as f32,
+            epoch: self.st.epoch + 1,
+            step,
+            kept,
+        }
+    }
+
+    /// Validates on `val` (the weight average, with Polyak averaging), keeps the best weights, writes the
+    /// epoch's row, the last weights and the state to resume from, and reports the epoch.
+    pub fn end_epoch(&mut self, val: &Dataset) -> Result<()> {
+        let params = self.model.params();
+        if let Some(ema) = &mut self.ema {
             ema.apply()?;
         }
-        let val = evaluate(arm, &splits.val, eval_batch(arm.config()))?;
-        let epoch = st.epoch + 1;
-        let verdict = st.early.update(epoch, val.nll);
+        let score = self.model.validate(val)?;
+        let epoch = self.st.epoch + 1;
+        let verdict = self.st.early.update(epoch, score.nll);
         if verdict == Verdict::Improved {
-            params.save(&run.file("best.safetensors"))?;
+            params.save(&self.run.file("best.safetensors"))?;
         }
-        let epoch_secs = epoch_started.elapsed().as_secs_f64();
+        let epoch_secs = self.epoch_started.elapsed().as_secs_f64();
         let row = EpochRow {
             epoch,
-            train_nll: st.loss_sum / st.loss_count.max(1) as f64,
-            val_nll: val.nll,
-            val_bpd: val.bpd,
-            best_val_nll: st.early.best.unwrap_or(f64::NAN),
+            train_nll: self.st.loss_sum / self.st.loss_count.max(1) as f64,
+            val_nll: score.nll,
+            val_bpd: score.bpd,
+            best_val_nll: self.st.early.best.unwrap_or(f64::NAN),
             epoch_secs,
-            elapsed_secs: started.elapsed().as_secs_f64(),
+            elapsed_secs: self.started.elapsed().as_secs_f64(),
         };
-        rows.push(row.clone());
-        metrics::write_csv(&metrics_path, &rows)?;
-        params.save(&run.file("last.safetensors"))?;
-        if let Some(ema) = &mut ema {
+        self.rows.push(row.clone());
+        metrics::write_csv(&self.run.file("metrics.csv"), &self.rows)?;
+        params.save(&self.run.file("last.safetensors"))?;
+        if let Some(ema) = &mut self.ema {
             ema.restore()?;
         }
-        st = LoopState {
+        self.st = LoopState {
             epoch,
             step: 0,
             loss_sum: 0.0,
             loss_count: 0,
             epoch_secs: 0.0,
             elapsed_secs: row.elapsed_secs,
-            ..st
+            ..self.st.clone()
         };
-        save_resume(&st, &opt, &ema)?;
-        let left = |epochs: usize| format_secs(epochs as f64 * epoch_secs);
-        pb.set_position(epoch as u64);
-        pb.set_message(format!(
+        self.save_resume()?;
+        self.report(&row, verdict == Verdict::Improved);
+        Ok(())
+    }
+
+    /// The progress bar's line, and the epoch's line unless quiet.
+    fn report(&self, row: &EpochRow, improved: bool) {
+        let (cfg, st) = (self.cfg, &self.st);
+        let left = |epochs: usize| format_secs(epochs as f64 * row.epoch_secs);
+        self.pb.set_position(row.epoch as u64);
+        self.pb.set_message(format!(
             "train {:.3} val {:.3} best {:.3}@{} | left ≤{} (patience) ≤{} (max epochs)",
             row.train_nll,
             row.val_nll,
             row.best_val_nll,
             st.early.best_epoch,
             left(cfg.patience.saturating_sub(st.early.bad_epochs)),
-            left(cfg.max_epochs.saturating_sub(epoch))
+            left(cfg.max_epochs.saturating_sub(row.epoch))
         ));
-        if !controls.quiet {
+        if !self.controls.quiet {
             let line = format!(
-                "epoch {epoch:4}  train {:.3}  val {:.3} nats ({:.4} bpd)  best {:.3} @ {}  {:.1}s{}",
+                "epoch {:4}  train {:.3}  val {:.3} nats ({:.4} bpd)  best {:.3} @ {}  {:.1}s{}",
+                row.epoch,
                 row.train_nll,
                 row.val_nll,
                 row.val_bpd,
                 row.best_val_nll,
                 st.early.best_epoch,
-                epoch_secs,
-                if verdict == Verdict::Improved { "  *" } else { "" }
+                row.epoch_secs,
+                if improved { "  *" } else { "" }
             );
-            pb.suspend(|| eprintln!("{line}"));
+            self.pb.suspend(|| eprintln!("{line}"));
         }
-    };
-    pb.finish_and_clear();
-    if outcome != Outcome::Interrupted {
-        params.load(&run.file("best.safetensors"))?;
     }
-    Ok(Summary {
-        outcome,
-        epochs: st.epoch,
-        best_epoch: st.early.best_epoch,
-        best_val_nll: st.early.best.unwrap_or(f64::NAN),
-        wall_secs: started.elapsed().as_secs_f64(),
-    })
+
+    /// Ends the call: the best weights loaded into the model (unless interrupted), and the summary.
+    pub fn finish(self, outcome: Outcome) -> Result<Summary> {
+        self.pb.finish_and_clear();
+        if outcome != Outcome::Interrupted {
+            self.model.params().load(&self.run.file("best.safetensors"))?;
+        }
+        Ok(Summary {
+            outcome,
+            epochs: self.st.epoch,
+            best_epoch: self.st.early.best_epoch,
+            best_val_nll: self.st.early.best.unwrap_or(f64::NAN),
+            wall_secs: self.started.elapsed().as_secs_f64(),
+        })
+    }
 }
 
 /// The batch to evaluate with: 64 examples (products of 64 images are already large enough to run at full
