@@ -1,10 +1,12 @@
-//! The continuous logistic mixture (`armory::likelihood::continuous`), the density of a VAE's latents under
-//! an ARM prior: hand-computed values, densities that integrate to one by quadrature, f64 finite-difference
-//! gradients, and sampling against the density.
+//! The priors of a VAE (`armory::latent`) and the continuous logistic mixture they rest on
+//! (`armory::likelihood::continuous`): densities that integrate to one by quadrature, causality of the ARM
+//! prior, f64 finite-difference gradients, and sampling against the density.
 
+use armory::latent::{ArmPrior, Prior, PriorConfig, StandardNormal};
 use armory::likelihood::continuous;
+use armory::params::ParamStore;
 use armory::{Error, Result};
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Device, IndexOp, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -69,6 +71,63 @@ fn mixture_cdf(theta: &[f64], z: f64) -> f64 {
             w[k] / total / (1.0 + (-(z - theta[m + k]) / s).exp())
         })
         .sum()
+}
+
+/// Sets every parameter of `store` to uniform values in ±`scale` (seeded): weights far from the
+/// initialisation, so that the functions tested are not nearly constant.
+fn randomise(store: &ParamStore, scale: f64, seed: u64) -> Result<()> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    for (_, var) in store.vars() {
+        let v: Vec<f64> = (0..var.elem_count()).map(|_| rng.random_range(-scale..scale)).collect();
+        var.set(&Tensor::from_vec(v, var.shape(), &CPU)?.to_dtype(var.dtype())?)?;
+    }
+    Ok(())
+}
+
+/// The gradient of the scalar `f()` w.r.t. every parameter of `store` (f64) against central finite
+/// differences (step 1e-6, tolerance 1e-6·(1 + |fd|)), at every entry of small tensors and about 16 of
+/// large ones; `name` labels a failure. Returns the largest |gradient| seen per parameter tensor.
+fn check_param_gradients(name: &str, store: &ParamStore, f: impl Fn() -> Result<Tensor>) -> Result<Vec<(String, f64)>> {
+    let grads = f()?.backward()?;
+    let eval = || -> Result<f64> { Ok(f()?.to_scalar::<f64>()?) };
+    let mut largest = vec![];
+    for (pname, var) in store.vars() {
+        let g = grads
+            .get(&var)
+            .unwrap_or_else(|| panic!("{name}: no gradient for {pname}"))
+            .flatten_all()?
+            .to_vec1::<f64>()?;
+        let base = var.as_tensor().flatten_all()?.to_vec1::<f64>()?;
+        let set = |v: Vec<f64>| var.set(&Tensor::from_vec(v, var.shape(), &CPU)?);
+        let stride = if base.len() <= 64 { 1 } else { 1 + base.len() / 16 };
+        for i in (0..base.len()).step_by(stride) {
+            let mut v = base.clone();
+            v[i] += 1e-6;
+            set(v.clone())?;
+            let up = eval()?;
+            v[i] -= 2e-6;
+            set(v)?;
+            let down = eval()?;
+            set(base.clone())?;
+            let fd = (up - down) / 2e-6;
+            assert!(
+                (fd - g[i]).abs() < 1e-6 * (1.0 + fd.abs()),
+                "{name} {pname}[{i}]: fd {fd} vs backprop {}",
+                g[i]
+            );
+        }
+        largest.push((pname, g.iter().fold(0f64, |a, b| a.max(b.abs()))));
+    }
+    Ok(largest)
+}
+
+/// A tiny ARM prior in f64 over `latents` dimensions (5 channels, 3 layers of kernel 2, 2 components),
+/// its weights randomised to ±`scale`.
+fn tiny_arm_prior(latents: usize, scale: f64, seed: u64) -> Result<(ParamStore, ArmPrior)> {
+    let store = ParamStore::new(seed);
+    let prior = ArmPrior::new(latents, 5, 3, 2, 2, store.var_builder(DType::F64, &CPU))?;
+    randomise(&store, scale, seed + 1)?;
+    Ok((store, prior))
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -226,5 +285,163 @@ fn logistic_density_refuses_bad_shapes() -> Result<()> {
     let theta = Tensor::zeros((2, 3, 5), DType::F64, &CPU)?;
     let z = Tensor::zeros((2, 3), DType::F64, &CPU)?;
     assert!(matches!(continuous::log_density(&theta, &z), Err(Error::Config(_))));
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The priors
+
+/// Perturbing z_j leaves θ_l for l ≤ j exactly as it was, and moves θ_{j+1}.
+#[test]
+fn arm_prior_is_causal_over_the_latent_dimensions() -> Result<()> {
+    let l = 7;
+    let (_, prior) = tiny_arm_prior(l, 1.0, 4)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let z: Vec<f64> = (0..2 * l).map(|_| rng.random_range(-2.0..2.0)).collect();
+    let zt = Tensor::from_slice(&z, (2, l), &CPU)?;
+    let theta: Vec<Vec<Vec<f64>>> = prior.conditionals(&zt)?.to_vec3()?;
+    for j in 0..l {
+        let mut moved = z.clone();
+        moved[j] += 0.8; // example 0 only
+        let after: Vec<Vec<Vec<f64>>> = prior
+            .conditionals(&Tensor::from_slice(&moved, (2, l), &CPU)?)?
+            .to_vec3()?;
+        assert_eq!(after[1], theta[1], "example 1 changed with example 0's z_{j}");
+        for i in 0..=j {
+            assert_eq!(after[0][i], theta[0][i], "θ_{i} changed with z_{j}");
+        }
+        if j + 1 < l {
+            assert_ne!(after[0][j + 1], theta[0][j + 1], "θ_{} does not see z_{j}", j + 1);
+        }
+    }
+    // log p(z) is the sum of the conditionals' log densities.
+    let lp = prior.log_density(&zt)?.to_vec1::<f64>()?;
+    let sum = continuous::log_density(&prior.conditionals(&zt)?, &zt)?.to_vec1::<f64>()?;
+    assert_eq!(lp, sum);
+    // The default ARM prior sees all previous dimensions of the default 16 latents.
+    assert_eq!(PriorConfig::arm().receptive_field(16), 16);
+    Ok(())
+}
+
+/// For each l, ∫ p(z_l | z_<l) dz_l = 1, the density read through the whole network (z_l varies on the
+/// grid, the other dimensions stay): so p(z) = Π_l p(z_l | z_<l) is normalised.
+#[test]
+fn arm_prior_conditionals_integrate_to_one() -> Result<()> {
+    let l = 4;
+    let (_, prior) = tiny_arm_prior(l, 0.8, 6)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    for _ in 0..2 {
+        let z: Vec<f64> = (0..l).map(|_| rng.random_range(-2.0..2.0)).collect();
+        let theta: Vec<Vec<f64>> = prior
+            .conditionals(&Tensor::from_slice(&z, (1, l), &CPU)?)?
+            .squeeze(0)?
+            .to_vec2()?;
+        for (d, theta_d) in theta.iter().enumerate() {
+            let zs = grid_for(theta_d, 1.0);
+            let rows: Vec<f64> = zs
+                .iter()
+                .flat_map(|&v| z.iter().enumerate().map(move |(i, &zi)| if i == d { v } else { zi }))
+                .collect();
+            let rows = Tensor::from_vec(rows, (zs.len(), l), &CPU)?;
+            let dens = continuous::log_density_dims(&prior.conditionals(&rows)?, &rows)?
+                .i((.., d))?
+                .exp()?
+                .to_vec1::<f64>()?;
+            let total = trapezoid(&zs, &dens);
+            assert!(
+                (total - 1.0).abs() < 1e-7,
+                "dimension {d}, θ {theta_d:?}: ∫ p = {total}"
+            );
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn arm_prior_gradients_match_finite_differences() -> Result<()> {
+    let l = 5;
+    let (store, prior) = tiny_arm_prior(l, 1.0, 8)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let z: Vec<f64> = (0..3 * l).map(|_| rng.random_range(-2.0..2.0)).collect();
+    let zv = Var::from_vec(z.clone(), (3, l), &CPU)?;
+    let f = |z: &Tensor| -> Result<Tensor> {
+        let w = Tensor::new(&[1.0f64, -0.5, 0.3], &CPU)?;
+        Ok((prior.log_density(z)? * w)?.sum_all()?)
+    };
+    let largest = check_param_gradients("arm prior", &store, || f(zv.as_tensor()))?;
+    assert_eq!(largest.len(), 6, "{largest:?}"); // 3 layers × (weight, bias)
+    assert!(largest.iter().all(|(_, g)| *g > 0.0), "{largest:?}");
+    // And w.r.t. z, which the ELBO differentiates through.
+    let g = f(zv.as_tensor())?
+        .backward()?
+        .get(&zv)
+        .expect("gradient")
+        .flatten_all()?
+        .to_vec1::<f64>()?;
+    for i in 0..z.len() {
+        let eval = |delta: f64| -> Result<f64> {
+            let mut v = z.clone();
+            v[i] += delta;
+            Ok(f(&Tensor::from_vec(v, (3, l), &CPU)?)?.to_scalar::<f64>()?)
+        };
+        let fd = (eval(1e-6)? - eval(-1e-6)?) / 2e-6;
+        assert!(
+            (fd - g[i]).abs() < 1e-6 * (1.0 + fd.abs()),
+            "z[{i}]: fd {fd} vs {}",
+            g[i]
+        );
+    }
+    Ok(())
+}
+
+/// The probability integral transform: if z ~ p, then u_l = F(z_l | θ_l(z_<l)) is uniform on (0, 1) for
+/// every l, independently; a sampler that drew a dimension from the wrong θ would fail it. Sampling is
+/// deterministic given the seed.
+#[test]
+fn arm_prior_samples_follow_its_conditionals() -> Result<()> {
+    let l = 4;
+    let (_, prior) = tiny_arm_prior(l, 0.8, 10)?;
+    let n = 3000;
+    let z = prior.sample(n, 11)?;
+    assert_eq!(z.dims(), [n, l]);
+    assert_eq!(z.to_vec2::<f64>()?, prior.sample(n, 11)?.to_vec2::<f64>()?);
+    assert_ne!(z.to_vec2::<f64>()?, prior.sample(n, 12)?.to_vec2::<f64>()?);
+    let theta: Vec<Vec<Vec<f64>>> = prior.conditionals(&z)?.to_vec3()?;
+    let zs: Vec<Vec<f64>> = z.to_vec2()?;
+    for d in 0..l {
+        let mut u: Vec<f64> = (0..n).map(|b| mixture_cdf(&theta[b][d], zs[b][d])).collect();
+        u.sort_by(f64::total_cmp);
+        let ks = u
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| {
+                (c - i as f64 / n as f64)
+                    .abs()
+                    .max((c - (i + 1) as f64 / n as f64).abs())
+            })
+            .fold(0f64, f64::max);
+        // The 0.1% critical value of the Kolmogorov statistic is 1.95/√n (0.036 for n = 3000).
+        assert!(ks < 1.95 / (n as f64).sqrt(), "dimension {d}: Kolmogorov distance {ks}");
+    }
+    Ok(())
+}
+
+#[test]
+fn standard_normal_prior_density_and_samples() -> Result<()> {
+    let prior = StandardNormal::new(3, DType::F64, &CPU);
+    let z = Tensor::new(&[[0f64, 1.0, -2.0]], &CPU)?;
+    let want = -0.5 * 5.0 - 1.5 * (2.0 * std::f64::consts::PI).ln();
+    assert!((prior.log_density(&z)?.to_vec1::<f64>()?[0] - want).abs() < 1e-12);
+    let s = prior.sample(20_000, 1)?;
+    let mean = s.mean_all()?.to_scalar::<f64>()?;
+    let var = s.sqr()?.mean_all()?.to_scalar::<f64>()? - mean * mean;
+    assert!(
+        mean.abs() < 0.02 && (var - 1.0).abs() < 0.03,
+        "mean {mean}, variance {var}"
+    );
+    assert!(matches!(
+        prior.log_density(&Tensor::zeros((1, 4), DType::F64, &CPU)?),
+        Err(Error::Config(_))
+    ));
     Ok(())
 }
