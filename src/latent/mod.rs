@@ -1,12 +1,16 @@
 //! Latent-variable models: a VAE (Kingma & Welling 2014) whose prior is a standard normal or an ARM over
 //! the latent dimensions, p(z) = Π_l p(z_l | z_<l) (the VAE with an autoregressive prior of Chen et al. 2017).
 //!
+//! - [`vae`]: the encoder q(z|x), the decoder p(x|z), the [`Vae`] and its training objective (−ELBO)
 //! - [`prior`]: the [`Prior`] trait, the [`StandardNormal`] and the [`ArmPrior`]
+//! - [`estimate`]: the importance-weighted estimate of log p(x) (Burda et al. 2016) and the active units
 //!
 //! The model reads data as the ARMs do, `[B, D]` integers in 0..K; D and K come from the data set, the
 //! rest from a [`VaeConfig`].
 
+pub mod estimate;
 pub mod prior;
+pub mod vae;
 
 use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
@@ -16,7 +20,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::limits;
 
+pub use estimate::{ActiveUnits, ACTIVE_UNIT_THRESHOLD};
 pub use prior::{ArmPrior, Prior, StandardNormal};
+pub use vae::{Decoder, Encoder, Vae};
 
 /// The LeakyReLU slope between the layers of every network here (PyTorch's default).
 pub const LEAKY_SLOPE: f64 = 0.01;
