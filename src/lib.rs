@@ -18,6 +18,7 @@ pub mod codec;
 pub mod config;
 pub mod data;
 pub mod error;
+pub mod latent;
 pub mod likelihood;
 pub mod limits;
 pub mod models;

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 
 /// Log-scales are floored here, as in PixelCNN++: s ≥ e⁻⁷ keeps 1/s finite and stops a component from
 /// collapsing onto one bin centre, where the density (and so the mid-bin fallback) would blow up.
-const LOG_SCALE_MIN: f64 = -7.0;
+pub(crate) const LOG_SCALE_MIN: f64 = -7.0;
 
 /// Below this bin mass, CDF(up) − CDF(lo) of two CDFs near 1 is a few f32 ulps (or exactly 0, whose log is −∞),
 /// so the mass is approximated by the density at the bin centre times the bin width, as PixelCNN++ does.
@@ -234,7 +234,7 @@ pub fn sample_gray(params: &[f32], u_mix: f64, u: f64, temperature: f64, n_mix: 
 
 /// The logistic inverse CDF μ + s·log(u/(1−u)). u = 0 or 1 give ∓∞, which [`to_bin`] clamps into the edge
 /// bins, exactly where that mass lies.
-fn logistic_quantile(mean: f64, log_scale: f64, u: f64) -> f64 {
+pub(crate) fn logistic_quantile(mean: f64, log_scale: f64, u: f64) -> f64 {
     mean + log_scale.exp() * (u.ln() - (-u).ln_1p())
 }
 
@@ -262,7 +262,7 @@ fn floor_log_scales(log_scales: &Tensor) -> Result<Tensor> {
 
 /// softplus(x) = log(1 + eˣ) = max(x, 0) + log(1 + e^−|x|): the exponent is never positive, so it cannot
 /// overflow for large |x| (candle has no softplus op).
-fn softplus(x: &Tensor) -> Result<Tensor> {
+pub(crate) fn softplus(x: &Tensor) -> Result<Tensor> {
     Ok((x.relu()? + (x.abs()?.neg()?.exp()? + 1.0)?.log()?)?)
 }
 
@@ -273,7 +273,7 @@ fn log_sigmoid(x: &Tensor) -> Result<Tensor> {
 
 /// log Σ_m exp(xs[n, m]) `[N, M]` → `[N]`, shifted by the row maximum so no exp overflows. The shift cancels
 /// exactly, so it is detached (its gradient is zero; ties would only split a zero).
-fn log_sum_exp(xs: &Tensor) -> Result<Tensor> {
+pub(crate) fn log_sum_exp(xs: &Tensor) -> Result<Tensor> {
     let max = xs.max_keepdim(1)?.detach();
     Ok((xs.broadcast_sub(&max)?.exp()?.sum_keepdim(1)?.log()? + max)?.squeeze(1)?)
 }

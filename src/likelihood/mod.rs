@@ -1,6 +1,7 @@
 //! Per-dimension distributions: pure functions of (network output, data).
 
 pub mod categorical;
+pub mod continuous;
 pub mod logistic_mixture;
 
 use candle_core::Tensor;

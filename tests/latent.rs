@@ -1,0 +1,876 @@
+//! The VAE and its priors (`armory::latent`) and the continuous logistic mixture they rest on
+//! (`armory::likelihood::continuous`): densities that integrate to one by quadrature, causality of the ARM
+//! prior, f64 finite-difference gradients (through the reparameterisation too), sampling against the density,
+//! the importance-weighted estimator against log p(x) integrated numerically, and a training smoke test.
+
+use armory::latent::{ArmPrior, Prior, PriorConfig, StandardNormal, Vae, VaeConfig, ACTIVE_UNIT_THRESHOLD};
+use armory::likelihood::continuous;
+use armory::nn::Mode;
+use armory::params::ParamStore;
+use armory::train::optim::{Optimizer, OptimizerKind};
+use armory::{Error, Result};
+use candle_core::{DType, Device, IndexOp, Tensor, Var};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+const CPU: Device = Device::Cpu;
+
+// ---------------------------------------------------------------------------------------------------------
+// Helpers
+
+/// Random θ for one dimension: M logits, M means, M log-scales (in the given ranges).
+fn random_theta(rng: &mut ChaCha8Rng, n_mix: usize, log_scales: std::ops::Range<f64>) -> Vec<f64> {
+    let mut p = Vec::with_capacity(3 * n_mix);
+    p.extend((0..n_mix).map(|_| rng.random_range(-3.0..3.0)));
+    p.extend((0..n_mix).map(|_| rng.random_range(-3.0..3.0)));
+    p.extend((0..n_mix).map(|_| rng.random_range(log_scales.clone())));
+    p
+}
+
+/// A uniform grid fine enough for the trapezoid rule on a mixture θ (a tenth of the narrowest scale) and
+/// wide enough to hold all but e⁻⁴⁰ of its mass; optionally finer still (`max_step`).
+fn grid_for(theta: &[f64], max_step: f64) -> Vec<f64> {
+    let m = theta.len() / 3;
+    let scales: Vec<f64> = theta[2 * m..].iter().map(|l| l.max(-7.0).exp()).collect();
+    let (s_min, s_max) = scales.iter().fold((f64::MAX, 0f64), |(a, b), &s| (a.min(s), b.max(s)));
+    let (mu_min, mu_max) = theta[m..2 * m]
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+    let (lo, hi) = (mu_min - 40.0 * s_max, mu_max + 40.0 * s_max);
+    let step = (s_min / 10.0).min(max_step);
+    let n = ((hi - lo) / step).ceil() as usize + 1;
+    assert!(n < 4_000_000, "grid of {n} points for θ {theta:?}");
+    (0..n).map(|i| lo + i as f64 * step).collect()
+}
+
+/// The trapezoid rule for the values `f` at the uniformly spaced `points`.
+fn trapezoid(points: &[f64], f: &[f64]) -> f64 {
+    let h = points[1] - points[0];
+    h * (f.iter().sum::<f64>() - 0.5 * (f[0] + f[f.len() - 1]))
+}
+
+/// p(z | θ) at each of `zs` for one dimension's θ, through `continuous::log_density_dims`.
+fn mixture_density(theta: &[f64], zs: &[f64]) -> Result<Vec<f64>> {
+    let n = zs.len();
+    let t = Tensor::from_slice(theta, (1, 1, theta.len()), &CPU)?
+        .broadcast_as((n, 1, theta.len()))?
+        .contiguous()?;
+    let z = Tensor::from_slice(zs, (n, 1), &CPU)?;
+    Ok(continuous::log_density_dims(&t, &z)?
+        .exp()?
+        .flatten_all()?
+        .to_vec1::<f64>()?)
+}
+
+/// The mixture's CDF at z: Σ_m π_m·σ((z − μ_m)/s_m).
+fn mixture_cdf(theta: &[f64], z: f64) -> f64 {
+    let m = theta.len() / 3;
+    let max = theta[..m].iter().fold(f64::MIN, |a, &b| a.max(b));
+    let w: Vec<f64> = theta[..m].iter().map(|l| (l - max).exp()).collect();
+    let total: f64 = w.iter().sum();
+    (0..m)
+        .map(|k| {
+            let s = theta[2 * m + k].max(-7.0).exp();
+            w[k] / total / (1.0 + (-(z - theta[m + k]) / s).exp())
+        })
+        .sum()
+}
+
+/// Sets every parameter of `store` to uniform values in ±`scale` (seeded): weights far from the
+/// initialisation, so that the functions tested are not nearly constant.
+fn randomise(store: &ParamStore, scale: f64, seed: u64) -> Result<()> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    for (_, var) in store.vars() {
+        let v: Vec<f64> = (0..var.elem_count()).map(|_| rng.random_range(-scale..scale)).collect();
+        var.set(&Tensor::from_vec(v, var.shape(), &CPU)?.to_dtype(var.dtype())?)?;
+    }
+    Ok(())
+}
+
+/// The gradient of the scalar `f()` w.r.t. every parameter of `store` (f64) against central finite
+/// differences (step 1e-6, tolerance 1e-6·(1 + |fd|)), at every entry of small tensors and about 16 of
+/// large ones; `name` labels a failure. Returns the largest |gradient| seen per parameter tensor.
+fn check_param_gradients(name: &str, store: &ParamStore, f: impl Fn() -> Result<Tensor>) -> Result<Vec<(String, f64)>> {
+    let grads = f()?.backward()?;
+    let eval = || -> Result<f64> { Ok(f()?.to_scalar::<f64>()?) };
+    let mut largest = vec![];
+    for (pname, var) in store.vars() {
+        let g = grads
+            .get(&var)
+            .unwrap_or_else(|| panic!("{name}: no gradient for {pname}"))
+            .flatten_all()?
+            .to_vec1::<f64>()?;
+        let base = var.as_tensor().flatten_all()?.to_vec1::<f64>()?;
+        let set = |v: Vec<f64>| var.set(&Tensor::from_vec(v, var.shape(), &CPU)?);
+        let stride = if base.len() <= 64 { 1 } else { 1 + base.len() / 16 };
+        for i in (0..base.len()).step_by(stride) {
+            let mut v = base.clone();
+            v[i] += 1e-6;
+            set(v.clone())?;
+            let up = eval()?;
+            v[i] -= 2e-6;
+            set(v)?;
+            let down = eval()?;
+            set(base.clone())?;
+            let fd = (up - down) / 2e-6;
+            assert!(
+                (fd - g[i]).abs() < 1e-6 * (1.0 + fd.abs()),
+                "{name} {pname}[{i}]: fd {fd} vs backprop {}",
+                g[i]
+            );
+        }
+        largest.push((pname, g.iter().fold(0f64, |a, b| a.max(b.abs()))));
+    }
+    Ok(largest)
+}
+
+/// A tiny ARM prior in f64 over `latents` dimensions (5 channels, 3 layers of kernel 2, 2 components),
+/// its weights randomised to ±`scale`.
+fn tiny_arm_prior(latents: usize, scale: f64, seed: u64) -> Result<(ParamStore, ArmPrior)> {
+    let store = ParamStore::new(seed);
+    let prior = ArmPrior::new(latents, 5, 3, 2, 2, store.var_builder(DType::F64, &CPU))?;
+    randomise(&store, scale, seed + 1)?;
+    Ok((store, prior))
+}
+
+fn tiny_arm() -> PriorConfig {
+    PriorConfig::Arm {
+        hidden: 5,
+        layers: 2,
+        kernel: 2,
+        n_mix: 2,
+    }
+}
+
+/// `b` examples of `d` values drawn uniformly from 0..k.
+fn random_x(b: usize, d: usize, k: usize, seed: u64) -> Result<Tensor> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let v: Vec<u32> = (0..b * d).map(|_| rng.random_range(0..k as u32)).collect();
+    Ok(Tensor::from_vec(v, (b, d), &CPU)?)
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The continuous logistic mixture
+
+#[test]
+fn logistic_density_matches_hand_computed_values() -> Result<()> {
+    // One component at μ = 0, s = 1: p(0) = ¼, p(2) = σ(2)σ(−2). Two equal components at ±1, s = e^0.5.
+    let sig = |u: f64| 1.0 / (1.0 + (-u).exp());
+    let theta = Tensor::new(&[[[0.7f64, 0.0, 0.0]], [[0.7, 0.0, 0.0]]], &CPU)?;
+    let z = Tensor::new(&[[0f64], [2.0]], &CPU)?;
+    let lp = continuous::log_density(&theta, &z)?.to_vec1::<f64>()?;
+    for (l, want) in lp.iter().zip([0.25, sig(2.0) * sig(-2.0)]) {
+        assert!((l - want.ln()).abs() < 1e-12, "{l} vs {}", want.ln());
+    }
+    let s = 0.5f64.exp();
+    let theta = Tensor::new(&[[[1.0f64, 1.0, -1.0, 1.0, 0.5, 0.5]]], &CPU)?;
+    let lp = continuous::log_density(&theta, &Tensor::new(&[[0.3f64]], &CPU)?)?.to_vec1::<f64>()?[0];
+    let pdf = |mu: f64| sig((0.3 - mu) / s) * sig(-(0.3 - mu) / s) / s;
+    let want = (0.5 * pdf(-1.0) + 0.5 * pdf(1.0)).ln();
+    assert!((lp - want).abs() < 1e-12, "{lp} vs {want}");
+    // A log-scale below −7 acts as −7: the peak density is 1/(4·e⁻⁷), not 1/(4·e⁻⁹).
+    let theta = Tensor::new(&[[[0f64, 0.0, -9.0]]], &CPU)?;
+    let lp = continuous::log_density(&theta, &Tensor::new(&[[0f64]], &CPU)?)?.to_vec1::<f64>()?[0];
+    assert!((lp - (7.0 - 4f64.ln())).abs() < 1e-12, "{lp}");
+    // The sum over dimensions: two dimensions of the first θ.
+    let theta = Tensor::new(&[[[0.7f64, 0.0, 0.0], [0.7, 0.0, 0.0]]], &CPU)?;
+    let lp = continuous::log_density(&theta, &Tensor::new(&[[0f64, 2.0]], &CPU)?)?.to_vec1::<f64>()?[0];
+    assert!((lp - (0.25 * sig(2.0) * sig(-2.0)).ln()).abs() < 1e-12);
+    Ok(())
+}
+
+#[test]
+fn logistic_densities_integrate_to_one() -> Result<()> {
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    for trial in 0..12 {
+        let n_mix = 1 + trial % 4;
+        let theta = random_theta(&mut rng, n_mix, -3.0..1.0);
+        let zs = grid_for(&theta, 1.0);
+        let total = trapezoid(&zs, &mixture_density(&theta, &zs)?);
+        assert!((total - 1.0).abs() < 1e-7, "θ {theta:?}: ∫ p = {total}");
+    }
+    // A component below the scale floor integrates to one at the floor's scale (its grid is built for e⁻⁷).
+    let theta = [0.3, -0.2, 1.5, -12.0, 0.5, -1.0];
+    let zs = grid_for(&theta, 1.0);
+    let total = trapezoid(&zs, &mixture_density(&theta, &zs)?);
+    assert!((total - 1.0).abs() < 1e-7, "∫ p = {total}");
+    Ok(())
+}
+
+#[test]
+fn logistic_density_gradient_matches_finite_differences() -> Result<()> {
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    let (b, d, n_mix) = (3, 4, 3);
+    let mut theta: Vec<f64> = (0..b * d)
+        .flat_map(|_| random_theta(&mut rng, n_mix, -3.0..1.5))
+        .collect();
+    theta[2 * n_mix] = -9.0; // one log-scale under the floor: gradient 0 there, by both methods
+    let z: Vec<f64> = (0..b * d).map(|_| rng.random_range(-6.0..6.0)).collect();
+    let f = |theta: &Tensor, z: &Tensor| -> Result<Tensor> {
+        // Weights per example, so that the check sees each [B] entry, not only their sum.
+        let w = Tensor::new(&[1.0f64, -0.7, 0.4], &CPU)?;
+        Ok((continuous::log_density(theta, z)? * w)?.sum_all()?)
+    };
+    let (tv, zv) = (
+        Var::from_vec(theta.clone(), (b, d, 3 * n_mix), &CPU)?,
+        Var::from_vec(z.clone(), (b, d), &CPU)?,
+    );
+    let grads = f(tv.as_tensor(), zv.as_tensor())?.backward()?;
+    for (which, var, base) in [("θ", &tv, &theta), ("z", &zv, &z)] {
+        let g = grads.get(var).expect("gradient").flatten_all()?.to_vec1::<f64>()?;
+        for i in 0..base.len() {
+            let eval = |delta: f64| -> Result<f64> {
+                let mut v = base.clone();
+                v[i] += delta;
+                let t = Tensor::from_vec(v, var.shape(), &CPU)?;
+                let out = if which == "θ" {
+                    f(&t, zv.as_tensor())?
+                } else {
+                    f(tv.as_tensor(), &t)?
+                };
+                Ok(out.to_scalar::<f64>()?)
+            };
+            let fd = (eval(1e-6)? - eval(-1e-6)?) / 2e-6;
+            assert!(
+                (fd - g[i]).abs() < 1e-6 * (1.0 + fd.abs()),
+                "{which}[{i}]: fd {fd} vs {}",
+                g[i]
+            );
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn logistic_sampling_follows_the_density() -> Result<()> {
+    // A Fibonacci lattice (N = F₂₁ points (i/N, i·F₂₀/N mod 1)) covers the unit square far more evenly than
+    // random noise, so the empirical CDF matches to O(log N / N).
+    let (n, step) = (17_711usize, 10_946usize);
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    for trial in 0..6 {
+        let n_mix = 1 + trial % 3;
+        let theta = random_theta(&mut rng, n_mix, -2.0..1.0);
+        let row: Vec<f32> = theta.iter().map(|&v| v as f32).collect();
+        let theta: Vec<f64> = row.iter().map(|&v| v as f64).collect(); // what the sampler sees
+        let mut draws: Vec<f64> = (0..n)
+            .map(|i| {
+                let u_component = (i as f64 + 0.5) / n as f64;
+                let u_value = ((i * step) % n) as f64 / n as f64 + 0.5 / n as f64;
+                continuous::sample(&row, u_component, u_value) as f64
+            })
+            .collect();
+        draws.sort_by(f64::total_cmp);
+        // Kolmogorov distance between the draws and the mixture's CDF.
+        let ks = draws
+            .iter()
+            .enumerate()
+            .map(|(i, &z)| {
+                let c = mixture_cdf(&theta, z);
+                (c - i as f64 / n as f64)
+                    .abs()
+                    .max((c - (i + 1) as f64 / n as f64).abs())
+            })
+            .fold(0f64, f64::max);
+        assert!(ks < 2e-3, "θ {theta:?}: Kolmogorov distance {ks}");
+        // The mean: Σ π_m μ_m (a logistic is symmetric about its mean).
+        let m = n_mix;
+        let max = theta[..m].iter().fold(f64::MIN, |a, &b| a.max(b));
+        let w: Vec<f64> = theta[..m].iter().map(|l| (l - max).exp()).collect();
+        let mean: f64 = (0..m).map(|k| w[k] * theta[m + k]).sum::<f64>() / w.iter().sum::<f64>();
+        let got = draws.iter().sum::<f64>() / n as f64;
+        assert!((got - mean).abs() < 0.02, "θ {theta:?}: mean {got} vs {mean}");
+    }
+    // Noise at its extremes gives finite values.
+    for (uc, uv) in [(0.0, 0.0), (0.999_999, 1.0), (0.5, 1e-300)] {
+        assert!(continuous::sample(&[0.0, 1.0, 0.5], uc, uv).is_finite());
+    }
+    Ok(())
+}
+
+#[test]
+fn logistic_density_refuses_bad_shapes() -> Result<()> {
+    let theta = Tensor::zeros((2, 3, 6), DType::F64, &CPU)?;
+    assert!(continuous::log_density(&theta, &Tensor::zeros((2, 3), DType::F64, &CPU)?).is_ok());
+    for z in [
+        Tensor::zeros((2, 4), DType::F64, &CPU)?,
+        Tensor::zeros((2, 3), DType::F32, &CPU)?,
+        Tensor::zeros(6, DType::F64, &CPU)?,
+    ] {
+        assert!(
+            matches!(continuous::log_density(&theta, &z), Err(Error::Config(_))),
+            "{z:?}"
+        );
+    }
+    let theta = Tensor::zeros((2, 3, 5), DType::F64, &CPU)?;
+    let z = Tensor::zeros((2, 3), DType::F64, &CPU)?;
+    assert!(matches!(continuous::log_density(&theta, &z), Err(Error::Config(_))));
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The priors
+
+/// Perturbing z_j leaves θ_l for l ≤ j exactly as it was, and moves θ_{j+1}.
+#[test]
+fn arm_prior_is_causal_over_the_latent_dimensions() -> Result<()> {
+    let l = 7;
+    let (_, prior) = tiny_arm_prior(l, 1.0, 4)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let z: Vec<f64> = (0..2 * l).map(|_| rng.random_range(-2.0..2.0)).collect();
+    let zt = Tensor::from_slice(&z, (2, l), &CPU)?;
+    let theta: Vec<Vec<Vec<f64>>> = prior.conditionals(&zt)?.to_vec3()?;
+    for j in 0..l {
+        let mut moved = z.clone();
+        moved[j] += 0.8; // example 0 only
+        let after: Vec<Vec<Vec<f64>>> = prior
+            .conditionals(&Tensor::from_slice(&moved, (2, l), &CPU)?)?
+            .to_vec3()?;
+        assert_eq!(after[1], theta[1], "example 1 changed with example 0's z_{j}");
+        for i in 0..=j {
+            assert_eq!(after[0][i], theta[0][i], "θ_{i} changed with z_{j}");
+        }
+        if j + 1 < l {
+            assert_ne!(after[0][j + 1], theta[0][j + 1], "θ_{} does not see z_{j}", j + 1);
+        }
+    }
+    // log p(z) is the sum of the conditionals' log densities.
+    let lp = prior.log_density(&zt)?.to_vec1::<f64>()?;
+    let sum = continuous::log_density(&prior.conditionals(&zt)?, &zt)?.to_vec1::<f64>()?;
+    assert_eq!(lp, sum);
+    // The default ARM prior sees all previous dimensions of the default 16 latents.
+    assert_eq!(PriorConfig::arm().receptive_field(16), 16);
+    Ok(())
+}
+
+/// For each l, ∫ p(z_l | z_<l) dz_l = 1, the density read through the whole network (z_l varies on the
+/// grid, the other dimensions stay): so p(z) = Π_l p(z_l | z_<l) is normalised.
+#[test]
+fn arm_prior_conditionals_integrate_to_one() -> Result<()> {
+    let l = 4;
+    let (_, prior) = tiny_arm_prior(l, 0.8, 6)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    for _ in 0..2 {
+        let z: Vec<f64> = (0..l).map(|_| rng.random_range(-2.0..2.0)).collect();
+        let theta: Vec<Vec<f64>> = prior
+            .conditionals(&Tensor::from_slice(&z, (1, l), &CPU)?)?
+            .squeeze(0)?
+            .to_vec2()?;
+        for (d, theta_d) in theta.iter().enumerate() {
+            let zs = grid_for(theta_d, 1.0);
+            let rows: Vec<f64> = zs
+                .iter()
+                .flat_map(|&v| z.iter().enumerate().map(move |(i, &zi)| if i == d { v } else { zi }))
+                .collect();
+            let rows = Tensor::from_vec(rows, (zs.len(), l), &CPU)?;
+            let dens = continuous::log_density_dims(&prior.conditionals(&rows)?, &rows)?
+                .i((.., d))?
+                .exp()?
+                .to_vec1::<f64>()?;
+            let total = trapezoid(&zs, &dens);
+            assert!(
+                (total - 1.0).abs() < 1e-7,
+                "dimension {d}, θ {theta_d:?}: ∫ p = {total}"
+            );
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn arm_prior_gradients_match_finite_differences() -> Result<()> {
+    let l = 5;
+    let (store, prior) = tiny_arm_prior(l, 1.0, 8)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let z: Vec<f64> = (0..3 * l).map(|_| rng.random_range(-2.0..2.0)).collect();
+    let zv = Var::from_vec(z.clone(), (3, l), &CPU)?;
+    let f = |z: &Tensor| -> Result<Tensor> {
+        let w = Tensor::new(&[1.0f64, -0.5, 0.3], &CPU)?;
+        Ok((prior.log_density(z)? * w)?.sum_all()?)
+    };
+    let largest = check_param_gradients("arm prior", &store, || f(zv.as_tensor()))?;
+    assert_eq!(largest.len(), 6, "{largest:?}"); // 3 layers × (weight, bias)
+    assert!(largest.iter().all(|(_, g)| *g > 0.0), "{largest:?}");
+    // And w.r.t. z, which the ELBO differentiates through.
+    let g = f(zv.as_tensor())?
+        .backward()?
+        .get(&zv)
+        .expect("gradient")
+        .flatten_all()?
+        .to_vec1::<f64>()?;
+    for i in 0..z.len() {
+        let eval = |delta: f64| -> Result<f64> {
+            let mut v = z.clone();
+            v[i] += delta;
+            Ok(f(&Tensor::from_vec(v, (3, l), &CPU)?)?.to_scalar::<f64>()?)
+        };
+        let fd = (eval(1e-6)? - eval(-1e-6)?) / 2e-6;
+        assert!(
+            (fd - g[i]).abs() < 1e-6 * (1.0 + fd.abs()),
+            "z[{i}]: fd {fd} vs {}",
+            g[i]
+        );
+    }
+    Ok(())
+}
+
+/// The probability integral transform: if z ~ p, then u_l = F(z_l | θ_l(z_<l)) is uniform on (0, 1) for
+/// every l, independently; a sampler that drew a dimension from the wrong θ would fail it. Sampling is
+/// deterministic given the seed.
+#[test]
+fn arm_prior_samples_follow_its_conditionals() -> Result<()> {
+    let l = 4;
+    let (_, prior) = tiny_arm_prior(l, 0.8, 10)?;
+    let n = 3000;
+    let z = prior.sample(n, 11)?;
+    assert_eq!(z.dims(), [n, l]);
+    assert_eq!(z.to_vec2::<f64>()?, prior.sample(n, 11)?.to_vec2::<f64>()?);
+    assert_ne!(z.to_vec2::<f64>()?, prior.sample(n, 12)?.to_vec2::<f64>()?);
+    let theta: Vec<Vec<Vec<f64>>> = prior.conditionals(&z)?.to_vec3()?;
+    let zs: Vec<Vec<f64>> = z.to_vec2()?;
+    for d in 0..l {
+        let mut u: Vec<f64> = (0..n).map(|b| mixture_cdf(&theta[b][d], zs[b][d])).collect();
+        u.sort_by(f64::total_cmp);
+        let ks = u
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| {
+                (c - i as f64 / n as f64)
+                    .abs()
+                    .max((c - (i + 1) as f64 / n as f64).abs())
+            })
+            .fold(0f64, f64::max);
+        // The 0.1% critical value of the Kolmogorov statistic is 1.95/√n (0.036 for n = 3000).
+        assert!(ks < 1.95 / (n as f64).sqrt(), "dimension {d}: Kolmogorov distance {ks}");
+    }
+    Ok(())
+}
+
+#[test]
+fn standard_normal_prior_density_and_samples() -> Result<()> {
+    let prior = StandardNormal::new(3, DType::F64, &CPU);
+    let z = Tensor::new(&[[0f64, 1.0, -2.0]], &CPU)?;
+    let want = -0.5 * 5.0 - 1.5 * (2.0 * std::f64::consts::PI).ln();
+    assert!((prior.log_density(&z)?.to_vec1::<f64>()?[0] - want).abs() < 1e-12);
+    let s = prior.sample(20_000, 1)?;
+    let mean = s.mean_all()?.to_scalar::<f64>()?;
+    let var = s.sqr()?.mean_all()?.to_scalar::<f64>()? - mean * mean;
+    assert!(
+        mean.abs() < 0.02 && (var - 1.0).abs() < 0.03,
+        "mean {mean}, variance {var}"
+    );
+    assert!(matches!(
+        prior.log_density(&Tensor::zeros((1, 4), DType::F64, &CPU)?),
+        Err(Error::Config(_))
+    ));
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The VAE and its estimators
+
+/// A VAE with one latent over two values of three levels (9 possible x), weights randomised so that
+/// p(x|z) depends strongly on z and q(z|x) is far from the posterior: a loose ELBO.
+fn one_latent_vae(prior: PriorConfig, scale: f64, seed: u64) -> Result<Vae> {
+    let cfg = VaeConfig {
+        latents: 1,
+        hidden: 8,
+        prior,
+    };
+    let vae = Vae::new(&cfg, 2, 3, seed, DType::F64, &CPU)?;
+    randomise(vae.params(), scale, seed + 100)?;
+    if let PriorConfig::Arm { layers, n_mix, .. } = cfg.prior {
+        // The prior's logistic tails are heavier than q's Gaussian ones: p(z)²/q(z) grows without bound,
+        // and the importance weights have infinite variance (IWAE then converges very slowly). Narrower
+        // components (log-scales lowered by 1.8) push that growth ~30σ out, where q never draws.
+        let (_, bias) = vae
+            .params()
+            .vars()
+            .into_iter()
+            .find(|(n, _)| *n == format!("prior.net.{}.conv1d.bias", 2 * (layers - 1)))
+            .expect("the prior's last bias");
+        let mut v = bias.as_tensor().to_vec1::<f64>()?;
+        v[2 * n_mix..].iter_mut().for_each(|b| *b -= 1.8);
+        bias.set(&Tensor::new(v, &CPU)?)?;
+    }
+    Ok(vae)
+}
+
+/// All 9 values of x, `[9, 2]`.
+fn all_x() -> Result<Tensor> {
+    let v: Vec<u32> = (0..9u32).flat_map(|i| [i / 3, i % 3]).collect();
+    Ok(Tensor::from_vec(v, (9, 2), &CPU)?)
+}
+
+/// log p(x) = log ∫ p(x|z)·p(z) dz for each of the 9 x, by the trapezoid rule on a fine grid over z.
+fn log_px_by_quadrature(vae: &Vae) -> Result<Vec<f64>> {
+    let zs = match vae.config().prior {
+        PriorConfig::StandardNormal => (0..48_001).map(|i| -12.0 + i as f64 * 5e-4).collect(),
+        PriorConfig::Arm { .. } => {
+            // θ_0 sees no dimension: it is the same for every z, and decides the grid.
+            let zero = Tensor::zeros((1, 1), DType::F64, &CPU)?;
+            let theta: Vec<f64> = arm_prior_of(vae)?.conditionals(&zero)?.flatten_all()?.to_vec1()?;
+            grid_for(&theta, 1e-3)
+        }
+    };
+    let n = zs.len();
+    let z = Tensor::from_slice(&zs, (n, 1), &CPU)?;
+    let log_prior = vae.prior().log_density(&z)?;
+    let mut out = vec![];
+    for x in all_x()?.to_vec2::<u32>()? {
+        let xs = Tensor::new(&[[x[0], x[1]]], &CPU)?.repeat((n, 1))?;
+        let f = (vae.decoder().log_likelihood(&z, &xs)? + &log_prior)?
+            .exp()?
+            .to_vec1::<f64>()?;
+        out.push(trapezoid(&zs, &f).ln());
+    }
+    Ok(out)
+}
+
+/// The VAE's ARM prior rebuilt on its own parameter store from the VAE's `prior.*` tensors (the `Prior`
+/// trait object does not expose θ).
+fn arm_prior_of(vae: &Vae) -> Result<ArmPrior> {
+    let PriorConfig::Arm {
+        hidden,
+        layers,
+        kernel,
+        n_mix,
+    } = vae.config().prior
+    else {
+        unreachable!()
+    };
+    let store = ParamStore::new(0);
+    let arm = ArmPrior::new(
+        vae.latents(),
+        hidden,
+        layers,
+        kernel,
+        n_mix,
+        store.var_builder(DType::F64, &CPU),
+    )?;
+    let src = vae.params().tensors()?;
+    for (name, var) in store.vars() {
+        var.set(&src[&format!("prior.{name}")])?;
+    }
+    Ok(arm)
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len() as f64
+}
+
+/// With K = 20,000 samples the IWAE estimate is log p(x) (integrated numerically) to within its Monte-Carlo
+/// error; the quadrature itself is checked by Σ_x p(x) = 1.
+#[test]
+fn iwae_converges_to_log_px_by_quadrature() -> Result<()> {
+    // The tolerances are about 4 Monte-Carlo standard deviations of the estimate (seen over seeds): the
+    // narrow ARM prior is far from q, so its weights vary more.
+    for (prior, tol) in [(PriorConfig::StandardNormal, 0.005), (tiny_arm(), 0.03)] {
+        let vae = one_latent_vae(prior.clone(), 0.6, 20)?;
+        let exact = log_px_by_quadrature(&vae)?;
+        let total: f64 = exact.iter().map(|l| l.exp()).sum();
+        assert!((total - 1.0).abs() < 1e-6, "{prior:?}: Σ_x p(x) = {total}");
+        let est = vae.iwae(&all_x()?, 20_000, 21, 2_000)?.to_vec1::<f64>()?;
+        for (i, (e, x)) in est.iter().zip(&exact).enumerate() {
+            assert!((e - x).abs() < tol, "{prior:?}, x #{i}: IWAE {e} vs log p(x) {x}");
+        }
+    }
+    Ok(())
+}
+
+/// On average over seeds, ELBO ≤ IWAE_10 ≤ IWAE_100 ≤ log p(x) (the bound tightens with K), the gaps
+/// clearly apart; and IWAE_1 with a seed is the ELBO of that seed when the KL is estimated (ARM prior).
+#[test]
+fn iwae_is_a_bound_that_tightens_with_k() -> Result<()> {
+    let x = all_x()?;
+    for prior in [PriorConfig::StandardNormal, tiny_arm()] {
+        let vae = one_latent_vae(prior.clone(), 1.0, 30)?;
+        let exact: f64 = log_px_by_quadrature(&vae)?.iter().sum();
+        let seeds = 0..300u64;
+        let avg = |k: usize| -> Result<f64> {
+            let sums = seeds
+                .clone()
+                .map(|s| Ok(vae.iwae(&x, k, s, 64)?.sum_all()?.to_scalar::<f64>()?))
+                .collect::<Result<Vec<_>>>()?;
+            Ok(mean(&sums))
+        };
+        let elbo = mean(
+            &seeds
+                .clone()
+                .map(|s| {
+                    let (rec, kl) = vae.elbo_terms(&x, Mode::Eval, s)?;
+                    Ok((rec - kl)?.sum_all()?.to_scalar::<f64>()?)
+                })
+                .collect::<Result<Vec<_>>>()?,
+        );
+        let (k1, k10, k100) = (avg(1)?, avg(10)?, avg(100)?);
+        eprintln!("{prior:?}: elbo {elbo}, k=1 {k1}, k=10 {k10}, k=100 {k100}, log p(x) {exact}");
+        assert!(k1 < k10 - 0.05 && k10 < k100 - 0.05, "{prior:?}: {k1}, {k10}, {k100}");
+        assert!(k100 < exact + 0.01, "{prior:?}: IWAE_100 {k100} above log p(x) {exact}");
+        // −ELBO ≥ −IWAE_K for K > 1.
+        assert!(elbo < k10 - 0.05, "{prior:?}: ELBO {elbo} vs IWAE_10 {k10}");
+        // The ELBO and IWAE_1 estimate the same number: both with the same ε (stream 0 of the seed).
+        assert!((elbo - k1).abs() < 0.15, "{prior:?}: ELBO {elbo} vs IWAE_1 {k1}");
+        if matches!(prior, PriorConfig::Arm { .. }) {
+            for s in 0..5 {
+                let (rec, kl) = vae.elbo_terms(&x, Mode::Eval, s)?;
+                let elbo = (rec - kl)?.to_vec1::<f64>()?;
+                let one = vae.iwae(&x, 1, s, 1)?.to_vec1::<f64>()?;
+                for (a, b) in elbo.iter().zip(&one) {
+                    assert!((a - b).abs() < 1e-10, "seed {s}: ELBO {a} vs IWAE_1 {b}");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The estimate does not depend on how the samples are chunked, and is the same for the same seed.
+#[test]
+fn iwae_is_deterministic_and_independent_of_the_chunk() -> Result<()> {
+    let vae = Vae::new(
+        &VaeConfig {
+            latents: 3,
+            hidden: 6,
+            prior: tiny_arm(),
+        },
+        5,
+        4,
+        1,
+        DType::F64,
+        &CPU,
+    )?;
+    let x = random_x(6, 5, 4, 2)?;
+    let whole = vae.iwae(&x, 37, 3, 37)?.to_vec1::<f64>()?;
+    for chunk in [1, 5, 36, 100] {
+        let got = vae.iwae(&x, 37, 3, chunk)?.to_vec1::<f64>()?;
+        for (a, b) in got.iter().zip(&whole) {
+            assert!((a - b).abs() < 1e-10, "chunk {chunk}: {a} vs {b}");
+        }
+    }
+    assert_ne!(vae.iwae(&x, 37, 4, 37)?.to_vec1::<f64>()?, whole);
+    assert!(matches!(vae.iwae(&x, 0, 3, 1), Err(Error::Config(_))));
+    assert!(matches!(vae.iwae(&x, 3, 3, 0), Err(Error::Config(_))));
+    Ok(())
+}
+
+/// The single-sample −ELBO with fixed noise is a smooth function of every parameter: backprop through the
+/// reparameterisation (z = μ + σ·ε) agrees with finite differences, for the encoder's parameters too, under
+/// both priors.
+#[test]
+fn elbo_gradients_through_the_reparameterisation_match_finite_differences() -> Result<()> {
+    let x = random_x(4, 5, 3, 1)?;
+    for prior in [PriorConfig::StandardNormal, tiny_arm()] {
+        let cfg = VaeConfig {
+            latents: 2,
+            hidden: 4,
+            prior: prior.clone(),
+        };
+        let vae = Vae::new(&cfg, 5, 3, 2, DType::F64, &CPU)?;
+        let largest = check_param_gradients(&format!("{prior:?}"), vae.params(), || vae.loss(&x, Mode::Eval, 5))?;
+        let encoder: Vec<_> = largest.iter().filter(|(n, _)| n.starts_with("encoder.")).collect();
+        assert_eq!(encoder.len(), 6, "{largest:?}");
+        assert!(encoder.iter().all(|(_, g)| *g > 1e-4), "{largest:?}");
+        let names: Vec<&str> = largest.iter().map(|(n, _)| n.as_str()).collect();
+        let priors = names.iter().filter(|n| n.starts_with("prior.")).count();
+        assert_eq!(
+            priors,
+            if matches!(prior, PriorConfig::Arm { .. }) { 4 } else { 0 },
+            "{names:?}"
+        );
+    }
+    Ok(())
+}
+
+/// A few hundred Adam steps on the digits lower the −ELBO clearly, under both priors.
+#[test]
+fn training_on_digits_lowers_the_negative_elbo() -> Result<()> {
+    let splits = armory::data::Splits::by_position(&armory::data::load("digits")?)?;
+    let train = &splits.train;
+    let (d, k) = (train.dim, train.num_values);
+    let eval_x = train.batch(&(0..200).collect::<Vec<_>>(), &CPU)?;
+    for prior in [PriorConfig::StandardNormal, PriorConfig::arm()] {
+        let cfg = VaeConfig {
+            hidden: 128,
+            prior: prior.clone(),
+            ..VaeConfig::default()
+        };
+        let vae = Vae::new(&cfg, d, k, 0, DType::F32, &CPU)?;
+        // The mean over 5 noise seeds, so that the comparison is not one draw's luck.
+        let neg_elbo = |vae: &Vae| -> Result<f64> {
+            let v = (0..5)
+                .map(|s| Ok(vae.loss(&eval_x, Mode::Eval, 1_000 + s)?.to_scalar::<f32>()? as f64))
+                .collect::<Result<Vec<_>>>()?;
+            Ok(mean(&v))
+        };
+        let before = neg_elbo(&vae)?;
+        let mut opt = Optimizer::new(OptimizerKind::Adam, 1e-3, vae.params().vars())?;
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let start = std::time::Instant::now();
+        for step in 0..300 {
+            let idx: Vec<usize> = (0..64).map(|_| rng.random_range(0..train.len())).collect();
+            let loss = vae.loss(&train.batch(&idx, &CPU)?, Mode::Train { seed: step }, step)?;
+            opt.step(&loss.backward()?)?;
+        }
+        let after = neg_elbo(&vae)?;
+        eprintln!(
+            "{prior:?}: −ELBO {before:.1} → {after:.1} nats in {:?}",
+            start.elapsed()
+        );
+        assert!(
+            after.is_finite() && after < 0.7 * before,
+            "{prior:?}: −ELBO {before} → {after}"
+        );
+    }
+    Ok(())
+}
+
+/// Latent dimensions whose posterior mean the encoder holds constant are inactive; the others are active.
+#[test]
+fn active_units_count_the_dimensions_the_encoder_uses() -> Result<()> {
+    let cfg = VaeConfig {
+        latents: 4,
+        hidden: 8,
+        prior: PriorConfig::StandardNormal,
+    };
+    let vae = Vae::new(&cfg, 6, 5, 3, DType::F64, &CPU)?;
+    let x = random_x(50, 6, 5, 4)?;
+    // Row l of the last encoder layer gives μ_l: zero rows 1 and 3 (μ constant, their bias), scale the others.
+    let (_, w) = vae
+        .params()
+        .vars()
+        .into_iter()
+        .find(|(n, _)| n == "encoder.net.4.weight")
+        .expect("the encoder's last layer");
+    let mut rows: Vec<Vec<f64>> = w.as_tensor().to_vec2()?;
+    for (l, row) in rows.iter_mut().enumerate().take(4) {
+        let scale = if l % 2 == 1 { 0.0 } else { 20.0 };
+        row.iter_mut().for_each(|v| *v *= scale);
+    }
+    w.set(&Tensor::new(rows, &CPU)?)?;
+    let units = vae.active_units(&x, 7)?;
+    assert_eq!(units.count, 2, "{units:?}");
+    assert!(units.variances[1] < 1e-20 && units.variances[3] < 1e-20, "{units:?}"); // rounding only
+    assert!(units.variances[0] > ACTIVE_UNIT_THRESHOLD && units.variances[2] > ACTIVE_UNIT_THRESHOLD);
+    // The variances are the population variances of μ over the examples, whatever the batch.
+    let (mu, _) = vae.encoder().forward(&x)?;
+    let mu: Vec<Vec<f64>> = mu.to_vec2()?;
+    let col: Vec<f64> = mu.iter().map(|r| r[0]).collect();
+    let m = mean(&col);
+    let var = col.iter().map(|v| (v - m).powi(2)).sum::<f64>() / col.len() as f64;
+    assert!((units.variances[0] - var).abs() < 1e-12 * (1.0 + var));
+    assert_eq!(vae.active_units(&x, 1000)?.count, 2);
+    Ok(())
+}
+
+#[test]
+fn config_defaults_sizes_and_errors() -> Result<()> {
+    // The defaults: 16 latents, encoder 64 → 256 → 256 → 32, decoder 16 → 256 → 256 → 64·17.
+    let vae = Vae::new(&VaeConfig::default(), 64, 17, 0, DType::F32, &CPU)?;
+    let shapes: Vec<(String, Vec<usize>)> = vae
+        .params()
+        .vars()
+        .into_iter()
+        .map(|(n, v)| (n, v.dims().to_vec()))
+        .filter(|(n, _)| n.ends_with("weight"))
+        .collect();
+    let want = [
+        ("decoder.net.0.weight", vec![256, 16]),
+        ("decoder.net.2.weight", vec![256, 256]),
+        ("decoder.net.4.weight", vec![64 * 17, 256]),
+        ("encoder.net.0.weight", vec![256, 64]),
+        ("encoder.net.2.weight", vec![256, 256]),
+        ("encoder.net.4.weight", vec![32, 256]),
+    ];
+    assert_eq!(shapes, want.map(|(n, s)| (n.to_string(), s)).to_vec());
+    assert_eq!(
+        vae.params().num_params() as u128,
+        VaeConfig::default().param_estimate(64, 17)
+    );
+    let arm_cfg = VaeConfig {
+        prior: PriorConfig::arm(),
+        ..VaeConfig::default()
+    };
+    let arm = Vae::new(&arm_cfg, 64, 17, 0, DType::F32, &CPU)?;
+    assert_eq!(arm.params().num_params() as u128, arm_cfg.param_estimate(64, 17));
+
+    // TOML: the ARM prior's sizes default, unknown keys are refused.
+    let cfg: VaeConfig = toml::from_str("latents = 8\n[prior]\nkind = \"arm\"\nn_mix = 2\n").unwrap();
+    assert_eq!(cfg.latents, 8);
+    assert_eq!(
+        cfg.prior,
+        PriorConfig::Arm {
+            hidden: 64,
+            layers: 3,
+            kernel: 6,
+            n_mix: 2
+        }
+    );
+    assert_eq!(
+        toml::from_str::<VaeConfig>(&toml::to_string(&cfg).unwrap()).unwrap(),
+        cfg
+    );
+    assert_eq!(toml::from_str::<VaeConfig>("").unwrap(), VaeConfig::default());
+    assert!(toml::from_str::<VaeConfig>("latent = 8").is_err());
+    assert!(toml::from_str::<VaeConfig>("[prior]\nkind = \"arm\"\nmixtures = 2").is_err());
+
+    // Sizes that cannot be built are errors, not panics.
+    let bad = |cfg: VaeConfig, d: usize, k: usize| Vae::new(&cfg, d, k, 0, DType::F32, &CPU).err();
+    assert!(matches!(
+        bad(
+            VaeConfig {
+                latents: 0,
+                ..VaeConfig::default()
+            },
+            64,
+            17
+        ),
+        Some(Error::Config(_))
+    ));
+    assert!(matches!(bad(VaeConfig::default(), 64, 1), Some(Error::Config(_))));
+    let wide_kernel = VaeConfig {
+        prior: PriorConfig::Arm {
+            hidden: 4,
+            layers: 2,
+            kernel: 40,
+            n_mix: 2,
+        },
+        ..VaeConfig::default()
+    };
+    assert!(matches!(bad(wide_kernel, 64, 17), Some(Error::TooLarge { .. })));
+    assert!(matches!(
+        bad(
+            VaeConfig {
+                hidden: 1 << 20,
+                ..VaeConfig::default()
+            },
+            64,
+            17
+        ),
+        Some(Error::TooLarge { .. })
+    ));
+
+    // Input outside 0..K or of the wrong width.
+    let x = Tensor::new(&[[0u32; 64]], &CPU)?;
+    assert!(vae.loss(&x, Mode::Eval, 0).is_ok());
+    let mut v = vec![0u32; 64];
+    v[5] = 17;
+    let e = vae
+        .loss(&Tensor::from_vec(v, (1, 64), &CPU)?, Mode::Eval, 0)
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::ValueOutOfRange {
+                value: 17,
+                position: 5,
+                k: 17
+            }
+        ),
+        "{e}"
+    );
+    assert!(matches!(
+        vae.iwae(&Tensor::new(&[[0u32; 63]], &CPU)?, 2, 0, 1),
+        Err(Error::Config(_))
+    ));
+    Ok(())
+}
