@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{self, transform, Dataset, Splits};
 use crate::error::{Error, Result};
+use crate::latent::VaeConfig;
 use crate::limits;
 use crate::models::ModelConfig;
 use crate::train::TrainConfig;
@@ -31,6 +32,10 @@ pub const NAMED: &[(&str, &str)] = &[
         "gated-pixelcnn-mixture",
         include_str!("../configs/gated-pixelcnn-mixture.toml"),
     ),
+    ("vae", include_str!("../configs/vae.toml")),
+    ("vae-arm-prior", include_str!("../configs/vae-arm-prior.toml")),
+    ("pixelvae", include_str!("../configs/pixelvae.toml")),
+    ("pixelvae-arm-prior", include_str!("../configs/pixelvae-arm-prior.toml")),
     ("binarized-mnist", include_str!("../configs/binarized-mnist.toml")),
     ("mnist", include_str!("../configs/mnist.toml")),
 ];
@@ -134,6 +139,15 @@ pub fn check_fits(model: &ModelConfig, splits: &Splits, spec: &str) -> Result<()
     Ok(())
 }
 
+/// The `--model` help of the command line: every embedded config by name, from [`NAMED`].
+pub fn named_help() -> String {
+    let names: Vec<&str> = NAMED.iter().map(|(n, _)| *n).collect();
+    format!(
+        "One of the configs shipped in configs/ (embedded): {} (binarized-mnist and mnist need --data mnist:DIR)",
+        names.join(", ")
+    )
+}
+
 fn default_validation() -> usize {
     5000
 }
@@ -142,8 +156,12 @@ fn default_validation() -> usize {
 #[serde(deny_unknown_fields)]
 pub struct RunConfig {
     pub data: DataConfig,
+    /// The ARM — or, with `[latent]`, the decoder p(x|z) of a VAE, conditioned on z.
     pub model: ModelConfig,
     pub train: TrainConfig,
+    /// A latent-variable model (a VAE) whose decoder is `[model]`: its encoder, prior and schedule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latent: Option<VaeConfig>,
 }
 
 impl RunConfig {
@@ -172,8 +190,12 @@ impl RunConfig {
     /// Parses TOML text; `path` names the source in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Self> {
         let text = text.strip_prefix('\u{feff}').unwrap_or(text); // a byte-order mark some editors write
-        let cfg: RunConfig =
+        let mut cfg: RunConfig =
             toml::from_str(text).map_err(|e| Error::Config(format!("{}: {}", path.display(), e.message())))?;
+        // A VAE's decoder is conditioned on its latents: the config need not say so twice.
+        if let (Some(latent), 0) = (&cfg.latent, cfg.model.context) {
+            cfg.model.context = latent.latents;
+        }
         cfg.validate().map_err(|e| e.in_file(path))?;
         Ok(cfg)
     }
@@ -188,6 +210,29 @@ impl RunConfig {
     pub fn validate(&self) -> Result<()> {
         self.model.validate()?;
         self.train.validate()?;
+        match &self.latent {
+            Some(latent) => {
+                latent.validate(self.model.dim(), self.model.num_values)?;
+                if self.model.context != latent.latents {
+                    return Err(Error::Config(format!(
+                        "model.context = {} but the VAE has {} latents: the decoder reads all of them",
+                        self.model.context, latent.latents
+                    )));
+                }
+                if self.model.num_classes().is_some() {
+                    return Err(Error::Config(
+                        "a VAE's decoder is conditioned on z, not on class labels: drop num_classes".into(),
+                    ));
+                }
+            }
+            None if self.model.context > 0 => {
+                return Err(Error::Config(format!(
+                    "model.context = {}: a context comes from a latent-variable model; add a [latent] section",
+                    self.model.context
+                )))
+            }
+            None => {}
+        }
         if self.data.validation == 0 {
             return Err(Error::Config(
                 "data.validation (--validation) = 0 would leave no validation set: early stopping and the best \

@@ -397,3 +397,104 @@ fn bench_prints_our_figures_alone_and_refuses_a_python_without_torch() {
         .failure()
         .stderr(contains("cannot import torch and numpy"));
 }
+
+/// A VAE from the command line: `train --model vae` writes its run (with reconstructions and interpolations),
+/// `eval` reports the −ELBO, the KL, the importance-weighted −log p(x) with K and the seed, and active units;
+/// `sample` and `encode` read the run; bad requests get clear errors.
+#[test]
+fn a_vae_trains_evaluates_samples_and_encodes_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    armory()
+        .args([
+            "train",
+            "--model",
+            "vae",
+            "--epochs",
+            "2",
+            "--quiet",
+            "--name",
+            "v",
+            "--runs-dir",
+        ])
+        .arg(dir.path())
+        .assert()
+        .success()
+        .stdout(contains("importance-weighted, K = 1000, seed 0").and(contains("latents active")));
+    let run = dir.path().join("v");
+    for f in [
+        "reconstructions.png",
+        "interpolations.png",
+        "samples.png",
+        "curve.png",
+        "summary.json",
+    ] {
+        assert!(run.join(f).is_file(), "{f} missing");
+    }
+    let out = armory()
+        .args(["eval", "--importance-samples", "20", "--seed", "3", "--json", "--run"])
+        .arg(&run)
+        .assert()
+        .success();
+    let v: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert_eq!(
+        (v["importance_samples"].as_u64(), v["seed"].as_u64()),
+        (Some(20), Some(3))
+    );
+    let (nll, elbo) = (v["nll_nats"].as_f64().unwrap(), v["neg_elbo"].as_f64().unwrap());
+    assert!(nll < elbo && nll > 0.0, "−log p̂ {nll} vs −ELBO {elbo}");
+    armory()
+        .args(["eval", "--importance-samples", "0", "--run"])
+        .arg(&run)
+        .assert()
+        .failure()
+        .stderr(contains("--importance-samples must be at least 1"));
+    let png = dir.path().join("s.png");
+    armory()
+        .args(["sample", "-n", "4", "--out"])
+        .arg(&png)
+        .arg("--run")
+        .arg(&run)
+        .assert()
+        .success();
+    assert!(png.is_file());
+    armory()
+        .args(["sample", "--label", "1", "--run"])
+        .arg(&run)
+        .assert()
+        .failure()
+        .stderr(contains("not class-conditional"));
+    let csv = dir.path().join("z.csv");
+    armory()
+        .args(["encode", "--split", "val", "-o"])
+        .arg(&csv)
+        .arg("--run")
+        .arg(&run)
+        .assert()
+        .success();
+    let text = std::fs::read_to_string(&csv).unwrap();
+    assert!(text.lines().all(|l| l.split(',').count() == 16), "16 latents a line");
+    armory()
+        .args(["compress", "--run"])
+        .arg(&run)
+        .arg(dir.path().join("z.csv"))
+        .args(["-o"])
+        .arg(dir.path().join("x.arm"))
+        .assert()
+        .failure()
+        .stderr(contains("this run is a VAE"));
+    // A checkpoint that does not fit the config (other latents) is refused, naming the file.
+    let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    std::fs::write(
+        run.join("config.toml"),
+        config
+            .replace("latents = 16", "latents = 8")
+            .replace("context = 16", "context = 8"),
+    )
+    .unwrap();
+    armory()
+        .args(["eval", "--run"])
+        .arg(&run)
+        .assert()
+        .failure()
+        .stderr(contains("best.safetensors"));
+}

@@ -76,7 +76,7 @@ pub fn compress(a: CompressArgs) -> anyhow::Result<()> {
     if a.out.exists() && !a.force {
         bail!("{}: already exists (add --force to replace it)", a.out.display());
     }
-    let (_, arm) = a.model.load()?;
+    let (_, arm) = a.model.load_arm("compress")?;
     let (data, note) = formats::read(&a.input)?;
     let n = data.len();
     let bar = progress(n, "compressing");
@@ -114,7 +114,7 @@ pub fn decompress(a: DecompressArgs) -> anyhow::Result<()> {
     }
     let bytes = std::fs::read(&a.input).with_context(|| format!("reading {}", a.input.display()))?;
     let (header, _) = codec::Header::read(&bytes).with_context(|| format!("reading {}", a.input.display()))?;
-    let (_, arm) = a.model.load()?;
+    let (_, arm) = a.model.load_arm("decompress")?;
     let bar = progress(header.count, "decompressing");
     let start = Instant::now();
     let opts = Options {

@@ -3,7 +3,8 @@ use armory::data::Split;
 use armory::train::evaluate;
 
 use super::choices;
-use super::model_source::ModelSource;
+use super::model_source::{Model, ModelSource};
+use armory::latent::Vae;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -21,11 +22,21 @@ pub struct Args {
     /// Print one JSON object instead of a sentence.
     #[arg(long)]
     json: bool,
+    /// A VAE's −log p(x): the importance-weighted estimate with this many samples of z per example.
+    #[arg(long, default_value_t = 1000)]
+    importance_samples: usize,
+    /// The seed of a VAE's samples of z.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     anyhow::ensure!(a.batch_size > 0, "--batch-size must be at least 1");
-    let (cfg, arm) = a.model.load()?;
+    anyhow::ensure!(
+        a.importance_samples > 0,
+        "--importance-samples must be at least 1 (1 gives the ELBO; 1000 is the usual choice)"
+    );
+    let (cfg, model) = a.model.load()?;
     armory::limits::check(
         format!(
             "activation memory of an evaluation batch of {} (bytes, estimated; lower --batch-size)",
@@ -35,13 +46,17 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         armory::limits::MAX_ACTIVATION_BYTES,
     )?;
     let mut data = cfg.data;
-    if let Some(spec) = a.data {
+    if let Some(spec) = a.data.clone() {
         data.dataset = spec;
     }
     let spec = data.dataset.clone();
     let splits = data.load().with_context(|| format!("loading {spec}"))?;
     armory::config::check_fits(&cfg.model, &splits, &spec)?;
     let part = splits.get(a.split);
+    let arm = match model {
+        Model::Arm(arm) => arm,
+        Model::Vae(vae) => return eval_vae(&vae, &a, part, &spec),
+    };
     let ev = evaluate(&arm, part, a.batch_size)?;
     if a.json {
         println!(
@@ -52,6 +67,41 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         println!(
             "{} split of {spec}: {:.3} nats per example, {:.4} bits per dimension ({} examples)",
             a.split, ev.nll, ev.bpd, ev.examples
+        );
+    }
+    Ok(())
+}
+
+/// A VAE's figures: −ELBO, KL, the importance-weighted −log p(x) (K and the seed stated), active units.
+fn eval_vae(vae: &Vae, a: &Args, part: &armory::data::Dataset, spec: &str) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let pb = indicatif::ProgressBar::new(part.len() as u64);
+    if a.json {
+        pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let ev = vae.evaluate(part, a.importance_samples, a.seed, &|done| pb.set_position(done as u64))?;
+    pb.finish_and_clear();
+    if a.json {
+        let mut v = serde_json::to_value(&ev)?;
+        v["split"] = serde_json::json!(a.split);
+        v["nll_nats"] = serde_json::json!(ev.nll);
+        v["bits_per_dim"] = serde_json::json!(ev.bpd);
+        println!("{v}");
+    } else {
+        println!(
+            "{} split of {spec}: −log p(x) ≤ {:.3} nats per example, {:.4} bits per dimension (importance-weighted, \
+             K = {}, seed {}); −ELBO {:.3} (KL {:.3}); {} of {} latents active; {} examples, {:.1}s",
+            a.split,
+            ev.nll,
+            ev.bpd,
+            ev.importance_samples,
+            ev.seed,
+            ev.neg_elbo,
+            ev.kl,
+            ev.active_units,
+            ev.latents,
+            ev.examples,
+            started.elapsed().as_secs_f64()
         );
     }
     Ok(())

@@ -1,17 +1,15 @@
 use std::path::PathBuf;
 
 use armory::config::RunConfig;
-use armory::models::Arm;
-use candle_core::{DType, Device};
+
+use super::model_source::Model;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// A config file (default: the seed ARM's).
     #[arg(long, conflicts_with_all = ["run", "model"])]
     config: Option<PathBuf>,
-    /// One of the configs shipped in configs/ (embedded): seed-arm, dilated-conv, mlp, lstm, gru, wavenet,
-    /// pixelcnn, gated-pixelcnn, gated-pixelcnn-mixture, gated-pixelcnn-cond, binarized-mnist, mnist (the last two need --data mnist:DIR).
-    #[arg(long, conflicts_with = "run")]
+    #[arg(long, conflicts_with = "run", help = armory::config::named_help())]
     model: Option<String>,
     /// A run directory.
     #[arg(long)]
@@ -25,10 +23,36 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         (_, _, Some(r)) => armory::train::RunDir::open(r)?.read_config()?,
         _ => RunConfig::seed(),
     };
-    let arm = Arm::new(&cfg.model, cfg.train.seed, DType::F32, &Device::Cpu)?;
-    println!("parameters: {}", arm.params().num_params());
+    let model = super::model_source::build(&cfg)?;
+    println!("parameters: {}", model.params().num_params());
+    let arm = match &model {
+        Model::Arm(arm) => arm,
+        Model::Vae(vae) => {
+            let latent = cfg.latent.as_ref().expect("a VAE has [latent]");
+            println!(
+                "a VAE: {} latents, prior {}",
+                latent.latents,
+                match latent.prior {
+                    armory::latent::PriorConfig::StandardNormal => "standard normal".to_string(),
+                    armory::latent::PriorConfig::Arm { n_mix, .. } => format!(
+                        "an ARM over the latents (a mixture of {n_mix} logistics per dimension, θ_l sees {} before)",
+                        latent.prior.receptive_field(latent.latents)
+                    ),
+                }
+            );
+            vae.decoder()
+        }
+    };
     println!("receptive field: {} of {} positions", arm.receptive_field(), arm.dim());
     println!("distribution: {}", cfg.model.distribution());
+    println!(
+        "families: {}",
+        armory::models::FAMILIES
+            .iter()
+            .map(|(k, _)| *k)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     println!("\n{}", cfg.to_toml());
     Ok(())
 }

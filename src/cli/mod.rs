@@ -3,6 +3,7 @@
 mod bench;
 mod choices;
 mod compress;
+mod encode;
 mod eval;
 mod info;
 mod model_source;
@@ -29,10 +30,13 @@ pub struct Cli {
 enum Command {
     /// Train a model (by default the seed ARM on the embedded digits) into runs/<name>/.
     Train(Box<train::Args>),
-    /// Test NLL in nats per example and bits per dimension, on any split.
+    /// Test NLL in nats per example and bits per dimension, on any split (a VAE: −ELBO and the
+    /// importance-weighted estimate).
     Eval(eval::Args),
     /// Draw samples: a PNG grid and the raw values.
     Sample(sample::Args),
+    /// A VAE's posterior means E[z | x] of a data split (npy or CSV).
+    Encode(encode::Args),
     /// Parameters, receptive field and the full config of a model.
     Info(info::Args),
     /// Compress a data file (digits CSV, IDX, npy, PNG folder) with a trained model, losslessly.
@@ -51,6 +55,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(a) => train::run(*a),
         Command::Eval(a) => eval::run(a),
         Command::Sample(a) => sample::run(a),
+        Command::Encode(a) => encode::run(a),
         Command::Info(a) => info::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Compress(a) => compress::compress(a),

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::bail;
 use armory::config::RunConfig;
+use armory::latent::Vae;
 use armory::models::Arm;
 use candle_core::{DType, Device};
 
@@ -24,9 +25,52 @@ pub struct ModelSource {
     pub config: Option<PathBuf>,
 }
 
+/// A trained model of either kind (one per command: the size of the variants does not matter).
+#[allow(clippy::large_enum_variant)]
+pub enum Model {
+    Arm(Arm),
+    /// A latent-variable model (a `[latent]` section): its decoder is the config's `[model]`.
+    Vae(Box<Vae>),
+}
+
+/// Builds the model of `cfg` with fresh parameters: an ARM, or a VAE when the config has `[latent]`.
+pub fn build(cfg: &RunConfig) -> anyhow::Result<Model> {
+    Ok(match &cfg.latent {
+        None => Model::Arm(Arm::new(&cfg.model, cfg.train.seed, DType::F32, &Device::Cpu)?),
+        Some(latent) => Model::Vae(Box::new(Vae::with_decoder(
+            latent,
+            &cfg.model,
+            cfg.train.seed,
+            DType::F32,
+            &Device::Cpu,
+        )?)),
+    })
+}
+
+impl Model {
+    pub fn params(&self) -> &armory::params::ParamStore {
+        match self {
+            Model::Arm(a) => a.params(),
+            Model::Vae(v) => v.params(),
+        }
+    }
+}
+
 impl ModelSource {
+    /// The run's config and the ARM with its weights loaded; a VAE is refused (`what`: the command, for the
+    /// message).
+    pub fn load_arm(&self, what: &str) -> anyhow::Result<(RunConfig, Arm)> {
+        match self.load()? {
+            (cfg, Model::Arm(arm)) => Ok((cfg, arm)),
+            (_, Model::Vae(_)) => bail!(
+                "{what} needs an autoregressive model; this run is a VAE (a [latent] section), whose \
+                 likelihood is only bounded, not computed exactly"
+            ),
+        }
+    }
+
     /// The run's config and the model with its weights loaded.
-    pub fn load(&self) -> anyhow::Result<(RunConfig, Arm)> {
+    pub fn load(&self) -> anyhow::Result<(RunConfig, Model)> {
         let (cfg, weights) = match (&self.run, &self.weights) {
             (Some(run), None) => {
                 let dir = armory::train::RunDir::open(run)?;
@@ -44,9 +88,9 @@ impl ModelSource {
             }
             _ => bail!("say which model: --run DIR (a training run) or --weights FILE.safetensors"),
         };
-        let arm = Arm::new(&cfg.model, cfg.train.seed, DType::F32, &Device::Cpu)?;
+        let model = build(&cfg)?;
         // The library's errors name the file already (missing, corrupt, a tensor that does not fit, NaN).
-        arm.params().load(&weights)?;
-        Ok((cfg, arm))
+        model.params().load(&weights)?;
+        Ok((cfg, model))
     }
 }

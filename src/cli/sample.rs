@@ -5,7 +5,7 @@ use armory::sample::{sample, Method, Noise};
 use armory::viz::image_grid_png_bytes;
 
 use super::choices;
-use super::model_source::ModelSource;
+use super::model_source::{Model, ModelSource};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -51,7 +51,27 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         );
         armory::output::check_new(raw, a.force)?;
     }
-    let (_, arm) = a.model.load()?;
+    let (_, model) = a.model.load()?;
+    let arm = match model {
+        Model::Arm(arm) => arm,
+        Model::Vae(vae) => {
+            anyhow::ensure!(a.label.is_none(), "--label: a VAE is not class-conditional");
+            anyhow::ensure!(
+                a.method.is_none(),
+                "--method: a VAE draws z from its prior and x from its decoder (cached where it steps)"
+            );
+            let started = std::time::Instant::now();
+            let x = vae.sample(a.n, a.seed, a.temperature)?;
+            let secs = started.elapsed().as_secs_f64();
+            write(&a, vae.decoder(), &x)?;
+            println!(
+                "{} samples in {secs:.3}s (z from the prior, x from the decoder) → {}",
+                a.n,
+                a.out.display()
+            );
+            return Ok(());
+        }
+    };
     let d = arm.dim();
     armory::sample::check_size(&arm, a.n)?;
     let labels: Option<Vec<u32>> = match (arm.num_classes(), a.label) {
@@ -80,6 +100,26 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         labels.as_deref(),
     )?;
     let secs = started.elapsed().as_secs_f64();
+    write(&a, &arm, &x)?;
+    let calls = match method {
+        Method::Cached => "one column per position".to_string(),
+        _ => format!("{calls} ARM calls for D = {d}"),
+    };
+    println!(
+        "{} samples in {:.3}s ({method} sampler, {calls}) → {}",
+        a.n,
+        secs,
+        a.out.display()
+    );
+    if let Some(path) = &a.raw {
+        println!("raw values → {}", path.display());
+    }
+    Ok(())
+}
+
+/// Writes the samples `x` of `arm` (a VAE's decoder) as the PNG grid of `--out` and the values of `--raw`.
+fn write(a: &Args, arm: &armory::models::Arm, x: &[u32]) -> anyhow::Result<()> {
+    let d = arm.dim();
     let samples: Vec<Vec<u32>> = x.chunks(d).map(|s| s.to_vec()).collect();
     // 2-D models know their image size; a sequence is drawn as a square when its length is one (the digits'
     // 64 pixels), else as one row.
@@ -102,18 +142,5 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         files.push((path, text.as_bytes()));
     }
     armory::output::write_all_atomic(&files).context("writing the samples")?;
-    let calls = match method {
-        Method::Cached => "one column per position".to_string(),
-        _ => format!("{calls} ARM calls for D = {d}"),
-    };
-    println!(
-        "{} samples in {:.3}s ({method} sampler, {calls}) → {}",
-        a.n,
-        secs,
-        a.out.display()
-    );
-    if let Some((path, _)) = &raw {
-        println!("raw values → {}", path.display());
-    }
     Ok(())
 }

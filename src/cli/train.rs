@@ -6,18 +6,16 @@ use anyhow::{bail, Context};
 use armory::config::{Binarize, RunConfig};
 use armory::models::{ArchFlags, Arm};
 use armory::train::{self, evaluate, Controls, OptimizerKind, Outcome, RunDir};
-use candle_core::{DType, Device};
 
 use super::choices;
+use super::model_source::Model;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// A config file (default: configs/seed-arm.toml, embedded).
     #[arg(long, conflicts_with = "model")]
     config: Option<PathBuf>,
-    /// One of the configs shipped in configs/ (embedded): seed-arm, dilated-conv, mlp, lstm, gru, wavenet,
-    /// pixelcnn, gated-pixelcnn, gated-pixelcnn-mixture, gated-pixelcnn-cond, binarized-mnist, mnist (the last two need --data mnist:DIR).
-    #[arg(long)]
+    #[arg(long, help = armory::config::named_help())]
     model: Option<String>,
     /// Run name: the run is written to <runs-dir>/<name>/ (default: the config file's name, or seed-arm).
     #[arg(long)]
@@ -255,15 +253,23 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             (run, Some(lock))
         }
     };
-    let arm = Arm::new(&cfg.model, cfg.train.seed, DType::F32, &Device::Cpu)?;
+    let model = super::model_source::build(&cfg)?;
+    let (trainable, decoder): (&dyn train::Trainable, &Arm) = match &model {
+        Model::Arm(arm) => (arm, arm),
+        Model::Vae(vae) => (vae.as_ref(), vae.decoder()),
+    };
     if !a.quiet {
         eprintln!(
-            "{} {}: {} parameters, receptive field {} of {}; data {}{} (train {}, val {}, test {}); {}",
+            "{} {}: {} parameters, {}receptive field {} of {}; data {}{} (train {}, val {}, test {}); {}",
             if resume { "resuming" } else { "training" },
             run.path.display(),
-            arm.params().num_params(),
-            arm.receptive_field(),
-            arm.dim(),
+            model.params().num_params(),
+            match &cfg.latent {
+                Some(l) => format!("a VAE of {} latents, its decoder's ", l.latents),
+                None => String::new(),
+            },
+            decoder.receptive_field(),
+            decoder.dim(),
             cfg.data.dataset,
             match (cfg.data.levels, cfg.data.binarize) {
                 (Some(l), _) => format!(", quantized to {l} levels"),
@@ -293,7 +299,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         stop_after_steps: a.stop_after_steps,
         quiet: a.quiet,
     };
-    let summary = train::train(&arm, &splits, &cfg.train, &run, resume, &controls)
+    let summary = train::train(trainable, &splits, &cfg.train, &run, resume, &controls)
         .with_context(|| format!("training {}", run.path.display()))?;
     if summary.outcome == Outcome::Interrupted {
         println!(
@@ -303,9 +309,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let test = evaluate(&arm, &splits.test, train::eval_batch(&cfg.model))?;
     let rows = train::metrics::read_csv(&run.file("metrics.csv"))?;
-    train::pictures::draw(&run, &arm, &splits.test, &rows, cfg.train.seed)?;
+    let arm = match &model {
+        Model::Arm(arm) => arm,
+        Model::Vae(vae) => return finish_vae(vae, &cfg, &splits, &run, &rows, &summary, a.quiet),
+    };
+    let test = evaluate(arm, &splits.test, train::eval_batch(&cfg.model))?;
+    train::pictures::draw(&run, arm, &splits.test, &rows, cfg.train.seed)?;
     let summary_json = serde_json::json!({
         "outcome": format!("{:?}", summary.outcome), // the variant's name (EarlyStopped, MaxEpochs), as before
         "epochs": summary.epochs,
@@ -329,6 +339,74 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         summary.wall_secs,
         test.nll,
         test.bpd,
+        run.path.display()
+    );
+    Ok(())
+}
+
+/// Importance samples per test example in a VAE's summary (`armory eval --importance-samples` for others).
+const SUMMARY_SAMPLES: usize = 1000;
+
+/// A trained VAE: its test figures (−ELBO, KL, the importance-weighted −log p(x), active units), pictures
+/// and summary.
+fn finish_vae(
+    vae: &armory::latent::Vae,
+    cfg: &RunConfig,
+    splits: &armory::data::Splits,
+    run: &RunDir,
+    rows: &[train::EpochRow],
+    summary: &train::Summary,
+    quiet: bool,
+) -> anyhow::Result<()> {
+    let pb = indicatif::ProgressBar::new(splits.test.len() as u64);
+    pb.set_prefix("test");
+    if quiet {
+        pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let seed = cfg.train.seed;
+    let test = vae.evaluate(&splits.test, SUMMARY_SAMPLES, seed, &|done| {
+        pb.set_position(done as u64)
+    })?;
+    pb.finish_and_clear();
+    train::pictures::draw_data(run, &splits.test, vae.num_values(), rows)?;
+    vae.draw(run, &splits.test, seed)?;
+    let summary_json = serde_json::json!({
+        "outcome": format!("{:?}", summary.outcome),
+        "epochs": summary.epochs,
+        "best_epoch": summary.best_epoch,
+        "best_val_neg_elbo": summary.best_val_nll,
+        "test_nll": test.nll,
+        "test_bpd": test.bpd,
+        "test_neg_elbo": test.neg_elbo,
+        "test_kl": test.kl,
+        "importance_samples": test.importance_samples,
+        "importance_seed": test.seed,
+        "active_units": test.active_units,
+        "latents": test.latents,
+        "wall_secs": summary.wall_secs,
+        "parameters": vae.params().num_params(),
+    });
+    train::run_dir::write_atomic(
+        &run.file("summary.json"),
+        serde_json::to_string_pretty(&summary_json)?.as_bytes(),
+    )?;
+    println!(
+        "{} after {} (best: epoch {}, −ELBO {:.2} nats), {:.0}s\ntest: −log p(x) ≤ {:.3} nats per image, {:.4} \
+         bits/dim (importance-weighted, K = {}, seed {}); −ELBO {:.3}, KL {:.3}; {} of {} latents active\nrun: {} \
+         (weights, metrics.csv, real.png, samples.png, reconstructions.png, interpolations.png, curve.png)",
+        summary.outcome,
+        super::count(summary.epochs, "epoch"),
+        summary.best_epoch,
+        summary.best_val_nll,
+        summary.wall_secs,
+        test.nll,
+        test.bpd,
+        test.importance_samples,
+        test.seed,
+        test.neg_elbo,
+        test.kl,
+        test.active_units,
+        test.latents,
         run.path.display()
     );
     Ok(())

@@ -89,7 +89,9 @@ impl Vae {
             // Rows are sample-major: row j·B + i is sample start + j of example i.
             let eps = Tensor::cat(&eps, 0)?;
             let (z, log_q) = reparameterise(&mean.repeat((c, 1))?, &log_var.repeat((c, 1))?, &eps)?;
-            let log_px = self.decoder().log_likelihood(&z, &x.repeat((c, 1))?)?;
+            let log_px = self
+                .decoder()
+                .log_prob_context(&x.repeat((c, 1))?, None, Some(&z), crate::nn::Mode::Eval)?;
             let log_w = ((log_px + self.prior().log_density(&z)?)? - log_q)?;
             let log_w = log_w.to_dtype(DType::F64)?.to_vec1::<f64>()?;
             for (row, &v) in log_w.iter().enumerate() {

@@ -10,6 +10,7 @@
 
 pub mod estimate;
 pub mod prior;
+pub mod run;
 pub mod vae;
 
 use candle_core::{DType, Device, Tensor};
@@ -22,7 +23,8 @@ use crate::limits;
 
 pub use estimate::{ActiveUnits, ACTIVE_UNIT_THRESHOLD};
 pub use prior::{ArmPrior, Prior, StandardNormal};
-pub use vae::{Decoder, Encoder, Vae};
+pub use run::LatentEvaluation;
+pub use vae::{dense_decoder, Encoder, Vae};
 
 /// The LeakyReLU slope between the layers of every network here (PyTorch's default).
 pub const LEAKY_SLOPE: f64 = 0.01;
@@ -33,9 +35,15 @@ pub const LEAKY_SLOPE: f64 = 0.01;
 pub struct VaeConfig {
     /// L, the dimensions of z.
     pub latents: usize,
-    /// Units of the two hidden layers of the encoder and of the decoder.
+    /// Units of the two hidden layers of the encoder (and of the default dense decoder).
     pub hidden: usize,
     pub prior: PriorConfig,
+    /// KL warm-up: the KL term's weight rises linearly to 1 over this many epochs (0: off).
+    #[serde(skip_serializing_if = "crate::models::is_default")]
+    pub kl_warmup: usize,
+    /// Free bits: nats per latent below which the KL costs nothing more (0: off; see [`Vae::objective`]).
+    #[serde(skip_serializing_if = "crate::models::is_default")]
+    pub free_bits: f64,
 }
 
 impl Default for VaeConfig {
@@ -46,6 +54,8 @@ impl Default for VaeConfig {
             latents: 16,
             hidden: 256,
             prior: PriorConfig::StandardNormal,
+            kl_warmup: 0,
+            free_bits: 0.0,
         }
     }
 }
@@ -127,6 +137,13 @@ impl VaeConfig {
         at_most("latents", self.latents, MAX_WIDTH)?;
         at_most("hidden", self.hidden, MAX_WIDTH)?;
         at_most("dimensions of the data", dim, MAX_DIM)?;
+        at_most("kl_warmup", self.kl_warmup, 1 << 20)?;
+        if !(self.free_bits >= 0.0 && self.free_bits.is_finite()) {
+            return Err(Error::Config(format!(
+                "vae.free_bits = {} must be a number ≥ 0",
+                self.free_bits
+            )));
+        }
         at_most("values of the data", num_values, MAX_NUM_VALUES)?;
         if let PriorConfig::Arm {
             hidden,
@@ -154,7 +171,8 @@ impl VaeConfig {
         )
     }
 
-    /// The parameter count (exact), from sizes already checked by `validate`'s limits.
+    /// The parameter count (exact) of the encoder, the book's dense decoder and the prior, from sizes already
+    /// checked by `validate`'s limits (another decoder: its own estimate instead of the dense one's).
     pub fn param_estimate(&self, dim: usize, num_values: usize) -> u128 {
         let w = limits::wide;
         let (l, h, d) = (w(self.latents), w(self.hidden), w(dim));

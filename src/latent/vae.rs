@@ -1,6 +1,7 @@
-//! The VAE: an encoder q(z|x) = N(μ(x), diag σ²(x)), a decoder p(x|z) (a categorical over K values per
-//! dimension, the dimensions independent given z), a prior p(z), and the training objective −ELBO with one
-//! reparameterised sample, z = μ + σ·ε.
+//! The VAE: an encoder q(z|x) = N(μ(x), diag σ²(x)), a decoder p(x|z), a prior p(z), and the training
+//! objective −ELBO with one reparameterised sample, z = μ + σ·ε. The decoder is an [`Arm`] conditioned on z
+//! (its `context`): the book's dense decoder (the dimensions independent given z: `kind = "dense"`), or a
+//! gated PixelCNN — PixelVAE (Gulrajani et al. 2016), whose decoder is autoregressive given z.
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -8,7 +9,7 @@ use candle_nn::VarBuilder;
 use super::prior::{self, Prior};
 use super::{normal_noise, VaeConfig, HALF_LOG_TWO_PI, LEAKY_SLOPE};
 use crate::error::{Error, Result};
-use crate::likelihood::Likelihood;
+use crate::models::{dense, Arm, ModelConfig, Network};
 use crate::nn::{leaky_relu, linear, Linear, Mode};
 use crate::params::ParamStore;
 
@@ -54,43 +55,15 @@ impl Encoder {
     }
 }
 
-/// p(x|z): an MLP L → H → H → D·K of logits, a categorical over K values per dimension.
-pub struct Decoder {
-    net: [Linear; 3],
-    dim: usize,
-    likelihood: Likelihood,
-}
-
-impl Decoder {
-    pub fn new(latents: usize, hidden: usize, dim: usize, num_values: usize, vb: VarBuilder) -> Result<Self> {
-        Ok(Self {
-            net: mlp_layers([latents, hidden, hidden, dim * num_values], &vb)?,
-            dim,
-            likelihood: Likelihood::Categorical { num_values },
-        })
-    }
-
-    /// z `[B, L]` → logits `[B, D, K]`.
-    pub fn forward(&self, z: &Tensor) -> Result<Tensor> {
-        let b = z.dim(0)?;
-        Ok(mlp(&self.net, z)?.reshape((b, self.dim, self.likelihood.num_values()))?)
-    }
-
-    /// log p(x|z) `[B]` in nats for z `[B, L]` and x `[B, D]` (u32).
-    pub fn log_likelihood(&self, z: &Tensor, x: &Tensor) -> Result<Tensor> {
-        self.likelihood.log_prob(&self.forward(z)?, x)
-    }
-}
-
 /// A VAE over `[B, D]` data with K values per dimension, its parameters in one [`ParamStore`]:
-/// `encoder.net.{0,2,4}.{weight,bias}`, `decoder.net.{0,2,4}.…` and, for the ARM prior,
+/// `encoder.net.{0,2,4}.{weight,bias}`, `decoder.…` (the decoder ARM's own names) and, for the ARM prior,
 /// `prior.net.{0,2,…}.conv1d.…`.
 pub struct Vae {
     config: VaeConfig,
     dim: usize,
     num_values: usize,
     encoder: Encoder,
-    decoder: Decoder,
+    decoder: Arm,
     prior: Box<dyn Prior>,
     params: ParamStore,
     dtype: DType,
@@ -119,7 +92,23 @@ impl Vae {
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
+        Self::with_decoder(config, &dense_decoder(config, dim, num_values), seed, dtype, device)
+    }
+
+    /// The VAE of `config` with `decoder` as p(x|z): any model whose family takes a context (`dense`,
+    /// `gated_pixelcnn`), its `context` set to the latents (a decoder given with `context = 0` gets it);
+    /// D and K are the decoder's.
+    pub fn with_decoder(
+        config: &VaeConfig,
+        decoder: &ModelConfig,
+        seed: u64,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let decoder = decoder_for(config, decoder)?;
+        let (dim, num_values) = (decoder.dim(), decoder.num_values);
         config.validate(dim, num_values)?;
+        decoder.validate()?;
         let params = ParamStore::new(seed);
         let vb = params.var_builder(dtype, device);
         let (l, h) = (config.latents, config.hidden);
@@ -128,7 +117,7 @@ impl Vae {
             dim,
             num_values,
             encoder: Encoder::new(dim, h, l, num_values, vb.pp("encoder"))?,
-            decoder: Decoder::new(l, h, dim, num_values, vb.pp("decoder"))?,
+            decoder: Arm::in_store(&decoder, &params, vb.pp("decoder"))?,
             prior: prior::build(&config.prior, l, vb.pp("prior"))?,
             params,
             dtype,
@@ -145,7 +134,8 @@ impl Vae {
     pub fn encoder(&self) -> &Encoder {
         &self.encoder
     }
-    pub fn decoder(&self) -> &Decoder {
+    /// p(x|z): an ARM conditioned on z.
+    pub fn decoder(&self) -> &Arm {
         &self.decoder
     }
     pub fn prior(&self) -> &dyn Prior {
@@ -195,14 +185,14 @@ impl Vae {
     /// drawn from stream 0 of the ChaCha8 generator of `seed` (so it is the first sample of [`Vae::iwae`] with
     /// the same seed). The KL is analytic where the prior allows it (standard normal);
     /// otherwise (ARM prior) it is the single-sample estimate log q(z|x) − log p(z). ELBO = the first minus
-    /// the second. Both are differentiable in every parameter, through z too. The networks have no dropout:
-    /// `_mode` is taken so that a training loop calls every model alike.
-    pub fn elbo_terms(&self, x: &Tensor, _mode: Mode, seed: u64) -> Result<(Tensor, Tensor)> {
+    /// the second. Both are differentiable in every parameter, through z too. `mode` is the decoder's
+    /// (dropout in training).
+    pub fn elbo_terms(&self, x: &Tensor, mode: Mode, seed: u64) -> Result<(Tensor, Tensor)> {
         self.check_input(x)?;
         let (mean, log_var) = self.encoder.forward(x)?;
         let eps = normal_noise(seed, 0, mean.dims2()?, self.dtype, &self.device)?;
         let (z, log_q) = reparameterise(&mean, &log_var, &eps)?;
-        let log_px = self.decoder.log_likelihood(&z, x)?;
+        let log_px = self.decoder.log_prob_context(x, None, Some(&z), mode)?;
         let kl = match self.prior.kl_from_normal(&mean, &log_var)? {
             Some(kl) => kl,
             None => (log_q - self.prior.log_density(&z)?)?,
@@ -215,6 +205,57 @@ impl Vae {
         let (log_px, kl) = self.elbo_terms(x, mode, seed)?;
         Ok((kl - log_px)?.mean_all()?)
     }
+
+    /// The objective of training epoch `epoch` (from 0): −log p(x|z) + β·max(KL, λ·L) averaged over the
+    /// batch, with the KL weight β rising linearly from 1/`kl_warmup` to 1 over the first `kl_warmup`
+    /// epochs, and free bits λ (`free_bits` nats per latent): a KL below λ·L on the batch costs λ·L, so the
+    /// optimiser gains nothing by pushing it lower — both against posterior collapse (Bowman et al. 2016;
+    /// Kingma et al. 2016). With neither it is [`Vae::loss`].
+    pub fn objective(&self, x: &Tensor, mode: Mode, seed: u64, epoch: usize) -> Result<Tensor> {
+        let (log_px, kl) = self.elbo_terms(x, mode, seed)?;
+        let beta = match self.config.kl_warmup {
+            0 => 1.0,
+            w => ((epoch + 1) as f64 / w as f64).min(1.0),
+        };
+        let floor = self.config.free_bits * self.config.latents as f64;
+        let kl = kl.mean_all()?;
+        let kl = if floor > 0.0 { kl.maximum(floor)? } else { kl };
+        Ok(((kl * beta)? - log_px.mean_all()?)?)
+    }
+}
+
+/// The book's decoder for data of `dim` values in 0..`num_values`: two dense layers of `config.hidden`, the
+/// categorical over the values.
+pub fn dense_decoder(config: &VaeConfig, dim: usize, num_values: usize) -> ModelConfig {
+    let net = dense::Config {
+        hidden: config.hidden,
+        layers: 2,
+    };
+    let mut m = ModelConfig::sequence(Network::Dense(net), num_values, dim);
+    m.context = config.latents;
+    m
+}
+
+/// `decoder` conditioned on the latents of `config` (its `context`, which must be 0 or the latents).
+fn decoder_for(config: &VaeConfig, decoder: &ModelConfig) -> Result<ModelConfig> {
+    let mut m = decoder.clone();
+    match m.context {
+        0 => m.context = config.latents,
+        c if c == config.latents => {}
+        c => {
+            return Err(Error::Config(format!(
+                "the decoder's context ({c}) is not the number of latents ({})",
+                config.latents
+            )))
+        }
+    }
+    if !m.family().takes_context() {
+        return Err(Error::Config(format!(
+            "a {} network cannot be a decoder: it takes no latent code (use dense or gated_pixelcnn)",
+            m.kind()
+        )));
+    }
+    Ok(m)
 }
 
 /// z = μ + σ·ε with σ = exp(½·log σ²), and log q(z|x) `[B]` = Σ_l log N(z_l; μ_l, σ_l²), which at this z is

@@ -519,7 +519,7 @@ pub(crate) fn check_kernel_size(what: &str, kernel: usize, dilation: usize, exte
 }
 
 /// For `skip_serializing_if`: settings left at their default stay out of a written config.
-pub(crate) fn is_default<T: Default + PartialEq>(t: &T) -> bool {
+pub fn is_default<T: Default + PartialEq>(t: &T) -> bool {
     *t == T::default()
 }
 
@@ -819,6 +819,20 @@ impl Arm {
             likelihood: config.likelihood(),
             params,
             device: device.clone(),
+        })
+    }
+
+    /// The model of `config` built inside another model's parameters (`params`, under `vb`'s prefix): a
+    /// latent-variable model's decoder, trained and saved with the rest of it.
+    pub fn in_store(config: &ModelConfig, params: &ParamStore, vb: VarBuilder) -> Result<Self> {
+        config.validate()?;
+        let device = vb.device().clone();
+        Ok(Self {
+            config: config.clone(),
+            net: config.family().build(config, vb)?,
+            likelihood: config.likelihood(),
+            params: params.clone(),
+            device,
         })
     }
 
