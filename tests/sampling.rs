@@ -1,9 +1,12 @@
 //! Fast samplers against the naive one: the same noise gives the same samples.
 
-use armory::models::{causal_conv, mlp, rnn, wavenet, Arm, ColourMixture, InputEncoding, Mode, ModelConfig, Network};
+use armory::models::{
+    causal_conv, mlp, rnn, wavenet, Arithmetic, Arm, ColourMixture, InputEncoding, Mode, ModelConfig, Network,
+};
 use armory::nn::ConvType;
 use armory::sample::{sample_cached, sample_naive, sample_predictive, Noise};
 use candle_core::{DType, Device, Tensor};
+use rand::{Rng, SeedableRng};
 
 mod common;
 
@@ -123,41 +126,100 @@ fn cached_sampling_reproduces_the_naive_sampler() {
     }
 }
 
+/// The θ a stepper computing in `arithmetic` gives at every position, and the full forward pass's on the same
+/// sequence (drawn by the naive sampler): `(stepped, full)`, both `[example][position][P]`.
+#[allow(clippy::type_complexity)]
+fn stepped_and_full(arm: &Arm, arithmetic: Arithmetic) -> (Vec<Vec<Vec<f32>>>, Vec<Vec<Vec<f32>>>) {
+    let (n, d) = (2, arm.dim());
+    let labels = labels_for(arm, n);
+    let x = sample_naive(arm, &Noise::new(n, d, 9), 1.0, labels.as_deref()).unwrap();
+    let label_tensor = labels
+        .as_ref()
+        .map(|l| Tensor::new(l.as_slice(), &Device::Cpu).unwrap());
+    let full = arm
+        .forward_labelled(
+            &Tensor::from_vec(x.clone(), (n, d), &Device::Cpu).unwrap(),
+            label_tensor.as_ref(),
+            Mode::Eval,
+        )
+        .unwrap();
+    let mut stepper = arm
+        .stepper_with(n, labels.as_deref(), arithmetic)
+        .unwrap()
+        .expect("the family has a stepper");
+    let mut stepped = vec![vec![]; n];
+    let mut prev: Option<Vec<u32>> = None;
+    for p in 0..d {
+        for (i, theta) in stepper.step(prev.as_deref()).unwrap().into_iter().enumerate() {
+            stepped[i].push(theta);
+        }
+        prev = Some((0..n).map(|i| x[i * d + p]).collect());
+    }
+    (stepped, full.to_vec3::<f32>().unwrap())
+}
+
 /// The stepper's θ at every position equals the full forward pass's on the same sequence.
 #[test]
 fn cached_step_matches_the_forward_pass_at_every_position() {
     for cfg in conv_configs().into_iter().chain(image_configs()) {
-        let arm = arm(&cfg, 4);
-        let (n, d) = (2, arm.dim());
-        let labels = labels_for(&arm, n);
-        let x = sample_naive(&arm, &Noise::new(n, d, 9), 1.0, labels.as_deref()).unwrap();
-        let label_tensor = labels
-            .as_ref()
-            .map(|l| Tensor::new(l.as_slice(), &Device::Cpu).unwrap());
-        let full = arm
-            .forward_labelled(
-                &Tensor::from_vec(x.clone(), (n, d), &Device::Cpu).unwrap(),
-                label_tensor.as_ref(),
-                Mode::Eval,
-            )
-            .unwrap();
-        let full = full.to_vec3::<f32>().unwrap();
-        let mut stepper = arm
-            .stepper(n, labels.as_deref())
-            .unwrap()
-            .expect("the family has a stepper");
-        let mut prev: Option<Vec<u32>> = None;
-        for p in 0..d {
-            let theta = stepper.step(prev.as_deref()).unwrap();
-            for i in 0..n {
-                let err = theta[i]
-                    .iter()
-                    .zip(&full[i][p])
-                    .map(|(a, b)| (a - b).abs())
-                    .fold(0f32, f32::max);
+        let (stepped, full) = stepped_and_full(&arm(&cfg, 4), Arithmetic::Fast);
+        for (i, (a, b)) in stepped.iter().zip(&full).enumerate() {
+            for (p, (a, b)) in a.iter().zip(b).enumerate() {
+                let err = a.iter().zip(b).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
                 assert!(err < 1e-4, "{cfg:?}: position {p}, example {i}: {err}");
             }
-            prev = Some((0..n).map(|i| x[i * d + p]).collect());
+        }
+    }
+}
+
+/// `cfg`'s model with weights under which every output of every layer reads one input: in each output row
+/// of a weight one entry is ±1, ±½ or ±¼ and the others are zero; biases are multiples of ⅛. Every product
+/// is exact and every sum adds one term to its bias, so a layer's output is the same float in whatever
+/// order its sum runs (gemm's, the training kernel's, the codec's).
+fn one_read_arm(cfg: &ModelConfig, seed: u64) -> Arm {
+    let arm = Arm::new(cfg, seed, DType::F32, &Device::Cpu).unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    for (_, var) in arm.params().vars() {
+        let (rows, n) = (var.dim(0).unwrap(), var.elem_count());
+        let v: Vec<f32> = if var.rank() == 1 {
+            (0..n).map(|_| rng.random_range(-8..=8) as f32 / 8.0).collect()
+        } else {
+            let mut v = vec![0f32; n];
+            for r in 0..rows {
+                let w = [1.0, 0.5, 0.25][rng.random_range(0..3)] * if rng.random() { 1.0 } else { -1.0 };
+                v[r * (n / rows) + rng.random_range(0..n / rows)] = w;
+            }
+            v
+        };
+        var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap())
+            .unwrap();
+    }
+    arm
+}
+
+/// With weights that make every sum exact ([`one_read_arm`]), the stepper's θ equals the full pass's to the
+/// bit at every position, in either arithmetic, for the 1-D convolutional families: the two run the same
+/// operations in the same order — the layers, activations, gates, residual and skip sums — or some θ would
+/// differ in its last bits, which the tolerance of the test above lets through.
+#[test]
+fn cached_step_is_the_forward_pass_to_the_bit() {
+    let one_d = conv_configs().into_iter().filter(|c| {
+        matches!(
+            c.network,
+            Network::CausalConv(_) | Network::Wavenet(_) | Network::Mlp(_)
+        )
+    });
+    for cfg in one_d {
+        let arm = one_read_arm(&cfg, 6);
+        for arithmetic in [Arithmetic::Fast, Arithmetic::Exact] {
+            let (stepped, full) = stepped_and_full(&arm, arithmetic);
+            let spread = full.iter().flatten().flatten().fold(0f32, |m, v| m.max(v.abs()));
+            assert!(spread > 0.0 && spread.is_finite(), "{cfg:?}: θ {spread}");
+            for (i, (a, b)) in stepped.iter().zip(&full).enumerate() {
+                for (p, (a, b)) in a.iter().zip(b).enumerate() {
+                    assert_eq!(a, b, "{cfg:?} {arithmetic:?}: position {p}, example {i}");
+                }
+            }
         }
     }
 }

@@ -2,14 +2,14 @@
 //! layers, a categorical output over K values. With dilations 1, 2, 4, 8 the same file gives the dilated
 //! stack of WaveNet without gates (van den Oord et al. 2016a).
 
-use candle_core::Tensor;
+use candle_core::DType;
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
-use super::{at_most, ArchFlags, Arithmetic, CausalNet, Family, ModelConfig, Stepper};
+use super::{at_most, ArchFlags, CausalNet, Family, FlowNet, ModelConfig};
 use crate::error::{Error, Result};
 use crate::limits;
-use crate::nn::{causal_conv1d, dropout, CausalConv1d, CausalConv1dConfig, ConvType, Mode, StepConv};
+use crate::nn::{causal_conv1d, CausalConv1d, CausalConv1dConfig, ConvType, Flow};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -185,79 +185,28 @@ impl CausalConvNet {
     }
 }
 
-impl CausalNet for CausalConvNet {
-    fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        let dtype = self.layers[0].weight().dtype();
-        let mut h = self.m.input.encode(x, self.m.num_values, dtype)?; // [B, D, C_in]
-        for (i, layer) in self.layers.iter().enumerate() {
-            if i + 1 < self.layers.len() {
-                // conv → LeakyReLU (one fused pass) → dropout: [B, D, hidden]
-                h = layer.forward_blc_leaky(&h, self.cfg.leaky_slope)?;
-                h = dropout(&h, self.m.dropout, mode, i as u64)?;
-            } else {
-                h = layer.forward_blc(&h)?; // [B, D, P]
-            }
-        }
-        Ok(h)
+impl FlowNet for CausalConvNet {
+    fn model(&self) -> &ModelConfig {
+        &self.m
+    }
+
+    fn dtype(&self) -> DType {
+        self.layers[0].weight().dtype()
     }
 
     fn receptive_field(&self) -> usize {
         self.cfg.receptive_field(self.m.dim())
     }
 
-    fn stepper(
-        &self,
-        batch: usize,
-        _labels: Option<&[u32]>,
-        arithmetic: Arithmetic,
-    ) -> Result<Option<Box<dyn Stepper + '_>>> {
-        Ok(Some(Box::new(CachedStack::new(self, batch, arithmetic)?)))
-    }
-}
-
-/// Fast WaveNet-style caching (Paine et al. 2016) for the causal conv stack: each layer keeps the inputs it
-/// has seen, so θ at position t costs one column — K input rows times the weights per layer — instead of a
-/// pass over all D positions.
-pub struct CachedStack<'a> {
-    net: &'a CausalConvNet,
-    layers: Vec<StepConv>,
-    t: usize,
-}
-
-impl<'a> CachedStack<'a> {
-    fn new(net: &'a CausalConvNet, batch: usize, arithmetic: Arithmetic) -> Result<Self> {
-        let layers = net
-            .layers
-            .iter()
-            .map(|l| Ok(l.stepper(net.m.dim(), batch)?.with_arithmetic(arithmetic)))
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        Ok(Self { net, layers, t: 0 })
-    }
-}
-
-impl Stepper for CachedStack<'_> {
-    fn step(&mut self, prev: Option<&[u32]>) -> Result<Vec<Vec<f32>>> {
-        let (t, cfg, m) = (self.t, &self.net.cfg, &self.net.m);
-        // The value drawn at t − 1 enters the first layer's inputs.
-        if let Some(prev) = prev {
-            self.layers[0].set(t - 1..t, &m.input.encode_values(prev, m.num_values));
+    /// Each hidden layer conv → LeakyReLU (one fused pass) → dropout, then the last conv: `[B, D, C_in]` →
+    /// `[B, D, P]`.
+    fn network<F: Flow>(&self, f: &mut F, mut h: F::Act) -> Result<F::Act> {
+        let (last, hidden) = self.layers.split_last().expect("at least one layer");
+        for (i, layer) in hidden.iter().enumerate() {
+            h = f.conv_leaky(layer, &h, self.cfg.leaky_slope)?;
+            h = f.dropout(h, i as u64)?;
         }
-        let n = self.layers.len();
-        let mut out = vec![];
-        for i in 0..n {
-            out = self.layers[i].output(t..t + 1);
-            if i + 1 < n {
-                let slope = cfg.leaky_slope as f32;
-                out.iter_mut().for_each(|v| {
-                    if *v <= 0.0 {
-                        *v *= slope
-                    }
-                });
-                self.layers[i + 1].set(t..t + 1, &out);
-            }
-        }
-        self.t += 1;
-        Ok(out.chunks(m.outputs_per_position()).map(|r| r.to_vec()).collect())
+        Ok(f.conv(last, &h)?)
     }
 }
 
@@ -265,7 +214,7 @@ impl Stepper for CachedStack<'_> {
 mod tests {
     use super::*;
     use crate::models::{Arm, Network};
-    use candle_core::{DType, Device};
+    use candle_core::{Device, Tensor};
 
     fn tiny(k: usize, d: usize, dilations: Vec<usize>) -> ModelConfig {
         let net = Config {

@@ -106,6 +106,62 @@ pub trait Stepper {
     fn step(&mut self, prev: Option<&[u32]>) -> Result<Vec<Vec<f32>>>;
 }
 
+/// A network written once over a [`crate::nn::Flow`] (the 1-D families), and so a [`CausalNet`]: its forward
+/// pass runs the network over whole sequences, its stepper one position at a time.
+pub trait FlowNet: Send + Sync {
+    fn model(&self) -> &ModelConfig;
+    /// The weights' dtype, which the input is encoded in.
+    fn dtype(&self) -> DType;
+    /// As [`CausalNet::receptive_field`].
+    fn receptive_field(&self) -> usize;
+    /// The encoded input, `[B, D, C]` or the previous position's `[B][C]`, → θ.
+    fn network<F: crate::nn::Flow>(&self, f: &mut F, x: F::Act) -> Result<F::Act>;
+}
+
+impl<N: FlowNet> CausalNet for N {
+    fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        let m = self.model();
+        let mut flow = crate::nn::Full {
+            mode,
+            dropout: m.dropout,
+        };
+        self.network(&mut flow, m.input.encode(x, m.num_values, self.dtype())?)
+    }
+    fn receptive_field(&self) -> usize {
+        FlowNet::receptive_field(self)
+    }
+    fn stepper(
+        &self,
+        batch: usize,
+        _: Option<&[u32]>,
+        arithmetic: Arithmetic,
+    ) -> Result<Option<Box<dyn Stepper + '_>>> {
+        let flow = crate::nn::Stepping::new(self.model().dim(), batch, arithmetic);
+        Ok(Some(Box::new(Stepped { net: self, flow, batch })))
+    }
+}
+
+/// A [`FlowNet`] run one position at a time.
+struct Stepped<'a, N> {
+    net: &'a N,
+    flow: crate::nn::Stepping,
+    batch: usize,
+}
+
+impl<N: FlowNet> Stepper for Stepped<'_, N> {
+    fn step(&mut self, prev: Option<&[u32]>) -> Result<Vec<Vec<f32>>> {
+        let m = self.net.model();
+        let x = match prev {
+            Some(prev) => m.input.encode_values(prev, m.num_values),
+            None => vec![0.0; self.batch * m.input.channels(m.num_values)], // before the start
+        };
+        let x = self.flow.input(x);
+        let theta = self.net.network(&mut self.flow, x)?;
+        let p = m.outputs_per_position();
+        Ok(self.flow.output(theta).chunks(p).map(<[f32]>::to_vec).collect())
+    }
+}
+
 /// Labels must be given exactly to class-conditional models, one per example, each below `num_classes`.
 pub(crate) fn check_labels(num_classes: Option<usize>, labels: Option<&Tensor>, batch: usize) -> Result<()> {
     match (num_classes, labels) {

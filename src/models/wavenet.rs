@@ -4,15 +4,14 @@
 //! the skip sum; the output is ReLU → 1×1 → ReLU → 1×1 of the skip sum. With dilations 1, 2, 4, … the
 //! receptive field grows exponentially with depth: k + (k−1)·Σ dilations.
 
-use candle_core::Tensor;
+use candle_core::DType;
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
-use super::{at_most, ArchFlags, Arithmetic, CausalNet, Family, InputEncoding, ModelConfig, Stepper};
+use super::{at_most, ArchFlags, CausalNet, Family, FlowNet, InputEncoding, ModelConfig};
 use crate::error::{Error, Result};
 use crate::limits;
-use crate::nn::step::relu_in_place;
-use crate::nn::{causal_conv1d, dropout, gate, CausalConv1d, CausalConv1dConfig, ConvType, Mode, StepConv};
+use crate::nn::{causal_conv1d, CausalConv1d, CausalConv1dConfig, ConvType, Flow};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -179,111 +178,41 @@ impl WaveNet {
     }
 }
 
-impl CausalNet for WaveNet {
-    fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        let dtype = self.input.weight().dtype();
-        let mut h = self
-            .input
-            .forward_blc(&self.m.input.encode(x, self.m.num_values, dtype)?)?; // [B, D, C]
-        let mut skips: Option<Tensor> = None;
-        for (i, block) in self.blocks.iter().enumerate() {
-            let fg = block.filter_gate.forward_blc(&h)?; // [B, D, 2C]
-            let z = gate(&fg)?; // [B, D, C]
-            let z = dropout(&z, self.m.dropout, mode, i as u64)?;
-            if let Some(res) = &block.residual {
-                h = (h + res.forward_blc(&z)?)?;
-            }
-            let s = block.skip.forward_blc(&z)?; // [B, D, S]
-            skips = Some(match skips {
-                Some(acc) => (acc + s)?,
-                None => s,
-            });
-        }
-        let out = skips.expect("at least one block").relu()?;
-        Ok(self.head2.forward_blc(&self.head1.forward_blc(&out)?.relu()?)?) // [B, D, P]
+impl FlowNet for WaveNet {
+    fn model(&self) -> &ModelConfig {
+        &self.m
+    }
+
+    fn dtype(&self) -> DType {
+        self.input.weight().dtype()
     }
 
     fn receptive_field(&self) -> usize {
         self.cfg.receptive_field(self.m.dim())
     }
 
-    fn stepper(
-        &self,
-        batch: usize,
-        _labels: Option<&[u32]>,
-        arithmetic: Arithmetic,
-    ) -> Result<Option<Box<dyn Stepper + '_>>> {
-        Ok(Some(Box::new(WaveNetStepper::new(self, batch, arithmetic)?)))
-    }
-}
-
-/// Cached stepping (Fast WaveNet, Paine et al. 2016): every convolution keeps its past inputs, so each
-/// position costs one column through the stack.
-pub struct WaveNetStepper<'a> {
-    net: &'a WaveNet,
-    input: StepConv,
-    blocks: Vec<(StepConv, Option<StepConv>, StepConv)>, // filter-gate, residual, skip
-    head: (StepConv, StepConv),
-    arithmetic: Arithmetic,
-    batch: usize,
-    t: usize,
-}
-
-impl<'a> WaveNetStepper<'a> {
-    fn new(net: &'a WaveNet, batch: usize, arithmetic: Arithmetic) -> Result<Self> {
-        let d = net.m.dim();
-        let step = |c: &CausalConv1d| -> Result<StepConv> { Ok(c.stepper(d, batch)?.with_arithmetic(arithmetic)) };
-        let blocks = net
-            .blocks
-            .iter()
-            .map(|b| {
-                Ok((
-                    step(&b.filter_gate)?,
-                    b.residual.as_ref().map(step).transpose()?,
-                    step(&b.skip)?,
-                ))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let head = (step(&net.head1)?, step(&net.head2)?);
-        Ok(Self {
-            net,
-            input: step(&net.input)?,
-            blocks,
-            head,
-            arithmetic,
-            batch,
-            t: 0,
-        })
-    }
-}
-
-impl Stepper for WaveNetStepper<'_> {
-    fn step(&mut self, prev: Option<&[u32]>) -> Result<Vec<Vec<f32>>> {
-        let (b, t, cfg, m) = (self.batch, self.t, &self.net.cfg, &self.net.m);
-        let c = cfg.residual_channels;
-        let at = t..t + 1;
-        if let Some(prev) = prev {
-            self.input.set(t - 1..t, &m.input.encode_values(prev, m.num_values));
-        }
-        let mut h = self.input.output(at.clone()); // [B][C]
-        let mut skips = vec![0f32; b * cfg.skip_channels];
-        for (fg, res, skip) in &mut self.blocks {
-            fg.set(at.clone(), &h);
-            let z = self.arithmetic.gate_rows(&fg.output(at.clone()), c); // [B][2C] → [B][C]
-            if let Some(res) = res {
-                res.set(at.clone(), &z);
-                h.iter_mut().zip(res.output(at.clone())).for_each(|(a, r)| *a += r);
+    /// The input layer, the blocks (gate → dropout → residual and skip), the head on the skip sum:
+    /// `[B, D, C_in]` → `[B, D, P]`.
+    fn network<F: Flow>(&self, f: &mut F, x: F::Act) -> Result<F::Act> {
+        let mut h = f.conv(&self.input, &x)?; // [B, D, C]
+        let mut skips = None;
+        for (i, block) in self.blocks.iter().enumerate() {
+            let fg = f.conv(&block.filter_gate, &h)?; // [B, D, 2C]
+            let z = f.gate(fg)?; // [B, D, C]
+            let z = f.dropout(z, i as u64)?;
+            if let Some(res) = &block.residual {
+                let r = f.conv(res, &z)?;
+                h = f.add(h, r)?;
             }
-            skip.set(at.clone(), &z);
-            skips.iter_mut().zip(skip.output(at.clone())).for_each(|(a, s)| *a += s);
+            let s = f.conv(&block.skip, &z)?; // [B, D, S]
+            skips = Some(match skips {
+                Some(acc) => f.add(acc, s)?,
+                None => s,
+            });
         }
-        relu_in_place(&mut skips);
-        self.head.0.set(at.clone(), &skips);
-        let mut hidden = self.head.0.output(at.clone());
-        relu_in_place(&mut hidden);
-        self.head.1.set(at.clone(), &hidden);
-        let out = self.head.1.output(at);
-        self.t += 1;
-        Ok(out.chunks(m.outputs_per_position()).map(|r| r.to_vec()).collect())
+        let out = f.relu(skips.expect("at least one block"))?;
+        let out = f.conv(&self.head1, &out)?;
+        let out = f.relu(out)?;
+        Ok(f.conv(&self.head2, &out)?) // [B, D, P]
     }
 }

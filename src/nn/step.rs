@@ -19,7 +19,7 @@ use super::kernels::shifted_conv::TapPlan;
 /// Tanh of the first half of each row of 2C numbers times the sigmoid of the second half: `[R][2C]` → `[R][C]`
 /// (the gated unit of WaveNet and the gated PixelCNN).
 pub fn gate_rows(x: &[f32], c: usize) -> Vec<f32> {
-    x.chunks(2 * c)
+    x.chunks(2 * c.max(1))
         .flat_map(|row| (0..c).map(move |j| gate_value(row[j], row[c + j])))
         .collect()
 }
