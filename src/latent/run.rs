@@ -97,8 +97,13 @@ impl Vae {
         }
         let (neg_elbo, kl) = self.elbo_over(data, seed)?;
         let idx: Vec<usize> = (0..data.len()).collect();
-        // Samples per pass: about 64 × 64 rows through the decoder at once.
-        let per_pass = (4096 / BATCH).clamp(1, k);
+        // Samples per pass: up to 64 × 64 rows through the decoder at once, fewer for a decoder whose
+        // activations for them would pass 2 GiB (estimated as for training, which keeps more).
+        let mut rows = 4096;
+        while rows > BATCH && self.decoder().config().activation_bytes(rows) > 2 << 30 {
+            rows /= 2;
+        }
+        let per_pass = (rows / BATCH).clamp(1, k);
         let mut total = 0.0;
         let mut done = 0;
         crate::nn::kernels::shifted_conv::with_frozen_weights(|| -> Result<()> {
