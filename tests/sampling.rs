@@ -198,18 +198,19 @@ fn one_read_arm(cfg: &ModelConfig, seed: u64) -> Arm {
 }
 
 /// With weights that make every sum exact ([`one_read_arm`]), the stepper's θ equals the full pass's to the
-/// bit at every position, in either arithmetic, for the 1-D convolutional families: the two run the same
-/// operations in the same order — the layers, activations, gates, residual and skip sums — or some θ would
-/// differ in its last bits, which the tolerance of the test above lets through.
+/// bit at every position, in either arithmetic, for the families written once over a `Flow` (the 1-D
+/// convolutional ones and PixelCNN): the two run the same operations in the same order — the layers,
+/// activations, gates, residual and skip sums — or some θ would differ in its last bits, which the
+/// tolerance of the test above lets through.
 #[test]
 fn cached_step_is_the_forward_pass_to_the_bit() {
-    let one_d = conv_configs().into_iter().filter(|c| {
+    let flow_nets = conv_configs().into_iter().chain(image_configs()).filter(|c| {
         matches!(
             c.network,
-            Network::CausalConv(_) | Network::Wavenet(_) | Network::Mlp(_)
+            Network::CausalConv(_) | Network::Wavenet(_) | Network::Mlp(_) | Network::Pixelcnn(_)
         )
     });
-    for cfg in one_d {
+    for cfg in flow_nets {
         let arm = one_read_arm(&cfg, 6);
         for arithmetic in [Arithmetic::Fast, Arithmetic::Exact] {
             let (stepped, full) = stepped_and_full(&arm, arithmetic);

@@ -54,7 +54,7 @@ pub(crate) fn network_colours(colors: usize, likelihood: Likelihood, mixture: Co
     }
 }
 
-pub(crate) struct ImageHead {
+pub struct ImageHead {
     hidden: PlannedConv2d,
     out: PlannedConv2d,
     kind: Out,
@@ -128,7 +128,7 @@ impl ImageHead {
 }
 
 /// The head, one pixel at a time.
-pub(crate) struct HeadStepper {
+pub struct HeadStepper {
     arithmetic: Arithmetic,
     hidden: StepConv,
     out: StepConv,

@@ -101,6 +101,6 @@ impl FlowNet for MlpNet {
         let h = f.linear_lags(&self.hidden, self.cfg.memory, &x)?; // [B, D, M]
         let h = f.relu(h)?;
         let h = f.dropout(h, 0)?;
-        Ok(f.linear(&self.out, &h)?) // [B, D, P]
+        Ok(f.conv(&self.out, &h)?) // [B, D, P]
     }
 }

@@ -22,6 +22,7 @@ use crate::limits;
 pub use crate::nn::{Arithmetic, Mode};
 use crate::params::ParamStore;
 pub use image_head::ColourMixture;
+use image_head::{HeadStepper, ImageHead};
 
 /// The shared causal network of an ARM.
 pub trait CausalNet: Send + Sync {
@@ -106,16 +107,22 @@ pub trait Stepper {
     fn step(&mut self, prev: Option<&[u32]>) -> Result<Vec<Vec<f32>>>;
 }
 
-/// A network written once over a [`crate::nn::Flow`] (the 1-D families), and so a [`CausalNet`]: its forward
-/// pass runs the network over whole sequences, its stepper one position at a time.
+/// A network written once over a [`crate::nn::Flow`], and so a [`CausalNet`]: its forward pass runs the
+/// network over whole sequences or images, its stepper one position at a time. An image network's output
+/// is the stream its [`ImageHead`] turns into θ, the head stepping on its own.
 pub trait FlowNet: Send + Sync {
     fn model(&self) -> &ModelConfig;
     /// The weights' dtype, which the input is encoded in.
     fn dtype(&self) -> DType;
     /// As [`CausalNet::receptive_field`].
     fn receptive_field(&self) -> usize;
-    /// The encoded input, `[B, D, C]` or the previous position's `[B][C]`, → θ.
+    /// The encoded input, `[B, D, C]`, `[B, H, W, C]` or one position's `[B][C]`, → θ (sequences) or the
+    /// stream the head reads (images).
     fn network<F: crate::nn::Flow>(&self, f: &mut F, x: F::Act) -> Result<F::Act>;
+    /// The output head of an image network; none for sequences.
+    fn head(&self) -> Option<&ImageHead> {
+        None
+    }
 }
 
 impl<N: FlowNet> CausalNet for N {
@@ -125,7 +132,22 @@ impl<N: FlowNet> CausalNet for N {
             mode,
             dropout: m.dropout,
         };
-        self.network(&mut flow, m.input.encode(x, m.num_values, self.dtype())?)
+        let e = m.input.encode(x, m.num_values, self.dtype())?;
+        let Some(head) = self.head() else {
+            return self.network(&mut flow, e);
+        };
+        let (b, d) = x.dims2()?;
+        if d != m.dim() {
+            return Err(Error::Config(format!(
+                "{}: input has {d} values per example, the model is {}×{}×{}",
+                m.kind(),
+                m.height(),
+                m.width(),
+                m.colors()
+            )));
+        }
+        let e = e.reshape((b, m.height(), m.width(), ()))?;
+        head.forward(&self.network(&mut flow, e)?, x)
     }
     fn receptive_field(&self) -> usize {
         FlowNet::receptive_field(self)
@@ -136,8 +158,15 @@ impl<N: FlowNet> CausalNet for N {
         _: Option<&[u32]>,
         arithmetic: Arithmetic,
     ) -> Result<Option<Box<dyn Stepper + '_>>> {
-        let flow = crate::nn::Stepping::new(self.model().dim(), batch, arithmetic);
-        Ok(Some(Box::new(Stepped { net: self, flow, batch })))
+        let m = self.model();
+        Ok(Some(Box::new(Stepped {
+            net: self,
+            flow: crate::nn::Stepping::new((m.height(), m.width()), batch, arithmetic),
+            head: self.head().map(|h| h.stepper(batch, arithmetic)).transpose()?,
+            batch,
+            d: 0,
+            pixel: vec![],
+        })))
     }
 }
 
@@ -145,20 +174,47 @@ impl<N: FlowNet> CausalNet for N {
 struct Stepped<'a, N> {
     net: &'a N,
     flow: crate::nn::Stepping,
+    head: Option<HeadStepper>,
     batch: usize,
+    d: usize,
+    pixel: Vec<f32>, // the encoded colours of the last pixel drawn from, `[B][colours·E]`
 }
 
 impl<N: FlowNet> Stepper for Stepped<'_, N> {
+    /// Step d is colour d % colors of pixel d / colors (a sequence: one colour a pixel): the value drawn at
+    /// d − 1 enters its pixel, and the pixel's column is computed (again, for each colour of a colour image
+    /// with colour masks, which keep the colours not drawn yet out of it; once, at R, with the pixel
+    /// mixture, whose later colours come from the head alone).
     fn step(&mut self, prev: Option<&[u32]>) -> Result<Vec<Vec<f32>>> {
-        let m = self.net.model();
-        let x = match prev {
-            Some(prev) => m.input.encode_values(prev, m.num_values),
-            None => vec![0.0; self.batch * m.input.channels(m.num_values)], // before the start
-        };
-        let x = self.flow.input(x);
-        let theta = self.net.network(&mut self.flow, x)?;
-        let p = m.outputs_per_position();
-        Ok(self.flow.output(theta).chunks(p).map(<[f32]>::to_vec).collect())
+        let (m, d) = (self.net.model(), self.d);
+        let colors = m.colors();
+        self.d += 1;
+        if let Some(prev) = prev {
+            let (e, colour) = (m.input.encode_values(prev, m.num_values), (d - 1) % colors); // [B][E]
+            let width = e.len() / self.batch;
+            if colour == 0 {
+                self.pixel = vec![0.0; colors * e.len()];
+            }
+            for (px, v) in self.pixel.chunks_mut(colors * width).zip(e.chunks(width)) {
+                px[colour * width..(colour + 1) * width].copy_from_slice(v);
+            }
+            if let Some(head) = &mut self.head {
+                head.record(prev, colour);
+            }
+        }
+        let colour = d % colors;
+        if let Some(head) = self.head.as_mut().filter(|h| !h.needs_column(colour)) {
+            return head.step(None, colour);
+        }
+        let x = self
+            .flow
+            .input(d / colors, d.saturating_sub(1) / colors, self.pixel.clone());
+        let out = self.net.network(&mut self.flow, x)?;
+        let out = self.flow.output(out);
+        match &mut self.head {
+            Some(head) => head.step(Some(out), colour),
+            None => Ok(out.chunks(m.outputs_per_position()).map(<[f32]>::to_vec).collect()),
+        }
     }
 }
 

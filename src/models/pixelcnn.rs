@@ -16,17 +16,16 @@
 //! x `[B, H·W·colors]` (raster order, pixel-major, values 0..K) → θ `[B, H·W·colors, P]` (K logits, or 3M
 //! mixture parameters, per sub-pixel).
 
-use candle_core::Tensor;
+use candle_core::DType;
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
-use super::image_head::{HeadStepper, ImageHead};
-use super::{at_most, ArchFlags, Arithmetic, CausalNet, Family, InputEncoding, ModelConfig, Stepper};
+use super::image_head::ImageHead;
+use super::{at_most, ArchFlags, CausalNet, Family, FlowNet, InputEncoding, ModelConfig};
 use crate::error::{Error, Result};
 use crate::limits;
 use crate::nn::masked_conv2d::{masked_plan, reach, union};
-use crate::nn::step::relu_in_place;
-use crate::nn::{conv1x1, dropout, masked_conv2d, ConvType, Mode, PlannedConv2d, StepConv};
+use crate::nn::{conv1x1, masked_conv2d, ConvType, Flow, PlannedConv2d};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -168,26 +167,13 @@ impl PixelCnn {
     }
 }
 
-impl CausalNet for PixelCnn {
-    fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        let (b, d) = x.dims2()?;
-        let (h, w, k) = (self.m.height(), self.m.width(), self.m.num_values);
-        if d != self.m.dim() {
-            return Err(Error::Config(format!(
-                "pixelcnn: input has {d} values per example, the model is {h}×{w}×{}",
-                self.m.colors()
-            )));
-        }
-        let dtype = self.first.weight().dtype();
-        let e = self.m.input.encode(x, k, dtype)?.reshape((b, h, w, ()))?; // [B, H, W, colors·E]
-        let mut s = self.first.forward(&e)?; // [B, H, W, C]
-        for (i, blk) in self.blocks.iter().enumerate() {
-            let t = blk.reduce.forward(&s.relu()?)?.relu()?;
-            let t = blk.masked.forward(&t)?.relu()?;
-            let t = dropout(&blk.expand.forward(&t)?, self.m.dropout, mode, i as u64)?;
-            s = (s + t)?;
-        }
-        self.head.forward(&s, x)
+impl FlowNet for PixelCnn {
+    fn model(&self) -> &ModelConfig {
+        &self.m
+    }
+
+    fn dtype(&self) -> DType {
+        self.first.weight().dtype()
     }
 
     /// Input pixels that θ of the last pixel depends on.
@@ -204,84 +190,24 @@ impl CausalNet for PixelCnn {
         set.iter().flatten().filter(|&&v| v).count() * colors + colors - 1
     }
 
-    fn stepper(
-        &self,
-        batch: usize,
-        _labels: Option<&[u32]>,
-        arithmetic: Arithmetic,
-    ) -> Result<Option<Box<dyn Stepper + '_>>> {
-        Ok(Some(Box::new(PixelCnnStepper::new(self, batch, arithmetic)?)))
+    /// The encoded image `[B, H, W, colors·E]` → the residual stream `[B, H, W, C]`: the first layer, then
+    /// each block (ReLU → 1×1 → ReLU → masked k×k → ReLU → 1×1 → dropout) added back.
+    fn network<F: Flow>(&self, f: &mut F, x: F::Act) -> Result<F::Act> {
+        let mut s = f.conv(&self.first, &x)?;
+        for (i, blk) in self.blocks.iter().enumerate() {
+            let t = f.relu(s.clone())?;
+            let t = f.conv(&blk.reduce, &t)?;
+            let t = f.relu(t)?;
+            let t = f.conv(&blk.masked, &t)?;
+            let t = f.relu(t)?;
+            let t = f.conv(&blk.expand, &t)?;
+            let t = f.dropout(t, i as u64)?;
+            s = f.add(s, t)?;
+        }
+        Ok(s)
     }
-}
 
-/// Cached stepping (Fast PixelCNN++, Ramachandran et al. 2017): the masked convolutions keep their inputs
-/// at every pixel generated so far, and each new pixel costs one column through the stack — its own taps of
-/// each masked kernel and its own row of each 1×1.
-pub struct PixelCnnStepper<'a> {
-    net: &'a PixelCnn,
-    first: StepConv,
-    blocks: Vec<[StepConv; 3]>, // reduce (1×1), masked, expand (1×1)
-    head: HeadStepper,
-    d: usize,
-}
-
-impl<'a> PixelCnnStepper<'a> {
-    fn new(net: &'a PixelCnn, batch: usize, arithmetic: Arithmetic) -> Result<Self> {
-        let grid = (net.m.height(), net.m.width());
-        let step =
-            |c: &PlannedConv2d, grid| -> Result<StepConv> { Ok(c.stepper(grid, batch)?.with_arithmetic(arithmetic)) };
-        let blocks = net
-            .blocks
-            .iter()
-            .map(|b| {
-                Ok([
-                    step(&b.reduce, (0, 0))?,
-                    step(&b.masked, grid)?,
-                    step(&b.expand, (0, 0))?,
-                ])
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Self {
-            net,
-            first: step(&net.first, grid)?,
-            blocks,
-            head: net.head.stepper(batch, arithmetic)?,
-            d: 0,
-        })
-    }
-}
-
-impl Stepper for PixelCnnStepper<'_> {
-    /// Step d is colour d % colors of pixel d / colors: the value drawn at d − 1 enters its pixel's input,
-    /// and the current pixel's column is computed (again, for each colour of a colour image with colour
-    /// masks, which keep the colours not drawn yet out of it; once, at R, with the pixel mixture, whose later
-    /// colours come from the head alone).
-    fn step(&mut self, prev: Option<&[u32]>) -> Result<Vec<Vec<f32>>> {
-        let (d, m) = (self.d, &self.net.m);
-        let colors = m.colors();
-        if let Some(prev) = prev {
-            let e = m.input.encode_values(prev, m.num_values); // [B][E]
-            let width = e.len() / prev.len();
-            self.first.set_channels((d - 1) / colors, (d - 1) % colors * width, &e);
-            self.head.record(prev, (d - 1) % colors);
-        }
-        let (px, colour) = (d / colors, d % colors);
-        self.d += 1;
-        if !self.head.needs_column(colour) {
-            return self.head.step(None, colour);
-        }
-        let at = px..px + 1;
-        let mut s = self.first.output(at.clone()); // [B][C]: the residual stream at this pixel
-        for [reduce, masked, expand] in &mut self.blocks {
-            let mut t = s.clone();
-            relu_in_place(&mut t);
-            let mut t = reduce.pointwise(&t);
-            relu_in_place(&mut t);
-            masked.set(at.clone(), &t);
-            let mut t = masked.output(at.clone());
-            relu_in_place(&mut t);
-            s.iter_mut().zip(expand.pointwise(&t)).for_each(|(a, b)| *a += b);
-        }
-        self.head.step(Some(s), colour)
+    fn head(&self) -> Option<&ImageHead> {
+        Some(&self.head)
     }
 }

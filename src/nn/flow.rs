@@ -1,28 +1,73 @@
 //! A network written once, run two ways: a family writes its topology as a function of a [`Flow`] — the
-//! layers in order and the operations between them — and runs it with [`Full`] for the forward pass (`[B, D,
-//! C]` tensors through the training kernels) or with [`Stepping`] for cached sampling, one position at a
-//! time (each layer keeps the inputs it has been given, appending inside the layer as candle-nn's `KvCache`
-//! does, so a position costs one column of the network: Fast WaveNet, Paine et al. 2016).
+//! layers in order and the operations between them — and runs it with [`Full`] for the forward pass (whole
+//! `[B, D, C]` or `[B, H, W, C]` tensors through the training kernels) or with [`Stepping`] for cached
+//! sampling, one position (a value of a sequence, a pixel of an image) at a time: each layer keeps the inputs
+//! it has been given, appending inside the layer as candle-nn's `KvCache` does, so a position costs one
+//! column of the network (Fast WaveNet, Paine et al. 2016; Fast PixelCNN++, Ramachandran et al. 2017).
 
 use candle_core::{Result, Tensor};
 
 use super::kernels::shifted_conv::TapPlan;
 use super::step::{relu_in_place, StepConv};
-use super::{dropout, gate, Arithmetic, CausalConv1d, Linear, Mode};
+use super::{dropout, gate, Arithmetic, CausalConv1d, Linear, Mode, PlannedConv2d};
+
+/// A layer a [`Flow`] applies: over whole tensors, or stepped by a [`StepConv`].
+pub trait Layer {
+    /// Whole tensors through the training kernel, channels last.
+    fn forward(&self, x: &Tensor) -> Result<Tensor>;
+    /// This layer stepped on a grid of `(rows, columns)` positions, `batch` examples at a time.
+    fn stepper(&self, grid: (usize, usize), batch: usize) -> Result<StepConv>;
+    /// Whether it reads only the position it computes (a 1×1): stepped without keeping its inputs.
+    fn pointwise(&self) -> bool {
+        false
+    }
+}
+
+impl Layer for CausalConv1d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_blc(x)
+    }
+    fn stepper(&self, grid: (usize, usize), batch: usize) -> Result<StepConv> {
+        self.stepper(grid.1, batch)
+    }
+}
+
+impl Layer for PlannedConv2d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward(x)
+    }
+    fn stepper(&self, grid: (usize, usize), batch: usize) -> Result<StepConv> {
+        self.stepper(grid, batch)
+    }
+    fn pointwise(&self) -> bool {
+        self.weight().dims4().is_ok_and(|(_, _, kh, kw)| kh * kw == 1)
+    }
+}
+
+impl Layer for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward(x)
+    }
+    fn stepper(&self, _: (usize, usize), batch: usize) -> Result<StepConv> {
+        let plan = TapPlan::causal_1d(1, 1, 0);
+        StepConv::new(self.weight(), Some(self.bias()), &plan, (0, 0), batch)
+    }
+    fn pointwise(&self) -> bool {
+        true
+    }
+}
 
 /// The operations a network is written in, over activations of type `Act`.
 pub trait Flow {
-    /// What passes between layers: `[B, D, C]` tensors ([`Full`]) or one position's rows ([`Stepping`]).
-    type Act;
-    /// A causal convolution.
-    fn conv(&mut self, layer: &CausalConv1d, x: &Self::Act) -> Result<Self::Act>;
+    /// What passes between layers: whole tensors ([`Full`]) or one position's rows ([`Stepping`]).
+    type Act: Clone;
+    /// A layer (a convolution, causal or masked, or a linear map at each position).
+    fn conv(&mut self, layer: &impl Layer, x: &Self::Act) -> Result<Self::Act>;
     /// A causal convolution, then a LeakyReLU of `slope` (one fused pass over whole tensors).
     fn conv_leaky(&mut self, layer: &CausalConv1d, x: &Self::Act, slope: f64) -> Result<Self::Act>;
     /// `layer` at each position over the inputs at the `memory` positions before it, lag 1 first:
     /// `[x_{t−1}, …, x_{t−m}]`, zeros before the start (a causal convolution of kernel m in disguise).
     fn linear_lags(&mut self, layer: &Linear, memory: usize, x: &Self::Act) -> Result<Self::Act>;
-    /// `layer` at each position over the input there.
-    fn linear(&mut self, layer: &Linear, x: &Self::Act) -> Result<Self::Act>;
     fn relu(&mut self, x: Self::Act) -> Result<Self::Act>;
     /// The gated unit, tanh of the first half of the channels times the sigmoid of the second: 2C → C.
     fn gate(&mut self, x: Self::Act) -> Result<Self::Act>;
@@ -31,8 +76,8 @@ pub trait Flow {
     fn dropout(&mut self, x: Self::Act, salt: u64) -> Result<Self::Act>;
 }
 
-/// Whole sequences, `[B, D, C]` tensors: the forward pass, in training (`mode`, dropout rate `dropout`) or
-/// evaluation.
+/// Whole tensors, `[B, D, C]` or `[B, H, W, C]`: the forward pass, in training (`mode`, dropout rate
+/// `dropout`) or evaluation.
 pub struct Full {
     pub mode: Mode,
     pub dropout: f64,
@@ -40,8 +85,8 @@ pub struct Full {
 
 impl Flow for Full {
     type Act = Tensor;
-    fn conv(&mut self, layer: &CausalConv1d, x: &Tensor) -> Result<Tensor> {
-        layer.forward_blc(x)
+    fn conv(&mut self, layer: &impl Layer, x: &Tensor) -> Result<Tensor> {
+        layer.forward(x)
     }
     fn conv_leaky(&mut self, layer: &CausalConv1d, x: &Tensor, slope: f64) -> Result<Tensor> {
         layer.forward_blc_leaky(x, slope)
@@ -53,9 +98,6 @@ impl Flow for Full {
             .map(|i| x.pad_with_zeros(1, i, 0)?.narrow(1, 0, d))
             .collect::<Result<Vec<_>>>()?;
         layer.forward(&Tensor::cat(&lags, 2)?) // [B, D, m·C] → [B, D, out]
-    }
-    fn linear(&mut self, layer: &Linear, x: &Tensor) -> Result<Tensor> {
-        layer.forward(x)
     }
     fn relu(&mut self, x: Tensor) -> Result<Tensor> {
         x.relu()
@@ -71,54 +113,54 @@ impl Flow for Full {
     }
 }
 
-/// One position at a time, `batch` examples of `length` positions, in `arithmetic`: the network's input at
-/// position t is the values at t − 1, its output θ_t. Each layer applied gets a [`StepConv`] on first use
-/// (told apart by the order they are applied in), which keeps the layer's input at every position. Positions
-/// count from 1 here: position 0 holds the input before the first value, zeros, as a type-A layer's padding.
+/// One position at a time, of `batch` examples on a grid of positions (a sequence is one row), in
+/// `arithmetic`; the caller says which position each pass computes ([`Stepping::input`]), so that it can
+/// compute a pixel again for each of its colours. Each layer applied gets a [`StepConv`] on first use (told
+/// apart by the order they are applied in), which keeps the layer's input at every position.
 pub struct Stepping {
     arithmetic: Arithmetic,
     batch: usize,
-    length: usize,
-    at: usize, // the position computed now, from 1
+    grid: (usize, usize),
+    at: usize, // the position computed now
     layers: Vec<StepConv>,
-    next: usize, // the layer applied next at this position
+    next: usize, // the layer applied next in this pass
 }
 
-/// One position's activations, `[B][C]` flattened, and the position (counted from 1) they belong to.
+/// One position's activations, `[B][C]` flattened, and the position they belong to.
+#[derive(Clone)]
 pub struct Column {
     at: usize,
     rows: Vec<f32>,
 }
 
 impl Stepping {
-    pub fn new(length: usize, batch: usize, arithmetic: Arithmetic) -> Self {
+    pub fn new(grid: (usize, usize), batch: usize, arithmetic: Arithmetic) -> Self {
         Self {
             arithmetic,
             batch,
-            length,
-            at: 1,
+            grid,
+            at: 0,
             layers: vec![],
             next: 0,
         }
     }
 
-    /// The network's input for the next position: the values at the previous one, encoded, `[B][C]`.
-    pub fn input(&mut self, rows: Vec<f32>) -> Column {
-        self.next = 0;
-        Column { at: self.at - 1, rows }
+    /// Starts a pass computing the network's output at position `at`; its input is `rows` `[B][C]` at
+    /// position `from` (a position before `at`, or `at` itself under colour masks), none if empty.
+    pub fn input(&mut self, at: usize, from: usize, rows: Vec<f32>) -> Column {
+        (self.at, self.next) = (at, 0);
+        Column { at: from, rows }
     }
 
-    /// The network's output at this position, `[B][P]`; the next input is for the next position.
+    /// The network's output at the pass's position, `[B][P]`.
     pub fn output(&mut self, out: Column) -> Vec<f32> {
-        self.at += 1;
         out.rows
     }
 
-    /// The layer applied next: a [`StepConv`] made by `make` (given the positions to keep and the batch) on
-    /// first use.
-    fn layer(&mut self, make: impl FnOnce(usize, usize) -> Result<StepConv>) -> Result<&mut StepConv> {
+    /// The layer applied next: a [`StepConv`] made by `make` (given the grid and the batch) on first use.
+    fn layer(&mut self, make: impl FnOnce((usize, usize), usize) -> Result<StepConv>) -> Result<&mut StepConv> {
         if self.next == self.layers.len() {
-            let layer = make(self.length + 1, self.batch)?.with_arithmetic(self.arithmetic);
+            let layer = make(self.grid, self.batch)?.with_arithmetic(self.arithmetic);
             self.layers.push(layer);
         }
         self.next += 1;
@@ -126,10 +168,12 @@ impl Stepping {
     }
 
     /// The layer applied next (made by `make`) given x at its position: its output at this one.
-    fn apply(&mut self, x: &Column, make: impl FnOnce(usize, usize) -> Result<StepConv>) -> Result<Column> {
+    fn apply(&mut self, x: &Column, make: impl FnOnce((usize, usize), usize) -> Result<StepConv>) -> Result<Column> {
         let at = self.at;
         let layer = self.layer(make)?;
-        layer.set(x.at..x.at + 1, &x.rows);
+        if !x.rows.is_empty() {
+            layer.set(x.at..x.at + 1, &x.rows);
+        }
         let rows = layer.output(at..at + 1);
         Ok(Column { at, rows })
     }
@@ -137,8 +181,12 @@ impl Stepping {
 
 impl Flow for Stepping {
     type Act = Column;
-    fn conv(&mut self, layer: &CausalConv1d, x: &Column) -> Result<Column> {
-        self.apply(x, |positions, batch| layer.stepper(positions, batch))
+    fn conv(&mut self, layer: &impl Layer, x: &Column) -> Result<Column> {
+        if layer.pointwise() {
+            let rows = self.layer(|grid, batch| layer.stepper(grid, batch))?.pointwise(&x.rows); // no inputs kept
+            return Ok(Column { rows, ..*x });
+        }
+        self.apply(x, |grid, batch| layer.stepper(grid, batch))
     }
     fn conv_leaky(&mut self, layer: &CausalConv1d, x: &Column, slope: f64) -> Result<Column> {
         let mut y = self.conv(layer, x)?;
@@ -147,7 +195,7 @@ impl Flow for Stepping {
         Ok(y)
     }
     fn linear_lags(&mut self, layer: &Linear, memory: usize, x: &Column) -> Result<Column> {
-        self.apply(x, |positions, batch| {
+        self.apply(x, |grid, batch| {
             // A causal convolution of kernel m: the weight [out, m·C] (lag 1 first) read as [out, C, m], and
             // the taps listed lag 1 first, so that the product sums in the Linear's order.
             let (out, width) = layer.weight().dims2()?;
@@ -155,14 +203,8 @@ impl Flow for Stepping {
             let mut plan = TapPlan::causal_1d(memory, 1, memory);
             plan.taps.reverse();
             plan.taps.iter_mut().enumerate().for_each(|(lag, tap)| tap.k = lag);
-            StepConv::new(&weight.contiguous()?, Some(layer.bias()), &plan, (1, positions), batch)
+            StepConv::new(&weight.contiguous()?, Some(layer.bias()), &plan, grid, batch)
         })
-    }
-    fn linear(&mut self, layer: &Linear, x: &Column) -> Result<Column> {
-        let plan = TapPlan::causal_1d(1, 1, 0);
-        let step = self.layer(|_, batch| StepConv::new(layer.weight(), Some(layer.bias()), &plan, (0, 0), batch))?;
-        let rows = step.pointwise(&x.rows); // no inputs to keep
-        Ok(Column { rows, ..*x })
     }
     fn relu(&mut self, mut x: Column) -> Result<Column> {
         relu_in_place(&mut x.rows);
