@@ -23,7 +23,7 @@
 //! x `[B, H·W·colors]` (raster order, pixel-major, values 0..K), labels `[B]` → θ `[B, H·W·colors, P]` (K
 //! logits, or 3M mixture parameters, per sub-pixel).
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 
@@ -31,8 +31,9 @@ use super::image_head::{HeadStepper, ImageHead};
 use super::{at_most, ArchFlags, Arithmetic, CausalNet, Family, InputEncoding, ModelConfig, Stepper};
 use crate::error::{Error, Result};
 use crate::limits;
+use crate::nn::flow::Column;
 use crate::nn::masked_conv2d::{horizontal_plan, reach, reach_down_shift, union, vertical_plan};
-use crate::nn::{conv1x1, dropout, gate, planned_conv2d, ConvType, Mode, PlannedConv2d, StepConv};
+use crate::nn::{conv1x1, planned_conv2d, ConvType, Flow, Full, Mode, PlannedConv2d, Stepping};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -218,44 +219,6 @@ impl GatedLayer {
             vertical_residual: !first && cfg.vertical_residual,
         })
     }
-
-    /// (v, h) `[B, H, W, C_in]` → (v, h) `[B, H, W, C]`.
-    fn forward(
-        &self,
-        v: &Tensor,
-        h: &Tensor,
-        (labels, context): (Option<&Tensor>, Option<&Tensor>),
-        mode: Mode,
-        salt: u64,
-        p: f64,
-    ) -> Result<(Tensor, Tensor)> {
-        let mut v_pre = self.vertical.forward(v)?; // [B, H, W, 2C]
-        let mut h_pre = (self.horizontal.forward(h)? + self.v_to_h.forward(&crate::nn::down_shift(&v_pre)?)?)?;
-        if let (Some((cv, ch)), Some(labels)) = (&self.cond, labels) {
-            let b = labels.dim(0)?;
-            let bias = |table: &Tensor| -> candle_core::Result<Tensor> {
-                table.index_select(labels, 0)?.reshape((b, 1, 1, table.dim(1)?))
-            };
-            v_pre = v_pre.broadcast_add(&bias(cv)?)?;
-            h_pre = h_pre.broadcast_add(&bias(ch)?)?;
-        }
-        if let (Some((wv, wh)), Some(context)) = (&self.ctx, context) {
-            let b = context.dim(0)?;
-            let bias =
-                |w: &Tensor| -> candle_core::Result<Tensor> { context.matmul(&w.t()?)?.reshape((b, 1, 1, w.dim(0)?)) };
-            v_pre = v_pre.broadcast_add(&bias(wv)?)?;
-            h_pre = h_pre.broadcast_add(&bias(wh)?)?;
-        }
-        let mut v_out = gate(&v_pre)?;
-        if self.vertical_residual {
-            v_out = (dropout(&v_out, p, mode, salt ^ VERTICAL_SALT)? + v)?;
-        }
-        let mut h_out = self.h_out.forward(&dropout(&gate(&h_pre)?, p, mode, salt)?)?;
-        if self.residual {
-            h_out = (h_out + h)?;
-        }
-        Ok((v_out, h_out))
-    }
 }
 
 pub struct GatedPixelCnn {
@@ -287,6 +250,79 @@ impl GatedPixelCnn {
             cfg: cfg.clone(),
             m: m.clone(),
         })
+    }
+}
+
+/// Each layer's gate biases, (vertical, horizontal): from the class labels, then from the context.
+type Biases<A> = Vec<Vec<(A, A)>>;
+
+/// The network, written once over a [`Flow`]: the full pass runs the vertical stack over the whole image,
+/// then the horizontal one; stepping runs the vertical stack once per row, over the row above (complete by
+/// then), and the horizontal one pixel by pixel.
+impl GatedPixelCnn {
+    /// The vertical stack over the encoded input: what each layer's horizontal stack reads from it, v_to_h of
+    /// the pre-activation shifted down a row.
+    fn vertical<F: Flow>(&self, f: &mut F, mut v: F::Act, biases: &Biases<F::Act>) -> Result<Vec<F::Act>> {
+        let mut above = vec![];
+        for (i, (layer, biases)) in self.layers.iter().zip(biases).enumerate() {
+            let mut pre = f.conv(&layer.vertical, &v)?;
+            let shifted = f.down_shift(pre.clone())?;
+            above.push(f.conv(&layer.v_to_h, &shifted)?);
+            for (bias, _) in biases {
+                pre = f.bias(pre, bias)?;
+            }
+            let mut out = f.gate(pre)?;
+            if layer.vertical_residual {
+                out = f.dropout(out, i as u64 ^ VERTICAL_SALT)?;
+                out = f.add(out, &v)?;
+            }
+            v = out;
+        }
+        Ok(above)
+    }
+
+    /// The horizontal stack over the encoded input, given what it reads from the vertical one: the stream
+    /// the head reads.
+    fn horizontal<F: Flow>(
+        &self,
+        f: &mut F,
+        mut h: F::Act,
+        above: &[F::Act],
+        biases: &Biases<F::Act>,
+    ) -> Result<F::Act> {
+        for (i, ((layer, biases), above)) in self.layers.iter().zip(biases).zip(above).enumerate() {
+            let pre = f.conv(&layer.horizontal, &h)?;
+            let mut pre = f.add(pre, above)?;
+            for (_, bias) in biases {
+                pre = f.bias(pre, bias)?;
+            }
+            let out = f.gate(pre)?;
+            let out = f.dropout(out, i as u64)?;
+            let mut out = f.conv(&layer.h_out, &out)?;
+            if layer.residual {
+                out = f.add(out, &h)?;
+            }
+            h = out;
+        }
+        Ok(h)
+    }
+
+    /// The gate biases of a batch with these labels `[B]` and context `[B, E]`, as `[B, 1, 1, 2C]`.
+    fn biases(&self, labels: Option<&Tensor>, context: Option<&Tensor>) -> Result<Biases<Tensor>> {
+        let per_example = |t: Tensor| t.reshape((t.dim(0)?, 1, 1, t.dim(1)?));
+        let each = |l: &GatedLayer| -> candle_core::Result<Vec<(Tensor, Tensor)>> {
+            let mut out = vec![];
+            if let (Some((cv, ch)), Some(labels)) = (&l.cond, labels) {
+                let bias = |table: &Tensor| per_example(table.index_select(labels, 0)?);
+                out.push((bias(cv)?, bias(ch)?));
+            }
+            if let (Some((wv, wh)), Some(context)) = (&l.ctx, context) {
+                let bias = |w: &Tensor| per_example(context.matmul(&w.t()?)?);
+                out.push((bias(wv)?, bias(wh)?));
+            }
+            Ok(out)
+        };
+        Ok(self.layers.iter().map(each).collect::<candle_core::Result<_>>()?)
     }
 }
 
@@ -323,11 +359,13 @@ impl CausalNet for GatedPixelCnn {
         let dtype = self.layers[0].vertical.weight().dtype();
         let context = context.map(|c| c.to_dtype(dtype)).transpose()?;
         let e = self.m.input.encode(x, k, dtype)?.reshape((b, hh, w, ()))?; // [B, H, W, C_in]
-        let (mut v, mut h) = (e.clone(), e);
-        for (i, layer) in self.layers.iter().enumerate() {
-            (v, h) = layer.forward(&v, &h, (labels, context.as_ref()), mode, i as u64, self.m.dropout)?;
-        }
-        self.head.forward(&h, x)
+        let f = &mut Full {
+            mode,
+            dropout: self.m.dropout,
+        };
+        let biases = self.biases(labels, context.as_ref())?;
+        let above = self.vertical(f, e.clone(), &biases)?;
+        self.head.forward(&self.horizontal(f, e, &above, &biases)?, x)
     }
 
     /// Input pixels that θ of the last pixel depends on (traced through both stacks' tap plans).
@@ -374,31 +412,19 @@ impl CausalNet for GatedPixelCnn {
     }
 }
 
-/// One gated layer, stepped.
-struct LayerStepper {
-    vertical: StepConv,   // keeps the layer's vertical input, row by row
-    horizontal: StepConv, // keeps the layer's horizontal input, pixel by pixel
-    v_to_h: StepConv,
-    h_out: StepConv,
-    cond: Option<(Vec<f32>, Vec<f32>)>, // this batch's gate biases from its labels, [B][2C] for each stack
-    ctx: Option<(Vec<f32>, Vec<f32>)>,  // … and from its context, added after them (the full pass's order)
-    /// The vertical stack's contribution to the current row of the horizontal one: v_to_h of the
-    /// pre-activation one row up, `[x][B][2C]`.
-    from_above: Vec<f32>,
-    residual: bool,
-    vertical_residual: bool,
-}
-
 /// Cached stepping with per-row caches (Fast PixelCNN++, Ramachandran et al. 2017): at the start of each row
 /// the vertical stack runs once over the row above, now complete, through every layer; then each pixel costs
 /// one column of the horizontal stack.
 pub struct GatedStepper<'a> {
     net: &'a GatedPixelCnn,
-    layers: Vec<LayerStepper>,
+    vertical: Stepping, // a row behind
+    horizontal: Stepping,
+    biases: Biases<Column>,
+    above: Vec<Column>, // what each layer's horizontal stack reads from the vertical one, on this row
     head: HeadStepper,
-    arithmetic: Arithmetic,
-    batch: usize,
     d: usize,
+    pixel: Vec<f32>, // the encoded colours of the last pixel drawn from, `[B][colours·E]`
+    row: Vec<f32>,   // … and of its row, `[x][B][colours·E]`
 }
 
 impl<'a> GatedStepper<'a> {
@@ -409,140 +435,88 @@ impl<'a> GatedStepper<'a> {
         context: Option<&[f32]>,
         arithmetic: Arithmetic,
     ) -> Result<Self> {
-        let grid = (net.m.height(), net.m.width());
-        let step =
-            |c: &PlannedConv2d, grid| -> Result<StepConv> { Ok(c.stepper(grid, batch)?.with_arithmetic(arithmetic)) };
-        let rows_for = |table: &Tensor, labels: &[u32]| -> Result<Vec<f32>> {
-            let table = table.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?;
-            Ok(labels.iter().flat_map(|&l| table[l as usize].iter().copied()).collect())
+        let m = &net.m;
+        let rows_for = |table: &Tensor, labels: &[u32]| -> Result<Column> {
+            let table = table.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+            let rows = labels.iter().flat_map(|&l| table[l as usize].iter().copied());
+            Ok(Column::per_example(rows.collect()))
         };
         // context `[B, E]` times w `[2C, E]` transposed: the full pass's product (Fast), or fixed-order sums.
-        let biases_for = |w: &Tensor, context: &[f32]| -> Result<Vec<f32>> {
+        let biases_for = |w: &Tensor, context: &[f32]| -> Result<Column> {
             let e = w.dim(1)?;
-            match arithmetic {
+            Ok(Column::per_example(match arithmetic {
                 Arithmetic::Fast => {
                     let c = Tensor::from_slice(context, (batch, e), w.device())?.to_dtype(w.dtype())?;
-                    Ok(c.matmul(&w.t()?)?
-                        .to_dtype(candle_core::DType::F32)?
+                    c.matmul(&w.t()?)?
+                        .to_dtype(DType::F32)?
                         .flatten_all()?
-                        .to_vec1::<f32>()?)
+                        .to_vec1::<f32>()?
                 }
                 Arithmetic::Exact => {
-                    let w = w.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                    let w = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
                     let dot = |row: &[f32], z: &[f32]| row.iter().zip(z).fold(0f32, |acc, (a, b)| acc + a * b);
-                    Ok(context
+                    context
                         .chunks(e)
                         .flat_map(|z| w.chunks(e).map(move |row| dot(row, z)).collect::<Vec<_>>())
-                        .collect())
+                        .collect()
                 }
-            }
+            }))
         };
-        let layers = net
+        let biases = net
             .layers
             .iter()
             .map(|l| {
-                let cond = match (&l.cond, labels) {
-                    (Some((cv, ch)), Some(labels)) => Some((rows_for(cv, labels)?, rows_for(ch, labels)?)),
-                    _ => None,
-                };
-                let ctx = match (&l.ctx, context) {
-                    (Some((wv, wh)), Some(context)) => Some((biases_for(wv, context)?, biases_for(wh, context)?)),
-                    _ => None,
-                };
-                Ok(LayerStepper {
-                    vertical: step(&l.vertical, grid)?,
-                    horizontal: step(&l.horizontal, grid)?,
-                    v_to_h: step(&l.v_to_h, (0, 0))?,
-                    h_out: step(&l.h_out, (0, 0))?,
-                    cond,
-                    ctx,
-                    from_above: vec![],
-                    residual: l.residual,
-                    vertical_residual: l.vertical_residual,
-                })
+                let mut out = vec![];
+                if let (Some((cv, ch)), Some(labels)) = (&l.cond, labels) {
+                    out.push((rows_for(cv, labels)?, rows_for(ch, labels)?));
+                }
+                if let (Some((wv, wh)), Some(context)) = (&l.ctx, context) {
+                    out.push((biases_for(wv, context)?, biases_for(wh, context)?));
+                }
+                Ok(out)
             })
-            .collect::<Result<Vec<_>>>()?;
+            .collect::<Result<_>>()?;
+        let grid = (m.height(), m.width());
         Ok(Self {
             net,
-            layers,
+            vertical: Stepping::new(grid, batch, arithmetic).a_row_behind(),
+            horizontal: Stepping::new(grid, batch, arithmetic),
+            biases,
+            above: vec![],
             head: net.head.stepper(batch, arithmetic)?,
-            arithmetic,
-            batch,
             d: 0,
+            pixel: vec![],
+            row: vec![0.0; m.width() * batch * m.colors() * m.input.channels(m.num_values)],
         })
-    }
-
-    /// Runs the vertical stack over row `y − 1` (all of it known now) and keeps what row `y`'s horizontal
-    /// stack reads from it; row 0 reads the down-shift's zero padding.
-    fn start_row(&mut self, y: usize) {
-        let (w, b, c) = (self.net.m.width(), self.batch, self.net.cfg.channels);
-        if y == 0 {
-            for layer in &mut self.layers {
-                layer.from_above = layer.v_to_h.pointwise(&vec![0.0; w * b * 2 * c]);
-            }
-            return;
-        }
-        let row = (y - 1) * w..y * w;
-        let mut v_in: Option<Vec<f32>> = None; // the previous layer's gated vertical output on that row
-        for layer in &mut self.layers {
-            if let Some(v_in) = &v_in {
-                layer.vertical.set(row.clone(), v_in);
-            }
-            let mut pre = layer.vertical.output(row.clone()); // [x][B][2C]
-            layer.from_above = layer.v_to_h.pointwise(&pre);
-            for (cv, _) in layer.cond.iter().chain(&layer.ctx) {
-                pre.chunks_mut(b * 2 * c)
-                    .for_each(|r| r.iter_mut().zip(cv).for_each(|(a, c)| *a += c));
-            }
-            let mut out = self.arithmetic.gate_rows(&pre, c); // [x][B][C]
-            if layer.vertical_residual {
-                let inputs = row.clone().flat_map(|p| layer.vertical.input(p).iter().copied());
-                out.iter_mut().zip(inputs).for_each(|(a, v)| *a += v);
-            }
-            v_in = Some(out);
-        }
     }
 }
 
 impl Stepper for GatedStepper<'_> {
+    /// As the PixelCNN's stepper (`models::Stepped`), the vertical stack run first at the start of each row.
     fn step(&mut self, prev: Option<&[u32]>) -> Result<Vec<Vec<f32>>> {
-        // Step d is colour d % colors of pixel d / colors; a colour image's pixel is computed once per colour.
-        let (d, cfg, m) = (self.d, &self.net.cfg, &self.net.m);
-        let (w, b, c, colors) = (m.width(), self.batch, cfg.channels, m.colors());
-        if let Some(prev) = prev {
-            // The value drawn at d − 1 enters its pixel's inputs of the first layer, vertical and horizontal.
-            let e = m.input.encode_values(prev, m.num_values);
-            let (px, offset) = ((d - 1) / colors, (d - 1) % colors * (e.len() / prev.len()));
-            self.layers[0].vertical.set_channels(px, offset, &e);
-            self.layers[0].horizontal.set_channels(px, offset, &e);
-            self.head.record(prev, (d - 1) % colors);
-        }
+        let (d, m) = (self.d, &self.net.m);
+        let (w, colors) = (m.width(), m.colors());
         self.d += 1;
-        let (d, colour) = (d / colors, d % colors); // from here on, d is the pixel
-        let x = d % w;
-        if x == 0 && colour == 0 {
-            self.start_row(d / w);
+        if let Some(prev) = prev {
+            let (px, colour) = ((d - 1) / colors, (d - 1) % colors);
+            super::record_colour(&mut self.pixel, m, prev, colour);
+            let n = self.pixel.len();
+            self.row[px % w * n..(px % w + 1) * n].copy_from_slice(&self.pixel);
+            self.head.record(prev, colour);
+        }
+        let (px, colour) = (d / colors, d % colors);
+        if px % w == 0 && colour == 0 {
+            let x = self.vertical.input(px..px + w, px..px + w, self.row.clone());
+            self.above = self.net.vertical(&mut self.vertical, x, &self.biases)?;
         }
         if !self.head.needs_column(colour) {
             return self.head.step(None, colour); // the pixel mixture's later colours
         }
-        let mut h_in: Option<Vec<f32>> = None; // the previous layer's horizontal output at pixel d
-        for layer in &mut self.layers {
-            if let Some(h_in) = &h_in {
-                layer.horizontal.set(d..d + 1, h_in);
-            }
-            let mut pre = layer.horizontal.output(d..d + 1); // [B][2C]
-            let above = &layer.from_above[x * b * 2 * c..(x + 1) * b * 2 * c];
-            pre.iter_mut().zip(above).for_each(|(a, v)| *a += v);
-            for (_, ch) in layer.cond.iter().chain(&layer.ctx) {
-                pre.iter_mut().zip(ch).for_each(|(a, c)| *a += c);
-            }
-            let mut out = layer.h_out.pointwise(&self.arithmetic.gate_rows(&pre, c));
-            if layer.residual {
-                out.iter_mut().zip(layer.horizontal.input(d)).for_each(|(a, h)| *a += h);
-            }
-            h_in = Some(out);
-        }
-        self.head.step(h_in, colour)
+        let from = d.saturating_sub(1) / colors;
+        let x = self.horizontal.input(px..px + 1, from..from + 1, self.pixel.clone());
+        let out = self
+            .net
+            .horizontal(&mut self.horizontal, x, &self.above, &self.biases)?;
+        self.head.step(Some(self.horizontal.output(out)), colour)
     }
 }

@@ -163,7 +163,6 @@ impl<N: FlowNet> CausalNet for N {
             net: self,
             flow: crate::nn::Stepping::new((m.height(), m.width()), batch, arithmetic),
             head: self.head().map(|h| h.stepper(batch, arithmetic)).transpose()?,
-            batch,
             d: 0,
             pixel: vec![],
         })))
@@ -175,7 +174,6 @@ struct Stepped<'a, N> {
     net: &'a N,
     flow: crate::nn::Stepping,
     head: Option<HeadStepper>,
-    batch: usize,
     d: usize,
     pixel: Vec<f32>, // the encoded colours of the last pixel drawn from, `[B][colours·E]`
 }
@@ -190,14 +188,8 @@ impl<N: FlowNet> Stepper for Stepped<'_, N> {
         let colors = m.colors();
         self.d += 1;
         if let Some(prev) = prev {
-            let (e, colour) = (m.input.encode_values(prev, m.num_values), (d - 1) % colors); // [B][E]
-            let width = e.len() / self.batch;
-            if colour == 0 {
-                self.pixel = vec![0.0; colors * e.len()];
-            }
-            for (px, v) in self.pixel.chunks_mut(colors * width).zip(e.chunks(width)) {
-                px[colour * width..(colour + 1) * width].copy_from_slice(v);
-            }
+            let colour = (d - 1) % colors;
+            record_colour(&mut self.pixel, m, prev, colour);
             if let Some(head) = &mut self.head {
                 head.record(prev, colour);
             }
@@ -206,15 +198,27 @@ impl<N: FlowNet> Stepper for Stepped<'_, N> {
         if let Some(head) = self.head.as_mut().filter(|h| !h.needs_column(colour)) {
             return head.step(None, colour);
         }
-        let x = self
-            .flow
-            .input(d / colors, d.saturating_sub(1) / colors, self.pixel.clone());
+        let (at, from) = (d / colors, d.saturating_sub(1) / colors);
+        let x = self.flow.input(at..at + 1, from..from + 1, self.pixel.clone());
         let out = self.net.network(&mut self.flow, x)?;
         let out = self.flow.output(out);
         match &mut self.head {
             Some(head) => head.step(Some(out), colour),
             None => Ok(out.chunks(m.outputs_per_position()).map(<[f32]>::to_vec).collect()),
         }
+    }
+}
+
+/// Colour `colour` of a pixel drawn (`values` `[B]`), encoded, into the pixel's inputs `[B][colours·E]`
+/// (a new pixel from colour 0).
+pub(crate) fn record_colour(pixel: &mut Vec<f32>, m: &ModelConfig, values: &[u32], colour: usize) {
+    let e = m.input.encode_values(values, m.num_values); // [B][E]
+    let width = e.len() / values.len().max(1);
+    if colour == 0 {
+        *pixel = vec![0.0; m.colors() * e.len()];
+    }
+    for (px, v) in pixel.chunks_mut(m.colors() * width).zip(e.chunks(width)) {
+        px[colour * width..(colour + 1) * width].copy_from_slice(v);
     }
 }
 

@@ -202,7 +202,7 @@ impl FlowNet for PixelCnn {
             let t = f.relu(t)?;
             let t = f.conv(&blk.expand, &t)?;
             let t = f.dropout(t, i as u64)?;
-            s = f.add(s, t)?;
+            s = f.add(s, &t)?;
         }
         Ok(s)
     }

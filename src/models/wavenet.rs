@@ -202,11 +202,11 @@ impl FlowNet for WaveNet {
             let z = f.dropout(z, i as u64)?;
             if let Some(res) = &block.residual {
                 let r = f.conv(res, &z)?;
-                h = f.add(h, r)?;
+                h = f.add(h, &r)?;
             }
             let s = f.conv(&block.skip, &z)?; // [B, D, S]
             skips = Some(match skips {
-                Some(acc) => f.add(acc, s)?,
+                Some(acc) => f.add(acc, &s)?,
                 None => s,
             });
         }

@@ -5,6 +5,8 @@
 //! it has been given, appending inside the layer as candle-nn's `KvCache` does, so a position costs one
 //! column of the network (Fast WaveNet, Paine et al. 2016; Fast PixelCNN++, Ramachandran et al. 2017).
 
+use std::ops::Range;
+
 use candle_core::{Result, Tensor};
 
 use super::kernels::shifted_conv::TapPlan;
@@ -71,7 +73,11 @@ pub trait Flow {
     fn relu(&mut self, x: Self::Act) -> Result<Self::Act>;
     /// The gated unit, tanh of the first half of the channels times the sigmoid of the second: 2C → C.
     fn gate(&mut self, x: Self::Act) -> Result<Self::Act>;
-    fn add(&mut self, a: Self::Act, b: Self::Act) -> Result<Self::Act>;
+    fn add(&mut self, a: Self::Act, b: &Self::Act) -> Result<Self::Act>;
+    /// A bias per example (`[B, 1, 1, C]`, or [`Column::per_example`]) added at every position.
+    fn bias(&mut self, x: Self::Act, bias: &Self::Act) -> Result<Self::Act>;
+    /// Images shifted down one row, zeros on top (stepped: see [`Stepping::a_row_behind`]).
+    fn down_shift(&mut self, x: Self::Act) -> Result<Self::Act>;
     /// Dropout in training, `salt` telling the layers apart (stepping is for sampling: no dropout).
     fn dropout(&mut self, x: Self::Act, salt: u64) -> Result<Self::Act>;
 }
@@ -105,32 +111,47 @@ impl Flow for Full {
     fn gate(&mut self, x: Tensor) -> Result<Tensor> {
         gate(&x)
     }
-    fn add(&mut self, a: Tensor, b: Tensor) -> Result<Tensor> {
+    fn add(&mut self, a: Tensor, b: &Tensor) -> Result<Tensor> {
         a + b
+    }
+    fn bias(&mut self, x: Tensor, bias: &Tensor) -> Result<Tensor> {
+        x.broadcast_add(bias)
+    }
+    fn down_shift(&mut self, x: Tensor) -> Result<Tensor> {
+        super::down_shift(&x)
     }
     fn dropout(&mut self, x: Tensor, salt: u64) -> Result<Tensor> {
         dropout(&x, self.dropout, self.mode, salt)
     }
 }
 
-/// One position at a time, of `batch` examples on a grid of positions (a sequence is one row), in
-/// `arithmetic`; the caller says which position each pass computes ([`Stepping::input`]), so that it can
-/// compute a pixel again for each of its colours. Each layer applied gets a [`StepConv`] on first use (told
-/// apart by the order they are applied in), which keeps the layer's input at every position.
+/// A few positions at a time — a pixel, or a row of them — of `batch` examples on a grid of positions (a
+/// sequence is one row), in `arithmetic`; the caller says which positions each pass computes
+/// ([`Stepping::input`]), so that it can compute a pixel again for each of its colours. Each layer applied
+/// gets a [`StepConv`] on first use (told apart by the order they are applied in), which keeps the layer's
+/// input at every position.
 pub struct Stepping {
     arithmetic: Arithmetic,
     batch: usize,
     grid: (usize, usize),
-    at: usize, // the position computed now
+    at: Range<usize>, // the positions computed now
+    lag: usize,       // … are those `lag` positions before them: see `a_row_behind`
     layers: Vec<StepConv>,
     next: usize, // the layer applied next in this pass
 }
 
-/// One position's activations, `[B][C]` flattened, and the position they belong to.
+/// The activations at a few positions, `[position][B][C]` flattened, and the positions they belong to.
 #[derive(Clone)]
 pub struct Column {
-    at: usize,
+    at: Range<usize>,
     rows: Vec<f32>,
+}
+
+impl Column {
+    /// A row of numbers per example, `[B][C]`, for [`Flow::bias`].
+    pub fn per_example(rows: Vec<f32>) -> Self {
+        Self { at: 0..0, rows }
+    }
 }
 
 impl Stepping {
@@ -139,20 +160,31 @@ impl Stepping {
             arithmetic,
             batch,
             grid,
-            at: 0,
+            at: 0..0,
+            lag: 0,
             layers: vec![],
             next: 0,
         }
     }
 
-    /// Starts a pass computing the network's output at position `at`; its input is `rows` `[B][C]` at
-    /// position `from` (a position before `at`, or `at` itself under colour masks), none if empty.
-    pub fn input(&mut self, at: usize, from: usize, rows: Vec<f32>) -> Column {
+    /// The stack of a network that reads only the rows above through a down-shift (the gated PixelCNN's
+    /// vertical stack): a pass at row y computes row y − 1, whole by then, and the shift moves nothing; the
+    /// row above the first is the shift's zero padding (no inputs kept, zero outputs).
+    pub fn a_row_behind(self) -> Self {
+        Self {
+            lag: self.grid.1,
+            ..self
+        }
+    }
+
+    /// Starts a pass computing the network's output at positions `at`; its input is `rows` `[position][B][C]`
+    /// at positions `from` (before `at`, or `at` itself under colour masks), none if empty.
+    pub fn input(&mut self, at: Range<usize>, from: Range<usize>, rows: Vec<f32>) -> Column {
         (self.at, self.next) = (at, 0);
         Column { at: from, rows }
     }
 
-    /// The network's output at the pass's position, `[B][P]`.
+    /// The network's output at the pass's positions, `[position][B][P]`.
     pub fn output(&mut self, out: Column) -> Vec<f32> {
         out.rows
     }
@@ -169,12 +201,16 @@ impl Stepping {
 
     /// The layer applied next (made by `make`) given x at its position: its output at this one.
     fn apply(&mut self, x: &Column, make: impl FnOnce((usize, usize), usize) -> Result<StepConv>) -> Result<Column> {
-        let at = self.at;
+        let (at, lag, batch) = (self.at.clone(), self.lag, self.batch);
+        let back = |p: &Range<usize>| Some(p.start.checked_sub(lag)?..p.end - lag);
         let layer = self.layer(make)?;
-        if !x.rows.is_empty() {
-            layer.set(x.at..x.at + 1, &x.rows);
+        if let (Some(from), false) = (back(&x.at), x.rows.is_empty()) {
+            layer.set(from, &x.rows);
         }
-        let rows = layer.output(at..at + 1);
+        let rows = match back(&at) {
+            Some(p) => layer.output(p),
+            None => vec![0.0; at.len() * batch * layer.c_out()], // before the grid
+        };
         Ok(Column { at, rows })
     }
 }
@@ -184,7 +220,7 @@ impl Flow for Stepping {
     fn conv(&mut self, layer: &impl Layer, x: &Column) -> Result<Column> {
         if layer.pointwise() {
             let rows = self.layer(|grid, batch| layer.stepper(grid, batch))?.pointwise(&x.rows); // no inputs kept
-            return Ok(Column { rows, ..*x });
+            return Ok(Column { rows, at: x.at.clone() });
         }
         self.apply(x, |grid, batch| layer.stepper(grid, batch))
     }
@@ -211,13 +247,26 @@ impl Flow for Stepping {
         Ok(x)
     }
     fn gate(&mut self, mut x: Column) -> Result<Column> {
-        let c = x.rows.len() / (2 * self.batch).max(1);
+        let c = x.rows.len() / (2 * self.batch * x.at.len()).max(1);
         x.rows = self.arithmetic.gate_rows(&x.rows, c);
         Ok(x)
     }
-    fn add(&mut self, mut a: Column, b: Column) -> Result<Column> {
-        a.rows.iter_mut().zip(&b.rows).for_each(|(a, b)| *a += b);
+    /// b at a's positions: b holds those, or a row around them (the row above, at a pixel of it).
+    fn add(&mut self, mut a: Column, b: &Column) -> Result<Column> {
+        let from = (a.at.start - b.at.start) * b.rows.len() / b.at.len().max(1);
+        a.rows.iter_mut().zip(&b.rows[from..]).for_each(|(a, b)| *a += b);
         Ok(a)
+    }
+    fn bias(&mut self, mut x: Column, bias: &Column) -> Result<Column> {
+        for rows in x.rows.chunks_mut(bias.rows.len().max(1)) {
+            rows.iter_mut().zip(&bias.rows).for_each(|(a, b)| *a += b);
+        }
+        Ok(x)
+    }
+    /// The identity on a flow [a row behind](Stepping::a_row_behind), which has computed the row above.
+    fn down_shift(&mut self, x: Column) -> Result<Column> {
+        debug_assert!(self.lag == self.grid.1, "a down-shift steps only a row behind");
+        Ok(x)
     }
     fn dropout(&mut self, x: Column, _salt: u64) -> Result<Column> {
         Ok(x)

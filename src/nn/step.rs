@@ -97,6 +97,11 @@ impl StepConv {
         self.arithmetic
     }
 
+    /// Output channels.
+    pub fn c_out(&self) -> usize {
+        self.c_out
+    }
+
     /// Sets the inputs at `positions`, `[position][B][C_in]` flattened.
     pub fn set(&mut self, positions: Range<usize>, rows: &[f32]) {
         let n = self.batch * self.c_in;
