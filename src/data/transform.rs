@@ -63,18 +63,25 @@ pub fn quantize(ds: &Dataset, levels: usize) -> Result<Dataset> {
 }
 
 /// Pictures with C > 1 channels from channel-major `[C, H, W]` (as the files store them) to pixel-major
-/// `[H, W, C]`: each pixel's channels in turn (R, G, B), the raster order in which an ARM generates them.
+/// `[H, W, C]`: each pixel's channels in turn (R, G, B), the raster order in which an ARM generates them
+/// (the models' [`crate::models::Ordering`]).
 /// Gray sets come back as they are, without a copy.
 pub fn to_pixel_major(ds: Dataset) -> Dataset {
     let (c, h, w) = ds.image_shape;
     if c <= 1 || c * h * w != ds.dim {
         return ds;
     }
-    let values = ds
-        .values
-        .chunks(ds.dim)
-        .flat_map(|x| (0..h * w).flat_map(move |p| (0..c).map(move |ch| x[ch * h * w + p])))
-        .collect();
+    let order = crate::models::Ordering {
+        height: h,
+        width: w,
+        colors: c,
+    };
+    let mut values = vec![0; ds.values.len()];
+    for (x, out) in ds.values.chunks(ds.dim).zip(values.chunks_mut(ds.dim)) {
+        x.iter()
+            .enumerate()
+            .for_each(|(i, &v)| out[order.from_channel_major(i)] = v);
+    }
     Dataset { values, ..ds }
 }
 

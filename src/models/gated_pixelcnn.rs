@@ -495,16 +495,16 @@ impl Stepper for GatedStepper<'_> {
     /// As the PixelCNN's stepper (`models::Stepped`), the vertical stack run first at the start of each row.
     fn step(&mut self, prev: Option<&[u32]>) -> Result<Vec<Vec<f32>>> {
         let (d, m) = (self.d, &self.net.m);
-        let (w, colors) = (m.width(), m.colors());
+        let (w, order) = (m.width(), m.ordering());
         self.d += 1;
         if let Some(prev) = prev {
-            let (px, colour) = ((d - 1) / colors, (d - 1) % colors);
+            let (px, colour) = order.pixel_and_colour(d - 1);
             super::record_colour(&mut self.pixel, m, prev, colour);
             let n = self.pixel.len();
             self.row[px % w * n..(px % w + 1) * n].copy_from_slice(&self.pixel);
             self.head.record(prev, colour);
         }
-        let (px, colour) = (d / colors, d % colors);
+        let (px, colour) = order.pixel_and_colour(d);
         if px % w == 0 && colour == 0 {
             let x = self.vertical.input(px..px + w, px..px + w, self.row.clone());
             self.above = self.net.vertical(&mut self.vertical, x, &self.biases)?;
@@ -512,7 +512,7 @@ impl Stepper for GatedStepper<'_> {
         if !self.head.needs_column(colour) {
             return self.head.step(None, colour); // the pixel mixture's later colours
         }
-        let from = d.saturating_sub(1) / colors;
+        let from = order.pixel_and_colour(d.saturating_sub(1)).0;
         let x = self.horizontal.input(px..px + 1, from..from + 1, self.pixel.clone());
         let out = self
             .net

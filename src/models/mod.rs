@@ -185,20 +185,20 @@ impl<N: FlowNet> Stepper for Stepped<'_, N> {
     /// mixture, whose later colours come from the head alone).
     fn step(&mut self, prev: Option<&[u32]>) -> Result<Vec<Vec<f32>>> {
         let (m, d) = (self.net.model(), self.d);
-        let colors = m.colors();
+        let order = m.ordering();
         self.d += 1;
         if let Some(prev) = prev {
-            let colour = (d - 1) % colors;
+            let (_, colour) = order.pixel_and_colour(d - 1);
             record_colour(&mut self.pixel, m, prev, colour);
             if let Some(head) = &mut self.head {
                 head.record(prev, colour);
             }
         }
-        let colour = d % colors;
+        let (at, colour) = order.pixel_and_colour(d);
         if let Some(head) = self.head.as_mut().filter(|h| !h.needs_column(colour)) {
             return head.step(None, colour);
         }
-        let (at, from) = (d / colors, d.saturating_sub(1) / colors);
+        let from = order.pixel_and_colour(d.saturating_sub(1)).0;
         let x = self.flow.input(at..at + 1, from..from + 1, self.pixel.clone());
         let out = self.net.network(&mut self.flow, x)?;
         let out = self.flow.output(out);
@@ -1127,5 +1127,41 @@ impl Arm {
             Reduction::Mean => nll.mean_all()?,
             Reduction::Sum => nll.sum_all()?,
         })
+    }
+}
+
+#[cfg(test)]
+mod ordering_tests {
+    use super::Ordering;
+
+    /// Positions, coordinates and the channel-major file layout agree: every position is hit once, colour
+    /// fastest, then columns, then rows.
+    #[test]
+    fn ordering_is_raster_and_pixel_major() {
+        let o = Ordering {
+            height: 2,
+            width: 3,
+            colors: 3,
+        };
+        let mut seen = vec![false; o.len()];
+        for row in 0..2 {
+            for col in 0..3 {
+                for colour in 0..3 {
+                    let d = o.position(row, col, colour);
+                    assert_eq!(o.coords(d), (row, col, colour));
+                    assert_eq!(o.pixel_and_colour(d), (row * 3 + col, colour));
+                    assert_eq!(o.from_channel_major(colour * 6 + row * 3 + col), d);
+                    seen[d] = true;
+                }
+            }
+        }
+        assert!(seen.iter().all(|&s| s));
+        assert_eq!(o.position(0, 1, 0), 3);
+        let seq = Ordering {
+            height: 1,
+            width: 5,
+            colors: 1,
+        };
+        assert_eq!((seq.coords(4), seq.from_channel_major(4)), ((0, 4, 0), 4));
     }
 }
