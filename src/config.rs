@@ -313,6 +313,12 @@ mod tests {
         let huge = SEED_CONFIG.replace("hidden = 256", "hidden = 99999");
         let e = RunConfig::parse(&huge, Path::new("huge.toml")).unwrap_err().to_string();
         assert_eq!(e, "huge.toml: model.hidden = 99999 exceeds the limit of 16384");
+        let typo = SEED_CONFIG.replace("hidden = 256", "hiden = 256");
+        let e = RunConfig::parse(&typo, Path::new("t.toml")).unwrap_err().to_string();
+        assert!(
+            e.contains("unknown field `hiden`") && e.contains("`hidden`") && e.contains("num_values"),
+            "{e}"
+        );
         let e = RunConfig::parse("[model]\nkind = \"nope\"", Path::new("cfg.toml"))
             .unwrap_err()
             .to_string();

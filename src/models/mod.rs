@@ -590,7 +590,18 @@ impl Flat {
 
 impl<'de> Deserialize<'de> for ModelConfig {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        Flat::deserialize(d)?.resolve().map_err(serde::de::Error::custom)
+        let flat = Flat::deserialize(d).map_err(|e| {
+            let e = e.to_string().trim_end().to_string();
+            match e.contains("unknown field") {
+                // The family's own settings are listed; the model's are valid too.
+                true => serde::de::Error::custom(format!(
+                    "{e} — or one of the model's own: num_values, length, height, width, colors, input, n_mix, \
+                     colour_mixture, dropout, context"
+                )),
+                false => serde::de::Error::custom(e),
+            }
+        })?;
+        flat.resolve().map_err(serde::de::Error::custom)
     }
 }
 
