@@ -436,23 +436,7 @@ fn cli_compresses_within_one_percent_of_a_trained_models_nll() {
     use predicates::str::contains;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    armory()
-        .args([
-            "train",
-            "--epochs",
-            "2",
-            "--hidden",
-            "8",
-            "--kernel",
-            "3",
-            "--quiet",
-            "--name",
-            "t",
-            "--runs-dir",
-        ])
-        .arg(d)
-        .assert()
-        .success();
+    common::tiny_train(d, "t");
     let run = d.join("t");
     let all = armory::data::digits::embedded().unwrap();
     let mut idx = vec![0, 0, 8, 3, 0, 0, 1, 191, 0, 0, 0, 8, 0, 0, 0, 8]; // 447 × 8 × 8

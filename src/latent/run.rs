@@ -9,7 +9,7 @@ use super::Vae;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::nn::Mode;
-use crate::sample::{sample_cached_given, sample_naive_given, Noise};
+use crate::sample::{sample_cached_given, Noise};
 use crate::train::{Evaluation, Trainable};
 
 /// Examples per batch when evaluating or encoding.
@@ -145,8 +145,8 @@ impl Vae {
     }
 
     /// x drawn from the decoder given z `[N][L]` flattened, with `noise` (one uniform per example and
-    /// position) at `temperature`: by the decoder's cached stepper where it has one (exactly the naive
-    /// sampler's draws), else naively.
+    /// position) at `temperature`, by the decoder's cached stepper (every family that takes a context has
+    /// one; its draws are exactly the naive sampler's).
     pub fn decode(&self, z: &[f32], noise: &Noise, temperature: f64) -> Result<Vec<u32>> {
         if z.len() != noise.len() * self.latents() {
             return Err(Error::Config(format!(
@@ -156,12 +156,7 @@ impl Vae {
                 self.latents()
             )));
         }
-        match sample_cached_given(self.decoder(), noise, temperature, None, Some(z)) {
-            Err(Error::Config(m)) if m.contains("no cached sampler") => {
-                sample_naive_given(self.decoder(), noise, temperature, None, Some(z))
-            }
-            other => other,
-        }
+        sample_cached_given(self.decoder(), noise, temperature, None, Some(z))
     }
 
     /// `n` samples: z from the prior (`seed`), then x from the decoder (noise from `seed` + 1).

@@ -936,17 +936,8 @@ impl Arm {
     /// # Ok::<(), armory::Error>(())
     /// ```
     pub fn new(config: &ModelConfig, seed: u64, dtype: DType, device: &Device) -> Result<Self> {
-        config.validate()?;
         let params = ParamStore::new(seed);
-        let vb = params.var_builder(dtype, device);
-        let net = config.family().build(config, vb)?;
-        Ok(Self {
-            config: config.clone(),
-            net,
-            likelihood: config.likelihood(),
-            params,
-            device: device.clone(),
-        })
+        Self::in_store(config, &params, params.var_builder(dtype, device))
     }
 
     /// The model of `config` built inside another model's parameters (`params`, under `vb`'s prefix): a
@@ -1000,11 +991,7 @@ impl Arm {
         labels: Option<&[u32]>,
         arithmetic: Arithmetic,
     ) -> Result<Option<Box<dyn Stepper + '_>>> {
-        let tensor = labels
-            .map(|l| Tensor::from_slice(l, l.len(), &self.device))
-            .transpose()?;
-        check_labels(self.num_classes(), tensor.as_ref(), batch)?;
-        self.net.stepper(batch, labels, arithmetic)
+        self.stepper_context(batch, labels, None, arithmetic)
     }
     /// [`Arm::stepper_with`] for a model conditioned on a context vector (`context` `[B][E]` flattened; `None`
     /// for the others).
@@ -1076,8 +1063,7 @@ impl Arm {
         context: Option<&Tensor>,
         mode: Mode,
     ) -> Result<Tensor> {
-        check_context(self.config.context, context, x.dim(0)?)?;
-        self.net.forward_context(x, labels, context, mode)
+        self.net.forward_context(x, labels, context, mode) // each network checks the context it is given
     }
 
     /// log p(x | labels, context) in nats, `[B]`, in `mode` (differentiable: a latent-variable model trains
