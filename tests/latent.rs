@@ -685,6 +685,80 @@ fn elbo_gradients_through_the_reparameterisation_match_finite_differences() -> R
     Ok(())
 }
 
+/// The prior warm-up: for its epochs the encoder and decoder train against the standard normal (their
+/// gradients are exactly those of the same VAE with a standard-normal prior) while the ARM prior, which does
+/// not shape the codes, is fitted to them; after it the objective is the −ELBO with the ARM prior.
+#[test]
+fn prior_warmup_trains_against_the_standard_normal_and_fits_the_prior() -> Result<()> {
+    let x = random_x(4, 5, 3, 1)?;
+    let cfg = |prior, prior_warmup| VaeConfig {
+        latents: 2,
+        hidden: 4,
+        prior,
+        prior_warmup,
+        ..VaeConfig::default()
+    };
+    let arm = Vae::new(&cfg(tiny_arm(), 3), 5, 3, 2, DType::F64, &CPU)?;
+    let normal = Vae::new(&cfg(PriorConfig::StandardNormal, 0), 5, 3, 2, DType::F64, &CPU)?;
+    // Gradients of the objective at `epoch`, by parameter name (the two VAEs draw their shared weights alike).
+    let grads = |vae: &Vae, epoch: usize| -> Result<Vec<(String, Vec<f64>)>> {
+        let g = vae.objective(&x, Mode::Eval, 5, epoch)?.backward()?;
+        let mut out = vec![];
+        for (name, var) in vae.params().vars() {
+            let v = match g.get(var.as_tensor()) {
+                Some(t) => t.flatten_all()?.to_vec1::<f64>()?,
+                None => vec![0.0; var.elem_count()],
+            };
+            out.push((name, v));
+        }
+        Ok(out)
+    };
+    let shared = |g: &[(String, Vec<f64>)]| -> Vec<(String, Vec<f64>)> {
+        let mut v: Vec<_> = g.iter().filter(|(n, _)| !n.starts_with("prior.")).cloned().collect();
+        v.sort_by(|p, q| p.0.cmp(&q.0));
+        v
+    };
+    let largest = |g: &[(String, Vec<f64>)], prefix: &str| {
+        g.iter()
+            .filter(|(n, _)| n.starts_with(prefix))
+            .flat_map(|(_, v)| v.iter().map(|x| x.abs()))
+            .fold(0.0, f64::max)
+    };
+    let reference = grads(&normal, 2)?;
+    let warm = grads(&arm, 2)?;
+    let (a, b) = (shared(&warm), shared(&reference));
+    assert!(a.len() >= 6 && a.len() == b.len(), "{a:?}");
+    for ((na, va), (nb, vb)) in a.iter().zip(&b) {
+        assert_eq!(na, nb);
+        assert!(
+            va.iter().zip(vb).all(|(p, q)| (p - q).abs() < 1e-12),
+            "{na}: {va:?} vs {vb:?}"
+        );
+    }
+    assert!(
+        largest(&warm, "prior.") > 1e-4,
+        "the prior is fitted during the warm-up"
+    );
+    assert!(largest(&warm, "encoder.") > 1e-4);
+    // After the warm-up: the −ELBO with the ARM prior, which shapes the encoder.
+    let after = arm.objective(&x, Mode::Eval, 5, 3)?.to_scalar::<f64>()?;
+    assert!((after - arm.loss(&x, Mode::Eval, 5)?.to_scalar::<f64>()?).abs() < 1e-12);
+    let late = shared(&grads(&arm, 3)?);
+    let differs = late
+        .iter()
+        .zip(&b)
+        .any(|((_, p), (_, q))| p.iter().zip(q).any(|(p, q)| (p - q).abs() > 1e-6));
+    assert!(differs, "after the warm-up the encoder and decoder see the ARM prior");
+    // A standard-normal prior has nothing to fit; TOML reads the key.
+    assert!(matches!(
+        Vae::new(&cfg(PriorConfig::StandardNormal, 3), 5, 3, 2, DType::F64, &CPU).err(),
+        Some(Error::Config(_))
+    ));
+    let parsed: VaeConfig = toml::from_str("prior_warmup = 7\n[prior]\nkind = \"arm\"\n").unwrap();
+    assert_eq!(parsed.prior_warmup, 7);
+    Ok(())
+}
+
 /// A few hundred Adam steps on the digits lower the −ELBO clearly, under both priors.
 #[test]
 fn training_on_digits_lowers_the_negative_elbo() -> Result<()> {

@@ -44,6 +44,11 @@ pub struct VaeConfig {
     /// Free bits: nats per latent below which the KL costs nothing more (0: off; see [`Vae::objective`]).
     #[serde(skip_serializing_if = "crate::models::is_default")]
     pub free_bits: f64,
+    /// Prior warm-up, for a learned (ARM) prior: for this many epochs the encoder and decoder train against
+    /// the standard normal (its analytic KL) while the prior is fitted by maximum likelihood to their
+    /// detached samples z; then the usual −ELBO with the learned prior (0: off; see [`Vae::objective`]).
+    #[serde(skip_serializing_if = "crate::models::is_default")]
+    pub prior_warmup: usize,
 }
 
 impl Default for VaeConfig {
@@ -56,6 +61,7 @@ impl Default for VaeConfig {
             prior: PriorConfig::StandardNormal,
             kl_warmup: 0,
             free_bits: 0.0,
+            prior_warmup: 0,
         }
     }
 }
@@ -138,6 +144,12 @@ impl VaeConfig {
         at_most("hidden", self.hidden, MAX_WIDTH)?;
         at_most("dimensions of the data", dim, MAX_DIM)?;
         at_most("kl_warmup", self.kl_warmup, 1 << 20)?;
+        at_most("prior_warmup", self.prior_warmup, 1 << 20)?;
+        if self.prior_warmup > 0 && self.prior == PriorConfig::StandardNormal {
+            return Err(Error::Config(
+                "vae.prior_warmup fits a learned prior: the standard normal has nothing to fit".into(),
+            ));
+        }
         if !(self.free_bits >= 0.0 && self.free_bits.is_finite()) {
             return Err(Error::Config(format!(
                 "vae.free_bits = {} must be a number ≥ 0",

@@ -188,16 +188,28 @@ impl Vae {
     /// the second. Both are differentiable in every parameter, through z too. `mode` is the decoder's
     /// (dropout in training).
     pub fn elbo_terms(&self, x: &Tensor, mode: Mode, seed: u64) -> Result<(Tensor, Tensor)> {
+        let s = self.elbo_sample(x, mode, seed)?;
+        let kl = match self.prior.kl_from_normal(&s.mean, &s.log_var)? {
+            Some(kl) => kl,
+            None => (s.log_q - self.prior.log_density(&s.z)?)?,
+        };
+        Ok((s.log_px, kl))
+    }
+
+    /// The encoder's μ and log σ², the sample z, log q(z|x) and log p(x|z) of one ELBO sample.
+    fn elbo_sample(&self, x: &Tensor, mode: Mode, seed: u64) -> Result<ElboSample> {
         self.check_input(x)?;
         let (mean, log_var) = self.encoder.forward(x)?;
         let eps = normal_noise(seed, 0, mean.dims2()?, self.dtype, &self.device)?;
         let (z, log_q) = reparameterise(&mean, &log_var, &eps)?;
         let log_px = self.decoder.log_prob_context(x, None, Some(&z), mode)?;
-        let kl = match self.prior.kl_from_normal(&mean, &log_var)? {
-            Some(kl) => kl,
-            None => (log_q - self.prior.log_density(&z)?)?,
-        };
-        Ok((log_px, kl))
+        Ok(ElboSample {
+            mean,
+            log_var,
+            z,
+            log_q,
+            log_px,
+        })
     }
 
     /// The training objective: the mean over the batch of −ELBO = −log p(x|z) + KL, in nats (a scalar).
@@ -210,9 +222,22 @@ impl Vae {
     /// batch, with the KL weight β rising linearly from 1/`kl_warmup` to 1 over the first `kl_warmup`
     /// epochs, and free bits λ (`free_bits` nats per latent): a KL below λ·L on the batch costs λ·L, so the
     /// optimiser gains nothing by pushing it lower — both against posterior collapse (Bowman et al. 2016;
-    /// Kingma et al. 2016). With neither it is [`Vae::loss`].
+    /// Kingma et al. 2016). During the first `prior_warmup` epochs the KL is the standard normal's (analytic)
+    /// and −log p(z) of the detached sample is added, so the learned prior is fitted to the codes without
+    /// shaping them. With none of these it is [`Vae::loss`].
     pub fn objective(&self, x: &Tensor, mode: Mode, seed: u64, epoch: usize) -> Result<Tensor> {
-        let (log_px, kl) = self.elbo_terms(x, mode, seed)?;
+        let (log_px, kl, prior_fit) = if epoch < self.config.prior_warmup {
+            let s = self.elbo_sample(x, mode, seed)?;
+            let normal = prior::StandardNormal::new(self.latents(), self.dtype, &self.device);
+            let kl = normal
+                .kl_from_normal(&s.mean, &s.log_var)?
+                .expect("the standard normal's KL is analytic");
+            let fit = self.prior.log_density(&s.z.detach())?.mean_all()?.neg()?;
+            (s.log_px, kl, Some(fit))
+        } else {
+            let (log_px, kl) = self.elbo_terms(x, mode, seed)?;
+            (log_px, kl, None)
+        };
         let beta = match self.config.kl_warmup {
             0 => 1.0,
             w => ((epoch + 1) as f64 / w as f64).min(1.0),
@@ -220,8 +245,21 @@ impl Vae {
         let floor = self.config.free_bits * self.config.latents as f64;
         let kl = kl.mean_all()?;
         let kl = if floor > 0.0 { kl.maximum(floor)? } else { kl };
-        Ok(((kl * beta)? - log_px.mean_all()?)?)
+        let loss = ((kl * beta)? - log_px.mean_all()?)?;
+        Ok(match prior_fit {
+            Some(fit) => (loss + fit)?,
+            None => loss,
+        })
     }
+}
+
+/// One reparameterised sample of the ELBO, `[B, L]` and `[B]` tensors.
+struct ElboSample {
+    mean: Tensor,
+    log_var: Tensor,
+    z: Tensor,
+    log_q: Tensor,
+    log_px: Tensor,
 }
 
 /// The book's decoder for data of `dim` values in 0..`num_values`: two dense layers of `config.hidden`, the
