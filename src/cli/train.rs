@@ -391,12 +391,16 @@ fn finish_vae(
         serde_json::to_string_pretty(&summary_json)?.as_bytes(),
     )?;
     println!(
-        "{} after {} (best: epoch {}, −ELBO {:.2} nats), {:.0}s\ntest: −log p(x) ≤ {:.3} nats per image, {:.4} \
+        "{} after {} (best: epoch {}, {} {:.2} nats), {:.0}s\ntest: −log p(x) ≤ {:.3} nats per image, {:.4} \
          bits/dim (importance-weighted, K = {}, seed {}); −ELBO {:.3}, KL {:.3}; {} of {} latents active\nrun: {} \
          (weights, metrics.csv, real.png, samples.png, reconstructions.png, interpolations.png, curve.png)",
         summary.outcome,
         super::count(summary.epochs, "epoch"),
         summary.best_epoch,
+        match vae.config().train_samples {
+            1 => "−ELBO".to_string(),
+            k => format!("−IWAE_{k}"),
+        },
         summary.best_val_nll,
         summary.wall_secs,
         test.nll,

@@ -49,6 +49,14 @@ pub struct VaeConfig {
     /// detached samples z; then the usual −ELBO with the learned prior (0: off; see [`Vae::objective`]).
     #[serde(skip_serializing_if = "crate::models::is_default")]
     pub prior_warmup: usize,
+    /// Importance samples per example in the training objective: 1 trains on the ELBO, k > 1 on the
+    /// importance-weighted bound of k samples (IWAE training, Burda et al. 2016; see [`Vae::objective`]).
+    #[serde(skip_serializing_if = "is_one")]
+    pub train_samples: usize,
+}
+
+fn is_one(v: &usize) -> bool {
+    *v == 1
 }
 
 impl Default for VaeConfig {
@@ -62,6 +70,7 @@ impl Default for VaeConfig {
             kl_warmup: 0,
             free_bits: 0.0,
             prior_warmup: 0,
+            train_samples: 1,
         }
     }
 }
@@ -154,6 +163,26 @@ impl VaeConfig {
             return Err(Error::Config(format!(
                 "vae.free_bits = {} must be a number ≥ 0",
                 self.free_bits
+            )));
+        }
+        if self.train_samples == 0 {
+            return Err(Error::Config(
+                "vae.train_samples must be at least 1 (1: the ELBO)".into(),
+            ));
+        }
+        at_most("train_samples", self.train_samples, 1 << 12)?;
+        if self.train_samples > 1 && self.free_bits > 0.0 {
+            return Err(Error::Config(format!(
+                "vae.free_bits = {} applies to the ELBO's KL term, which importance-weighted training \
+                 (train_samples = {}) does not have: use one or the other",
+                self.free_bits, self.train_samples
+            )));
+        }
+        if self.train_samples > 1 && self.prior_warmup > 0 {
+            return Err(Error::Config(format!(
+                "vae.prior_warmup = {} trains against the standard normal's KL, one sample at a time: \
+                 importance-weighted training (train_samples = {}) cannot be combined with it",
+                self.prior_warmup, self.train_samples
             )));
         }
         at_most("values of the data", num_values, MAX_NUM_VALUES)?;

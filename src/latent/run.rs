@@ -33,12 +33,16 @@ impl Trainable for Vae {
         };
         self.objective(x, mode, seed, epoch)
     }
-    /// The −ELBO (one sample per example, the same noise every epoch): early stopping selects on it.
+    /// The bound trained on, on the same noise every epoch: the −ELBO (one sample per example), or with
+    /// `train_samples` = k > 1 minus the k-sample importance-weighted bound. Early stopping selects on it.
     fn validate(&self, data: &Dataset) -> Result<Evaluation> {
-        let (neg_elbo, _) = self.elbo_over(data, 0)?;
+        let nll = match self.config().train_samples {
+            1 => self.elbo_over(data, 0)?.0,
+            k => self.iwae_over(data, k, 0)?,
+        };
         Ok(Evaluation {
-            nll: neg_elbo,
-            bpd: neg_elbo / (data.dim as f64 * std::f64::consts::LN_2),
+            nll,
+            bpd: nll / (data.dim as f64 * std::f64::consts::LN_2),
             examples: data.len(),
         })
     }
@@ -65,6 +69,26 @@ pub struct LatentEvaluation {
 }
 
 impl Vae {
+    /// Minus the `k`-sample importance-weighted bound averaged over `data` (batch i from seed + i).
+    pub fn iwae_over(&self, data: &Dataset, k: usize, seed: u64) -> Result<f64> {
+        if data.is_empty() {
+            return Err(Error::Config("cannot evaluate on an empty dataset".into()));
+        }
+        let idx: Vec<usize> = (0..data.len()).collect();
+        let mut sum = 0.0;
+        crate::nn::kernels::shifted_conv::with_frozen_weights(|| -> Result<()> {
+            for (i, chunk) in idx.chunks(BATCH).enumerate() {
+                let x = data.batch(chunk, self.device())?;
+                sum += self
+                    .iwae(&x, k, seed.wrapping_add(i as u64), k)?
+                    .sum_all()?
+                    .to_scalar::<f64>()?;
+            }
+            Ok(())
+        })?;
+        Ok(-sum / data.len() as f64)
+    }
+
     /// (−ELBO, KL) averaged over `data`, one sample per example from `seed` (batch i from seed + i).
     pub fn elbo_over(&self, data: &Dataset, seed: u64) -> Result<(f64, f64)> {
         if data.is_empty() {

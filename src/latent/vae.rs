@@ -218,14 +218,38 @@ impl Vae {
         Ok((kl - log_px)?.mean_all()?)
     }
 
-    /// The objective of training epoch `epoch` (from 0): −log p(x|z) + β·max(KL, λ·L) averaged over the
-    /// batch, with the KL weight β rising linearly from 1/`kl_warmup` to 1 over the first `kl_warmup`
-    /// epochs, and free bits λ (`free_bits` nats per latent): a KL below λ·L on the batch costs λ·L, so the
-    /// optimiser gains nothing by pushing it lower — both against posterior collapse (Bowman et al. 2016;
-    /// Kingma et al. 2016). During the first `prior_warmup` epochs the KL is the standard normal's (analytic)
-    /// and −log p(z) of the detached sample is added, so the learned prior is fitted to the codes without
-    /// shaping them. With none of these it is [`Vae::loss`].
+    /// The objective of training epoch `epoch` (from 0), averaged over the batch, with the KL weight β rising
+    /// linearly from 1/`kl_warmup` to 1 over the first `kl_warmup` epochs (Bowman et al. 2016):
+    /// - one sample (`train_samples` = 1): −log p(x|z) + β·max(KL, λ·L), with free bits λ (`free_bits` nats
+    ///   per latent): a KL below λ·L on the batch costs λ·L, so the optimiser gains nothing by pushing it
+    ///   lower (Kingma et al. 2016). During the first `prior_warmup` epochs the KL is the standard normal's
+    ///   (analytic) and −log p(z) of the detached sample is added, so the learned prior is fitted to the
+    ///   codes without shaping them. With none of these it is [`Vae::loss`].
+    /// - k samples: −log (1/k) Σ_j p(x|z_j)·(p(z_j)/q(z_j|x))^β, the importance-weighted bound (Burda et al.
+    ///   2016; β = 1 after the warm-up), whose gradient weighs each sample by its normalised weight; sample j
+    ///   reads stream j of `seed` (sample 0 is the one-sample objective's), so it is minus [`Vae::iwae`].
     pub fn objective(&self, x: &Tensor, mode: Mode, seed: u64, epoch: usize) -> Result<Tensor> {
+        let beta = match self.config.kl_warmup {
+            0 => 1.0,
+            w => ((epoch + 1) as f64 / w as f64).min(1.0),
+        };
+        let k = self.config.train_samples;
+        if k > 1 {
+            self.check_input(x)?;
+            let (mean, log_var) = self.encoder.forward(x)?;
+            let (b, l) = mean.dims2()?;
+            let eps = (0..k as u64)
+                .map(|j| normal_noise(seed, j, (b, l), self.dtype, &self.device))
+                .collect::<Result<Vec<_>>>()?;
+            // Rows are sample-major, as in `iwae`: row j·B + i is sample j of example i.
+            let (z, log_q) = reparameterise(&mean.repeat((k, 1))?, &log_var.repeat((k, 1))?, &Tensor::cat(&eps, 0)?)?;
+            let log_px = self
+                .decoder
+                .log_prob_context(&x.repeat((k, 1))?, None, Some(&z), mode)?;
+            let log_w = (log_px + ((self.prior.log_density(&z)? - log_q)? * beta)?)?;
+            let bound = (log_w.reshape((k, b))?.log_sum_exp(0)? - (k as f64).ln())?;
+            return Ok(bound.mean_all()?.neg()?);
+        }
         let (log_px, kl, prior_fit) = if epoch < self.config.prior_warmup {
             let s = self.elbo_sample(x, mode, seed)?;
             let normal = prior::StandardNormal::new(self.latents(), self.dtype, &self.device);
@@ -237,10 +261,6 @@ impl Vae {
         } else {
             let (log_px, kl) = self.elbo_terms(x, mode, seed)?;
             (log_px, kl, None)
-        };
-        let beta = match self.config.kl_warmup {
-            0 => 1.0,
-            w => ((epoch + 1) as f64 / w as f64).min(1.0),
         };
         let floor = self.config.free_bits * self.config.latents as f64;
         let kl = kl.mean_all()?;
