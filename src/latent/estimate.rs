@@ -3,8 +3,7 @@
 
 use candle_core::{DType, Tensor};
 
-use super::normal_noise;
-use super::vae::{reparameterise, Vae};
+use super::vae::Vae;
 use crate::error::{Error, Result};
 
 /// A latent dimension is active when its posterior mean varies over the data by more than this
@@ -83,16 +82,7 @@ impl Vae {
         let mut acc = LogSumExp::new(b);
         for start in (0..k).step_by(chunk) {
             let c = chunk.min(k - start);
-            let eps = (start..start + c)
-                .map(|j| normal_noise(seed, j as u64, (b, self.latents()), self.dtype(), self.device()))
-                .collect::<Result<Vec<_>>>()?;
-            // Rows are sample-major: row j·B + i is sample start + j of example i.
-            let eps = Tensor::cat(&eps, 0)?;
-            let (z, log_q) = reparameterise(&mean.repeat((c, 1))?, &log_var.repeat((c, 1))?, &eps)?;
-            let log_px = self
-                .decoder()
-                .log_prob_context(&x.repeat((c, 1))?, None, Some(&z), crate::nn::Mode::Eval)?;
-            let log_w = ((log_px + self.prior().log_density(&z)?)? - log_q)?;
+            let log_w = self.log_weights(x, &mean, &log_var, start..start + c, seed, crate::nn::Mode::Eval, 1.0)?;
             let log_w = log_w.to_dtype(DType::F64)?.to_vec1::<f64>()?;
             for (row, &v) in log_w.iter().enumerate() {
                 acc.add(row % b, v);

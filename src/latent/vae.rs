@@ -237,17 +237,8 @@ impl Vae {
         if k > 1 {
             self.check_input(x)?;
             let (mean, log_var) = self.encoder.forward(x)?;
-            let (b, l) = mean.dims2()?;
-            let eps = (0..k as u64)
-                .map(|j| normal_noise(seed, j, (b, l), self.dtype, &self.device))
-                .collect::<Result<Vec<_>>>()?;
-            // Rows are sample-major, as in `iwae`: row j·B + i is sample j of example i.
-            let (z, log_q) = reparameterise(&mean.repeat((k, 1))?, &log_var.repeat((k, 1))?, &Tensor::cat(&eps, 0)?)?;
-            let log_px = self
-                .decoder
-                .log_prob_context(&x.repeat((k, 1))?, None, Some(&z), mode)?;
-            let log_w = (log_px + ((self.prior.log_density(&z)? - log_q)? * beta)?)?;
-            let bound = (log_w.reshape((k, b))?.log_sum_exp(0)? - (k as f64).ln())?;
+            let log_w = self.log_weights(x, &mean, &log_var, 0..k, seed, mode, beta)?;
+            let bound = (log_w.reshape((k, x.dim(0)?))?.log_sum_exp(0)? - (k as f64).ln())?;
             return Ok(bound.mean_all()?.neg()?);
         }
         let (log_px, kl, prior_fit) = if epoch < self.config.prior_warmup {
@@ -269,6 +260,39 @@ impl Vae {
         Ok(match prior_fit {
             Some(fit) => (loss + fit)?,
             None => loss,
+        })
+    }
+}
+
+impl Vae {
+    /// The log importance weights log p(x|z_j) + β·(log p(z_j) − log q(z_j|x)) of samples `samples` (j) of
+    /// every example of x `[B, D]`, encoded as `mean`, `log_var` `[B, L]`: `[c·B]` for c samples,
+    /// sample-major (row j'·B + i is sample `samples.start` + j' of example i). Sample j reads its noise ε
+    /// `[B, L]` from stream j of the ChaCha8 generator of `seed`; `mode` is the decoder's.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn log_weights(
+        &self,
+        x: &Tensor,
+        mean: &Tensor,
+        log_var: &Tensor,
+        samples: std::ops::Range<usize>,
+        seed: u64,
+        mode: Mode,
+        beta: f64,
+    ) -> Result<Tensor> {
+        let c = samples.len();
+        let eps = samples
+            .map(|j| normal_noise(seed, j as u64, mean.dims2()?, self.dtype, &self.device))
+            .collect::<Result<Vec<_>>>()?;
+        let (z, log_q) = reparameterise(&mean.repeat((c, 1))?, &log_var.repeat((c, 1))?, &Tensor::cat(&eps, 0)?)?;
+        let log_px = self
+            .decoder
+            .log_prob_context(&x.repeat((c, 1))?, None, Some(&z), mode)?;
+        let log_p = self.prior.log_density(&z)?;
+        Ok(if beta == 1.0 {
+            ((log_px + log_p)? - log_q)?
+        } else {
+            (log_px + ((log_p - log_q)? * beta)?)?
         })
     }
 }
@@ -318,7 +342,7 @@ fn decoder_for(config: &VaeConfig, decoder: &ModelConfig) -> Result<ModelConfig>
 
 /// z = μ + σ·ε with σ = exp(½·log σ²), and log q(z|x) `[B]` = Σ_l log N(z_l; μ_l, σ_l²), which at this z is
 /// Σ_l −½·ε_l² − ½·log σ_l² − ½·log 2π: written with ε, no division by σ. μ, log σ², ε `[R, L]`.
-pub(super) fn reparameterise(mean: &Tensor, log_var: &Tensor, eps: &Tensor) -> Result<(Tensor, Tensor)> {
+fn reparameterise(mean: &Tensor, log_var: &Tensor, eps: &Tensor) -> Result<(Tensor, Tensor)> {
     let z = (mean + (log_var * 0.5)?.exp()?.mul(eps)?)?;
     let l = mean.dim(1)? as f64;
     let log_q = (eps.sqr()? + log_var)?.sum(1)?.affine(-0.5, -l * HALF_LOG_TWO_PI)?;
