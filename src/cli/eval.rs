@@ -90,7 +90,8 @@ fn eval_vae(vae: &Vae, a: &Args, part: &armory::data::Dataset, spec: &str) -> an
     } else {
         println!(
             "{} split of {spec}: −log p(x) ≤ {:.3} nats per example, {:.4} bits per dimension (importance-weighted, \
-             K = {}, seed {}); −ELBO {:.3} (KL {:.3}); {} of {} latents active; {} examples, {:.1}s",
+             K = {}, seed {}); −ELBO {:.3} (KL {:.3} = I(x; z) {:.3} + KL(q(z) ‖ p(z)) {:.3}); {} of {} latents active; \
+             {} examples, {:.1}s",
             a.split,
             ev.nll,
             ev.bpd,
@@ -98,6 +99,8 @@ fn eval_vae(vae: &Vae, a: &Args, part: &armory::data::Dataset, spec: &str) -> an
             ev.seed,
             ev.neg_elbo,
             ev.kl,
+            ev.kl - ev.marginal_kl,
+            ev.marginal_kl,
             ev.active_units,
             ev.latents,
             ev.examples,

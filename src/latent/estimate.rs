@@ -91,6 +91,54 @@ impl Vae {
         Ok(Tensor::from_vec(acc.log_mean(k), b, self.device())?)
     }
 
+    /// KL(q(z) ‖ p(z)) in nats, for the aggregate posterior q(z) = (1/N) Σ_n q(z|x_n) over the N examples of
+    /// x `[N, D]` (Hoffman & Johnson 2016, "ELBO surgery"): the average KL term of the ELBO is I(x; z) + this,
+    /// and this is all a better prior could win on these examples with the encoder and decoder fixed (the best
+    /// prior being q(z) itself). Estimated by `samples` draws z ~ q(z|x_n) per example (stream s of `seed`
+    /// for draw s), log q(z) by the exact mixture over the N posteriors, in f64. Encoded `batch` at a time.
+    /// (With N examples I(x; z) ≤ log N: q(z) is a mixture of N.)
+    pub fn marginal_kl(&self, x: &Tensor, samples: usize, seed: u64, batch: usize) -> Result<f64> {
+        self.check_input(x)?;
+        let (n, l) = (x.dim(0)?, self.latents());
+        if n == 0 || samples == 0 || batch == 0 {
+            return Err(Error::Config(format!(
+                "the aggregate posterior's KL needs examples ({n}), samples ({samples}) and a batch ({batch})"
+            )));
+        }
+        let f64s = |t: &Tensor| -> Result<Vec<f64>> { Ok(t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?) };
+        let (mut mean, mut log_var) = (Vec::with_capacity(n * l), Vec::with_capacity(n * l));
+        for start in (0..n).step_by(batch) {
+            let (m, v) = self.encoder().forward(&x.narrow(0, start, batch.min(n - start))?)?;
+            mean.extend(f64s(&m)?);
+            log_var.extend(f64s(&v)?);
+        }
+        let mean_t = Tensor::from_vec(mean.clone(), (n, l), self.device())?.to_dtype(self.dtype())?;
+        let log_var_t = Tensor::from_vec(log_var.clone(), (n, l), self.device())?.to_dtype(self.dtype())?;
+        let inv_var: Vec<f64> = log_var.iter().map(|v| (-v).exp()).collect();
+        // log N(z; μ_n, σ_n²) without the z-dependent part: −½ Σ_l (log σ² + log 2π).
+        let norm: Vec<f64> = log_var
+            .chunks(l)
+            .map(|v| -0.5 * v.iter().sum::<f64>() - l as f64 * super::HALF_LOG_TWO_PI)
+            .collect();
+        let mut total = 0.0;
+        for s in 0..samples as u64 {
+            let eps = super::normal_noise(seed, s, (n, l), self.dtype(), self.device())?;
+            let z = (&mean_t + (&log_var_t * 0.5)?.exp()?.mul(&eps)?)?;
+            let log_p = f64s(&self.prior().log_density(&z)?)?;
+            let z = f64s(&z)?;
+            for (zm, lp) in z.chunks(l).zip(&log_p) {
+                let mut acc = LogSumExp::new(1);
+                for j in 0..n {
+                    let (mu, iv) = (&mean[j * l..(j + 1) * l], &inv_var[j * l..(j + 1) * l]);
+                    let sq: f64 = zm.iter().zip(mu).zip(iv).map(|((z, m), i)| (z - m) * (z - m) * i).sum();
+                    acc.add(0, norm[j] - 0.5 * sq);
+                }
+                total += acc.log_mean(n)[0] - lp;
+            }
+        }
+        Ok(total / (n * samples) as f64)
+    }
+
     /// The active units of the encoder over the examples x `[N, D]` (N ≥ 1), encoded `batch` at a time.
     pub fn active_units(&self, x: &Tensor, batch: usize) -> Result<ActiveUnits> {
         self.check_input(x)?;

@@ -55,6 +55,10 @@ pub struct LatentEvaluation {
     pub neg_elbo: f64,
     /// Its KL term (KL(q(z|x) ‖ p(z)), analytic for the standard normal prior, else estimated).
     pub kl: f64,
+    /// The part of `kl` that is KL(q(z) ‖ p(z)) for the aggregate posterior q(z) over these examples (the
+    /// rest is the mutual information I(x; z)): all a better prior could win here ([`Vae::marginal_kl`],
+    /// 10 draws per example from `seed`).
+    pub marginal_kl: f64,
     /// −log p(x) by the importance-weighted estimate with `importance_samples` samples (an upper bound on
     /// the true −log p(x) in expectation, tightening with K).
     pub nll: f64,
@@ -145,6 +149,7 @@ impl Vae {
         Ok(LatentEvaluation {
             neg_elbo,
             kl,
+            marginal_kl: self.marginal_kl(&x, 10, seed, BATCH)?,
             nll,
             bpd: nll / (data.dim as f64 * std::f64::consts::LN_2),
             importance_samples: k,
