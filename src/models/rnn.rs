@@ -144,8 +144,9 @@ impl RnnNet {
 }
 
 impl CausalNet for RnnNet {
-    fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, labels: Option<&Tensor>, context: Option<&Tensor>, mode: Mode) -> Result<Tensor> {
         use candle_core::{IndexOp, Module};
+        super::unconditioned(labels, context)?;
         let (b, d) = x.dims2()?;
         // Inputs: [start, x_0, …, x_{D−2}]: position d reads x_{d−1}.
         let start = Tensor::full(self.m.num_values as u32, (b, 1), x.device())?;
@@ -173,8 +174,10 @@ impl CausalNet for RnnNet {
         &self,
         batch: usize,
         _labels: Option<&[u32]>,
+        context: Option<&[f32]>,
         arithmetic: Arithmetic,
     ) -> Result<Option<Box<dyn Stepper + '_>>> {
+        super::no_context(context.is_some())?;
         let stepper: Box<dyn Stepper + '_> = match arithmetic {
             Arithmetic::Fast => Box::new(RnnStepper {
                 net: self,
