@@ -126,19 +126,7 @@ impl ParamStore {
             format!("{}{more}", shown.join(", "))
         };
         for (name, var) in vars.iter() {
-            let t = tensors.get(name).ok_or_else(|| Error::MissingTensor {
-                path: path.into(),
-                tensor: name.clone(),
-                held: held(),
-            })?;
-            if t.dims() != var.dims() {
-                return Err(Error::CheckpointMismatch {
-                    path: path.into(),
-                    tensor: name.clone(),
-                    expected: var.dims().to_vec(),
-                    found: t.dims().to_vec(),
-                });
-            }
+            checkpoint_tensor(tensors, name, var, path, held)?;
         }
         if let Some(extra) = tensors.keys().find(|k| !vars.contains_key(*k)) {
             return Err(Error::Checkpoint {
@@ -159,6 +147,31 @@ impl ParamStore {
     pub fn load(&self, path: &Path) -> Result<()> {
         self.assign(&load_tensors(path)?, path)
     }
+}
+
+/// The tensor `name` of a checkpoint read from `path`, which must have `like`'s shape; `held` says what the
+/// checkpoint holds instead, for the error when it lacks it.
+pub(crate) fn checkpoint_tensor<'a>(
+    tensors: &'a HashMap<String, Tensor>,
+    name: &str,
+    like: &Tensor,
+    path: &Path,
+    held: impl FnOnce() -> String,
+) -> Result<&'a Tensor> {
+    let t = tensors.get(name).ok_or_else(|| Error::MissingTensor {
+        path: path.into(),
+        tensor: name.into(),
+        held: held(),
+    })?;
+    if t.dims() != like.dims() {
+        return Err(Error::CheckpointMismatch {
+            path: path.into(),
+            tensor: name.into(),
+            expected: like.dims().to_vec(),
+            found: t.dims().to_vec(),
+        });
+    }
+    Ok(t)
 }
 
 /// A weight that is NaN or infinite would make every evaluation NaN and every sample garbage: refused, naming

@@ -69,19 +69,6 @@ pub fn read_promised(path: &Path, expected: usize, claim: &str) -> Result<Vec<u8
     Ok(bytes)
 }
 
-/// Reads a whole file, inflating it when it starts with the gzip magic bytes `1f 8b` (whatever its name), up
-/// to [`limits::MAX_DATA_BYTES`].
-pub fn read_maybe_gzipped(path: &Path) -> Result<Vec<u8>> {
-    let max = limits::MAX_DATA_BYTES as u64;
-    let bytes = read_at_most(path, max + 1)?;
-    limits::check(
-        format!("{}: bytes (inflated)", path.display()),
-        limits::wide(bytes.len()),
-        limits::MAX_DATA_BYTES,
-    )?;
-    Ok(bytes)
-}
-
 /// The dimensions an IDX header with the given magic number announces, the header's length and the data's
 /// length; `bytes` needs to hold only the header. `path` names the source in errors.
 fn header(bytes: &[u8], magic: u32, path: &Path) -> Result<(Vec<usize>, usize, usize)> {

@@ -21,14 +21,6 @@ pub enum Likelihood {
 }
 
 impl Likelihood {
-    /// The categorical over K values, or a discretized logistic mixture of `n_mix` components over K bins.
-    pub fn for_values(num_values: usize, n_mix: Option<usize>) -> Self {
-        match n_mix {
-            Some(n_mix) => Likelihood::LogisticMixture { num_values, n_mix },
-            None => Likelihood::Categorical { num_values },
-        }
-    }
-
     /// Values x_d can take: 0..K.
     pub fn num_values(&self) -> usize {
         match *self {

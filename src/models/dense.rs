@@ -117,27 +117,17 @@ impl DenseNet {
 }
 
 impl CausalNet for DenseNet {
-    fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        self.forward_context(x, None, None, mode)
-    }
-
     fn receptive_field(&self) -> usize {
         0
     }
 
-    fn forward_context(
-        &self,
-        x: &Tensor,
-        labels: Option<&Tensor>,
-        context: Option<&Tensor>,
-        mode: Mode,
-    ) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, labels: Option<&Tensor>, context: Option<&Tensor>, mode: Mode) -> Result<Tensor> {
         super::check_labels(None, labels, x.dim(0)?)?;
         check_context(self.m.context, context, x.dim(0)?)?;
         self.theta(context.expect("checked"), mode)
     }
 
-    fn stepper_context(
+    fn stepper(
         &self,
         batch: usize,
         _labels: Option<&[u32]>,

@@ -327,25 +327,11 @@ impl GatedPixelCnn {
 }
 
 impl CausalNet for GatedPixelCnn {
-    fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        self.forward_labelled(x, None, mode)
-    }
-
     fn num_classes(&self) -> Option<usize> {
         self.cfg.num_classes
     }
 
-    fn forward_labelled(&self, x: &Tensor, labels: Option<&Tensor>, mode: Mode) -> Result<Tensor> {
-        self.forward_context(x, labels, None, mode)
-    }
-
-    fn forward_context(
-        &self,
-        x: &Tensor,
-        labels: Option<&Tensor>,
-        context: Option<&Tensor>,
-        mode: Mode,
-    ) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, labels: Option<&Tensor>, context: Option<&Tensor>, mode: Mode) -> Result<Tensor> {
         let (b, d) = x.dims2()?;
         let (hh, w, k) = (self.m.height(), self.m.width(), self.m.num_values);
         if d != self.m.dim() {
@@ -391,15 +377,6 @@ impl CausalNet for GatedPixelCnn {
     }
 
     fn stepper(
-        &self,
-        batch: usize,
-        labels: Option<&[u32]>,
-        arithmetic: Arithmetic,
-    ) -> Result<Option<Box<dyn Stepper + '_>>> {
-        self.stepper_context(batch, labels, None, arithmetic)
-    }
-
-    fn stepper_context(
         &self,
         batch: usize,
         labels: Option<&[u32]>,

@@ -26,8 +26,11 @@ use image_head::{HeadStepper, ImageHead};
 
 /// The shared causal network of an ARM.
 pub trait CausalNet: Send + Sync {
-    /// x `[B, D]` (u32 values) → θ `[B, D, P]`, where row d depends only on x_<d.
-    fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor>;
+    /// x `[B, D]` (u32 values) → θ `[B, D, P]`, where row d depends only on x_<d, given a class label per
+    /// example `[B]` (u32, class-conditional networks) and a context vector per example `[B, E]` (the latent
+    /// code of a latent-variable model, for the families that take one: see [`Family::takes_context`]); each
+    /// network checks what it is given (an unconditioned one refuses both).
+    fn forward(&self, x: &Tensor, labels: Option<&Tensor>, context: Option<&Tensor>, mode: Mode) -> Result<Tensor>;
     /// How many previous positions θ_d can see (D if all of them); for images, the pixels the last one sees.
     fn receptive_field(&self) -> usize;
     /// The number of classes a class-conditional network is conditioned on.
@@ -35,45 +38,25 @@ pub trait CausalNet: Send + Sync {
         None
     }
     /// A cached, position-by-position evaluator for `batch` examples (with their class labels, for
-    /// class-conditional networks; checked by the caller), where the family has one (Fast WaveNet-style
-    /// caching: one column of computation per position instead of a full pass), computing in `arithmetic`
-    /// (families without an exact mode refuse [`Arithmetic::Exact`] with [`Error::NoExactMode`]).
+    /// class-conditional networks, and their context vectors `[B][E]` flattened, for those conditioned on
+    /// one; checked by the caller), where the family has one (Fast WaveNet-style caching: one column of
+    /// computation per position instead of a full pass), computing in `arithmetic` (families without an
+    /// exact mode refuse [`Arithmetic::Exact`] with [`Error::NoExactMode`]).
     fn stepper(
         &self,
         _batch: usize,
         _labels: Option<&[u32]>,
+        _context: Option<&[f32]>,
         _arithmetic: Arithmetic,
     ) -> Result<Option<Box<dyn Stepper + '_>>> {
         Ok(None)
     }
-    /// `forward` with a class label per example, `[B]` (u32), for class-conditional networks.
-    fn forward_labelled(&self, x: &Tensor, labels: Option<&Tensor>, mode: Mode) -> Result<Tensor> {
-        check_labels(None, labels, x.dim(0)?)?;
-        self.forward(x, mode)
-    }
-    /// `forward_labelled` given a context vector per example too, `[B, E]` (the latent code of a
-    /// latent-variable model, for the families that take one: see [`Family::takes_context`]).
-    fn forward_context(
-        &self,
-        x: &Tensor,
-        labels: Option<&Tensor>,
-        context: Option<&Tensor>,
-        mode: Mode,
-    ) -> Result<Tensor> {
-        no_context(context.is_some())?;
-        self.forward_labelled(x, labels, mode)
-    }
-    /// `stepper` given a context vector per example, `[B][E]` flattened.
-    fn stepper_context(
-        &self,
-        batch: usize,
-        labels: Option<&[u32]>,
-        context: Option<&[f32]>,
-        arithmetic: Arithmetic,
-    ) -> Result<Option<Box<dyn Stepper + '_>>> {
-        no_context(context.is_some())?;
-        self.stepper(batch, labels, arithmetic)
-    }
+}
+
+/// A network conditioned on neither a class nor a context vector refuses labels and context.
+fn unconditioned(labels: Option<&Tensor>, context: Option<&Tensor>) -> Result<()> {
+    no_context(context.is_some())?;
+    check_labels(None, labels, 0) // the batch size is only read for a class-conditional network
 }
 
 fn no_context(given: bool) -> Result<()> {
@@ -126,7 +109,8 @@ pub trait FlowNet: Send + Sync {
 }
 
 impl<N: FlowNet> CausalNet for N {
-    fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, labels: Option<&Tensor>, context: Option<&Tensor>, mode: Mode) -> Result<Tensor> {
+        unconditioned(labels, context)?;
         let m = self.model();
         let mut flow = crate::nn::Full {
             mode,
@@ -156,8 +140,10 @@ impl<N: FlowNet> CausalNet for N {
         &self,
         batch: usize,
         _: Option<&[u32]>,
+        context: Option<&[f32]>,
         arithmetic: Arithmetic,
     ) -> Result<Option<Box<dyn Stepper + '_>>> {
+        no_context(context.is_some())?;
         let m = self.model();
         Ok(Some(Box::new(Stepped {
             net: self,
@@ -1010,7 +996,7 @@ impl Arm {
             .map(|c| Tensor::from_slice(c, (batch, c.len() / batch.max(1)), &self.device))
             .transpose()?;
         check_context(self.config.context, context_t.as_ref(), batch)?;
-        self.net.stepper_context(batch, labels, context, arithmetic)
+        self.net.stepper(batch, labels, context, arithmetic)
     }
     /// Classes of a class-conditional model.
     pub fn num_classes(&self) -> Option<usize> {
@@ -1047,12 +1033,12 @@ impl Arm {
 
     /// θ for every position: x `[B, D]` (u32) → `[B, D, P]`.
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        self.net.forward(x, mode)
+        self.net.forward(x, None, None, mode)
     }
 
     /// θ given class labels `[B]` (class-conditional models; `None` otherwise).
     pub fn forward_labelled(&self, x: &Tensor, labels: Option<&Tensor>, mode: Mode) -> Result<Tensor> {
-        self.net.forward_labelled(x, labels, mode)
+        self.net.forward(x, labels, None, mode)
     }
 
     /// θ given labels (class-conditional models) and a context `[B, E]` (models conditioned on one).
@@ -1063,7 +1049,7 @@ impl Arm {
         context: Option<&Tensor>,
         mode: Mode,
     ) -> Result<Tensor> {
-        self.net.forward_context(x, labels, context, mode) // each network checks the context it is given
+        self.net.forward(x, labels, context, mode) // each network checks the context it is given
     }
 
     /// log p(x | labels, context) in nats, `[B]`, in `mode` (differentiable: a latent-variable model trains
@@ -1100,7 +1086,7 @@ impl Arm {
     pub fn log_prob_labelled(&self, x: &Tensor, labels: Option<&Tensor>) -> Result<Tensor> {
         self.check_input(x)?;
         self.likelihood
-            .log_prob(&self.net.forward_labelled(x, labels, Mode::Eval)?, x)
+            .log_prob(&self.net.forward(x, labels, None, Mode::Eval)?, x)
     }
 
     /// The training objective, −log p(x) reduced over the batch (values are assumed checked at load time).
@@ -1118,7 +1104,7 @@ impl Arm {
     ) -> Result<Tensor> {
         let nll = self
             .likelihood
-            .log_prob(&self.net.forward_labelled(x, labels, mode)?, x)?
+            .log_prob(&self.net.forward(x, labels, None, mode)?, x)?
             .neg()?;
         Ok(match reduction {
             Reduction::Mean => nll.mean_all()?,

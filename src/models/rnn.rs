@@ -6,7 +6,6 @@
 //! instead of pretending x_0 was preceded by the value 0. Exploding gradients: use the trainer's `grad_clip`.
 
 use candle_core::Tensor;
-use candle_nn::rnn::{GRUConfig, LSTMConfig, GRU, LSTM, RNN};
 use candle_nn::{Embedding, Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 
@@ -85,24 +84,25 @@ impl Family for Config {
     }
 }
 
-enum Recurrence {
-    Lstm(LSTM),
-    Gru(GRU),
+/// The cell's weights, named as PyTorch names them: `rnn.weight_ih_l0` `[G·H, E]`, `rnn.weight_hh_l0`
+/// `[G·H, H]`, `rnn.bias_ih_l0` and `rnn.bias_hh_l0` `[G·H]`, G = 4 gates (an LSTM's i, f, g, o) or 3 (a GRU's
+/// r, z, n), in PyTorch's order.
+struct CellWeights {
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Tensor,
+    b_hh: Tensor,
 }
 
 pub struct RnnNet {
     embed: Embedding,
-    rnn: Recurrence,
-    /// The cell's weights again (candle-nn's cells do not expose them), for the exact stepper:
-    /// `weight_ih` `[G·H, E]`, `weight_hh` `[G·H, H]`, `bias_ih`, `bias_hh` `[G·H]` (G = 4 gates, or 3).
-    cell_weights: [Tensor; 4],
+    cell: CellWeights,
     out: Linear,
     cfg: Config,
     m: ModelConfig,
 }
 
 impl RnnNet {
-    /// Names follow PyTorch: `rnn.weight_ih_l0`, `rnn.weight_hh_l0`, `rnn.bias_ih_l0`, `rnn.bias_hh_l0`.
     pub fn new(m: &ModelConfig, cfg: &Config, vb: VarBuilder) -> Result<Self> {
         cfg.validate(m)?;
         let (e, h) = (cfg.embedding, cfg.hidden);
@@ -114,63 +114,51 @@ impl RnnNet {
             lo: -1.0 / (h as f64).sqrt(),
             up: 1.0 / (h as f64).sqrt(),
         };
-        let rnn = match cfg.cell {
-            Cell::Lstm => {
-                let c = LSTMConfig {
-                    w_ih_init: u,
-                    w_hh_init: u,
-                    b_ih_init: Some(u),
-                    b_hh_init: Some(u),
-                    ..Default::default()
-                };
-                Recurrence::Lstm(candle_nn::rnn::lstm(e, h, c, vb.pp("rnn"))?)
-            }
-            Cell::Gru => {
-                let c = GRUConfig {
-                    w_ih_init: u,
-                    w_hh_init: u,
-                    b_ih_init: Some(u),
-                    b_hh_init: Some(u),
-                };
-                Recurrence::Gru(candle_nn::rnn::gru(e, h, c, vb.pp("rnn"))?)
-            }
-        };
         let g = match cfg.cell {
             Cell::Lstm => 4,
             Cell::Gru => 3,
         };
         let rv = vb.pp("rnn");
-        let cell_weights = [
-            rv.get((g * h, e), "weight_ih_l0")?,
-            rv.get((g * h, h), "weight_hh_l0")?,
-            rv.get(g * h, "bias_ih_l0")?,
-            rv.get(g * h, "bias_hh_l0")?,
-        ];
+        let cell = CellWeights {
+            w_ih: rv.get_with_hints((g * h, e), "weight_ih_l0", u)?,
+            w_hh: rv.get_with_hints((g * h, h), "weight_hh_l0", u)?,
+            b_ih: rv.get_with_hints(g * h, "bias_ih_l0", u)?,
+            b_hh: rv.get_with_hints(g * h, "bias_hh_l0", u)?,
+        };
         Ok(Self {
             embed: Embedding::new(table, e),
-            rnn,
-            cell_weights,
+            cell,
             out: linear(h, m.outputs_per_position(), vb.pp("out"))?,
             cfg: cfg.clone(),
             m: m.clone(),
         })
     }
+
+    /// The state before the first step, zeros: h (and c, which only the LSTM reads) `[B, H]`.
+    fn zero_state(&self, batch: usize) -> Result<CellState<Tensor>> {
+        let w = &self.cell.w_ih;
+        Ok(CellState::zeros(
+            Tensor::zeros((batch, self.cfg.hidden), w.dtype(), w.device())?.contiguous()?,
+        ))
+    }
 }
 
 impl CausalNet for RnnNet {
-    fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        use candle_core::Module;
+    fn forward(&self, x: &Tensor, labels: Option<&Tensor>, context: Option<&Tensor>, mode: Mode) -> Result<Tensor> {
+        use candle_core::{IndexOp, Module};
+        super::unconditioned(labels, context)?;
         let (b, d) = x.dims2()?;
         // Inputs: [start, x_0, …, x_{D−2}]: position d reads x_{d−1}.
         let start = Tensor::full(self.m.num_values as u32, (b, 1), x.device())?;
         let prev = Tensor::cat(&[&start, &x.narrow(1, 0, d - 1)?], 1)?; // [B, D]
         let e = self.embed.forward(&prev)?; // [B, D, E]
-                                            // The hidden state after each step, stacked along the sequence (candle-nn's GRU `states_to_tensor`
-                                            // concatenates instead of stacking, so we stack ourselves).
-        let hs: Vec<Tensor> = match &self.rnn {
-            Recurrence::Lstm(r) => r.seq(&e)?.into_iter().map(|s| s.h).collect(),
-            Recurrence::Gru(r) => r.seq(&e)?.into_iter().map(|s| s.h).collect(),
-        };
+        let ops = Tensors(self);
+        let mut state = self.zero_state(b)?;
+        let mut hs = Vec::with_capacity(d); // the hidden state after each step
+        for t in 0..d {
+            state = cell_step(self.cfg.cell, &ops, &e.i((.., t, ..))?.contiguous()?, &state)?;
+            hs.push(state.h.clone());
+        }
         let h = Tensor::stack(&hs, 1)?; // [B, D, H]
         let h = dropout(&h, self.m.dropout, mode, 0)?;
         Ok(self.out.forward(&h)?) // [B, D, K]
@@ -180,151 +168,253 @@ impl CausalNet for RnnNet {
         self.m.dim()
     }
 
-    /// The fast stepper runs candle-nn's cell; the exact one ([`ExactRnnStepper`]) the same cell in the codec's
-    /// exact arithmetic.
+    /// Stepping is native to an RNN: one cell step per position, the state carried along — the forward
+    /// pass's tensor operations on the fast path, plain rows in the codec's exact arithmetic on the exact one.
     fn stepper(
         &self,
         batch: usize,
         _labels: Option<&[u32]>,
+        context: Option<&[f32]>,
         arithmetic: Arithmetic,
     ) -> Result<Option<Box<dyn Stepper + '_>>> {
-        if arithmetic == Arithmetic::Exact {
-            return Ok(Some(Box::new(ExactRnnStepper::new(self, batch)?)));
-        }
-        let state = match &self.rnn {
-            Recurrence::Lstm(r) => RnnState::Lstm(r.zero_state(batch)?),
-            Recurrence::Gru(r) => RnnState::Gru(r.zero_state(batch)?),
+        super::no_context(context.is_some())?;
+        let stepper: Box<dyn Stepper + '_> = match arithmetic {
+            Arithmetic::Fast => Box::new(RnnStepper {
+                net: self,
+                ops: Tensors(self),
+                state: self.zero_state(batch)?,
+                batch,
+            }),
+            Arithmetic::Exact => Box::new(RnnStepper {
+                net: self,
+                ops: ExactRows::new(self, batch)?,
+                state: CellState::zeros(vec![0.0; batch * self.cfg.hidden]),
+                batch,
+            }),
         };
-        Ok(Some(Box::new(RnnStepper {
-            net: self,
-            state,
-            batch,
-        })))
+        Ok(Some(stepper))
     }
 }
 
-enum RnnState {
-    Lstm(candle_nn::rnn::LSTMState),
-    Gru(candle_nn::rnn::GRUState),
+/// A cell's state: h, and the LSTM's cell state c (a GRU carries it unread).
+struct CellState<V> {
+    h: V,
+    c: V,
 }
 
-/// Stepping an RNN is native: one cell step per position, the state carried along.
-pub struct RnnStepper<'a> {
-    net: &'a RnnNet,
-    state: RnnState,
-    batch: usize,
+impl<V: Clone> CellState<V> {
+    fn zeros(zeros: V) -> Self {
+        Self {
+            h: zeros.clone(),
+            c: zeros,
+        }
+    }
 }
 
-impl Stepper for RnnStepper<'_> {
-    fn step(&mut self, prev: Option<&[u32]>) -> Result<Vec<Vec<f32>>> {
+/// The operations the cell ([`cell_step`]) is written in, on a batch of rows `[B, n]`: candle's tensor
+/// operations ([`Tensors`]: the forward pass, with gradients, and the fast stepper), or rows of f32 in the
+/// codec's exact arithmetic ([`ExactRows`]), elementwise in plain f32 with `libm`'s tanh.
+trait CellOps {
+    type V: Clone;
+    /// `x·W_ihᵀ + b_ih`, `[B, E]` → `[B, G·H]`.
+    fn input_product(&self, x: &Self::V) -> Result<Self::V>;
+    /// `h·W_hhᵀ + b_hh`, `[B, H]` → `[B, G·H]`.
+    fn hidden_product(&self, h: &Self::V) -> Result<Self::V>;
+    /// `[B, n·H]` → n blocks `[B, H]`.
+    fn chunk(&self, x: &Self::V, n: usize) -> Result<Vec<Self::V>>;
+    fn add(&self, a: &Self::V, b: &Self::V) -> Result<Self::V>;
+    fn sub(&self, a: &Self::V, b: &Self::V) -> Result<Self::V>;
+    fn mul(&self, a: &Self::V, b: &Self::V) -> Result<Self::V>;
+    /// a − 1.
+    fn minus_one(&self, a: &Self::V) -> Result<Self::V>;
+    fn sigmoid(&self, a: &Self::V) -> Result<Self::V>;
+    fn tanh(&self, a: &Self::V) -> Result<Self::V>;
+    /// The embedded values of one position (the start token is K), `[B]` → `[B, E]`: a stepper's input.
+    fn embed(&self, tokens: &[u32]) -> Result<Self::V>;
+    /// θ of one position from the hidden state, `[B][P]`: a stepper's output.
+    fn theta(&self, h: &Self::V) -> Result<Vec<Vec<f32>>>;
+}
+
+/// One step of the cell: the state after reading x `[B, E]`. The equations, and the order of their
+/// operations, are candle-nn's (`candle_nn::rnn`), which follow PyTorch's `nn.LSTM` and `nn.GRU`.
+fn cell_step<O: CellOps>(cell: Cell, o: &O, x: &O::V, s: &CellState<O::V>) -> Result<CellState<O::V>> {
+    let (xi, hh) = (o.input_product(x)?, o.hidden_product(&s.h)?);
+    match cell {
+        Cell::Lstm => {
+            let pre = o.chunk(&o.add(&xi, &hh)?, 4)?;
+            let (i, f) = (o.sigmoid(&pre[0])?, o.sigmoid(&pre[1])?);
+            let (g, out) = (o.tanh(&pre[2])?, o.sigmoid(&pre[3])?);
+            let c = o.add(&o.mul(&f, &s.c)?, &o.mul(&i, &g)?)?;
+            let h = o.mul(&out, &o.tanh(&c)?)?;
+            Ok(CellState { h, c })
+        }
+        Cell::Gru => {
+            let (xi, hh) = (o.chunk(&xi, 3)?, o.chunk(&hh, 3)?);
+            let r = o.sigmoid(&o.add(&xi[0], &hh[0])?)?;
+            let z = o.sigmoid(&o.add(&xi[1], &hh[1])?)?;
+            let n = o.tanh(&o.add(&xi[2], &o.mul(&r, &hh[2])?)?)?;
+            let h = o.sub(&o.mul(&z, &s.h)?, &o.mul(&o.minus_one(&z)?, &n)?)?;
+            Ok(CellState { h, c: s.c.clone() })
+        }
+    }
+}
+
+/// The cell on tensors `[B, n]`, candle's operations.
+struct Tensors<'a>(&'a RnnNet);
+
+impl CellOps for Tensors<'_> {
+    type V = Tensor;
+    fn input_product(&self, x: &Tensor) -> Result<Tensor> {
+        let c = &self.0.cell;
+        Ok(x.matmul(&c.w_ih.t()?)?.broadcast_add(&c.b_ih)?)
+    }
+    fn hidden_product(&self, h: &Tensor) -> Result<Tensor> {
+        let c = &self.0.cell;
+        Ok(h.matmul(&c.w_hh.t()?)?.broadcast_add(&c.b_hh)?)
+    }
+    fn chunk(&self, x: &Tensor, n: usize) -> Result<Vec<Tensor>> {
+        Ok(x.chunk(n, 1)?)
+    }
+    fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        Ok((a + b)?)
+    }
+    fn sub(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        Ok((a - b)?)
+    }
+    fn mul(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        Ok((a * b)?)
+    }
+    fn minus_one(&self, a: &Tensor) -> Result<Tensor> {
+        Ok((a - 1.)?)
+    }
+    fn sigmoid(&self, a: &Tensor) -> Result<Tensor> {
+        Ok(candle_nn::ops::sigmoid(a)?)
+    }
+    fn tanh(&self, a: &Tensor) -> Result<Tensor> {
+        Ok(a.tanh()?)
+    }
+    fn embed(&self, tokens: &[u32]) -> Result<Tensor> {
         use candle_core::Module;
-        let dev = self.net.out.weight().device().clone();
-        let tokens = match prev {
-            Some(p) => Tensor::from_slice(p, p.len(), &dev)?,
-            None => Tensor::full(self.net.m.num_values as u32, self.batch, &dev)?, // the start token
-        };
-        let e = self.net.embed.forward(&tokens)?; // [B, E]
-        let h = match (&self.net.rnn, &self.state) {
-            (Recurrence::Lstm(r), RnnState::Lstm(s)) => {
-                let s = r.step(&e, s)?;
-                let h = s.h.clone();
-                self.state = RnnState::Lstm(s);
-                h
-            }
-            (Recurrence::Gru(r), RnnState::Gru(s)) => {
-                let s = r.step(&e, s)?;
-                let h = s.h.clone();
-                self.state = RnnState::Gru(s);
-                h
-            }
-            _ => unreachable!("the state matches the cell"),
-        };
+        let tokens = Tensor::from_slice(tokens, tokens.len(), self.0.cell.w_ih.device())?;
+        Ok(self.0.embed.forward(&tokens)?)
+    }
+    fn theta(&self, h: &Tensor) -> Result<Vec<Vec<f32>>> {
         Ok(self
-            .net
+            .0
             .out
-            .forward(&h)?
+            .forward(h)?
             .to_dtype(candle_core::DType::F32)?
             .to_vec2::<f32>()?)
     }
 }
 
-/// The RNN stepped in exact arithmetic (`nn::exact`), for the codec: the embedding looked up, the cell's two
-/// products and the output layer as exact 1×1 step convolutions, the gates with `libm`'s σ and tanh — candle-nn's
-/// cell equations (PyTorch's gate order: i, f, g, o for the LSTM; r, z, n for the GRU).
-pub struct ExactRnnStepper<'a> {
-    net: &'a RnnNet,
+/// The cell on rows of f32 `[B][n]` in exact arithmetic (`nn::exact`), for the codec: the embedding looked
+/// up, the cell's two products and the output layer as exact 1×1 step convolutions, the gates with
+/// [`exact::sigmoid`] and `libm`'s tanh.
+struct ExactRows {
     table: Vec<f32>, // [K + 1, E]
+    embedding: usize,
     ih: StepConv,
     hh: StepConv,
     out: StepConv,
-    h: Vec<f32>, // [B][H]
-    c: Vec<f32>, // [B][H], the LSTM's cell state
     batch: usize,
 }
 
-impl<'a> ExactRnnStepper<'a> {
-    fn new(net: &'a RnnNet, batch: usize) -> Result<Self> {
+impl ExactRows {
+    fn new(net: &RnnNet, batch: usize) -> Result<Self> {
         let plan = TapPlan::causal_1d(1, 1, 0);
         let dense = |w: &Tensor, b: &Tensor| -> Result<StepConv> {
             Ok(StepConv::new(w, Some(b), &plan, (1, 1), batch)?.with_arithmetic(Arithmetic::Exact))
         };
-        let [w_ih, w_hh, b_ih, b_hh] = &net.cell_weights;
-        let h = net.cfg.hidden;
+        let c = &net.cell;
         Ok(Self {
-            net,
             table: net
                 .embed
                 .embeddings()
                 .to_dtype(candle_core::DType::F32)?
                 .flatten_all()?
                 .to_vec1()?,
-            ih: dense(w_ih, b_ih)?,
-            hh: dense(w_hh, b_hh)?,
+            embedding: net.cfg.embedding,
+            ih: dense(&c.w_ih, &c.b_ih)?,
+            hh: dense(&c.w_hh, &c.b_hh)?,
             out: dense(net.out.weight(), net.out.bias())?,
-            h: vec![0.0; batch * h],
-            c: vec![0.0; batch * h],
             batch,
         })
     }
+
+    fn map(a: &[f32], f: impl Fn(f32) -> f32) -> Result<Vec<f32>> {
+        Ok(a.iter().map(|&a| f(a)).collect())
+    }
+
+    fn zip(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> Result<Vec<f32>> {
+        Ok(a.iter().zip(b).map(|(&a, &b)| f(a, b)).collect())
+    }
 }
 
-impl Stepper for ExactRnnStepper<'_> {
-    fn step(&mut self, prev: Option<&[u32]>) -> Result<Vec<Vec<f32>>> {
-        let (e, h, k) = (self.net.cfg.embedding, self.net.cfg.hidden, self.net.m.num_values);
-        let tokens: Vec<usize> = match prev {
-            Some(p) => p.iter().map(|&v| v as usize).collect(),
-            None => vec![k; self.batch], // the start token
-        };
-        let x: Vec<f32> = tokens
+impl CellOps for ExactRows {
+    type V = Vec<f32>;
+    fn input_product(&self, x: &Vec<f32>) -> Result<Vec<f32>> {
+        Ok(self.ih.pointwise(x))
+    }
+    fn hidden_product(&self, h: &Vec<f32>) -> Result<Vec<f32>> {
+        Ok(self.hh.pointwise(h))
+    }
+    fn chunk(&self, x: &Vec<f32>, n: usize) -> Result<Vec<Vec<f32>>> {
+        let h = x.len() / (n * self.batch).max(1);
+        Ok((0..n)
+            .map(|k| {
+                x.chunks(n * h)
+                    .flat_map(|row| &row[k * h..(k + 1) * h])
+                    .copied()
+                    .collect()
+            })
+            .collect())
+    }
+    fn add(&self, a: &Vec<f32>, b: &Vec<f32>) -> Result<Vec<f32>> {
+        Self::zip(a, b, |a, b| a + b)
+    }
+    fn sub(&self, a: &Vec<f32>, b: &Vec<f32>) -> Result<Vec<f32>> {
+        Self::zip(a, b, |a, b| a - b)
+    }
+    fn mul(&self, a: &Vec<f32>, b: &Vec<f32>) -> Result<Vec<f32>> {
+        Self::zip(a, b, |a, b| a * b)
+    }
+    fn minus_one(&self, a: &Vec<f32>) -> Result<Vec<f32>> {
+        Self::map(a, |a| a - 1.0)
+    }
+    fn sigmoid(&self, a: &Vec<f32>) -> Result<Vec<f32>> {
+        Self::map(a, exact::sigmoid)
+    }
+    fn tanh(&self, a: &Vec<f32>) -> Result<Vec<f32>> {
+        Self::map(a, libm::tanhf)
+    }
+    fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>> {
+        let e = self.embedding;
+        Ok(tokens
             .iter()
-            .flat_map(|&t| self.table[t * e..(t + 1) * e].iter().copied())
-            .collect();
-        let (xi, hh) = (self.ih.pointwise(&x), self.hh.pointwise(&self.h)); // [B][G·H] each
-        let g = xi.len() / self.batch;
-        for b in 0..self.batch {
-            let (xi, hh) = (&xi[b * g..(b + 1) * g], &hh[b * g..(b + 1) * g]);
-            let (hb, cb) = (&mut self.h[b * h..(b + 1) * h], &mut self.c[b * h..(b + 1) * h]);
-            match self.net.cfg.cell {
-                Cell::Lstm => {
-                    for j in 0..h {
-                        let pre = |gate: usize| xi[gate * h + j] + hh[gate * h + j];
-                        let (i, f) = (exact::sigmoid(pre(0)), exact::sigmoid(pre(1)));
-                        let (cell, o) = (libm::tanhf(pre(2)), exact::sigmoid(pre(3)));
-                        cb[j] = f * cb[j] + i * cell;
-                        hb[j] = o * libm::tanhf(cb[j]);
-                    }
-                }
-                Cell::Gru => {
-                    for j in 0..h {
-                        let r = exact::sigmoid(xi[j] + hh[j]);
-                        let z = exact::sigmoid(xi[h + j] + hh[h + j]);
-                        let n = libm::tanhf(xi[2 * h + j] + r * hh[2 * h + j]);
-                        hb[j] = z * hb[j] - (z - 1.0) * n;
-                    }
-                }
-            }
-        }
-        let p = self.net.m.outputs_per_position();
-        Ok(self.out.pointwise(&self.h).chunks(p).map(|r| r.to_vec()).collect())
+            .flat_map(|&t| &self.table[t as usize * e..(t as usize + 1) * e])
+            .copied()
+            .collect())
+    }
+    fn theta(&self, h: &Vec<f32>) -> Result<Vec<Vec<f32>>> {
+        let p = self.out.c_out();
+        Ok(self.out.pointwise(h).chunks(p).map(<[f32]>::to_vec).collect())
+    }
+}
+
+/// An RNN run one position at a time, in the arithmetic of `O`.
+struct RnnStepper<'a, O: CellOps> {
+    net: &'a RnnNet,
+    ops: O,
+    state: CellState<O::V>,
+    batch: usize,
+}
+
+impl<O: CellOps> Stepper for RnnStepper<'_, O> {
+    fn step(&mut self, prev: Option<&[u32]>) -> Result<Vec<Vec<f32>>> {
+        let start = [self.net.m.num_values as u32].repeat(self.batch);
+        let x = self.ops.embed(prev.unwrap_or(&start))?;
+        self.state = cell_step(self.net.cfg.cell, &self.ops, &x, &self.state)?;
+        self.ops.theta(&self.state.h)
     }
 }

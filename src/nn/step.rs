@@ -108,16 +108,6 @@ impl StepConv {
         self.inputs[positions.start * n..positions.end * n].copy_from_slice(rows);
     }
 
-    /// Sets input channels `offset..offset + width` at `position` for every example, from `[B][width]`: one
-    /// colour of a pixel, when its colours arrive one at a time.
-    pub fn set_channels(&mut self, position: usize, offset: usize, rows: &[f32]) {
-        let width = rows.len() / self.batch;
-        for (e, row) in rows.chunks(width.max(1)).enumerate() {
-            let at = (position * self.batch + e) * self.c_in + offset;
-            self.inputs[at..at + width].copy_from_slice(row);
-        }
-    }
-
     /// The inputs given at `position`, `[B][C_in]`.
     pub fn input(&self, position: usize) -> &[f32] {
         let n = self.batch * self.c_in;

@@ -11,7 +11,8 @@ use std::path::Path;
 use candle_core::{Tensor, Var};
 
 use super::update::{update, Rule};
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::params::checkpoint_tensor;
 
 pub struct Ema {
     decay: f64,
@@ -85,20 +86,9 @@ impl Ema {
 
     pub fn load_state(&mut self, tensors: &HashMap<String, Tensor>, updates: usize, path: &Path) -> Result<()> {
         for ((name, var), slot) in self.vars.iter().zip(self.shadow.iter_mut()) {
-            let key = format!("ema.{name}");
-            let t = tensors.get(&key).ok_or_else(|| Error::MissingTensor {
-                path: path.into(),
-                tensor: key.clone(),
-                held: "a resume checkpoint without the weight average (was it trained without ema?)".into(),
+            let t = checkpoint_tensor(tensors, &format!("ema.{name}"), var, path, || {
+                "a resume checkpoint without the weight average (was it trained without ema?)".into()
             })?;
-            if t.dims() != var.dims() {
-                return Err(Error::CheckpointMismatch {
-                    path: path.into(),
-                    tensor: key,
-                    expected: var.dims().to_vec(),
-                    found: t.dims().to_vec(),
-                });
-            }
             *slot = t.to_dtype(var.dtype())?.copy()?; // a tensor of its own, updated in place
         }
         self.updates = updates;

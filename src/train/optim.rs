@@ -9,7 +9,8 @@ use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use super::update::{update, Rule};
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::params::checkpoint_tensor;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -141,19 +142,9 @@ impl Optimizer {
                 (&mut self.m[i], format!("optim.m.{name}")),
                 (&mut self.v[i], format!("optim.v.{name}")),
             ] {
-                let t = tensors.get(&key).ok_or_else(|| Error::MissingTensor {
-                    path: path.into(),
-                    tensor: key.clone(),
-                    held: "a resume checkpoint without optimizer state".into(),
+                let t = checkpoint_tensor(tensors, &key, var, path, || {
+                    "a resume checkpoint without optimizer state".into()
                 })?;
-                if t.dims() != var.dims() {
-                    return Err(Error::CheckpointMismatch {
-                        path: path.into(),
-                        tensor: key,
-                        expected: var.dims().to_vec(),
-                        found: t.dims().to_vec(),
-                    });
-                }
                 *slot = t.to_dtype(var.dtype())?.copy()?; // a tensor of its own, updated in place
             }
         }
