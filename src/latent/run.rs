@@ -38,7 +38,7 @@ impl Trainable for Vae {
     fn validate(&self, data: &Dataset) -> Result<Evaluation> {
         let nll = match self.config().train_samples {
             1 => self.elbo_over(data, 0)?.0,
-            k => self.iwae_over(data, k, 0)?,
+            k => self.iwae_over(data, k, 0, k, &|_| {})?,
         };
         Ok(Evaluation {
             nll,
@@ -73,24 +73,32 @@ pub struct LatentEvaluation {
 }
 
 impl Vae {
-    /// Minus the `k`-sample importance-weighted bound averaged over `data` (batch i from seed + i).
-    pub fn iwae_over(&self, data: &Dataset, k: usize, seed: u64) -> Result<f64> {
+    /// Minus the `k`-sample importance-weighted bound averaged over `data` (batch i from seed + i), `per_pass`
+    /// samples through the networks at a time; `progress` is told the examples done so far.
+    pub fn iwae_over(
+        &self,
+        data: &Dataset,
+        k: usize,
+        seed: u64,
+        per_pass: usize,
+        progress: &dyn Fn(usize),
+    ) -> Result<f64> {
         if data.is_empty() {
             return Err(Error::Config("cannot evaluate on an empty dataset".into()));
         }
         let idx: Vec<usize> = (0..data.len()).collect();
-        let mut sum = 0.0;
+        let (mut total, mut done) = (0.0, 0);
         crate::nn::kernels::shifted_conv::with_frozen_weights(|| -> Result<()> {
             for (i, chunk) in idx.chunks(BATCH).enumerate() {
                 let x = data.batch(chunk, self.device())?;
-                sum += self
-                    .iwae(&x, k, seed.wrapping_add(i as u64), k)?
-                    .sum_all()?
-                    .to_scalar::<f64>()?;
+                let lp = self.iwae(&x, k, seed.wrapping_add(i as u64), per_pass)?;
+                total -= lp.to_vec1::<f64>()?.iter().sum::<f64>();
+                done += chunk.len();
+                progress(done);
             }
             Ok(())
         })?;
-        Ok(-sum / data.len() as f64)
+        Ok(total / data.len() as f64)
     }
 
     /// (−ELBO, KL) averaged over `data`, one sample per example from `seed` (batch i from seed + i).
@@ -132,19 +140,7 @@ impl Vae {
             rows /= 2;
         }
         let per_pass = (rows / BATCH).clamp(1, k);
-        let mut total = 0.0;
-        let mut done = 0;
-        crate::nn::kernels::shifted_conv::with_frozen_weights(|| -> Result<()> {
-            for (i, chunk) in idx.chunks(BATCH).enumerate() {
-                let x = data.batch(chunk, self.device())?;
-                let lp = self.iwae(&x, k, seed.wrapping_add(i as u64), per_pass)?;
-                total -= lp.to_vec1::<f64>()?.iter().sum::<f64>();
-                done += chunk.len();
-                progress(done);
-            }
-            Ok(())
-        })?;
-        let nll = total / data.len() as f64;
+        let nll = self.iwae_over(data, k, seed, per_pass, progress)?;
         let x = data.batch(&idx, self.device())?;
         Ok(LatentEvaluation {
             neg_elbo,
