@@ -73,6 +73,21 @@ pub struct LatentEvaluation {
 }
 
 impl Vae {
+    /// Runs `f(i, x)` on every batch x of `data` in order (batch i of `BATCH` examples), with the weights
+    /// frozen for the whole pass; an empty `data` is refused.
+    fn for_each_batch(&self, data: &Dataset, mut f: impl FnMut(usize, &Tensor) -> Result<()>) -> Result<()> {
+        if data.is_empty() {
+            return Err(Error::Config("cannot evaluate on an empty dataset".into()));
+        }
+        let idx: Vec<usize> = (0..data.len()).collect();
+        crate::nn::kernels::shifted_conv::with_frozen_weights(|| -> Result<()> {
+            for (i, chunk) in idx.chunks(BATCH).enumerate() {
+                f(i, &data.batch(chunk, self.device())?)?;
+            }
+            Ok(())
+        })
+    }
+
     /// Minus the `k`-sample importance-weighted bound averaged over `data` (batch i from seed + i), `per_pass`
     /// samples through the networks at a time; `progress` is told the examples done so far.
     pub fn iwae_over(
@@ -83,19 +98,12 @@ impl Vae {
         per_pass: usize,
         progress: &dyn Fn(usize),
     ) -> Result<f64> {
-        if data.is_empty() {
-            return Err(Error::Config("cannot evaluate on an empty dataset".into()));
-        }
-        let idx: Vec<usize> = (0..data.len()).collect();
         let (mut total, mut done) = (0.0, 0);
-        crate::nn::kernels::shifted_conv::with_frozen_weights(|| -> Result<()> {
-            for (i, chunk) in idx.chunks(BATCH).enumerate() {
-                let x = data.batch(chunk, self.device())?;
-                let lp = self.iwae(&x, k, seed.wrapping_add(i as u64), per_pass)?;
-                total -= lp.to_vec1::<f64>()?.iter().sum::<f64>();
-                done += chunk.len();
-                progress(done);
-            }
+        self.for_each_batch(data, |i, x| {
+            let lp = self.iwae(x, k, seed.wrapping_add(i as u64), per_pass)?;
+            total -= lp.to_vec1::<f64>()?.iter().sum::<f64>();
+            done += x.dim(0)?;
+            progress(done);
             Ok(())
         })?;
         Ok(total / data.len() as f64)
@@ -103,20 +111,13 @@ impl Vae {
 
     /// (−ELBO, KL) averaged over `data`, one sample per example from `seed` (batch i from seed + i).
     pub fn elbo_over(&self, data: &Dataset, seed: u64) -> Result<(f64, f64)> {
-        if data.is_empty() {
-            return Err(Error::Config("cannot evaluate on an empty dataset".into()));
-        }
-        let idx: Vec<usize> = (0..data.len()).collect();
         let (mut elbo, mut kl_sum) = (0.0, 0.0);
-        crate::nn::kernels::shifted_conv::with_frozen_weights(|| -> Result<()> {
-            for (i, chunk) in idx.chunks(BATCH).enumerate() {
-                let x = data.batch(chunk, self.device())?;
-                let (log_px, kl) = self.elbo_terms(&x, Mode::Eval, seed.wrapping_add(i as u64))?;
-                let sum = |t: Tensor| -> Result<f64> { Ok(t.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?) };
-                let kl = sum(kl)?;
-                elbo += sum(log_px)? - kl;
-                kl_sum += kl;
-            }
+        self.for_each_batch(data, |i, x| {
+            let (log_px, kl) = self.elbo_terms(x, Mode::Eval, seed.wrapping_add(i as u64))?;
+            let sum = |t: Tensor| -> Result<f64> { Ok(t.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?) };
+            let kl = sum(kl)?;
+            elbo += sum(log_px)? - kl;
+            kl_sum += kl;
             Ok(())
         })?;
         let n = data.len() as f64;
