@@ -13,7 +13,9 @@ use std::time::Instant;
 fn main() -> anyhow::Result<()> {
     // As the binary does (src/main.rs): keep freed memory rather than hand it back to the OS.
     unsafe { libmimalloc_sys::mi_option_set(15, -1) };
-    armory::with_threads(0, run)?
+    // THREADS=n runs on n worker threads (default: every core).
+    let threads = std::env::var("THREADS").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+    armory::with_threads(threads, run)?
 }
 
 fn run() -> anyhow::Result<()> {
