@@ -21,6 +21,7 @@
 use std::any::Any;
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::mem::MaybeUninit;
 use std::sync::Arc;
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
@@ -172,19 +173,37 @@ unsafe fn matmul<T: 'static + WithDType>(
     )
 }
 
-/// Copies images `[B, H, W, C]` into the padded row layout `[B·Hp·Wp, C]`, zeros elsewhere.
-fn pad_rows<T: WithDType>(x: &[T], g: &Geometry, c: usize) -> Vec<T> {
-    let mut xpad = vec![T::from_f64(0.0); g.rows() * c];
-    let (wp, top, left) = (g.wp(), g.plan.pad_top, g.plan.pad_left);
-    xpad.par_chunks_exact_mut(g.image_rows() * c)
+/// Lays images `[B, H, W, C]` out as padded rows behind `front` zero rows: row y of image b goes to row
+/// `front + b·Hp·Wp + (y + top)·Wp + left`; every other row of the `front + rows` is zero. Each element is
+/// written once (no zero fill first), in parallel over images.
+fn pad_rows<T: WithDType>(x: &[T], g: &Geometry, c: usize, front: usize, (top, left): (usize, usize)) -> Vec<T> {
+    let (image, n) = (g.image_rows() * c, (front + g.rows()) * c);
+    let mut v = Vec::with_capacity(n);
+    let (head, rest) = v.spare_capacity_mut()[..n].split_at_mut(front * c);
+    let (images, tail) = rest.split_at_mut(g.b * image);
+    put_zeros(head);
+    put_zeros(tail);
+    images
+        .par_chunks_exact_mut(image)
         .zip(x.par_chunks_exact(g.h * g.w * c))
         .for_each(|(dst, src)| {
+            let mut done = 0;
             for (y, row) in src.chunks_exact(g.w * c).enumerate() {
-                let start = ((y + top) * wp + left) * c;
-                dst[start..start + g.w * c].copy_from_slice(row);
+                let start = ((y + top) * g.wp() + left) * c;
+                put_zeros(&mut dst[done..start]);
+                dst[start..start + row.len()].write_copy_of_slice(row);
+                done = start + row.len();
             }
+            put_zeros(&mut dst[done..]);
         });
-    xpad
+    // SAFETY: head, tail and every image's rows (data and padding, in order) were written above.
+    unsafe { v.set_len(n) };
+    v
+}
+
+/// Writes zeros into `dst`.
+fn put_zeros<T: WithDType>(dst: &mut [MaybeUninit<T>]) {
+    dst.fill(MaybeUninit::new(T::zero()));
 }
 
 /// The inverse of `pad_rows` for a result with `c` channels: the rows of real pixels, `f` applied to each.
@@ -196,17 +215,20 @@ fn unpad_rows<T: WithDType>(
     left: usize,
     f: impl Fn(&mut [T]) + Sync,
 ) -> Vec<T> {
-    let mut out = vec![T::from_f64(0.0); g.b * g.h * g.w * c];
-    out.par_chunks_exact_mut(g.h * g.w * c)
+    let n = g.b * g.h * g.w * c;
+    let mut out = Vec::with_capacity(n);
+    out.spare_capacity_mut()[..n]
+        .par_chunks_exact_mut(g.h * g.w * c)
         .enumerate()
         .for_each(|(b, dst)| {
-            for y in 0..g.h {
-                let src = (g.out_row(b, y + top, left)) * c;
-                let row = &mut dst[y * g.w * c..(y + 1) * g.w * c];
-                row.copy_from_slice(&full[src..src + g.w * c]);
+            for (y, row) in dst.chunks_exact_mut(g.w * c).enumerate() {
+                let src = g.out_row(b, y + top, left) * c;
+                let row = row.write_copy_of_slice(&full[src..src + g.w * c]);
                 row.chunks_exact_mut(c).for_each(&f);
             }
         });
+    // SAFETY: every row of every image was written above.
+    unsafe { out.set_len(n) };
     out
 }
 
@@ -329,9 +351,11 @@ fn forward_packed<T: WithDType>(x: &[T], packed: &[T], bias: &[T], g: &Geometry,
 
 fn forward_on_worker<T: WithDType>(x: &[T], packed: &[T], bias: &[T], g: &Geometry, leaky: Option<f64>) -> Vec<T> {
     let (c_in, c_out) = (g.c_in, g.c_out);
-    let xpad = pad_rows(x, g, c_in);
-    let m = g.m();
-    let mut full = vec![T::from_f64(0.0); g.rows() * c_out];
+    let xpad = pad_rows(x, g, c_in, 0, (g.plan.pad_top, g.plan.pad_left));
+    let (m, n) = (g.m(), g.rows() * c_out);
+    // Rows below m are written by the first product (which does not read them); the rest are zeroed.
+    let mut full = Vec::with_capacity(n);
+    put_zeros(&mut full.spare_capacity_mut()[m * c_out..n]);
     for (i, run) in g.runs().into_iter().enumerate() {
         // out[r] (+)= xpad[r + offset .. + n rows] · W[k0..k0+n]: an overlapping view of xpad (row stride
         // C_in) times a contiguous block of the packed kernel.
@@ -352,6 +376,8 @@ fn forward_on_worker<T: WithDType>(x: &[T], packed: &[T], bias: &[T], g: &Geomet
             );
         }
     }
+    // SAFETY: rows < m were written by the first run's product (there is one: a plan has taps), the rest above.
+    unsafe { full.set_len(n) };
     // Keep the rows of real pixels, adding the bias (and the activation) on the way.
     match leaky.map(T::from_f64) {
         None => unpad_rows(&full, g, c_out, 0, 0, |px| {
@@ -391,29 +417,23 @@ fn backward_on_worker<T: WithDType>(
     let (c_in, c_out, n_k) = (g.c_in, g.c_out, g.n_k);
     let (m, rows) = (g.m(), g.rows());
     let runs = g.runs();
-    let xpad = pad_rows(x, g, c_in);
+    let xpad = pad_rows(x, g, c_in, 0, (g.plan.pad_top, g.plan.pad_left));
     // The output gradient in the padded row layout, behind `front` zero rows (the transposed products below
     // read up to n−1 rows before row 0). Thrown-away rows get zero gradient, so they contribute nothing.
     let front = runs.iter().map(|r| r.n).max().unwrap_or(1) - 1;
-    let mut gpad = vec![T::from_f64(0.0); (front + rows) * c_out];
-    {
-        let gfull = &mut gpad[front * c_out..];
-        gfull
-            .par_chunks_exact_mut(g.image_rows() * c_out)
-            .zip(grad_out.par_chunks_exact(g.h * g.w * c_out))
-            .for_each(|(dst, src)| {
-                for (y, row) in src.chunks_exact(g.w * c_out).enumerate() {
-                    let start = y * g.wp() * c_out;
-                    dst[start..start + g.w * c_out].copy_from_slice(row);
-                }
-            });
-    }
+    let gpad = pad_rows(grad_out, g, c_out, front, (0, 0));
     let gfull = &gpad[front * c_out..];
     let gb = column_sums(grad_out, c_out);
     // grad W tap-major, [N_k, C_in, C_out] like the packed kernel (taps no run uses stay zero).
     let mut gw_packed = vec![T::from_f64(0.0); n_k * c_in * c_out];
-    let mut gxpad = vec![T::from_f64(0.0); if need_gx { rows * c_in } else { 0 }];
-    for run in runs {
+    // grad xpad: the first run (the smallest offset: runs are sorted) writes every row from its offset on,
+    // so only the rows before it start as zeros.
+    let first_offset = runs.first().map_or(rows, |r| r.offset);
+    let mut gxpad = Vec::<T>::with_capacity(if need_gx { rows * c_in } else { 0 });
+    if need_gx {
+        put_zeros(&mut gxpad.spare_capacity_mut()[..first_offset * c_in]);
+    }
+    for (i, run) in runs.into_iter().enumerate() {
         let x_run = xpad[run.offset * c_in..].as_ptr();
         // SAFETY (all three products): the overlapping views stay inside xpad and gpad (m + offset + n − 1 ≤
         // rows; `front` ≥ n − 1 zero rows precede gfull), and every destination block lies inside its buffer.
@@ -433,14 +453,14 @@ fn backward_on_worker<T: WithDType>(
                 // grad xpad[s] += Σ_j G[s − offset − j]·W_jᵀ: a product over the overlapping view of G
                 // (with n−1 zero rows in front) and the run's weights in reverse order.
                 let wr = pack_run_reversed(w, g, run);
-                let dst = gxpad[run.offset * c_in..].as_mut_ptr();
+                let dst = gxpad.as_mut_ptr().add(run.offset * c_in);
                 let lhs = gpad[(front + 1 - run.n) * c_out..].as_ptr();
                 let rows_out = rows - run.offset;
                 matmul(
                     (rows_out, c_in, run.n * c_out),
                     dst,
                     (c_in, 1),
-                    true,
+                    i > 0,
                     lhs,
                     (c_out, 1),
                     wr.as_ptr(),
@@ -453,6 +473,8 @@ fn backward_on_worker<T: WithDType>(
     if !need_gx {
         return (vec![], gw, gb);
     }
+    // SAFETY: rows before the first run's offset were zeroed, the first product wrote every row after it.
+    unsafe { gxpad.set_len(rows * c_in) };
     let gx = unpad_rows(&gxpad, g, c_in, g.plan.pad_top, g.plan.pad_left, |_| {});
     (gx, gw, gb)
 }
