@@ -5,23 +5,20 @@
 //! gradients caught this. As one custom op it is also one pass over memory each way instead of several.
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, WithDType};
-use rayon::prelude::*;
+
+use super::kernels::{par_build, CHUNK};
 
 #[derive(Debug, Clone, Copy)]
 struct LeakyRelu {
     slope: f64,
 }
 
-const CHUNK: usize = 1 << 14;
-
 fn map<T: WithDType>(x: &[T], f: impl Fn(T) -> T + Sync) -> Vec<T> {
-    let mut out = vec![T::zero(); x.len()];
-    out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(o, i)| {
-        for (o, &i) in o.iter_mut().zip(i) {
-            *o = f(i);
+    par_build(x.len(), CHUNK, |i, o| {
+        for (o, &x) in o.iter_mut().zip(&x[i * CHUNK..]) {
+            *o = f(x);
         }
-    });
-    out
+    })
 }
 
 impl CustomOp1 for LeakyRelu {
@@ -62,15 +59,11 @@ pub(crate) fn leaky_relu_backward(x: &Tensor, grad: &Tensor, slope: f64) -> Resu
         // Read in place: no copy of either tensor.
         let out = with_slice::<T, _>(x, |xs| {
             with_slice::<T, _>(g, |gs| {
-                let mut out = vec![T::zero(); xs.len()];
-                out.par_chunks_mut(CHUNK)
-                    .zip(xs.par_chunks(CHUNK).zip(gs.par_chunks(CHUNK)))
-                    .for_each(|(o, (x, g))| {
-                        for ((o, &x), &g) in o.iter_mut().zip(x).zip(g) {
-                            *o = if x > T::zero() { g } else { g * s };
-                        }
-                    });
-                out
+                par_build(xs.len(), CHUNK, |i, o| {
+                    for ((o, &x), &g) in o.iter_mut().zip(&xs[i * CHUNK..]).zip(&gs[i * CHUNK..]) {
+                        *o = if x > T::zero() { g } else { g * s };
+                    }
+                })
             })
         })??;
         Tensor::from_vec(out, x.shape(), x.device())
@@ -235,12 +228,8 @@ impl CustomOp1 for Gate {
         let mut dims = l.dims().to_vec();
         let c = dims.last().copied().unwrap_or(0) / 2;
         fn run<T: GateFloat>(x: &[T], c: usize) -> Vec<T> {
-            let mut out = vec![T::zero(); x.len() / 2];
-            let r = rows_per_task(c);
-            out.par_chunks_mut(r * c.max(1))
-                .zip(x.par_chunks(2 * r * c.max(1)))
-                .for_each(|(o, x)| T::gate_rows_into(x, c, o));
-            out
+            let piece = rows_per_task(c) * c.max(1);
+            par_build(x.len() / 2, piece, |i, o| T::gate_rows_into(&x[2 * i * piece..], c, o))
         }
         let out = match s {
             CpuStorage::F32(v) => CpuStorage::F32(run(&v[start..end], c)),
@@ -263,12 +252,10 @@ impl CustomOp1 for Gate {
             // Read in place: no copy of either tensor.
             let out = with_slice::<T, _>(x, |xs| {
                 with_slice::<T, _>(g, |gs| {
-                    let mut out = vec![T::zero(); xs.len()];
-                    let r = rows_per_task(c);
-                    out.par_chunks_mut(2 * r * c.max(1))
-                        .zip(xs.par_chunks(2 * r * c.max(1)).zip(gs.par_chunks(r * c.max(1))))
-                        .for_each(|(o, (x, g))| T::gate_grad_rows_into(x, g, c, o));
-                    out
+                    let piece = rows_per_task(c) * c.max(1);
+                    par_build(xs.len(), 2 * piece, |i, o| {
+                        T::gate_grad_rows_into(&xs[2 * i * piece..], &gs[i * piece..], c, o)
+                    })
                 })
             })??;
             Tensor::from_vec(out, x.shape(), x.device())

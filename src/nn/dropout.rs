@@ -3,7 +3,9 @@
 use candle_core::{Result, Tensor};
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use rayon::prelude::*;
+
+use super::kernels::elementwise::mul_by_mask;
+use super::kernels::{par_build, CHUNK};
 
 /// Whether a forward pass is for training (dropout active, drawn from `seed`) or evaluation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,12 +27,8 @@ pub fn dropout(x: &Tensor, p: f64, mode: Mode, salt: u64) -> Result<Tensor> {
         return Ok(x.clone());
     }
     let rng = ChaCha8Rng::seed_from_u64(seed ^ salt.wrapping_mul(0x9E3779B97F4A7C15));
-    let mask = Tensor::from_vec(mask(rng, p, x.elem_count()), x.shape(), x.device())?.to_dtype(x.dtype())?;
-    x * mask
+    mul_by_mask(x, mask(rng, p, x.elem_count()))
 }
-
-/// Elements per parallel task.
-const CHUNK: usize = 1 << 14;
 
 /// The mask: element i is 0 when the i-th 32-bit word of `rng`'s stream is below p·2³², else 1/(1−p).
 /// Drawn in parallel chunks, each starting at its own place in the sequential stream, so the mask is the
@@ -38,8 +36,7 @@ const CHUNK: usize = 1 << 14;
 fn mask(rng: ChaCha8Rng, p: f64, n: usize) -> Vec<f32> {
     let keep = (1.0 / (1.0 - p)) as f32;
     let threshold = (p * 4_294_967_296.0).round() as u64; // drop when word < threshold
-    let mut out = vec![0f32; n];
-    let fill = |(i, chunk): (usize, &mut [f32])| {
+    par_build(n, CHUNK, |i, chunk| {
         let mut rng = rng.clone();
         rng.set_word_pos((i * CHUNK) as u128);
         for v in chunk {
@@ -49,13 +46,7 @@ fn mask(rng: ChaCha8Rng, p: f64, n: usize) -> Vec<f32> {
                 keep
             };
         }
-    };
-    if n <= CHUNK {
-        out.chunks_mut(CHUNK).enumerate().for_each(fill);
-    } else {
-        out.par_chunks_mut(CHUNK).enumerate().for_each(fill);
-    }
-    out
+    })
 }
 
 #[cfg(test)]

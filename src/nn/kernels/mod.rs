@@ -1,4 +1,34 @@
 //! Kernels the project writes itself where candle is slow or wrong, each a candle custom op with forward
 //! and backward, tested against a naive loop.
 
+use std::mem::MaybeUninit;
+
+use candle_core::WithDType;
+use rayon::prelude::*;
+
+pub mod elementwise;
 pub mod shifted_conv;
+
+/// Elements per parallel task of an elementwise kernel (64 KiB of f32).
+pub const CHUNK: usize = 1 << 14;
+
+/// A vector of `n` elements computed in parallel, `chunk` at a time: `fill(i, piece)` writes the i-th piece
+/// (the last may be shorter). Each piece is zeroed by its own task just before, in cache, instead of the
+/// whole vector by the calling thread first (`vec![0; n]`: one more pass over memory, on one core).
+pub fn par_build<T: WithDType>(n: usize, chunk: usize, fill: impl Fn(usize, &mut [T]) + Sync) -> Vec<T> {
+    let mut v = Vec::with_capacity(n);
+    let task = |(i, piece): (usize, &mut [MaybeUninit<T>])| {
+        piece.fill(MaybeUninit::new(T::zero()));
+        // SAFETY: every element of the piece was just written.
+        fill(i, unsafe { piece.assume_init_mut() });
+    };
+    let spare = &mut v.spare_capacity_mut()[..n];
+    if n <= chunk {
+        spare.chunks_mut(chunk.max(1)).enumerate().for_each(task);
+    } else {
+        spare.par_chunks_mut(chunk.max(1)).enumerate().for_each(task);
+    }
+    // SAFETY: the pieces cover the first n elements, each written above.
+    unsafe { v.set_len(n) };
+    v
+}
