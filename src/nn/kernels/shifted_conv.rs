@@ -19,6 +19,7 @@
 //! k = ky·KW + kx), bias `[C_out]` → `[B, H, W, C_out]`.
 
 use std::any::Any;
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::mem::MaybeUninit;
@@ -27,6 +28,8 @@ use std::sync::Arc;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use gemm::Parallelism;
 use rayon::prelude::*;
+
+use super::CHUNK;
 
 /// One kernel tap: it reads padded pixel (y + dy, x + dx) for output (y, x), with weights `w[:, :, k]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,6 +126,10 @@ impl Geometry {
         }
         runs
     }
+    /// No padding at all (a 1×1 convolution): the padded layout is the images' own, so nothing is copied.
+    fn unpadded(&self) -> bool {
+        self.plan.pad_top == 0 && self.plan.pad_left == 0 && self.plan.pad_right == 0
+    }
     /// Row of output pixel (b, y, x) in the padded layout.
     fn out_row(&self, b: usize, y: usize, x: usize) -> usize {
         b * self.image_rows() + y * self.wp() + x
@@ -176,7 +183,17 @@ unsafe fn matmul<T: 'static + WithDType>(
 /// Lays images `[B, H, W, C]` out as padded rows behind `front` zero rows: row y of image b goes to row
 /// `front + b·Hp·Wp + (y + top)·Wp + left`; every other row of the `front + rows` is zero. Each element is
 /// written once (no zero fill first), in parallel over images.
-fn pad_rows<T: WithDType>(x: &[T], g: &Geometry, c: usize, front: usize, (top, left): (usize, usize)) -> Vec<T> {
+/// Without padding (and `front` 0) that is `x` itself, borrowed.
+fn pad_rows<'a, T: WithDType>(
+    x: &'a [T],
+    g: &Geometry,
+    c: usize,
+    front: usize,
+    (top, left): (usize, usize),
+) -> Cow<'a, [T]> {
+    if g.unpadded() && front == 0 {
+        return Cow::Borrowed(x);
+    }
     let (image, n) = (g.image_rows() * c, (front + g.rows()) * c);
     let mut v = Vec::with_capacity(n);
     let (head, rest) = v.spare_capacity_mut()[..n].split_at_mut(front * c);
@@ -198,7 +215,7 @@ fn pad_rows<T: WithDType>(x: &[T], g: &Geometry, c: usize, front: usize, (top, l
         });
     // SAFETY: head, tail and every image's rows (data and padding, in order) were written above.
     unsafe { v.set_len(n) };
-    v
+    Cow::Owned(v)
 }
 
 /// Writes zeros into `dst`.
@@ -206,9 +223,10 @@ fn put_zeros<T: WithDType>(dst: &mut [MaybeUninit<T>]) {
     dst.fill(MaybeUninit::new(T::zero()));
 }
 
-/// The inverse of `pad_rows` for a result with `c` channels: the rows of real pixels, `f` applied to each.
+/// The inverse of `pad_rows` for a result with `c` channels: the rows of real pixels, `f` applied to each
+/// pixel. Without padding that is `full` itself, `f` applied in place.
 fn unpad_rows<T: WithDType>(
-    full: &[T],
+    mut full: Vec<T>,
     g: &Geometry,
     c: usize,
     top: usize,
@@ -216,6 +234,12 @@ fn unpad_rows<T: WithDType>(
     f: impl Fn(&mut [T]) + Sync,
 ) -> Vec<T> {
     let n = g.b * g.h * g.w * c;
+    if g.unpadded() {
+        full.truncate(n);
+        full.par_chunks_mut((c * CHUNK.div_ceil(c.max(1))).max(1))
+            .for_each(|px| px.chunks_exact_mut(c).for_each(&f));
+        return full;
+    }
     let mut out = Vec::with_capacity(n);
     out.spare_capacity_mut()[..n]
         .par_chunks_exact_mut(g.h * g.w * c)
@@ -380,12 +404,12 @@ fn forward_on_worker<T: WithDType>(x: &[T], packed: &[T], bias: &[T], g: &Geomet
     unsafe { full.set_len(n) };
     // Keep the rows of real pixels, adding the bias (and the activation) on the way.
     match leaky.map(T::from_f64) {
-        None => unpad_rows(&full, g, c_out, 0, 0, |px| {
+        None => unpad_rows(full, g, c_out, 0, 0, |px| {
             for (o, &b) in px.iter_mut().zip(bias) {
                 *o += b;
             }
         }),
-        Some(slope) => unpad_rows(&full, g, c_out, 0, 0, |px| {
+        Some(slope) => unpad_rows(full, g, c_out, 0, 0, |px| {
             for (o, &b) in px.iter_mut().zip(bias) {
                 let v = *o + b;
                 *o = if v > T::zero() { v } else { v * slope };
@@ -475,7 +499,7 @@ fn backward_on_worker<T: WithDType>(
     }
     // SAFETY: rows before the first run's offset were zeroed, the first product wrote every row after it.
     unsafe { gxpad.set_len(rows * c_in) };
-    let gx = unpad_rows(&gxpad, g, c_in, g.plan.pad_top, g.plan.pad_left, |_| {});
+    let gx = unpad_rows(gxpad, g, c_in, g.plan.pad_top, g.plan.pad_left, |_| {});
     (gx, gw, gb)
 }
 
