@@ -11,9 +11,10 @@
 //! Weights are `[C_out, C_in, KH, KW]` as PyTorch stores them; the taps a mask drops simply get no gradient.
 //! Tensors are channels-last: `[B, H, W, C]`.
 
-use candle_core::{Result, Tensor};
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, WithDType};
 use candle_nn::{Init, VarBuilder};
 
+use super::kernels::par_build;
 use super::kernels::shifted_conv::{shifted_conv, Tap, TapPlan};
 use super::{ConvType, StepConv};
 
@@ -239,16 +240,84 @@ pub fn reach_down_shift(out: &[Vec<bool>]) -> Vec<Vec<bool>> {
     v
 }
 
-/// Shifts `[B, H, W, C]` down one row (zeros on top): row y then holds what row y − 1 held.
+/// Shifts `[B, H, W, C]` down one row (zeros on top): row y then holds what row y − 1 held. One copy on every
+/// core each way (on the CPU), where candle's pad and narrow copy three times on one.
 pub fn down_shift(x: &Tensor) -> Result<Tensor> {
-    let h = x.dim(1)?;
-    x.pad_with_zeros(1, 1, 0)?.narrow(1, 0, h)
+    if x.device().is_cpu() {
+        x.contiguous()?.apply_op1(RowShift { down: true })
+    } else {
+        let h = x.dim(1)?;
+        x.pad_with_zeros(1, 1, 0)?.narrow(1, 0, h)
+    }
+}
+
+/// `[B, H, W, C]` shifted one row down (or up: the down-shift's gradient), zeros in the row left empty.
+struct RowShift {
+    down: bool,
+}
+
+impl RowShift {
+    fn run<T: WithDType>(&self, x: &[T], (_, h, w, c): (usize, usize, usize, usize)) -> Vec<T> {
+        let (row, image) = (w * c, h * w * c);
+        par_build(x.len(), image.max(1), |i, out| {
+            let src = &x[i * image..(i + 1) * image];
+            if self.down {
+                out[row..].copy_from_slice(&src[..image - row]);
+            } else {
+                out[..image - row].copy_from_slice(&src[row..]);
+            }
+        })
+    }
+}
+
+impl CustomOp1 for RowShift {
+    fn name(&self) -> &'static str {
+        "row-shift"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let dims = l.shape().dims4()?;
+        let Some((start, end)) = l.contiguous_offsets() else {
+            candle_core::bail!("down_shift: input must be contiguous")
+        };
+        let out = match s {
+            CpuStorage::F32(v) => CpuStorage::F32(self.run(&v[start..end], dims)),
+            CpuStorage::F64(v) => CpuStorage::F64(self.run(&v[start..end], dims)),
+            _ => candle_core::bail!("down_shift: supports f32 and f64"),
+        };
+        Ok((out, l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let up = RowShift { down: !self.down };
+        Ok(Some(grad.contiguous()?.apply_op1(up)?))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use candle_core::{DType, Device};
+
+    /// The shift op against candle's pad and narrow: values and gradients, f32 and f64.
+    #[test]
+    fn down_shift_is_pad_and_narrow() -> Result<()> {
+        for dtype in [DType::F32, DType::F64] {
+            let x =
+                candle_core::Var::from_tensor(&Tensor::randn(0f32, 1.0, (3, 4, 5, 2), &Device::Cpu)?.to_dtype(dtype)?)?;
+            let weights = Tensor::randn(0f32, 1.0, (3, 4, 5, 2), &Device::Cpu)?.to_dtype(dtype)?;
+            let slow = |x: &Tensor| x.pad_with_zeros(1, 1, 0)?.narrow(1, 0, 4);
+            let mut got = vec![];
+            for y in [down_shift(x.as_tensor())?, slow(x.as_tensor())?] {
+                let g = (&y * &weights)?.sum_all()?.backward()?;
+                let flat = |t: &Tensor| t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>();
+                got.push((flat(&y)?, flat(g.get(x.as_tensor()).expect("a gradient"))?));
+            }
+            assert_eq!(got[0], got[1], "{dtype:?}");
+            assert!(got[0].0[..10].iter().all(|&v| v == 0.0), "the top row is zero");
+        }
+        Ok(())
+    }
 
     /// Which input pixels move output pixel (y, x), for a layer applied to a random 1-channel image.
     fn seen_by(
