@@ -1,6 +1,6 @@
 //! One seed-net workload in a loop, for `perf record`: `cargo run --release --example hot_loop -- WHAT N`
 //! with WHAT one of train, fwd64, fwd1, naive (16 images),
-//! gated (a train step of `--model gated-pixelcnn` at batch 64).
+//! gated (a train step of `--model gated-pixelcnn` at batch 64), gated8b4 (the same with 8 layers at batch 4).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use armory::config::RunConfig;
@@ -22,7 +22,10 @@ fn run() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let what = args.get(1).map_or("train", |s| s.as_str()).to_string();
     let n: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(20);
-    let cfg = if what.starts_with("gated") {
+    let cfg = if what == "gated8b4" {
+        let toml = include_str!("../configs/gated-pixelcnn.toml").replace("layers = 5", "layers = 8");
+        RunConfig::parse(&toml, std::path::Path::new("gated-pixelcnn, 8 layers"))?
+    } else if what.starts_with("gated") {
         RunConfig::named("gated-pixelcnn")?
     } else {
         RunConfig::seed()
@@ -31,6 +34,7 @@ fn run() -> anyhow::Result<()> {
     let splits = cfg.data.load()?;
     let x64 = splits.train.batch(&(0..64).collect::<Vec<_>>(), arm.device())?;
     let x1 = splits.train.batch(&[0], arm.device())?;
+    let x4 = splits.train.batch(&[0, 1, 2, 3], arm.device())?;
     let mut opt = Optimizer::new(OptimizerKind::Adamax, 1e-3, arm.params().vars())?;
     let mut times = vec![];
     for _ in 0..n {
@@ -38,6 +42,10 @@ fn run() -> anyhow::Result<()> {
         match what.as_str() {
             "train" | "gated" => {
                 let loss = arm.loss(&x64, Reduction::Mean, Mode::Train { seed: 0 })?;
+                opt.step(&loss.backward()?)?;
+            }
+            "gated8b4" => {
+                let loss = arm.loss(&x4, Reduction::Mean, Mode::Train { seed: 0 })?;
                 opt.step(&loss.backward()?)?;
             }
             "fwd64" => drop(arm.forward(&x64, Mode::Eval)?.to_vec3::<f32>()?),

@@ -10,6 +10,8 @@ use candle_core::{CpuStorage, InplaceOp2, InplaceOp3, Layout, Result, Tensor, Wi
 use num_traits::Float;
 use rayon::prelude::*;
 
+use crate::nn::kernels::PAR_MIN;
+
 /// Elements per parallel task; smaller updates run on the calling thread.
 const CHUNK: usize = 1 << 15;
 
@@ -87,7 +89,7 @@ fn update_slices<T: WithDType + Float>(rule: Rule, dst: &mut [T], a: &[T], b: &[
                 *d = rule.apply(*d, a, T::zero());
             }
         };
-        if dst.len() <= CHUNK {
+        if dst.len() <= CHUNK.max(PAR_MIN) {
             run((dst, a));
         } else {
             dst.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK)).for_each(run);
@@ -98,7 +100,7 @@ fn update_slices<T: WithDType + Float>(rule: Rule, dst: &mut [T], a: &[T], b: &[
                 *d = rule.apply(*d, a, b);
             }
         };
-        if dst.len() <= CHUNK {
+        if dst.len() <= CHUNK.max(PAR_MIN) {
             run((dst, (a, b)));
         } else {
             dst.par_chunks_mut(CHUNK)

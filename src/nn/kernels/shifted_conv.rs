@@ -29,7 +29,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDTyp
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::CHUNK;
+use super::{min_len, CHUNK, PAR_MIN};
 
 /// One kernel tap: it reads padded pixel (y + dy, x + dx) for output (y, x), with weights `w[:, :, k]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -203,6 +203,7 @@ fn pad_rows<'a, T: WithDType>(
     images
         .par_chunks_exact_mut(image)
         .zip(x.par_chunks_exact(g.h * g.w * c))
+        .with_min_len(min_len(image))
         .for_each(|(dst, src)| {
             let mut done = 0;
             for (y, row) in src.chunks_exact(g.w * c).enumerate() {
@@ -237,12 +238,14 @@ fn unpad_rows<T: WithDType>(
     if g.unpadded() {
         full.truncate(n);
         full.par_chunks_mut((c * CHUNK.div_ceil(c.max(1))).max(1))
+            .with_min_len(min_len(CHUNK))
             .for_each(|px| px.chunks_exact_mut(c).for_each(&f));
         return full;
     }
     let mut out = Vec::with_capacity(n);
     out.spare_capacity_mut()[..n]
         .par_chunks_exact_mut(g.h * g.w * c)
+        .with_min_len(min_len(g.h * g.w * c))
         .enumerate()
         .for_each(|(b, dst)| {
             for (y, row) in dst.chunks_exact_mut(g.w * c).enumerate() {
@@ -297,7 +300,7 @@ pub fn pack_tap_major<T: WithDType>(w: &[T], c_out: usize, c_in: usize, n_k: usi
             }
         }
     };
-    if w.len() < 1 << 16 {
+    if w.len() < PAR_MIN {
         (0..tiles).for_each(task);
     } else {
         (0..tiles).into_par_iter().for_each(task);
@@ -319,7 +322,7 @@ fn unpack_tap_major<T: WithDType>(packed: &[T], c_out: usize, c_in: usize, n_k: 
             }
         }
     };
-    if out.len() < 1 << 16 {
+    if out.len() < PAR_MIN {
         out.chunks_mut(CO_TILE * c_in * n_k).enumerate().for_each(task);
     } else {
         out.par_chunks_mut(CO_TILE * c_in * n_k).enumerate().for_each(task);
@@ -342,7 +345,7 @@ fn pack_run_reversed<T: WithDType>(w: &[T], g: &Geometry, run: Run) -> Vec<T> {
             }
         }
     };
-    if out.len() < 1 << 16 {
+    if out.len() < PAR_MIN {
         (0..c_out).for_each(task);
     } else {
         (0..c_out).into_par_iter().for_each(task);
@@ -516,6 +519,7 @@ fn column_sums<T: WithDType>(m: &[T], c: usize) -> Vec<T> {
     };
     let partials: Vec<Vec<T>> = m
         .par_chunks(c * ROWS)
+        .with_min_len(min_len(c * ROWS))
         .map(|rows| rows.chunks_exact(c).fold(vec![T::from_f64(0.0); c], add))
         .collect();
     partials.iter().fold(vec![T::from_f64(0.0); c], |a, p| add(a, p))
