@@ -8,7 +8,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
 
-use super::update::{update, Rule};
+use super::update::{optimizer_step, Moments, Rule};
 use crate::error::Result;
 use crate::params::checkpoint_tensor;
 
@@ -29,20 +29,14 @@ pub struct Optimizer {
     weight_decay: f64,
     step: usize,
     vars: Vec<(String, Var)>,
-    m: Vec<Tensor>, // first moment
-    v: Vec<Tensor>, // second moment (Adam) or infinity norm (Adamax)
+    state: Vec<Moments>, // first moment, and second moment (Adam) or infinity norm (Adamax)
 }
 
 impl Optimizer {
     pub fn new(kind: OptimizerKind, lr: f64, vars: Vec<(String, Var)>) -> Result<Self> {
-        let m = vars
+        let state = vars
             .iter()
-            .map(|(_, v)| v.zeros_like())
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        // Each moment a tensor of its own: they are updated in place.
-        let v = vars
-            .iter()
-            .map(|(_, v)| v.zeros_like())
+            .map(|(_, v)| Moments::zeros(v.as_tensor()))
             .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(Self {
             kind,
@@ -53,8 +47,7 @@ impl Optimizer {
             weight_decay: 0.0,
             step: 0,
             vars,
-            m,
-            v,
+            state,
         })
     }
 
@@ -109,44 +102,36 @@ impl Optimizer {
             let Some(g) = grads.get(var) else { continue };
             let w = var.as_tensor();
             let decay = (self.weight_decay > 0.0 && w.rank() >= 2).then_some(1.0 - self.lr * self.weight_decay);
-            update(Rule::FirstMoment { b1 }, &self.m[i], &[g])?;
-            let step = match self.kind {
+            let (second, step) = match self.kind {
                 OptimizerKind::Adam => {
-                    update(Rule::SecondMoment { b2 }, &self.v[i], &[g])?;
                     let inv_c2 = 1.0 / (1.0 - b2.powi(t)).sqrt();
-                    Rule::AdamStep { decay, inv_c2, eps, c1 }
+                    (Rule::SecondMoment { b2 }, Rule::AdamStep { decay, inv_c2, eps, c1 })
                 }
-                OptimizerKind::Adamax => {
-                    update(Rule::InfinityNorm { b2, eps }, &self.v[i], &[g])?;
-                    Rule::AdamaxStep { decay, c1 }
-                }
+                OptimizerKind::Adamax => (Rule::InfinityNorm { b2, eps }, Rule::AdamaxStep { decay, c1 }),
             };
-            update(step, w, &[&self.m[i], &self.v[i]])?;
+            optimizer_step((Rule::FirstMoment { b1 }, second, step), w, g, &mut self.state[i])?;
         }
         Ok(())
     }
 
     pub fn state_tensors(&self) -> HashMap<String, Tensor> {
         let mut out = HashMap::new();
-        for (i, (name, _)) in self.vars.iter().enumerate() {
-            // Copies: the moments are updated in place after this returns.
-            out.insert(format!("optim.m.{name}"), self.m[i].copy().expect("a CPU copy"));
-            out.insert(format!("optim.v.{name}"), self.v[i].copy().expect("a CPU copy"));
+        for ((name, var), state) in self.vars.iter().zip(&self.state) {
+            let (m, v) = state.tensors(var.shape(), var.device()).expect("a CPU copy");
+            out.insert(format!("optim.m.{name}"), m);
+            out.insert(format!("optim.v.{name}"), v);
         }
         out
     }
 
     pub fn load_state(&mut self, tensors: &HashMap<String, Tensor>, step: usize, path: &std::path::Path) -> Result<()> {
-        for (i, (name, var)) in self.vars.iter().enumerate() {
-            for (slot, key) in [
-                (&mut self.m[i], format!("optim.m.{name}")),
-                (&mut self.v[i], format!("optim.v.{name}")),
-            ] {
-                let t = checkpoint_tensor(tensors, &key, var, path, || {
+        for ((name, var), state) in self.vars.iter().zip(&mut self.state) {
+            let [m, v] = ["m", "v"].map(|slot| {
+                checkpoint_tensor(tensors, &format!("optim.{slot}.{name}"), var, path, || {
                     "a resume checkpoint without optimizer state".into()
-                })?;
-                *slot = t.to_dtype(var.dtype())?.copy()?; // a tensor of its own, updated in place
-            }
+                })
+            });
+            *state = Moments::from_tensors(m?, v?, var.dtype())?;
         }
         self.step = step;
         Ok(())

@@ -6,7 +6,7 @@
 //! (`t * c` is candle's `affine(c, 0)`: `t·c + 0`; `t + ε` is `affine(1, ε)`; `t / c` multiplies by `1/c`), so
 //! training is bitwise the same as before; `tests` below hold the composition as the reference.
 
-use candle_core::{CpuStorage, InplaceOp2, InplaceOp3, Layout, Result, Tensor, WithDType};
+use candle_core::{CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Result, Tensor, WithDType};
 use num_traits::Float;
 use rayon::prelude::*;
 
@@ -188,17 +188,195 @@ pub fn update(rule: Rule, dst: &Tensor, srcs: &[&Tensor]) -> Result<()> {
     }
 }
 
+/// One parameter's optimizer state, plain vectors in its dtype: the first moment and the second (Adam) or
+/// the infinity norm (Adamax). Held outside candle so that one pass can update them and the weights.
+#[derive(Debug, Clone)]
+pub enum Moments {
+    F32(Vec<f32>, Vec<f32>),
+    F64(Vec<f64>, Vec<f64>),
+}
+
+impl Moments {
+    /// Zeros for a parameter like `w`.
+    pub fn zeros(w: &Tensor) -> Result<Self> {
+        let n = w.elem_count();
+        match w.dtype() {
+            DType::F32 => Ok(Moments::F32(vec![0.0; n], vec![0.0; n])),
+            DType::F64 => Ok(Moments::F64(vec![0.0; n], vec![0.0; n])),
+            dt => candle_core::bail!("optimizer: unsupported dtype {dt:?}"),
+        }
+    }
+
+    /// From saved tensors, in `dtype`.
+    pub fn from_tensors(m: &Tensor, v: &Tensor, dtype: DType) -> Result<Self> {
+        let flat = |t: &Tensor| t.to_dtype(dtype)?.flatten_all();
+        match dtype {
+            DType::F32 => Ok(Moments::F32(flat(m)?.to_vec1()?, flat(v)?.to_vec1()?)),
+            DType::F64 => Ok(Moments::F64(flat(m)?.to_vec1()?, flat(v)?.to_vec1()?)),
+            dt => candle_core::bail!("optimizer: unsupported dtype {dt:?}"),
+        }
+    }
+
+    /// The two moments as tensors of `shape` (copies), to save.
+    pub fn tensors(&self, shape: &candle_core::Shape, device: &candle_core::Device) -> Result<(Tensor, Tensor)> {
+        match self {
+            Moments::F32(m, v) => Ok((
+                Tensor::from_slice(m, shape, device)?,
+                Tensor::from_slice(v, shape, device)?,
+            )),
+            Moments::F64(m, v) => Ok((
+                Tensor::from_slice(m, shape, device)?,
+                Tensor::from_slice(v, shape, device)?,
+            )),
+        }
+    }
+}
+
+/// An optimizer step as one op on the weights: the moments' rules and the weight's rule element by element.
+struct Fused<'a> {
+    rules: (Rule, Rule, Rule),
+    state: std::sync::Mutex<&'a mut Moments>,
+}
+
+fn fused_slices<T: WithDType + Float>(
+    (first, second, step): (Rule, Rule, Rule),
+    w: &mut [T],
+    g: &[T],
+    m: &mut [T],
+    v: &mut [T],
+) {
+    let run = |(((w, g), m), v): (((&mut [T], &[T]), &mut [T]), &mut [T])| {
+        for (((w, &g), m), v) in w.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+            *m = first.apply(*m, g, T::zero());
+            *v = second.apply(*v, g, T::zero());
+            *w = step.apply(*w, *m, *v);
+        }
+    };
+    if w.len() <= CHUNK.max(PAR_MIN) {
+        run((((w, g), m), v));
+    } else {
+        w.par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK))
+            .zip(m.par_chunks_mut(CHUNK))
+            .zip(v.par_chunks_mut(CHUNK))
+            .for_each(run);
+    }
+}
+
+impl InplaceOp2 for Fused<'_> {
+    fn name(&self) -> &'static str {
+        "optimizer step"
+    }
+    fn cpu_fwd(&self, w: &mut CpuStorage, wl: &Layout, g: &CpuStorage, gl: &Layout) -> Result<()> {
+        let Some((start, end)) = wl.contiguous_offsets() else {
+            candle_core::bail!("optimizer step: the weights must be contiguous")
+        };
+        let mut state = self
+            .state
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("optimizer state poisoned".into()))?;
+        let n = end - start;
+        let check = |lens: [usize; 3]| -> Result<()> {
+            if lens.iter().any(|&l| l != n) {
+                candle_core::bail!("optimizer step: sizes differ ({n}, {lens:?})");
+            }
+            Ok(())
+        };
+        match (w, &mut **state) {
+            (CpuStorage::F32(w), Moments::F32(m, v)) => {
+                let g = slice::<f32>(g, gl)?;
+                check([g.len(), m.len(), v.len()])?;
+                fused_slices(self.rules, &mut w[start..end], g, m, v);
+            }
+            (CpuStorage::F64(w), Moments::F64(m, v)) => {
+                let g = slice::<f64>(g, gl)?;
+                check([g.len(), m.len(), v.len()])?;
+                fused_slices(self.rules, &mut w[start..end], g, m, v);
+            }
+            _ => candle_core::bail!("optimizer step: the weights, gradient and state must share a dtype (f32 or f64)"),
+        }
+        Ok(())
+    }
+}
+
+/// One optimizer step on the weights `w` with gradient `g`, in one pass over memory: element by element
+/// m ← `first`(m, g), v ← `second`(v, g), w ← `step`(w, m, v) — the same arithmetic as three [`update`]s.
+pub fn optimizer_step(
+    (first, second, step): (Rule, Rule, Rule),
+    w: &Tensor,
+    g: &Tensor,
+    state: &mut Moments,
+) -> Result<()> {
+    let op = Fused {
+        rules: (first, second, step),
+        state: std::sync::Mutex::new(state),
+    };
+    w.inplace_op2(&g.contiguous()?, &op)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    /// The fused optimizer step against the three updates it replaces, bit for bit, Adam and Adamax (with
+    /// weight decay), f32 and f64, serial and parallel sizes, over a few steps.
+    #[test]
+    fn fused_step_equals_three_updates_bitwise() -> Result<()> {
+        let dev = Device::Cpu;
+        for n in [7, PAR_MIN + 3 * CHUNK + 5] {
+            for dtype in [DType::F32, DType::F64] {
+                let (b1, b2, eps, c1) = (0.9, 0.999, 1e-8, 1e-3);
+                let rules = [
+                    (
+                        Rule::SecondMoment { b2 },
+                        Rule::AdamStep {
+                            decay: Some(0.99),
+                            inv_c2: 3.0,
+                            eps,
+                            c1,
+                        },
+                    ),
+                    (Rule::InfinityNorm { b2, eps }, Rule::AdamaxStep { decay: None, c1 }),
+                ];
+                for (second, step) in rules {
+                    let w = Tensor::randn(0f32, 1.0, n, &dev)?.to_dtype(dtype)?;
+                    let (m, v) = (w.zeros_like()?, w.zeros_like()?);
+                    let fused_w = w.copy()?;
+                    let mut state = Moments::zeros(&w)?;
+                    for t in 0..3 {
+                        let g = Tensor::randn(0f32, 1.0, n, &dev)?.to_dtype(dtype)?;
+                        update(Rule::FirstMoment { b1 }, &m, &[&g])?;
+                        update(second, &v, &[&g])?;
+                        update(step, &w, &[&m, &v])?;
+                        optimizer_step((Rule::FirstMoment { b1 }, second, step), &fused_w, &g, &mut state)?;
+                        let bits = |t: &Tensor| -> Result<Vec<u64>> {
+                            Ok(t.to_dtype(DType::F64)?
+                                .to_vec1::<f64>()?
+                                .iter()
+                                .map(|x| x.to_bits())
+                                .collect())
+                        };
+                        let (sm, sv) = state.tensors(w.shape(), &dev)?;
+                        assert_eq!(bits(&fused_w)?, bits(&w)?, "{step:?} {dtype:?} n={n} step {t}: weights");
+                        assert_eq!(
+                            (bits(&sm)?, bits(&sv)?),
+                            (bits(&m)?, bits(&v)?),
+                            "{step:?} {dtype:?}: moments"
+                        );
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
 
     /// Each rule against the candle composition it replaces, bit for bit, in f32 and f64, on sizes below and
     /// above the parallel chunk.
     #[test]
     fn rules_equal_the_candle_compositions_bitwise() -> Result<()> {
         let dev = Device::Cpu;
-        for n in [7, 3 * CHUNK + 5] {
+        for n in [7, PAR_MIN + 3 * CHUNK + 5] {
             for dtype in [candle_core::DType::F32, candle_core::DType::F64] {
                 let r = |s: f64| -> Result<Tensor> { Tensor::randn(0f64, s, n, &dev)?.to_dtype(dtype) };
                 let (d, g, m) = (r(1.0)?, r(1e-2)?, r(1e-3)?);
