@@ -288,6 +288,42 @@ mod tests {
     use super::*;
     use candle_core::{Device, Var};
 
+    /// The ops on a tensor big enough to run in parallel pieces, against the row loops on the whole: the gate
+    /// and its gradient, and LeakyReLU and its gradient, bit for bit.
+    #[test]
+    fn ops_in_parallel_pieces_equal_the_loops_on_the_whole() -> Result<()> {
+        let c = 48; // rows of 2C = 96 numbers: pieces do not fall on a power of two
+        let rows = super::super::kernels::PAR_MIN / c + 77;
+        let x = Var::from_tensor(&(Tensor::randn(0f32, 2.0, (rows, 2 * c), &Device::Cpu)?))?;
+        let g = Tensor::randn(0f32, 1.0, (rows, c), &Device::Cpu)?;
+        let y = gate(x.as_tensor())?;
+        let grad = (&y * &g)?.sum_all()?.backward()?;
+        let (xs, gs) = (x.flatten_all()?.to_vec1::<f32>()?, g.flatten_all()?.to_vec1::<f32>()?);
+        let (mut want_y, mut want_g) = (vec![0f32; rows * c], vec![0f32; rows * 2 * c]);
+        gate_rows_scalar(&xs, c, &mut want_y);
+        gate_grad_rows_scalar(&xs, &gs, c, &mut want_g);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&y.flatten_all()?.to_vec1::<f32>()?), bits(&want_y), "gate");
+        let got_g = grad
+            .get(x.as_tensor())
+            .expect("a gradient")
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        assert_eq!(bits(&got_g), bits(&want_g), "gate gradient");
+        let y = leaky_relu(x.as_tensor(), 0.2)?;
+        let grad = (&y * x.as_tensor().ones_like()?)?.sum_all()?.backward()?;
+        let want: Vec<f32> = xs.iter().map(|&v| if v > 0.0 { v } else { v * 0.2f32 }).collect();
+        assert_eq!(bits(&y.flatten_all()?.to_vec1::<f32>()?), bits(&want), "leaky relu");
+        let want: Vec<f32> = xs.iter().map(|&v| if v > 0.0 { 1.0 } else { 0.2f32 }).collect();
+        let got_g = grad
+            .get(x.as_tensor())
+            .expect("a gradient")
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        assert_eq!(bits(&got_g), bits(&want), "leaky relu gradient");
+        Ok(())
+    }
+
     #[test]
     fn derivative_is_the_slope_at_zero_like_pytorch() -> Result<()> {
         let x = Var::new(&[-2.0f64, 0.0, 3.0], &Device::Cpu)?;

@@ -58,7 +58,7 @@ mod tests {
     #[test]
     fn mask_is_the_sequential_stream() {
         let rng = ChaCha8Rng::seed_from_u64(42);
-        let n = 3 * CHUNK + 17;
+        let n = crate::nn::kernels::PAR_MIN + 3 * CHUNK + 17; // parallel, several chunks
         let mut seq = rng.clone();
         let threshold = (0.3 * 4_294_967_296.0f64).round() as u64;
         let want: Vec<f32> = (0..n)

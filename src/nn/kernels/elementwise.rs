@@ -134,7 +134,7 @@ mod tests {
         slow: impl Fn(&Tensor, &Tensor) -> Result<Tensor>,
     ) -> Result<()> {
         for dtype in [DType::F32, DType::F64] {
-            let n = 3 * CHUNK + 5;
+            let n = super::super::PAR_MIN + 3 * CHUNK + 5; // parallel, several chunks
             let a = Var::from_tensor(&Tensor::randn(0f32, 1.0, (n / 5, 5), &Device::Cpu)?.to_dtype(dtype)?)?;
             let b = Var::from_tensor(&Tensor::randn(0f32, 1.0, (n / 5, 5), &Device::Cpu)?.to_dtype(dtype)?)?;
             let weights = Tensor::randn(0f32, 1.0, (n / 5, 5), &Device::Cpu)?.to_dtype(dtype)?;
