@@ -245,7 +245,7 @@ fn fused_slices<T: WithDType + Float>(
     m: &mut [T],
     v: &mut [T],
 ) {
-    let run = |(((w, g), m), v): (((&mut [T], &[T]), &mut [T]), &mut [T])| {
+    let run = |w: &mut [T], g: &[T], m: &mut [T], v: &mut [T]| {
         for (((w, &g), m), v) in w.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
             *m = first.apply(*m, g, T::zero());
             *v = second.apply(*v, g, T::zero());
@@ -253,13 +253,13 @@ fn fused_slices<T: WithDType + Float>(
         }
     };
     if w.len() <= CHUNK.max(PAR_MIN) {
-        run((((w, g), m), v));
+        run(w, g, m, v);
     } else {
         w.par_chunks_mut(CHUNK)
             .zip(g.par_chunks(CHUNK))
             .zip(m.par_chunks_mut(CHUNK))
             .zip(v.par_chunks_mut(CHUNK))
-            .for_each(run);
+            .for_each(|(((w, g), m), v)| run(w, g, m, v));
     }
 }
 
