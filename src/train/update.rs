@@ -10,7 +10,7 @@ use candle_core::{CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Result, Ten
 use num_traits::Float;
 use rayon::prelude::*;
 
-use crate::nn::kernels::PAR_MIN;
+use crate::nn::kernels::{contiguous_data, PAR_MIN};
 
 /// Elements per parallel task; smaller updates run on the calling thread.
 const CHUNK: usize = 1 << 15;
@@ -112,22 +112,15 @@ fn update_slices<T: WithDType + Float>(rule: Rule, dst: &mut [T], a: &[T], b: &[
 
 struct Op(Rule);
 
-fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((start, end)) => Ok(&T::cpu_storage_as_slice(s)?[start..end]),
-        None => candle_core::bail!("in-place update: sources must be contiguous"),
-    }
-}
-
 /// Runs the rule on `dst` with the sources' contiguous data.
 fn run_op(rule: Rule, dst: &mut CpuStorage, dst_l: &Layout, srcs: &[(&CpuStorage, &Layout)]) -> Result<()> {
     let Some((start, end)) = dst_l.contiguous_offsets() else {
         candle_core::bail!("in-place update: the destination must be contiguous")
     };
     fn run<T: WithDType + Float>(rule: Rule, dst: &mut [T], srcs: &[(&CpuStorage, &Layout)]) -> Result<()> {
-        let a = slice::<T>(srcs[0].0, srcs[0].1)?;
+        let a = contiguous_data::<T>(srcs[0].0, srcs[0].1, "in-place update")?;
         let b = match srcs.get(1) {
-            Some(s) => slice::<T>(s.0, s.1)?,
+            Some(s) => contiguous_data::<T>(s.0, s.1, "in-place update")?,
             None => &[],
         };
         if a.len() != dst.len() || (!b.is_empty() && b.len() != dst.len()) {
@@ -284,12 +277,12 @@ impl InplaceOp2 for Fused<'_> {
         };
         match (w, &mut **state) {
             (CpuStorage::F32(w), Moments::F32(m, v)) => {
-                let g = slice::<f32>(g, gl)?;
+                let g = contiguous_data::<f32>(g, gl, "optimizer step")?;
                 check([g.len(), m.len(), v.len()])?;
                 fused_slices(self.rules, &mut w[start..end], g, m, v);
             }
             (CpuStorage::F64(w), Moments::F64(m, v)) => {
-                let g = slice::<f64>(g, gl)?;
+                let g = contiguous_data::<f64>(g, gl, "optimizer step")?;
                 check([g.len(), m.len(), v.len()])?;
                 fused_slices(self.rules, &mut w[start..end], g, m, v);
             }

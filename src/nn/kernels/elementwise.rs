@@ -7,15 +7,7 @@ use std::sync::Arc;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
 
 use super::shifted_conv::with_slice;
-use super::{par_build, CHUNK};
-
-/// The contiguous data of a CPU storage.
-fn data<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((start, end)) => Ok(&T::cpu_storage_as_slice(s)?[start..end]),
-        None => candle_core::bail!("{op}: inputs must be contiguous"),
-    }
-}
+use super::{contiguous_data, par_build, CHUNK};
 
 /// `f(a_i, b_i)` for every i, in parallel.
 fn zip_map<T: WithDType, U: WithDType>(a: &[T], b: &[U], f: impl Fn(T, U) -> T + Sync) -> Vec<T> {
@@ -40,13 +32,13 @@ impl CustomOp2 for Add {
         }
         let out = match (s1, s2) {
             (CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(zip_map(
-                data::<f32>(s1, l1, "add")?,
-                data::<f32>(s2, l2, "add")?,
+                contiguous_data::<f32>(s1, l1, "add")?,
+                contiguous_data::<f32>(s2, l2, "add")?,
                 |a, b| a + b,
             )),
             (CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(zip_map(
-                data::<f64>(s1, l1, "add")?,
-                data::<f64>(s2, l2, "add")?,
+                contiguous_data::<f64>(s1, l1, "add")?,
+                contiguous_data::<f64>(s2, l2, "add")?,
                 |a, b| a + b,
             )),
             _ => candle_core::bail!("add: supports two f32 or two f64 tensors"),
@@ -89,8 +81,8 @@ impl CustomOp1 for MulByMask {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let out = match s {
-            CpuStorage::F32(_) => CpuStorage::F32(self.apply(data::<f32>(s, l, "mask")?, "mask")?),
-            CpuStorage::F64(_) => CpuStorage::F64(self.apply(data::<f64>(s, l, "mask")?, "mask")?),
+            CpuStorage::F32(_) => CpuStorage::F32(self.apply(contiguous_data::<f32>(s, l, "mask")?, "mask")?),
+            CpuStorage::F64(_) => CpuStorage::F64(self.apply(contiguous_data::<f64>(s, l, "mask")?, "mask")?),
             _ => candle_core::bail!("mask: supports f32 and f64"),
         };
         Ok((out, l.shape().clone()))

@@ -3,7 +3,7 @@
 
 use std::mem::MaybeUninit;
 
-use candle_core::WithDType;
+use candle_core::{CpuStorage, Layout, Result, WithDType};
 use rayon::prelude::*;
 
 pub mod elementwise;
@@ -11,6 +11,14 @@ pub mod shifted_conv;
 
 /// Elements per parallel task of an elementwise kernel (64 KiB of f32).
 pub const CHUNK: usize = 1 << 14;
+
+/// The contiguous data of a CPU storage in `T`; `op` names the op in the error for a strided one.
+pub fn contiguous_data<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((start, end)) => Ok(&T::cpu_storage_as_slice(s)?[start..end]),
+        None => candle_core::bail!("{op}: inputs must be contiguous"),
+    }
+}
 
 /// Below this many elements (512 KiB of f32) a pass over memory runs on the calling thread: handing half of it
 /// to another core (waking it, and letting it sleep again) costs more than it saves. Measured on the gated

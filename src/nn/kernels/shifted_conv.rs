@@ -29,7 +29,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDTyp
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::{min_len, CHUNK, PAR_MIN};
+use super::{contiguous_data, min_len, CHUNK, PAR_MIN};
 
 /// One kernel tap: it reads padded pixel (y + dy, x + dx) for output (y, x), with weights `w[:, :, k]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -574,19 +574,12 @@ impl ShiftedConvOp {
     }
 }
 
-fn contiguous<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((start, end)) => Ok(&T::cpu_storage_as_slice(s)?[start..end]),
-        None => candle_core::bail!("shifted conv: inputs must be contiguous"),
-    }
-}
-
 /// Runs `f` on the tensor's contiguous CPU data without copying it.
 pub(crate) fn with_slice<T: WithDType, R>(t: &Tensor, f: impl FnOnce(&[T]) -> R) -> Result<R> {
     let t = t.contiguous()?;
     let (storage, layout) = t.storage_and_layout();
     match &*storage {
-        candle_core::Storage::Cpu(cpu) => Ok(f(contiguous::<T>(cpu, layout)?)),
+        candle_core::Storage::Cpu(cpu) => Ok(f(contiguous_data::<T>(cpu, layout, "shifted conv")?)),
         _ => candle_core::bail!("shifted conv: the CPU kernel got a tensor on another device"),
     }
 }
@@ -613,9 +606,9 @@ impl CustomOp3 for ShiftedConvOp {
             leaky: Option<f64>,
         ) -> Result<Vec<T>> {
             let (x, w, b) = (
-                contiguous::<T>(s[0].0, s[0].1)?,
-                contiguous::<T>(s[1].0, s[1].1)?,
-                contiguous::<T>(s[2].0, s[2].1)?,
+                contiguous_data::<T>(s[0].0, s[0].1, "shifted conv")?,
+                contiguous_data::<T>(s[1].0, s[1].1, "shifted conv")?,
+                contiguous_data::<T>(s[2].0, s[2].1, "shifted conv")?,
             );
             Ok(match packed.and_then(|p| p.downcast_ref::<Vec<T>>()) {
                 Some(p) => forward_packed(x, p, b, g, leaky),
