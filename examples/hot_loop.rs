@@ -7,7 +7,7 @@ use armory::config::RunConfig;
 use armory::models::{Arm, Mode, Reduction};
 use armory::sample::{sample_naive, Noise};
 use armory::train::{Optimizer, OptimizerKind};
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use std::time::Instant;
 
 fn main() -> anyhow::Result<()> {
@@ -35,6 +35,11 @@ fn run() -> anyhow::Result<()> {
     let x64 = splits.train.batch(&(0..64).collect::<Vec<_>>(), arm.device())?;
     let x1 = splits.train.batch(&[0], arm.device())?;
     let x4 = splits.train.batch(&[0, 1, 2, 3], arm.device())?;
+    // `fwd<N>` / `train<N>`: the seed net at batch N.
+    let batch = |w: &str, prefix: &str| -> anyhow::Result<Tensor> {
+        let b: usize = w[prefix.len()..].parse()?;
+        Ok(splits.train.batch(&(0..b).collect::<Vec<_>>(), arm.device())?)
+    };
     let mut opt = Optimizer::new(OptimizerKind::Adamax, 1e-3, arm.params().vars())?;
     let mut times = vec![];
     for _ in 0..n {
@@ -50,6 +55,11 @@ fn run() -> anyhow::Result<()> {
             }
             "fwd64" => drop(arm.forward(&x64, Mode::Eval)?.to_vec3::<f32>()?),
             "fwd1" => drop(arm.forward(&x1, Mode::Eval)?.to_vec3::<f32>()?),
+            w if w.starts_with("fwd") => drop(arm.forward(&batch(w, "fwd")?, Mode::Eval)?.to_vec3::<f32>()?),
+            w if w.starts_with("train") => {
+                let loss = arm.loss(&batch(w, "train")?, Reduction::Mean, Mode::Train { seed: 0 })?;
+                opt.step(&loss.backward()?)?;
+            }
             "naive" => drop(sample_naive(&arm, &Noise::new(16, 64, 0), 1.0, None)?),
             other => anyhow::bail!("unknown workload {other}"),
         }

@@ -23,12 +23,13 @@ use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::mem::MaybeUninit;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use super::winograd::{self, Transforms};
 use super::{contiguous_data, min_len, CHUNK, PAR_MIN};
 
 /// One kernel tap: it reads padded pixel (y + dy, x + dx) for output (y, x), with weights `w[:, :, k]`.
@@ -261,7 +262,7 @@ fn unpad_rows<T: WithDType>(
 
 /// A raw pointer that tasks writing disjoint elements may share.
 #[derive(Clone, Copy)]
-struct SharedMut<T>(*mut T);
+pub(super) struct SharedMut<T>(pub(super) *mut T);
 // SAFETY: only used by tasks that write disjoint elements of one live buffer (see the callers).
 unsafe impl<T> Send for SharedMut<T> {}
 unsafe impl<T> Sync for SharedMut<T> {}
@@ -271,8 +272,15 @@ impl<T> SharedMut<T> {
     ///
     /// # Safety
     /// `i` is inside the buffer, which is alive, and no other task touches element `i`.
-    unsafe fn write(&self, i: usize, v: T) {
+    pub(super) unsafe fn write(&self, i: usize, v: T) {
         *self.0.add(i) = v;
+    }
+    /// The pointer to element `i`.
+    ///
+    /// # Safety
+    /// `i` is inside the buffer (or one past its end).
+    pub(super) unsafe fn at(&self, i: usize) -> *mut T {
+        self.0.add(i)
     }
 }
 
@@ -353,10 +361,26 @@ fn pack_run_reversed<T: WithDType>(w: &[T], g: &Geometry, run: Run) -> Vec<T> {
     out
 }
 
+/// A kernel ready for the forward products: tap-major ([`pack_tap_major`]), and, made on first use, the
+/// F(2, n) transform of a kernel whose taps are all one run (a 1-D kernel of dilation 1).
+struct Packed<T> {
+    taps: Vec<T>,
+    winograd: OnceLock<Vec<T>>,
+}
+
+impl<T: WithDType> Packed<T> {
+    fn new(w: &[T], c_out: usize, c_in: usize, n_k: usize) -> Self {
+        Self {
+            taps: pack_tap_major(w, c_out, c_in, n_k),
+            winograd: OnceLock::new(),
+        }
+    }
+}
+
 /// The forward pass on plain slices: x `[B, H, W, C_in]`, w `[C_out, C_in, N_k]`, bias `[C_out]` →
 /// `[B, H, W, C_out]`.
 pub fn forward<T: WithDType>(x: &[T], w: &[T], bias: &[T], g: &Geometry) -> Vec<T> {
-    forward_packed(x, &pack_tap_major(w, g.c_out, g.c_in, g.n_k), bias, g, None)
+    forward_packed(x, &Packed::new(w, g.c_out, g.c_in, g.n_k), bias, g, None)
 }
 
 /// Runs `f` on a worker of the current rayon pool. Called from outside a pool (a library user's thread),
@@ -372,22 +396,45 @@ pub fn on_worker<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 
 /// The forward pass with the kernel already packed tap-major (`[N_k, C_in, C_out]`), and a LeakyReLU of
 /// slope `leaky` applied on the way out if given (LeakyReLU's own rule: v if v > 0, else v·slope).
-fn forward_packed<T: WithDType>(x: &[T], packed: &[T], bias: &[T], g: &Geometry, leaky: Option<f64>) -> Vec<T> {
+fn forward_packed<T: WithDType>(x: &[T], packed: &Packed<T>, bias: &[T], g: &Geometry, leaky: Option<f64>) -> Vec<T> {
     on_worker(|| forward_on_worker(x, packed, bias, g, leaky))
 }
 
-fn forward_on_worker<T: WithDType>(x: &[T], packed: &[T], bias: &[T], g: &Geometry, leaky: Option<f64>) -> Vec<T> {
+fn forward_on_worker<T: WithDType>(
+    x: &[T],
+    packed: &Packed<T>,
+    bias: &[T],
+    g: &Geometry,
+    leaky: Option<f64>,
+) -> Vec<T> {
     let (c_in, c_out) = (g.c_in, g.c_out);
     let xpad = pad_rows(x, g, c_in, 0, (g.plan.pad_top, g.plan.pad_left));
     let (m, n) = (g.m(), g.rows() * c_out);
     // Rows below m are written by the first product (which does not read them); the rest are zeroed.
     let mut full = Vec::with_capacity(n);
     put_zeros(&mut full.spare_capacity_mut()[m * c_out..n]);
+    let block = c_in * c_out;
     for (i, run) in g.runs().into_iter().enumerate() {
+        let taps = &packed.taps[run.k0 * block..][..run.n * block];
+        if winograd::fits(run.n, c_in, c_out, m) {
+            // The same sum by F(2, n), from the kernel's transform (kept with a frozen kernel).
+            let tf = Transforms::new(run.n);
+            let own;
+            let v = if run.k0 == 0 && run.n == g.n_k {
+                packed.winograd.get_or_init(|| tf.kernel(taps, block))
+            } else {
+                own = tf.kernel(taps, block);
+                &own
+            };
+            // SAFETY: `full` has room for m ≤ rows rows of C_out; xpad from the run's offset holds m + n − 1
+            // rows (m's definition).
+            unsafe { tf.correlate(&xpad[run.offset * c_in..], c_in, v, c_out, m, full.as_mut_ptr(), i > 0) };
+            continue;
+        }
         // out[r] (+)= xpad[r + offset .. + n rows] · W[k0..k0+n]: an overlapping view of xpad (row stride
         // C_in) times a contiguous block of the packed kernel.
         let lhs = xpad[run.offset * c_in..].as_ptr();
-        let rhs = packed[run.k0 * c_in * c_out..].as_ptr();
+        let rhs = taps.as_ptr();
         // SAFETY: lhs rows r < m read xpad[(r + offset)·C_in .. + n·C_in] ⊂ xpad (m + offset + n − 1 ≤ rows,
         // by m's definition); rhs is n·C_in rows of C_out inside `packed`; dst is `full`, m ≤ rows.
         unsafe {
@@ -478,11 +525,18 @@ fn backward_on_worker<T: WithDType>(
             );
             if need_gx {
                 // grad xpad[s] += Σ_j G[s − offset − j]·W_jᵀ: a product over the overlapping view of G
-                // (with n−1 zero rows in front) and the run's weights in reverse order.
+                // (with n−1 zero rows in front) and the run's weights in reverse order — by F(2, n) where
+                // that pays, as in the forward pass.
                 let wr = pack_run_reversed(w, g, run);
                 let dst = gxpad.as_mut_ptr().add(run.offset * c_in);
-                let lhs = gpad[(front + 1 - run.n) * c_out..].as_ptr();
+                let src = &gpad[(front + 1 - run.n) * c_out..];
                 let rows_out = rows - run.offset;
+                if winograd::fits(run.n, c_out, c_in, rows_out) {
+                    let tf = Transforms::new(run.n);
+                    tf.correlate(src, c_out, &tf.kernel(&wr, c_out * c_in), c_in, rows_out, dst, i > 0);
+                    continue;
+                }
+                let lhs = src.as_ptr();
                 matmul(
                     (rows_out, c_in, run.n * c_out),
                     dst,
@@ -610,9 +664,9 @@ impl CustomOp3 for ShiftedConvOp {
                 contiguous_data::<T>(s[1].0, s[1].1, "shifted conv")?,
                 contiguous_data::<T>(s[2].0, s[2].1, "shifted conv")?,
             );
-            Ok(match packed.and_then(|p| p.downcast_ref::<Vec<T>>()) {
+            Ok(match packed.and_then(|p| p.downcast_ref::<Packed<T>>()) {
                 Some(p) => forward_packed(x, p, b, g, leaky),
-                None => forward_packed(x, &pack_tap_major(w, g.c_out, g.c_in, g.n_k), b, g, leaky),
+                None => forward_packed(x, &Packed::new(w, g.c_out, g.c_in, g.n_k), b, g, leaky),
             })
         }
         let args = [(s1, l1), (s2, l2), (s3, l3)];
@@ -763,8 +817,8 @@ fn frozen_packed(w: &Tensor) -> Result<Option<Arc<dyn Any + Send + Sync>>> {
     }
     // Packed with no borrow held: while it waits for the pool, this thread may run other work that convolves.
     let p: Arc<dyn Any + Send + Sync> = match cpu {
-        CpuStorage::F32(v) => Arc::new(pack_tap_major(&v[start..end], c_out, c_in, n_k)),
-        CpuStorage::F64(v) => Arc::new(pack_tap_major(&v[start..end], c_out, c_in, n_k)),
+        CpuStorage::F32(v) => Arc::new(Packed::new(&v[start..end], c_out, c_in, n_k)),
+        CpuStorage::F64(v) => Arc::new(Packed::new(&v[start..end], c_out, c_in, n_k)),
         _ => return Ok(None),
     };
     drop(storage);
@@ -1012,6 +1066,43 @@ mod tests {
             let lhs = dot(&go, &naive(&x, &wt, &zero, &g));
             assert!((lhs - dot(&gx, &x)).abs() < 1e-9 * lhs.abs().max(1.0), "{g:?}: grad x");
             assert!((lhs - dot(&gw, &wt)).abs() < 1e-9 * lhs.abs().max(1.0), "{g:?}: grad w");
+        }
+    }
+
+    /// Runs of 4–7 taps between wide layers over many rows take F(2, n) (winograd.rs), forward and input
+    /// gradient: against the naive loop, and the backward as its adjoint (f64, where both are exact up to
+    /// rounding).
+    #[test]
+    fn winograd_path_matches_the_naive_loop_and_its_adjoint() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(13);
+        let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(p, q)| p * q).sum::<f64>();
+        for (b, n_k, c_in, c_out) in [(16, 7, 128, 130), (21, 5, 129, 128)] {
+            let g = Geometry {
+                b,
+                h: 1,
+                w: 64,
+                c_in,
+                c_out,
+                n_k,
+                plan: TapPlan::causal_1d(n_k, 1, n_k - 1),
+            };
+            let (m, rows_out) = (g.m(), g.rows() - g.runs()[0].offset);
+            assert!(winograd::fits(n_k, c_in, c_out, m) && winograd::fits(n_k, c_out, c_in, rows_out));
+            let x = random(b * 64 * c_in, &mut rng);
+            let scale = 1.0 / ((n_k * c_in) as f64).sqrt();
+            let w: Vec<f64> = random(c_out * c_in * n_k, &mut rng).iter().map(|v| v * scale).collect();
+            let bias = random(c_out, &mut rng);
+            let err = forward(&x, &w, &bias, &g)
+                .iter()
+                .zip(&naive(&x, &w, &bias, &g))
+                .map(|(p, q)| (p - q).abs())
+                .fold(0.0, f64::max);
+            assert!(err < 1e-11, "{g:?}: forward max err {err}");
+            let go = random(b * 64 * c_out, &mut rng);
+            let (gx, gw, _) = backward(&x, &w, &go, &g, true);
+            let lhs = dot(&go, &naive(&x, &w, &vec![0.0; c_out], &g));
+            assert!((lhs - dot(&gx, &x)).abs() < 1e-9 * lhs.abs().max(1.0), "{g:?}: grad x");
+            assert!((lhs - dot(&gw, &w)).abs() < 1e-9 * lhs.abs().max(1.0), "{g:?}: grad w");
         }
     }
 

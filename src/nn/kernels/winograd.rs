@@ -1,0 +1,443 @@
+//! Winograd's minimal filtering F(2, n) for a run of n consecutive taps: two output rows from α = n + 1
+//! matrix products of half the rows instead of n products of all of them, so a run of 7 taps costs 8/14 of
+//! the multiply-adds (the seed net's 256-channel layers: its forward and input gradient, 4/7 of the work).
+//!
+//! With the run's taps W_0 … W_{n−1} (`[C_in, C_out]` each) and input rows d_r, output row r is
+//! `y_r = Σ_j d_{r+j} · W_j`. Toom–Cook at the points 0, 1, −1, 2, −2, ½, −½ and ∞ (the first n of them
+//! and ∞), written as Lavin & Gray (2016) do, gives for the pair of rows (2t, 2t + 1):
+//! `(y_2t, y_2t+1) = Aᵀ [ (Bᵀ d)_i · V_i ]_i` with `V_i = Σ_k G_ik W_k` (the kernel transformed once) and
+//! `(Bᵀ d)_i = Σ_j Bᵀ_ij d_{2t+j}` (a few additions per tile): one product `U_i · V_i` per point, over the tiles.
+//! `G` and `Aᵀ` evaluate polynomials at the points, `Bᵀ` inverts the evaluation (computed here in f64).
+//!
+//! The rounding differs from the direct products (f32: within ≈ 10⁻⁵ of the exact values for the seed
+//! net's layers, about six times the direct products' error), so it is used only where it pays: runs of
+//! 4–7 taps between layers of at least [`MIN_CHANNELS`] channels. Tiles are processed in blocks of a fixed
+//! size that depends on the number of rows only, each block by one task, so results do not depend on the
+//! number of threads.
+
+use std::mem::MaybeUninit;
+
+use candle_core::WithDType;
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+/// The finite interpolation points, in the order they are taken (∞ comes last).
+const POINTS: [f64; 7] = [0.0, 1.0, -1.0, 2.0, -2.0, 0.5, -0.5];
+
+/// Runs of these lengths use F(2, n).
+pub const RUN_LENGTHS: std::ops::RangeInclusive<usize> = 4..=7;
+
+/// Channels below which (on either side) the direct products are used. Only the seed net's 256 channels were
+/// measured; narrower layers (the 64-channel ARM priors of the latent models) keep the direct products, and
+/// with them the bits of their published figures.
+pub const MIN_CHANNELS: usize = 128;
+
+/// Output rows below which the direct products are used: the kernel's transform (α·n multiply-adds per
+/// weight, each call) and the smaller products cost more than the saved arithmetic. Measured on the seed
+/// net's forward pass (rows = batch × 70): level at batch 16 (1,120 rows, 5 % faster), 15–20 % faster from
+/// batch 32 on, slower at batch 1–4.
+pub const MIN_ROWS: usize = 1024;
+
+/// Tiles (pairs of output rows) per task: a block's transformed input and products (48 rows of 256
+/// channels: 48 KiB each) and its output rows stay in one core's L2 cache (48, 64, 96, 144 and 240 measured
+/// on the seed net's forward pass at batch 64: 48 the fastest, by a few per cent).
+const TILES: usize = 48;
+
+/// Whether a run of `n` taps between `c_in` and `c_out` channels over `m` output rows takes F(2, n).
+pub fn fits(n: usize, c_in: usize, c_out: usize, m: usize) -> bool {
+    RUN_LENGTHS.contains(&n) && c_in >= MIN_CHANNELS && c_out >= MIN_CHANNELS && m >= MIN_ROWS
+}
+
+/// The three transforms of F(2, n), in f64.
+#[derive(Debug, Clone)]
+pub struct Transforms {
+    n: usize,
+    /// `[α][n]`: V_i = Σ_k g[i][k] W_k.
+    g: Vec<Vec<f64>>,
+    /// `[α][α]`: U_i = Σ_j bt[i][j] d_j.
+    bt: Vec<Vec<f64>>,
+    /// `[2][α]`: y_o = Σ_i at[o][i] M_i.
+    at: [Vec<f64>; 2],
+}
+
+impl Transforms {
+    pub fn new(n: usize) -> Self {
+        assert!(RUN_LENGTHS.contains(&n), "F(2, {n}) is not provided");
+        let alpha = n + 1;
+        // Row i of the evaluation of a polynomial with `len` coefficients: the powers of point i, or for ∞
+        // (the last point) its leading coefficient.
+        let eval = |len: usize, i: usize| -> Vec<f64> {
+            if i == alpha - 1 {
+                (0..len).map(|k| if k == len - 1 { 1.0 } else { 0.0 }).collect()
+            } else {
+                (0..len).map(|k| POINTS[i].powi(k as i32)).collect()
+            }
+        };
+        let v: Vec<Vec<f64>> = (0..alpha).map(|i| eval(alpha, i)).collect();
+        let inv = invert(v);
+        Self {
+            n,
+            g: (0..alpha).map(|i| eval(n, i)).collect(),
+            bt: (0..alpha).map(|i| (0..alpha).map(|j| inv[j][i]).collect()).collect(),
+            at: [0, 1].map(|o| (0..alpha).map(|i| eval(2, i)[o]).collect()),
+        }
+    }
+
+    fn alpha(&self) -> usize {
+        self.n + 1
+    }
+
+    /// The kernel transformed: `taps` holds the run's n matrices of `block` numbers each (`[C_in, C_out]`,
+    /// one after another); returns α matrices `V_i = Σ_k G_ik W_k` laid out the same way. In parallel over
+    /// chunks of the matrices' elements, each task reading its chunk of every tap once.
+    pub fn kernel<T: WithDType>(&self, taps: &[T], block: usize) -> Vec<T> {
+        let alpha = self.alpha();
+        assert_eq!(taps.len(), self.n * block);
+        let g: Vec<Vec<T>> = self
+            .g
+            .iter()
+            .map(|row| row.iter().map(|&c| T::from_f64(c)).collect())
+            .collect();
+        // Span by span of the matrices' elements (in parallel): the span of every tap is read into cache once
+        // and gives the span of all α results.
+        let mut out = Vec::<T>::with_capacity(alpha * block);
+        let job = KernelJob {
+            taps,
+            block,
+            g,
+            dst: super::shifted_conv::SharedMut(out.as_mut_ptr()),
+        };
+        // SAFETY: the spans are disjoint and inside `out`'s capacity.
+        unsafe { run_tasks(&job, block.div_ceil(SPAN), alpha * block >= super::PAR_MIN) };
+        // SAFETY: the spans cover every element of every matrix, each written by its task.
+        unsafe { out.set_len(alpha * block) };
+        out
+    }
+
+    /// `dst[r] (+)= Σ_{j<n} src[r + j] · W_j` for rows r < m, with `v` = [`Self::kernel`] of the W_j
+    /// (`[C_in, C_out]` each). `src` holds rows of `c_in` numbers, at least m + n − 1 of them (rows past its
+    /// end read as zero); `dst` rows of `c_out`, written without being read unless `accumulate`.
+    ///
+    /// # Safety
+    /// `dst` points to at least `m · c_out` elements, initialised if `accumulate`, that nothing else touches
+    /// during the call.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn correlate<T: WithDType>(
+        &self,
+        src: &[T],
+        c_in: usize,
+        v: &[T],
+        c_out: usize,
+        m: usize,
+        dst: *mut T,
+        accumulate: bool,
+    ) {
+        assert_eq!(v.len(), self.alpha() * c_in * c_out);
+        let tiles = m.div_ceil(2);
+        let cast = |row: &Vec<f64>| row.iter().map(|&c| T::from_f64(c)).collect::<Vec<T>>();
+        let job = Job {
+            src,
+            c_in,
+            v,
+            c_out,
+            m,
+            dst: super::shifted_conv::SharedMut(dst),
+            accumulate,
+            bt: self.bt.iter().map(cast).collect(),
+            at: [cast(&self.at[0]), cast(&self.at[1])],
+            // A fixed block size for a given m (never the thread count): smaller for small m, so that both
+            // cores get a share.
+            per_task: TILES.min(tiles.div_ceil(2)).max(1),
+        };
+        let blocks = tiles.div_ceil(job.per_task);
+        // SAFETY: each block writes its own rows of dst (the caller's promise covers them).
+        unsafe { run_tasks(&job, blocks, blocks > 1) };
+    }
+}
+
+/// Elements of the kernel's matrices per task of [`Transforms::kernel`].
+const SPAN: usize = 1024;
+
+/// Loops run as numbered tasks, each compiled for the widest SIMD level the CPU has (the codec's dispatch):
+/// each element has its own operations and none is fused, so every level gives the same bits.
+trait Wide: Sync {
+    /// # Safety
+    /// Task `i` runs once, and the caller's promises for the whole job hold.
+    unsafe fn task(&self, i: usize);
+}
+
+/// Tasks `0..n` of `job`, in parallel if `parallel`.
+///
+/// # Safety
+/// As [`Wide::task`].
+unsafe fn run_tasks<W: Wide>(job: &W, n: usize, parallel: bool) {
+    use crate::nn::exact::{simd_level, Simd};
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn avx2<W: Wide>(job: &W, i: usize) {
+        job.task(i)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn avx512<W: Wide>(job: &W, i: usize) {
+        job.task(i)
+    }
+    let level = simd_level();
+    // SAFETY: simd_level() only returns a level the CPU supports; the rest is the caller's promise.
+    let run = |i: usize| unsafe {
+        match level {
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx512 => avx512(job, i),
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx2 => avx2(job, i),
+            _ => job.task(i),
+        }
+    };
+    if parallel && n > 1 {
+        (0..n).into_par_iter().for_each(run);
+    } else {
+        (0..n).for_each(run);
+    }
+}
+
+/// One call of [`Transforms::kernel`].
+struct KernelJob<'a, T> {
+    taps: &'a [T],
+    block: usize,
+    g: Vec<Vec<T>>,
+    dst: super::shifted_conv::SharedMut<T>,
+}
+
+impl<T: WithDType> Wide for KernelJob<'_, T> {
+    /// Span `span` of every matrix.
+    #[inline(always)]
+    unsafe fn task(&self, span: usize) {
+        let e0 = span * SPAN;
+        let len = SPAN.min(self.block - e0);
+        let mut acc = [T::zero(); SPAN];
+        let acc = &mut acc[..len];
+        for (i, gi) in self.g.iter().enumerate() {
+            acc.fill(T::zero());
+            for (k, &c) in gi.iter().enumerate() {
+                for (o, &w) in acc.iter_mut().zip(&self.taps[k * self.block + e0..][..len]) {
+                    *o += c * w;
+                }
+            }
+            // SAFETY: elements (i, e0 .. e0 + len) are inside the result's capacity, written by this task only.
+            unsafe { std::ptr::copy_nonoverlapping(acc.as_ptr(), self.dst.at(i * self.block + e0), len) };
+        }
+    }
+}
+
+/// One call of [`Transforms::correlate`], shared by its tasks.
+struct Job<'a, T> {
+    src: &'a [T],
+    c_in: usize,
+    v: &'a [T],
+    c_out: usize,
+    m: usize,
+    dst: super::shifted_conv::SharedMut<T>,
+    accumulate: bool,
+    bt: Vec<Vec<T>>,
+    at: [Vec<T>; 2],
+    per_task: usize,
+}
+
+impl<T: WithDType> Wide for Job<'_, T> {
+    /// Block `b` of the tiles.
+    ///
+    /// # Safety
+    /// As [`Transforms::correlate`]; no other task runs block `b`.
+    #[inline(always)]
+    unsafe fn task(&self, b: usize) {
+        let (c_in, c_out, src) = (self.c_in, self.c_out, self.src);
+        let t0 = b * self.per_task;
+        let p = self.per_task.min(self.m.div_ceil(2) - t0);
+        let mut u = vec![T::zero(); p * c_in];
+        let mut prod = Vec::<T>::with_capacity(p * c_out);
+        for (i, bt) in self.bt.iter().enumerate() {
+            // U_i for the block's tiles: tile t reads rows 2t .. 2t + α.
+            for (t, row) in u.chunks_exact_mut(c_in).enumerate() {
+                row.fill(T::zero());
+                let base = 2 * (t0 + t);
+                for (j, &c) in bt.iter().enumerate() {
+                    let r = base + j;
+                    if c == T::zero() || (r + 1) * c_in > src.len() {
+                        continue;
+                    }
+                    for (o, &s) in row.iter_mut().zip(&src[r * c_in..(r + 1) * c_in]) {
+                        *o += c * s;
+                    }
+                }
+            }
+            // M_i = U_i · V_i, on this task's core.
+            // SAFETY: u is p×c_in, V_i c_in×c_out inside v, prod has room for p×c_out, all row-major; the
+            // product writes every element of prod without reading it.
+            unsafe {
+                gemm::gemm(
+                    p,
+                    c_out,
+                    c_in,
+                    prod.as_mut_ptr(),
+                    1,
+                    c_out as isize,
+                    false,
+                    u.as_ptr(),
+                    1,
+                    c_in as isize,
+                    self.v[i * c_in * c_out..].as_ptr(),
+                    1,
+                    c_out as isize,
+                    T::zero(),
+                    T::one(),
+                    false,
+                    false,
+                    false,
+                    Parallelism::None,
+                );
+                prod.set_len(p * c_out);
+            }
+            // The two output rows of each tile take their shares of M_i.
+            let first = i == 0 && !self.accumulate;
+            for (t, mrow) in prod.chunks_exact(c_out).enumerate() {
+                for (o, at) in self.at.iter().enumerate() {
+                    let r = 2 * (t0 + t) + o;
+                    if r >= self.m {
+                        continue;
+                    }
+                    let a = at[i];
+                    // SAFETY: row r < m lies inside dst and belongs to this block alone; unless `first` it
+                    // was written before (by the caller or the first point).
+                    let out = self.dst.at(r * c_out) as *mut MaybeUninit<T>;
+                    let out = unsafe { std::slice::from_raw_parts_mut(out, c_out) };
+                    if first {
+                        for (o, &mv) in out.iter_mut().zip(mrow) {
+                            o.write(a * mv);
+                        }
+                    } else {
+                        // SAFETY: written before, see above.
+                        let out = unsafe { out.assume_init_mut() };
+                        for (o, &mv) in out.iter_mut().zip(mrow) {
+                            *o += a * mv;
+                        }
+                    }
+                }
+            }
+            prod.clear();
+        }
+    }
+}
+
+/// The inverse of a small well-conditioned matrix, by Gauss–Jordan elimination with partial pivoting.
+fn invert(mut a: Vec<Vec<f64>>) -> Vec<Vec<f64>> {
+    let n = a.len();
+    let mut inv: Vec<Vec<f64>> = (0..n)
+        .map(|i| (0..n).map(|j| f64::from(u8::from(i == j))).collect())
+        .collect();
+    for col in 0..n {
+        let pivot = (col..n)
+            .max_by(|&x, &y| a[x][col].abs().total_cmp(&a[y][col].abs()))
+            .expect("a non-empty column");
+        a.swap(col, pivot);
+        inv.swap(col, pivot);
+        let d = a[col][col];
+        for j in 0..n {
+            a[col][j] /= d;
+            inv[col][j] /= d;
+        }
+        for r in 0..n {
+            if r != col {
+                let f = a[r][col];
+                if f != 0.0 {
+                    for j in 0..n {
+                        a[r][j] -= f * a[col][j];
+                        inv[r][j] -= f * inv[col][j];
+                    }
+                }
+            }
+        }
+    }
+    inv
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// F(2, n) on scalars reproduces the direct sums: y_o = Σ_k d_{o+k} g_k, for every n provided.
+    #[test]
+    fn transforms_compute_two_outputs_of_the_filter() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        for n in RUN_LENGTHS {
+            let tf = Transforms::new(n);
+            let alpha = n + 1;
+            let g: Vec<f64> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let d: Vec<f64> = (0..alpha).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let gt: Vec<f64> = (0..alpha).map(|i| (0..n).map(|k| tf.g[i][k] * g[k]).sum()).collect();
+            let dt: Vec<f64> = (0..alpha)
+                .map(|i| (0..alpha).map(|j| tf.bt[i][j] * d[j]).sum())
+                .collect();
+            for o in 0..2 {
+                let y: f64 = (0..alpha).map(|i| tf.at[o][i] * gt[i] * dt[i]).sum();
+                let direct: f64 = (0..n).map(|k| d[o + k] * g[k]).sum();
+                assert!((y - direct).abs() < 1e-12, "F(2, {n}) output {o}: {y} vs {direct}");
+            }
+        }
+    }
+
+    /// The blocked, parallel correlation against a naive loop in f64 (exact up to rounding) and f32 (within
+    /// the stated 10⁻⁵ scale), odd and even m, small and multi-block, written and accumulated.
+    #[test]
+    fn correlate_matches_the_naive_sum() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        for &(n, c_in, c_out, m) in &[
+            (7usize, 128usize, 130usize, 9usize),
+            (5, 131, 128, 400),
+            (7, 128, 128, 250),
+        ] {
+            let tf = Transforms::new(n);
+            let src: Vec<f64> = (0..(m + n - 1) * c_in).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let scale = 1.0 / ((n * c_in) as f64).sqrt();
+            let taps: Vec<f64> = (0..n * c_in * c_out).map(|_| rng.random_range(-scale..scale)).collect();
+            let old: Vec<f64> = (0..m * c_out).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let mut want = vec![0.0; m * c_out];
+            for r in 0..m {
+                for j in 0..n {
+                    for ci in 0..c_in {
+                        let s = src[(r + j) * c_in + ci];
+                        for co in 0..c_out {
+                            want[r * c_out + co] += s * taps[(j * c_in + ci) * c_out + co];
+                        }
+                    }
+                }
+            }
+            let v = tf.kernel(&taps, c_in * c_out);
+            let mut got = vec![f64::NAN; m * c_out];
+            unsafe { tf.correlate(&src, c_in, &v, c_out, m, got.as_mut_ptr(), false) };
+            let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+            assert!(err < 1e-12, "f64, n {n}, m {m}: {err}");
+            let mut acc = old.clone();
+            unsafe { tf.correlate(&src, c_in, &v, c_out, m, acc.as_mut_ptr(), true) };
+            let err = acc
+                .iter()
+                .zip(old.iter().zip(&want))
+                .map(|(a, (o, w))| (a - o - w).abs())
+                .fold(0.0, f64::max);
+            assert!(err < 1e-12, "f64 accumulated, n {n}, m {m}: {err}");
+            let (src32, taps32): (Vec<f32>, Vec<f32>) = (
+                src.iter().map(|&x| x as f32).collect(),
+                taps.iter().map(|&x| x as f32).collect(),
+            );
+            let v32 = tf.kernel(&taps32, c_in * c_out);
+            let mut got32 = vec![f32::NAN; m * c_out];
+            unsafe { tf.correlate(&src32, c_in, &v32, c_out, m, got32.as_mut_ptr(), false) };
+            let err = got32
+                .iter()
+                .zip(&want)
+                .map(|(&a, b)| (a as f64 - b).abs())
+                .fold(0.0, f64::max);
+            assert!(err < 3e-5, "f32, n {n}, m {m}: {err}");
+        }
+    }
+}
