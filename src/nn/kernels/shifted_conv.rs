@@ -509,20 +509,30 @@ fn backward_on_worker<T: WithDType>(
     }
     for (i, run) in runs.into_iter().enumerate() {
         let x_run = xpad[run.offset * c_in..].as_ptr();
+        let block = c_in * c_out;
+        let wino = winograd::fits(run.n, c_in, c_out, m);
+        if wino {
+            // grad W for the run by F(2, n) (see winograd.rs), into its contiguous block.
+            let tf = Transforms::new(run.n);
+            let gw = tf.weight_gradient(&xpad[run.offset * c_in..], c_in, gfull, c_out, m);
+            gw_packed[run.k0 * block..][..run.n * block].copy_from_slice(&gw);
+        }
         // SAFETY (all three products): the overlapping views stay inside xpad and gpad (m + offset + n − 1 ≤
         // rows; `front` ≥ n − 1 zero rows precede gfull), and every destination block lies inside its buffer.
         unsafe {
             // grad W for the run, [(j, ci), co] = (overlapping view of xpad)ᵀ · G: one contiguous block.
-            matmul(
-                (run.n * c_in, c_out, m),
-                gw_packed[run.k0 * c_in * c_out..].as_mut_ptr(),
-                (c_out, 1),
-                false,
-                x_run,
-                (1, c_in),
-                gfull.as_ptr(),
-                (c_out, 1),
-            );
+            if !wino {
+                matmul(
+                    (run.n * c_in, c_out, m),
+                    gw_packed[run.k0 * c_in * c_out..].as_mut_ptr(),
+                    (c_out, 1),
+                    false,
+                    x_run,
+                    (1, c_in),
+                    gfull.as_ptr(),
+                    (c_out, 1),
+                );
+            }
             if need_gx {
                 // grad xpad[s] += Σ_j G[s − offset − j]·W_jᵀ: a product over the overlapping view of G
                 // (with n−1 zero rows in front) and the run's weights in reverse order — by F(2, n) where

@@ -1,6 +1,8 @@
 //! Winograd's minimal filtering F(2, n) for a run of n consecutive taps: two output rows from α = n + 1
 //! matrix products of half the rows instead of n products of all of them, so a run of 7 taps costs 8/14 of
-//! the multiply-adds (the seed net's 256-channel layers: its forward and input gradient, 4/7 of the work).
+//! the multiply-adds — for the forward pass, the input gradient (the same correlation with the kernel
+//! reversed) and the weight gradient (its transpose, [`Transforms::weight_gradient`]): the seed net's
+//! 256-channel layers.
 //!
 //! With the run's taps W_0 … W_{n−1} (`[C_in, C_out]` each) and input rows d_r, output row r is
 //! `y_r = Σ_j d_{r+j} · W_j`. Toom–Cook at the points 0, 1, −1, 2, −2, ½, −½ and ∞ (the first n of them
@@ -91,27 +93,37 @@ impl Transforms {
     /// one after another); returns α matrices `V_i = Σ_k G_ik W_k` laid out the same way. In parallel over
     /// chunks of the matrices' elements, each task reading its chunk of every tap once.
     pub fn kernel<T: WithDType>(&self, taps: &[T], block: usize) -> Vec<T> {
-        let alpha = self.alpha();
-        assert_eq!(taps.len(), self.n * block);
-        let g: Vec<Vec<T>> = self
-            .g
-            .iter()
-            .map(|row| row.iter().map(|&c| T::from_f64(c)).collect())
-            .collect();
-        // Span by span of the matrices' elements (in parallel): the span of every tap is read into cache once
-        // and gives the span of all α results.
-        let mut out = Vec::<T>::with_capacity(alpha * block);
-        let job = KernelJob {
-            taps,
-            block,
-            g,
-            dst: super::shifted_conv::SharedMut(out.as_mut_ptr()),
+        combine(&self.g, taps, block)
+    }
+
+    /// The run's weight gradient `Σ_{r<m} src[r + j]ᵀ · gy[r]` for j < n, as n matrices `[C_in, C_out]` one
+    /// after another: with `L = Σ_r gy_r · y_r` and y by F(2, n), `∂L/∂W_k = Σ_i G_ik P_i` where
+    /// `P_i = Σ_t (Bᵀ d)_{i,t}ᵀ · (Σ_o Aᵀ_oi gy_{2t+o})` — α products of C_in × C_out over the tiles instead of
+    /// n over the rows. `src` holds rows of `c_in` numbers (at least m + n − 1; rows past its end read as zero),
+    /// `gy` at least m rows of `c_out` (rows from m on are not read). Each P_i is summed over the tiles in a
+    /// fixed order by one task (the points in parallel), so the result does not depend on the thread count.
+    pub fn weight_gradient<T: WithDType>(&self, src: &[T], c_in: usize, gy: &[T], c_out: usize, m: usize) -> Vec<T> {
+        let (alpha, block) = (self.alpha(), c_in * c_out);
+        let cast = |row: &Vec<f64>| row.iter().map(|&c| T::from_f64(c)).collect::<Vec<T>>();
+        let mut p = Vec::<T>::with_capacity(alpha * block);
+        let job = GradJob {
+            src,
+            c_in,
+            gy,
+            c_out,
+            m,
+            bt: self.bt.iter().map(cast).collect(),
+            at: [cast(&self.at[0]), cast(&self.at[1])],
+            dst: super::shifted_conv::SharedMut(p.as_mut_ptr()),
         };
-        // SAFETY: the spans are disjoint and inside `out`'s capacity.
-        unsafe { run_tasks(&job, block.div_ceil(SPAN), alpha * block >= super::PAR_MIN) };
-        // SAFETY: the spans cover every element of every matrix, each written by its task.
-        unsafe { out.set_len(alpha * block) };
-        out
+        // SAFETY: task i writes P_i, inside `p`'s capacity, alone.
+        unsafe { run_tasks(&job, alpha, true) };
+        // SAFETY: every P_i was written by its task.
+        unsafe { p.set_len(alpha * block) };
+        let gt: Vec<Vec<f64>> = (0..self.n)
+            .map(|k| (0..alpha).map(|i| self.g[i][k]).collect())
+            .collect();
+        combine(&gt, &p, block)
     }
 
     /// `dst[r] (+)= Σ_{j<n} src[r + j] · W_j` for rows r < m, with `v` = [`Self::kernel`] of the W_j
@@ -200,31 +212,138 @@ unsafe fn run_tasks<W: Wide>(job: &W, n: usize, parallel: bool) {
     }
 }
 
-/// One call of [`Transforms::kernel`].
-struct KernelJob<'a, T> {
-    taps: &'a [T],
+/// `out_r = Σ_k coef[r][k] · blocks_k` for the matrices `blocks_k` of `block` numbers each (one after
+/// another), in parallel over spans of their elements: the span of every input is read into cache once and
+/// gives the span of every result.
+fn combine<T: WithDType>(coef: &[Vec<f64>], blocks: &[T], block: usize) -> Vec<T> {
+    let n_out = coef.len();
+    assert!(coef.iter().all(|row| blocks.len() == row.len() * block));
+    let mut out = Vec::<T>::with_capacity(n_out * block);
+    let job = Combine {
+        blocks,
+        block,
+        coef: coef
+            .iter()
+            .map(|row| row.iter().map(|&c| T::from_f64(c)).collect())
+            .collect(),
+        dst: super::shifted_conv::SharedMut(out.as_mut_ptr()),
+    };
+    // SAFETY: the spans are disjoint and inside `out`'s capacity.
+    unsafe { run_tasks(&job, block.div_ceil(SPAN), n_out * block >= super::PAR_MIN) };
+    // SAFETY: the spans cover every element of every result, each written by its task.
+    unsafe { out.set_len(n_out * block) };
+    out
+}
+
+/// One call of [`combine`].
+struct Combine<'a, T> {
+    blocks: &'a [T],
     block: usize,
-    g: Vec<Vec<T>>,
+    coef: Vec<Vec<T>>,
     dst: super::shifted_conv::SharedMut<T>,
 }
 
-impl<T: WithDType> Wide for KernelJob<'_, T> {
-    /// Span `span` of every matrix.
+impl<T: WithDType> Wide for Combine<'_, T> {
+    /// Span `span` of every result.
     #[inline(always)]
     unsafe fn task(&self, span: usize) {
         let e0 = span * SPAN;
         let len = SPAN.min(self.block - e0);
         let mut acc = [T::zero(); SPAN];
         let acc = &mut acc[..len];
-        for (i, gi) in self.g.iter().enumerate() {
+        for (r, row) in self.coef.iter().enumerate() {
             acc.fill(T::zero());
-            for (k, &c) in gi.iter().enumerate() {
-                for (o, &w) in acc.iter_mut().zip(&self.taps[k * self.block + e0..][..len]) {
+            for (k, &c) in row.iter().enumerate() {
+                if c == T::zero() {
+                    continue;
+                }
+                for (o, &w) in acc.iter_mut().zip(&self.blocks[k * self.block + e0..][..len]) {
                     *o += c * w;
                 }
             }
-            // SAFETY: elements (i, e0 .. e0 + len) are inside the result's capacity, written by this task only.
-            unsafe { std::ptr::copy_nonoverlapping(acc.as_ptr(), self.dst.at(i * self.block + e0), len) };
+            // SAFETY: elements (r, e0 .. e0 + len) are inside the result's capacity, written by this task only.
+            unsafe { std::ptr::copy_nonoverlapping(acc.as_ptr(), self.dst.at(r * self.block + e0), len) };
+        }
+    }
+}
+
+/// Tiles per product of [`Transforms::weight_gradient`]: the chunk's transformed input and gradient
+/// (256 rows of 256 channels: 256 KiB each) stay in cache beside the task's P_i.
+const GRAD_TILES: usize = 256;
+
+/// One call of [`Transforms::weight_gradient`].
+struct GradJob<'a, T> {
+    src: &'a [T],
+    c_in: usize,
+    gy: &'a [T],
+    c_out: usize,
+    m: usize,
+    bt: Vec<Vec<T>>,
+    at: [Vec<T>; 2],
+    dst: super::shifted_conv::SharedMut<T>,
+}
+
+impl<T: WithDType> Wide for GradJob<'_, T> {
+    /// P_i for point `i`, chunk by chunk of the tiles in order.
+    #[inline(always)]
+    unsafe fn task(&self, i: usize) {
+        let (c_in, c_out, src, gy) = (self.c_in, self.c_out, self.src, self.gy);
+        let tiles = self.m.div_ceil(2);
+        let mut u = vec![T::zero(); GRAD_TILES.min(tiles) * c_in];
+        let mut z = vec![T::zero(); GRAD_TILES.min(tiles) * c_out];
+        for (chunk, t0) in (0..tiles).step_by(GRAD_TILES).enumerate() {
+            let ct = GRAD_TILES.min(tiles - t0);
+            for (t, row) in u[..ct * c_in].chunks_exact_mut(c_in).enumerate() {
+                row.fill(T::zero());
+                let base = 2 * (t0 + t);
+                for (j, &c) in self.bt[i].iter().enumerate() {
+                    let r = base + j;
+                    if c == T::zero() || (r + 1) * c_in > src.len() {
+                        continue;
+                    }
+                    for (o, &s) in row.iter_mut().zip(&src[r * c_in..(r + 1) * c_in]) {
+                        *o += c * s;
+                    }
+                }
+            }
+            for (t, row) in z[..ct * c_out].chunks_exact_mut(c_out).enumerate() {
+                row.fill(T::zero());
+                for (o, at) in self.at.iter().enumerate() {
+                    let r = 2 * (t0 + t) + o;
+                    if at[i] == T::zero() || r >= self.m {
+                        continue;
+                    }
+                    for (d, &g) in row.iter_mut().zip(&gy[r * c_out..(r + 1) * c_out]) {
+                        *d += at[i] * g;
+                    }
+                }
+            }
+            // P_i (+)= Uᵀ · Z over the chunk's tiles, on this task's core.
+            // SAFETY: P_i is c_in×c_out inside the result's capacity, this task's alone; u is ct×c_in (read
+            // transposed: row stride 1, column stride c_in), z ct×c_out; the first chunk writes P_i unread.
+            unsafe {
+                gemm::gemm(
+                    c_in,
+                    c_out,
+                    ct,
+                    self.dst.at(i * c_in * c_out),
+                    1,
+                    c_out as isize,
+                    chunk > 0,
+                    u.as_ptr(),
+                    c_in as isize,
+                    1,
+                    z.as_ptr(),
+                    1,
+                    c_out as isize,
+                    T::one(),
+                    T::one(),
+                    false,
+                    false,
+                    false,
+                    Parallelism::None,
+                );
+            }
         }
     }
 }
@@ -383,6 +502,45 @@ mod tests {
                 let direct: f64 = (0..n).map(|k| d[o + k] * g[k]).sum();
                 assert!((y - direct).abs() < 1e-12, "F(2, {n}) output {o}: {y} vs {direct}");
             }
+        }
+    }
+
+    /// The weight gradient against the naive sum over rows, f64 and f32, odd m over several chunks of tiles.
+    #[test]
+    fn weight_gradient_matches_the_naive_sum() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        for &(n, c_in, c_out, m) in &[(7usize, 128usize, 130usize, 601usize), (4, 129, 128, 40)] {
+            let tf = Transforms::new(n);
+            let src: Vec<f64> = (0..(m + n - 1) * c_in).map(|_| rng.random_range(-1.0..1.0)).collect();
+            // Rows from m on must not be read: NaN there would show.
+            let mut gy: Vec<f64> = (0..(m + 3) * c_out).map(|_| rng.random_range(-1.0..1.0)).collect();
+            gy[m * c_out..].fill(f64::NAN);
+            let mut want = vec![0.0; n * c_in * c_out];
+            for j in 0..n {
+                for r in 0..m {
+                    for ci in 0..c_in {
+                        let s = src[(r + j) * c_in + ci];
+                        for co in 0..c_out {
+                            want[(j * c_in + ci) * c_out + co] += s * gy[r * c_out + co];
+                        }
+                    }
+                }
+            }
+            let got = tf.weight_gradient(&src, c_in, &gy, c_out, m);
+            let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+            assert!(err < 1e-10, "f64, n {n}, m {m}: {err}");
+            let (src32, gy32): (Vec<f32>, Vec<f32>) = (
+                src.iter().map(|&x| x as f32).collect(),
+                gy.iter().map(|&x| x as f32).collect(),
+            );
+            let got32 = tf.weight_gradient(&src32, c_in, &gy32, c_out, m);
+            let scale = (m as f64).sqrt();
+            let err = got32
+                .iter()
+                .zip(&want)
+                .map(|(&a, b)| (a as f64 - b).abs())
+                .fold(0.0, f64::max);
+            assert!(err < 3e-5 * scale, "f32, n {n}, m {m}: {err} (sums of size ≈ {scale})");
         }
     }
 
