@@ -32,7 +32,15 @@ impl CustomOp1 for LeakyRelu {
         };
         fn run<T: WithDType>(x: &[T], slope: f64) -> Vec<T> {
             let s = T::from_f64(slope);
-            map(x, |v| if v > T::zero() { v } else { v * s })
+            // Both sides computed, then chosen: a select, not a branch on the sign (see shifted_conv's output pass).
+            map(x, |v| {
+                let scaled = v * s;
+                if v > T::zero() {
+                    v
+                } else {
+                    scaled
+                }
+            })
         }
         let out = match s {
             CpuStorage::F32(v) => CpuStorage::F32(run(&v[start..end], self.slope)),
@@ -61,7 +69,8 @@ pub(crate) fn leaky_relu_backward(x: &Tensor, grad: &Tensor, slope: f64) -> Resu
             with_slice::<T, _>(g, |gs| {
                 par_build(xs.len(), CHUNK, |i, o| {
                     for ((o, &x), &g) in o.iter_mut().zip(&xs[i * CHUNK..]).zip(&gs[i * CHUNK..]) {
-                        *o = if x > T::zero() { g } else { g * s };
+                        let scaled = g * s;
+                        *o = if x > T::zero() { g } else { scaled };
                     }
                 })
             })
