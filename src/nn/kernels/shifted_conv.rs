@@ -146,9 +146,37 @@ fn parallelism(flops: usize) -> Parallelism {
     }
 }
 
-/// `dst[m×n] (+)= lhs[m×k] · rhs[k×n]`, every operand given by (pointer, row stride, column stride).
+/// `dst[m×n] (+)= lhs[m×k] · rhs[k×n]`, every operand given by (pointer, row stride, column stride); split
+/// across the threads when it is large enough to pay.
 #[allow(clippy::too_many_arguments)]
 unsafe fn matmul<T: 'static + WithDType>(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut T,
+    dst_strides: (usize, usize),
+    accumulate: bool,
+    lhs: *const T,
+    lhs_strides: (usize, usize),
+    rhs: *const T,
+    rhs_strides: (usize, usize),
+) {
+    let par = parallelism(2 * m * n * k);
+    matmul_on(
+        par,
+        (m, n, k),
+        dst,
+        dst_strides,
+        accumulate,
+        lhs,
+        lhs_strides,
+        rhs,
+        rhs_strides,
+    )
+}
+
+/// [`matmul`] with the parallelism given (`Parallelism::None`: on the calling thread).
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn matmul_on<T: 'static + WithDType>(
+    par: Parallelism,
     (m, n, k): (usize, usize, usize),
     dst: *mut T,
     (dst_rs, dst_cs): (usize, usize),
@@ -177,7 +205,7 @@ unsafe fn matmul<T: 'static + WithDType>(
         false,
         false,
         false,
-        parallelism(2 * m * n * k),
+        par,
     )
 }
 
@@ -1036,7 +1064,6 @@ mod tests {
     #[test]
     fn kernels_reaching_across_row_ends_match_the_naive_loop() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
-        let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(p, q)| p * q).sum::<f64>();
         let asymmetric = TapPlan {
             taps: (0..2)
                 .flat_map(|dy| (0..4).map(move |dx| Tap { dy, dx, k: dy * 4 + dx }))
@@ -1067,19 +1094,25 @@ mod tests {
             let x = random(b * h * w * 2, &mut rng);
             let wt = random(3 * 2 * n_k, &mut rng);
             let bias = random(3, &mut rng);
-            let err = forward(&x, &wt, &bias, &g)
-                .iter()
-                .zip(&naive(&x, &wt, &bias, &g))
-                .map(|(p, q)| (p - q).abs())
-                .fold(0.0, f64::max);
-            assert!(err < 1e-12, "{g:?}: forward max err {err}");
             let go = random(b * h * w * 3, &mut rng);
-            let (gx, gw, _) = backward(&x, &wt, &go, &g, true);
-            let zero = vec![0.0; 3];
-            let lhs = dot(&go, &naive(&x, &wt, &zero, &g));
-            assert!((lhs - dot(&gx, &x)).abs() < 1e-9 * lhs.abs().max(1.0), "{g:?}: grad x");
-            assert!((lhs - dot(&gw, &wt)).abs() < 1e-9 * lhs.abs().max(1.0), "{g:?}: grad w");
+            check_forward_and_adjoint(&g, (&x, &wt, &bias), &go, 1e-12);
         }
+    }
+
+    /// The forward pass against the naive loop (max error below `tol`), and the backward as its adjoint:
+    /// <go, f(x; w)> = <∂x, x> = <∂w, w> for the linear map (relative 1e-9).
+    fn check_forward_and_adjoint(g: &Geometry, (x, w, bias): (&[f64], &[f64], &[f64]), go: &[f64], tol: f64) {
+        let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(p, q)| p * q).sum::<f64>();
+        let err = forward(x, w, bias, g)
+            .iter()
+            .zip(&naive(x, w, bias, g))
+            .map(|(p, q)| (p - q).abs())
+            .fold(0.0, f64::max);
+        assert!(err < tol, "{g:?}: forward max err {err}");
+        let (gx, gw, _) = backward(x, w, go, g, true);
+        let lhs = dot(go, &naive(x, w, &vec![0.0; g.c_out], g));
+        assert!((lhs - dot(&gx, x)).abs() < 1e-9 * lhs.abs().max(1.0), "{g:?}: grad x");
+        assert!((lhs - dot(&gw, w)).abs() < 1e-9 * lhs.abs().max(1.0), "{g:?}: grad w");
     }
 
     /// Runs of 4–7 taps between wide layers over many rows take F(2, n) (winograd.rs), forward and input
@@ -1088,7 +1121,6 @@ mod tests {
     #[test]
     fn winograd_path_matches_the_naive_loop_and_its_adjoint() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(13);
-        let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(p, q)| p * q).sum::<f64>();
         for (b, n_k, c_in, c_out) in [(16, 7, 128, 130), (21, 5, 129, 128)] {
             let g = Geometry {
                 b,
@@ -1105,17 +1137,8 @@ mod tests {
             let scale = 1.0 / ((n_k * c_in) as f64).sqrt();
             let w: Vec<f64> = random(c_out * c_in * n_k, &mut rng).iter().map(|v| v * scale).collect();
             let bias = random(c_out, &mut rng);
-            let err = forward(&x, &w, &bias, &g)
-                .iter()
-                .zip(&naive(&x, &w, &bias, &g))
-                .map(|(p, q)| (p - q).abs())
-                .fold(0.0, f64::max);
-            assert!(err < 1e-11, "{g:?}: forward max err {err}");
             let go = random(b * 64 * c_out, &mut rng);
-            let (gx, gw, _) = backward(&x, &w, &go, &g, true);
-            let lhs = dot(&go, &naive(&x, &w, &vec![0.0; c_out], &g));
-            assert!((lhs - dot(&gx, &x)).abs() < 1e-9 * lhs.abs().max(1.0), "{g:?}: grad x");
-            assert!((lhs - dot(&gw, &w)).abs() < 1e-9 * lhs.abs().max(1.0), "{g:?}: grad w");
+            check_forward_and_adjoint(&g, (&x, &w, &bias), &go, 1e-11);
         }
     }
 

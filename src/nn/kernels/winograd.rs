@@ -23,6 +23,8 @@ use candle_core::WithDType;
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use super::shifted_conv::matmul_on;
+
 /// The finite interpolation points, in the order they are taken (∞ comes last).
 const POINTS: [f64; 7] = [0.0, 1.0, -1.0, 2.0, -2.0, 0.5, -0.5];
 
@@ -89,6 +91,15 @@ impl Transforms {
         self.n + 1
     }
 
+    /// Bᵀ and Aᵀ in `T`, for the loops over the tiles.
+    fn input_and_output_in<T: WithDType>(&self) -> (Vec<Vec<T>>, [Vec<T>; 2]) {
+        let cast = |row: &Vec<f64>| row.iter().map(|&c| T::from_f64(c)).collect::<Vec<T>>();
+        (
+            self.bt.iter().map(cast).collect(),
+            [cast(&self.at[0]), cast(&self.at[1])],
+        )
+    }
+
     /// The kernel transformed: `taps` holds the run's n matrices of `block` numbers each (`[C_in, C_out]`,
     /// one after another); returns α matrices `V_i = Σ_k G_ik W_k` laid out the same way. In parallel over
     /// chunks of the matrices' elements, each task reading its chunk of every tap once.
@@ -104,7 +115,7 @@ impl Transforms {
     /// fixed order by one task (the points in parallel), so the result does not depend on the thread count.
     pub fn weight_gradient<T: WithDType>(&self, src: &[T], c_in: usize, gy: &[T], c_out: usize, m: usize) -> Vec<T> {
         let (alpha, block) = (self.alpha(), c_in * c_out);
-        let cast = |row: &Vec<f64>| row.iter().map(|&c| T::from_f64(c)).collect::<Vec<T>>();
+        let (bt, at) = self.input_and_output_in();
         let mut p = Vec::<T>::with_capacity(alpha * block);
         let job = GradJob {
             src,
@@ -112,8 +123,8 @@ impl Transforms {
             gy,
             c_out,
             m,
-            bt: self.bt.iter().map(cast).collect(),
-            at: [cast(&self.at[0]), cast(&self.at[1])],
+            bt,
+            at,
             dst: super::shifted_conv::SharedMut(p.as_mut_ptr()),
         };
         // SAFETY: task i writes P_i, inside `p`'s capacity, alone.
@@ -146,7 +157,7 @@ impl Transforms {
     ) {
         assert_eq!(v.len(), self.alpha() * c_in * c_out);
         let tiles = m.div_ceil(2);
-        let cast = |row: &Vec<f64>| row.iter().map(|&c| T::from_f64(c)).collect::<Vec<T>>();
+        let (bt, at) = self.input_and_output_in();
         let job = Job {
             src,
             c_in,
@@ -155,8 +166,8 @@ impl Transforms {
             m,
             dst: super::shifted_conv::SharedMut(dst),
             accumulate,
-            bt: self.bt.iter().map(cast).collect(),
-            at: [cast(&self.at[0]), cast(&self.at[1])],
+            bt,
+            at,
             // A fixed block size for a given m (never the thread count): smaller for small m, so that both
             // cores get a share.
             per_task: TILES.min(tiles.div_ceil(2)).max(1),
@@ -235,6 +246,25 @@ fn combine<T: WithDType>(coef: &[Vec<f64>], blocks: &[T], block: usize) -> Vec<T
     out
 }
 
+/// Point `bt`'s transform of the input for the tiles t0, t0 + 1, …: row t of `u` (`c_in` numbers) becomes
+/// `Σ_j bt[j] · src[2(t0 + t) + j]`, rows past the end of `src` reading as zero.
+#[inline(always)]
+fn transform_input<T: WithDType>(bt: &[T], src: &[T], c_in: usize, t0: usize, u: &mut [T]) {
+    for (t, row) in u.chunks_exact_mut(c_in).enumerate() {
+        row.fill(T::zero());
+        let base = 2 * (t0 + t);
+        for (j, &c) in bt.iter().enumerate() {
+            let r = base + j;
+            if c == T::zero() || (r + 1) * c_in > src.len() {
+                continue;
+            }
+            for (o, &s) in row.iter_mut().zip(&src[r * c_in..(r + 1) * c_in]) {
+                *o += c * s;
+            }
+        }
+    }
+}
+
 /// One call of [`combine`].
 struct Combine<'a, T> {
     blocks: &'a [T],
@@ -293,19 +323,7 @@ impl<T: WithDType> Wide for GradJob<'_, T> {
         let mut z = vec![T::zero(); GRAD_TILES.min(tiles) * c_out];
         for (chunk, t0) in (0..tiles).step_by(GRAD_TILES).enumerate() {
             let ct = GRAD_TILES.min(tiles - t0);
-            for (t, row) in u[..ct * c_in].chunks_exact_mut(c_in).enumerate() {
-                row.fill(T::zero());
-                let base = 2 * (t0 + t);
-                for (j, &c) in self.bt[i].iter().enumerate() {
-                    let r = base + j;
-                    if c == T::zero() || (r + 1) * c_in > src.len() {
-                        continue;
-                    }
-                    for (o, &s) in row.iter_mut().zip(&src[r * c_in..(r + 1) * c_in]) {
-                        *o += c * s;
-                    }
-                }
-            }
+            transform_input(&self.bt[i], src, c_in, t0, &mut u[..ct * c_in]);
             for (t, row) in z[..ct * c_out].chunks_exact_mut(c_out).enumerate() {
                 row.fill(T::zero());
                 for (o, at) in self.at.iter().enumerate() {
@@ -322,26 +340,16 @@ impl<T: WithDType> Wide for GradJob<'_, T> {
             // SAFETY: P_i is c_in×c_out inside the result's capacity, this task's alone; u is ct×c_in (read
             // transposed: row stride 1, column stride c_in), z ct×c_out; the first chunk writes P_i unread.
             unsafe {
-                gemm::gemm(
-                    c_in,
-                    c_out,
-                    ct,
+                matmul_on(
+                    Parallelism::None,
+                    (c_in, c_out, ct),
                     self.dst.at(i * c_in * c_out),
-                    1,
-                    c_out as isize,
+                    (c_out, 1),
                     chunk > 0,
                     u.as_ptr(),
-                    c_in as isize,
-                    1,
+                    (1, c_in),
                     z.as_ptr(),
-                    1,
-                    c_out as isize,
-                    T::one(),
-                    T::one(),
-                    false,
-                    false,
-                    false,
-                    Parallelism::None,
+                    (c_out, 1),
                 );
             }
         }
@@ -376,43 +384,21 @@ impl<T: WithDType> Wide for Job<'_, T> {
         let mut prod = Vec::<T>::with_capacity(p * c_out);
         for (i, bt) in self.bt.iter().enumerate() {
             // U_i for the block's tiles: tile t reads rows 2t .. 2t + α.
-            for (t, row) in u.chunks_exact_mut(c_in).enumerate() {
-                row.fill(T::zero());
-                let base = 2 * (t0 + t);
-                for (j, &c) in bt.iter().enumerate() {
-                    let r = base + j;
-                    if c == T::zero() || (r + 1) * c_in > src.len() {
-                        continue;
-                    }
-                    for (o, &s) in row.iter_mut().zip(&src[r * c_in..(r + 1) * c_in]) {
-                        *o += c * s;
-                    }
-                }
-            }
+            transform_input(bt, src, c_in, t0, &mut u);
             // M_i = U_i · V_i, on this task's core.
             // SAFETY: u is p×c_in, V_i c_in×c_out inside v, prod has room for p×c_out, all row-major; the
             // product writes every element of prod without reading it.
             unsafe {
-                gemm::gemm(
-                    p,
-                    c_out,
-                    c_in,
+                matmul_on(
+                    Parallelism::None,
+                    (p, c_out, c_in),
                     prod.as_mut_ptr(),
-                    1,
-                    c_out as isize,
+                    (c_out, 1),
                     false,
                     u.as_ptr(),
-                    1,
-                    c_in as isize,
+                    (c_in, 1),
                     self.v[i * c_in * c_out..].as_ptr(),
-                    1,
-                    c_out as isize,
-                    T::zero(),
-                    T::one(),
-                    false,
-                    false,
-                    false,
-                    Parallelism::None,
+                    (c_out, 1),
                 );
                 prod.set_len(p * c_out);
             }
