@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{Tensor, Var};
+use rayon::prelude::*;
 
 use super::update::{update, Rule};
 use crate::error::Result;
@@ -39,11 +40,14 @@ impl Ema {
 
     /// shadow ← d · shadow + (1 − d) · weights, after an optimizer step. The weights are detached: an
     /// expression of a `Var` records its inputs for backprop, so each average would hold the previous one
-    /// and a run's memory would grow by the model's size at every step.
+    /// and a run's memory would grow by the model's size at every step. Each parameter on its own, in
+    /// parallel, as the optimizer's step.
     pub fn update(&mut self) -> Result<()> {
-        for ((_, var), s) in self.vars.iter().zip(&self.shadow) {
-            update(Rule::Average { d: self.decay }, s, &[&var.as_tensor().detach()])?;
-        }
+        let rule = Rule::Average { d: self.decay };
+        self.vars
+            .par_iter()
+            .zip(&self.shadow)
+            .try_for_each(|((_, var), s)| update(rule, s, &[&var.as_tensor().detach()]))?;
         self.updates += 1;
         Ok(())
     }

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::update::{optimizer_step, Moments, Rule};
@@ -98,20 +99,23 @@ impl Optimizer {
         let t = self.step as i32;
         let (b1, b2, eps) = (self.beta1, self.beta2, self.eps);
         let c1 = self.lr / (1.0 - b1.powi(t));
-        for (i, (_, var)) in self.vars.iter().enumerate() {
-            let Some(g) = grads.get(var) else { continue };
+        let (kind, lr, weight_decay) = (self.kind, self.lr, self.weight_decay);
+        // Every parameter on its own (the elements' arithmetic does not depend on which thread runs it), in
+        // parallel: most tensors are too small to split, and one after another they kept one core busy.
+        let each = |((_, var), state): (&(String, Var), &mut Moments)| -> Result<()> {
+            let Some(g) = grads.get(var) else { return Ok(()) };
             let w = var.as_tensor();
-            let decay = (self.weight_decay > 0.0 && w.rank() >= 2).then_some(1.0 - self.lr * self.weight_decay);
-            let (second, step) = match self.kind {
+            let decay = (weight_decay > 0.0 && w.rank() >= 2).then_some(1.0 - lr * weight_decay);
+            let (second, step) = match kind {
                 OptimizerKind::Adam => {
                     let inv_c2 = 1.0 / (1.0 - b2.powi(t)).sqrt();
                     (Rule::SecondMoment { b2 }, Rule::AdamStep { decay, inv_c2, eps, c1 })
                 }
                 OptimizerKind::Adamax => (Rule::InfinityNorm { b2, eps }, Rule::AdamaxStep { decay, c1 }),
             };
-            optimizer_step((Rule::FirstMoment { b1 }, second, step), w, g, &mut self.state[i])?;
-        }
-        Ok(())
+            Ok(optimizer_step((Rule::FirstMoment { b1 }, second, step), w, g, state)?)
+        };
+        self.vars.par_iter().zip(self.state.par_iter_mut()).try_for_each(each)
     }
 
     pub fn state_tensors(&self) -> HashMap<String, Tensor> {

@@ -82,31 +82,68 @@ impl Rule {
     }
 }
 
+/// `d ← rule(d, a, b)` element by element, the rule's variant chosen once for the whole slice (so the loop
+/// vectorises; `b` is ignored by the one-source rules).
+#[inline(always)]
+fn apply_each<T: WithDType + Float>(rule: Rule, d: &mut [T], a: &[T], b: &[T]) {
+    #[inline(always)]
+    fn each<T: Copy>(d: &mut [T], a: &[T], b: &[T], f: impl Fn(T, T, T) -> T) {
+        for ((d, &a), &b) in d.iter_mut().zip(a).zip(b) {
+            *d = f(*d, a, b);
+        }
+    }
+    // Each arm rebuilds its rule from the fields, so that inside the loop the variant is a constant.
+    match rule {
+        Rule::FirstMoment { b1 } => each(d, a, b, |d, a, b| Rule::FirstMoment { b1 }.apply(d, a, b)),
+        Rule::SecondMoment { b2 } => each(d, a, b, |d, a, b| Rule::SecondMoment { b2 }.apply(d, a, b)),
+        Rule::InfinityNorm { b2, eps } => each(d, a, b, |d, a, b| Rule::InfinityNorm { b2, eps }.apply(d, a, b)),
+        Rule::AdamStep {
+            decay: Some(k),
+            inv_c2,
+            eps,
+            c1,
+        } => each(d, a, b, |d, a, b| {
+            Rule::AdamStep {
+                decay: Some(k),
+                inv_c2,
+                eps,
+                c1,
+            }
+            .apply(d, a, b)
+        }),
+        Rule::AdamStep {
+            decay: None,
+            inv_c2,
+            eps,
+            c1,
+        } => each(d, a, b, |d, a, b| {
+            Rule::AdamStep {
+                decay: None,
+                inv_c2,
+                eps,
+                c1,
+            }
+            .apply(d, a, b)
+        }),
+        Rule::AdamaxStep { decay: Some(k), c1 } => each(d, a, b, |d, a, b| {
+            Rule::AdamaxStep { decay: Some(k), c1 }.apply(d, a, b)
+        }),
+        Rule::AdamaxStep { decay: None, c1 } => {
+            each(d, a, b, |d, a, b| Rule::AdamaxStep { decay: None, c1 }.apply(d, a, b))
+        }
+        Rule::Average { d: k } => each(d, a, b, |d, a, b| Rule::Average { d: k }.apply(d, a, b)),
+    }
+}
+
 fn update_slices<T: WithDType + Float>(rule: Rule, dst: &mut [T], a: &[T], b: &[T]) {
-    if b.is_empty() {
-        let run = |(d, a): (&mut [T], &[T])| {
-            for (d, &a) in d.iter_mut().zip(a) {
-                *d = rule.apply(*d, a, T::zero());
-            }
-        };
-        if dst.len() <= CHUNK.max(PAR_MIN) {
-            run((dst, a));
-        } else {
-            dst.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK)).for_each(run);
-        }
+    let b = if b.is_empty() { a } else { b };
+    let run = |(d, (a, b)): (&mut [T], (&[T], &[T]))| apply_each(rule, d, a, b);
+    if dst.len() <= CHUNK.max(PAR_MIN) {
+        run((dst, (a, b)));
     } else {
-        let run = |(d, (a, b)): (&mut [T], (&[T], &[T]))| {
-            for ((d, &a), &b) in d.iter_mut().zip(a).zip(b) {
-                *d = rule.apply(*d, a, b);
-            }
-        };
-        if dst.len() <= CHUNK.max(PAR_MIN) {
-            run((dst, (a, b)));
-        } else {
-            dst.par_chunks_mut(CHUNK)
-                .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
-                .for_each(run);
-        }
+        dst.par_chunks_mut(CHUNK)
+            .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+            .for_each(run);
     }
 }
 
@@ -238,11 +275,15 @@ fn fused_slices<T: WithDType + Float>(
     m: &mut [T],
     v: &mut [T],
 ) {
+    // A piece at a time (in cache), each rule over the piece: the same arithmetic per element as m, v and w
+    // in turn, with each rule's loop vectorised.
+    const PIECE: usize = 256;
     let run = |w: &mut [T], g: &[T], m: &mut [T], v: &mut [T]| {
-        for (((w, &g), m), v) in w.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
-            *m = first.apply(*m, g, T::zero());
-            *v = second.apply(*v, g, T::zero());
-            *w = step.apply(*w, *m, *v);
+        let pieces = w.chunks_mut(PIECE).zip(g.chunks(PIECE));
+        for ((w, g), (m, v)) in pieces.zip(m.chunks_mut(PIECE).zip(v.chunks_mut(PIECE))) {
+            apply_each(first, m, g, g);
+            apply_each(second, v, g, g);
+            apply_each(step, w, m, v);
         }
     };
     if w.len() <= CHUNK.max(PAR_MIN) {
@@ -364,8 +405,8 @@ mod tests {
         Ok(())
     }
 
-    /// Each rule against the candle composition it replaces, bit for bit, in f32 and f64, on sizes below and
-    /// above the parallel chunk.
+    /// Each rule (both steps with and without decay) against the candle composition it replaces, bit for bit,
+    /// in f32 and f64, on sizes below and above the parallel chunk.
     #[test]
     fn rules_equal_the_candle_compositions_bitwise() -> Result<()> {
         let dev = Device::Cpu;
@@ -398,9 +439,24 @@ mod tests {
                         (&d * k)?.sub(&(m.div(&((v.sqrt()? / s)? + eps)?)? * c1)?)?,
                     ),
                     (
+                        Rule::AdamStep {
+                            decay: None,
+                            inv_c2: 1.0 / s,
+                            eps,
+                            c1,
+                        },
+                        vec![&m, &v],
+                        d.sub(&(m.div(&((v.sqrt()? / s)? + eps)?)? * c1)?)?,
+                    ),
+                    (
                         Rule::AdamaxStep { decay: None, c1 },
                         vec![&m, &v],
                         d.sub(&(m.div(&v)? * c1)?)?,
+                    ),
+                    (
+                        Rule::AdamaxStep { decay: Some(k), c1 },
+                        vec![&m, &v],
+                        (&d * k)?.sub(&(m.div(&v)? * c1)?)?,
                     ),
                     (Rule::Average { d: k }, vec![&g], ((&d * k)? + (&g * (1.0 - k))?)?),
                 ];
