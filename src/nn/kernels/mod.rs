@@ -8,6 +8,7 @@ use rayon::prelude::*;
 
 pub mod elementwise;
 pub mod shifted_conv;
+mod transpose;
 pub mod winograd;
 
 /// Elements per parallel task of an elementwise kernel (64 KiB of f32).

@@ -23,12 +23,14 @@ use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::mem::MaybeUninit;
+use std::ops::Range;
 use std::sync::{Arc, OnceLock};
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use super::transpose::transpose;
 use super::winograd::{self, Transforms};
 use super::{contiguous_data, min_len, CHUNK, PAR_MIN};
 
@@ -316,53 +318,58 @@ impl<T> SharedMut<T> {
 const CO_TILE: usize = 16;
 
 /// The kernel tap-major, `[N_k, C_in, C_out]`: tap k's matrix W_k[ci, co] = w[co, ci, k] is one contiguous
-/// block, and a run of taps k0..k0+n is one contiguous `[(j, ci), co]` matrix. In parallel over tiles of
-/// output channels, each reading its rows of `w` once.
+/// block, and a run of taps k0..k0+n is one contiguous `[(j, ci), co]` matrix. The transpose of w as a
+/// `[C_out, (C_in, N_k)]` matrix with its rows (ci, k) placed at (k, ci), in parallel over tiles of output
+/// channels.
 pub fn pack_tap_major<T: WithDType>(w: &[T], c_out: usize, c_in: usize, n_k: usize) -> Vec<T> {
-    let mut out = vec![T::from_f64(0.0); n_k * c_in * c_out];
-    let dst = SharedMut(out.as_mut_ptr());
-    let tiles = c_out.div_ceil(CO_TILE);
-    let task = |tile: usize| {
-        let cos = tile * CO_TILE..((tile + 1) * CO_TILE).min(c_out);
-        // Row (k, ci) of the output gets this tile's C_out-slice (one cache line) at once; the tile's rows of
-        // w stay in cache across the (ci, k) loop.
-        for ci in 0..c_in {
-            for k in 0..n_k {
-                let row = (k * c_in + ci) * c_out;
-                for co in cos.clone() {
-                    // SAFETY: element (k, ci, co) is inside `out`; only the task owning `co` writes it.
-                    unsafe { dst.write(row + co, w[(co * c_in + ci) * n_k + k]) };
-                }
-            }
-        }
-    };
-    if w.len() < PAR_MIN {
-        (0..tiles).for_each(task);
-    } else {
-        (0..tiles).into_par_iter().for_each(task);
-    }
-    out
+    let cols = c_in * n_k;
+    let src_rows: Vec<usize> = (0..c_out).map(|co| co * cols).collect();
+    let dst_rows = tap_major_rows(c_in, n_k, c_out);
+    by_tiles_of_output_channels(c_out, cols, |cos, dst| {
+        // SAFETY: row (k, ci) gets this tile's output channels only, inside the buffer of c_out · cols.
+        unsafe { transpose(w, &src_rows[cos.clone()], SharedMut(dst.at(cos.start)), &dst_rows) }
+    })
+}
+
+/// The offset of row (k, ci) of a tap-major kernel (rows of `len` numbers), in the order (ci, k).
+fn tap_major_rows(c_in: usize, n_k: usize, len: usize) -> Vec<usize> {
+    (0..c_in)
+        .flat_map(|ci| (0..n_k).map(move |k| (k * c_in + ci) * len))
+        .collect()
 }
 
 /// The inverse of [`pack_tap_major`]: `[N_k, C_in, C_out]` back to PyTorch's `[C_out, C_in, N_k]`, in
 /// parallel over tiles of output channels (each task writes its own rows).
 fn unpack_tap_major<T: WithDType>(packed: &[T], c_out: usize, c_in: usize, n_k: usize) -> Vec<T> {
-    let mut out = vec![T::from_f64(0.0); c_out * c_in * n_k];
-    let task = |(tile, dst): (usize, &mut [T])| {
-        for (i, row) in dst.chunks_exact_mut(c_in * n_k).enumerate() {
-            let co = tile * CO_TILE + i;
-            for (ci, taps) in row.chunks_exact_mut(n_k).enumerate() {
-                for (k, v) in taps.iter_mut().enumerate() {
-                    *v = packed[(k * c_in + ci) * c_out + co];
-                }
-            }
-        }
-    };
-    if out.len() < PAR_MIN {
-        out.chunks_mut(CO_TILE * c_in * n_k).enumerate().for_each(task);
+    let rows = c_in * n_k;
+    let src_rows = tap_major_rows(c_in, n_k, c_out);
+    let dst_rows: Vec<usize> = (0..c_out).map(|co| co * rows).collect();
+    by_tiles_of_output_channels(c_out, rows, |cos, dst| {
+        // SAFETY: this tile's rows co · (C_in · N_k) + (ci, k) only, inside the buffer.
+        unsafe { transpose(&packed[cos.start..], &src_rows, dst, &dst_rows[cos]) }
+    })
+}
+
+/// A vector of `c_out · per` numbers written by `fill(output channels, buffer)` for tiles of [`CO_TILE`]
+/// output channels, in parallel when large; `fill` must write every element of its tile's share, and only
+/// those.
+fn by_tiles_of_output_channels<T: WithDType>(
+    c_out: usize,
+    per: usize,
+    fill: impl Fn(Range<usize>, SharedMut<T>) + Sync,
+) -> Vec<T> {
+    let n = c_out * per;
+    let mut out = Vec::<T>::with_capacity(n);
+    let dst = SharedMut(out.as_mut_ptr());
+    let task = |tile: usize| fill(tile * CO_TILE..((tile + 1) * CO_TILE).min(c_out), dst);
+    let tiles = c_out.div_ceil(CO_TILE);
+    if n < PAR_MIN {
+        (0..tiles).for_each(task);
     } else {
-        out.par_chunks_mut(CO_TILE * c_in * n_k).enumerate().for_each(task);
+        (0..tiles).into_par_iter().for_each(task);
     }
+    // SAFETY: the tiles cover every output channel, and each wrote all of its elements.
+    unsafe { out.set_len(n) };
     out
 }
 
@@ -970,11 +977,12 @@ mod tests {
     }
 
     /// The tap-major packing puts w[co, ci, k] at (k, ci, co), and unpacking inverts it, on the sequential
-    /// (small) and parallel (large) paths; the reversed run layout puts it at (n−1−j, co, ci).
+    /// (small) and parallel (large, above PAR_MIN) paths, with whole and partial tiles; the reversed run layout
+    /// puts it at (n−1−j, co, ci).
     #[test]
     fn packing_moves_every_weight_where_the_products_expect_it() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
-        for (c_out, c_in, n_k) in [(5, 3, 4), (130, 96, 7)] {
+        for (c_out, c_in, n_k) in [(5, 3, 4), (130, 96, 7), (141, 130, 8)] {
             let w = random(c_out * c_in * n_k, &mut rng);
             let p = pack_tap_major(&w, c_out, c_in, n_k);
             for co in 0..c_out {
