@@ -64,7 +64,7 @@ pub fn force_simd(level: Option<Simd>) {
 }
 
 /// The level the exact kernel runs at now: the one forced by [`force_simd`], else by the environment variable
-/// `ARMORY_SIMD` (`portable`, `avx2` or `avx512`), else the best the CPU has.
+/// `ARMORY_SIMD` (`portable`, `avx2` or `avx512`), else the best the CPU has (see [`best_simd`]).
 pub fn simd_level() -> Simd {
     let wanted = match FORCED.load(Ordering::Relaxed) {
         1 => return Simd::Portable,
@@ -89,8 +89,10 @@ fn from_env() -> Option<Simd> {
     })
 }
 
+/// The best level the CPU has; AVX-512 only with the `avx512` feature (without it the whole build is held
+/// to AVX2, as an AVX2 machine would run it).
 fn best_simd() -> Simd {
-    if supports(Simd::Avx512) {
+    if cfg!(feature = "avx512") && supports(Simd::Avx512) {
         Simd::Avx512
     } else if supports(Simd::Avx2) {
         Simd::Avx2
