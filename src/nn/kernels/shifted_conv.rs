@@ -542,7 +542,7 @@ fn backward_on_worker<T: WithDType>(
     let block = c_in * c_out;
     // The weight gradient and the input gradient read the same inputs and write different buffers: computed
     // side by side (each by the same products as one after the other, so the same bits) they keep both cores
-    // busy where the products are too small for gemm to split (a batch of 4).
+    // busy where gemm splits the products poorly or not at all (a batch of 4).
     let weight_gradient = || {
         // grad W tap-major, [N_k, C_in, C_out] like the packed kernel (taps no run uses stay zero).
         let mut gw_packed = vec![T::from_f64(0.0); n_k * block];
