@@ -377,26 +377,19 @@ fn by_tiles_of_output_channels<T: WithDType>(
 }
 
 /// A run's weights for the input gradient, `[(n−1−j, co), ci]` (the run reversed, each tap transposed), in
-/// parallel over output channels: row (n−1−j, co) is w[co, :, k0 + j].
+/// parallel over tiles of output channels: for each co, the transpose of w[co, :, k0..k0 + n] with its rows
+/// j placed at n−1−j.
 fn pack_run_reversed<T: WithDType>(w: &[T], g: &Geometry, run: Run) -> Vec<T> {
     let (c_in, c_out, n_k, n) = (g.c_in, g.c_out, g.n_k, run.n);
-    let mut out = vec![T::from_f64(0.0); n * c_out * c_in];
-    let dst = SharedMut(out.as_mut_ptr());
-    let task = |co: usize| {
-        for ci in 0..c_in {
-            let src = &w[(co * c_in + ci) * n_k + run.k0..][..n];
-            for (j, &v) in src.iter().enumerate() {
-                // SAFETY: rows (·, co) are written only by the task owning `co`, inside `out`.
-                unsafe { dst.write(((n - 1 - j) * c_out + co) * c_in + ci, v) };
-            }
+    let src_rows: Vec<usize> = (0..c_in).map(|ci| ci * n_k).collect();
+    let dst_rows: Vec<usize> = (0..n).map(|j| (n - 1 - j) * c_out * c_in).collect();
+    by_tiles_of_output_channels(c_out, n * c_in, |cos, dst| {
+        for co in cos {
+            let w_co = &w[co * c_in * n_k + run.k0..];
+            // SAFETY: rows (·, co) only, written by the task owning `co`, inside the buffer of c_out · n · c_in.
+            unsafe { transpose(w_co, &src_rows, SharedMut(dst.at(co * c_in)), &dst_rows) }
         }
-    };
-    if out.len() < PAR_MIN {
-        (0..c_out).for_each(task);
-    } else {
-        (0..c_out).into_par_iter().for_each(task);
-    }
-    out
+    })
 }
 
 /// A kernel ready for the forward products: tap-major ([`pack_tap_major`]), and, made on first use, the
