@@ -26,6 +26,9 @@ fn run() -> anyhow::Result<()> {
     let cfg = if what == "gated8b4" {
         let toml = include_str!("../configs/gated-pixelcnn.toml").replace("layers = 5", "layers = 8");
         RunConfig::parse(&toml, std::path::Path::new("gated-pixelcnn, 8 layers"))?
+    } else if let Some(l) = what.strip_prefix("gatedL") {
+        let toml = include_str!("../configs/gated-pixelcnn.toml").replace("layers = 5", &format!("layers = {l}"));
+        RunConfig::parse(&toml, std::path::Path::new("gated-pixelcnn, L layers"))?
     } else if what.starts_with("gated") {
         RunConfig::named("gated-pixelcnn")?
     } else {
@@ -46,7 +49,8 @@ fn run() -> anyhow::Result<()> {
     for _ in 0..n {
         let t = Instant::now();
         match what.as_str() {
-            "train" | "gated" => {
+            "gatedfwd" => drop(arm.forward(&x64, Mode::Eval)?.to_vec3::<f32>()?),
+            w if w == "train" || w.starts_with("gated") && w != "gated8b4" => {
                 let loss = arm.loss(&x64, Reduction::Mean, Mode::Train { seed: 0 })?;
                 opt.step(&loss.backward()?)?;
             }

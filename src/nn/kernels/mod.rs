@@ -6,6 +6,7 @@ use std::mem::MaybeUninit;
 use candle_core::{CpuStorage, Layout, Result, WithDType};
 use rayon::prelude::*;
 
+mod binary_input;
 pub mod elementwise;
 pub mod shifted_conv;
 mod transpose;

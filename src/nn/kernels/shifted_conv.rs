@@ -30,6 +30,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDTyp
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use super::binary_input::{self, Ones};
 use super::transpose::transpose;
 use super::winograd::{self, Transforms};
 use super::{contiguous_data, min_len, CHUNK, PAR_MIN};
@@ -85,10 +86,10 @@ pub struct Geometry {
 
 /// Taps at consecutive offsets with consecutive weight indices, done as one product.
 #[derive(Debug, Clone, Copy)]
-struct Run {
-    offset: usize,
-    k0: usize,
-    n: usize,
+pub(super) struct Run {
+    pub(super) offset: usize,
+    pub(super) k0: usize,
+    pub(super) n: usize,
 }
 
 impl Geometry {
@@ -98,10 +99,10 @@ impl Geometry {
     fn pad_right(&self) -> usize {
         self.plan.pad_right.saturating_sub(self.plan.pad_left)
     }
-    fn wp(&self) -> usize {
+    pub(super) fn wp(&self) -> usize {
         self.w + self.plan.pad_left + self.pad_right()
     }
-    fn image_rows(&self) -> usize {
+    pub(super) fn image_rows(&self) -> usize {
         (self.h + self.plan.pad_top) * self.wp()
     }
     /// Rows of the padded input: the images, then the zero rows the last image's right-most taps read.
@@ -112,12 +113,12 @@ impl Geometry {
         t.dy * self.wp() + t.dx
     }
     /// Output rows computed: every valid pixel lies below this, and every tap stays inside `xpad`.
-    fn m(&self) -> usize {
+    pub(super) fn m(&self) -> usize {
         self.rows() - self.plan.taps.iter().map(|t| self.offset(t)).max().unwrap_or(0)
     }
     /// The taps grouped into runs: with the kernel packed tap-major, a run's weights are one contiguous
     /// matrix, so a run is always one product (fewer, larger products; each output row written once).
-    fn runs(&self) -> Vec<Run> {
+    pub(super) fn runs(&self) -> Vec<Run> {
         let mut taps: Vec<(usize, usize)> = self.plan.taps.iter().map(|t| (self.offset(t), t.k)).collect();
         taps.sort_unstable();
         let mut runs: Vec<Run> = vec![];
@@ -394,13 +395,13 @@ fn pack_run_reversed<T: WithDType>(w: &[T], g: &Geometry, run: Run) -> Vec<T> {
 
 /// A kernel ready for the forward products: tap-major ([`pack_tap_major`]), and, made on first use, the
 /// F(2, n) transform of a kernel whose taps are all one run (a 1-D kernel of dilation 1).
-struct Packed<T> {
-    taps: Vec<T>,
+pub(super) struct Packed<T> {
+    pub(super) taps: Vec<T>,
     winograd: OnceLock<Vec<T>>,
 }
 
 impl<T: WithDType> Packed<T> {
-    fn new(w: &[T], c_out: usize, c_in: usize, n_k: usize) -> Self {
+    pub(super) fn new(w: &[T], c_out: usize, c_in: usize, n_k: usize) -> Self {
         Self {
             taps: pack_tap_major(w, c_out, c_in, n_k),
             winograd: OnceLock::new(),
@@ -439,13 +440,35 @@ fn forward_on_worker<T: WithDType>(
     leaky: Option<f64>,
 ) -> Vec<T> {
     let (c_in, c_out) = (g.c_in, g.c_out);
-    let xpad = pad_rows(x, g, c_in, 0, (g.plan.pad_top, g.plan.pad_left));
+    let slope = leaky.map(T::from_f64);
+    let m = g.m();
+    let runs = g.runs();
+    // A one-hot (binary, sparse) input: the kernel's rows at the ones added up, the same sums as the products.
+    if binary_input::applies(g, &runs, |n| winograd::fits(n, c_in, c_out, m)) {
+        if let Some(ones) = Ones::of(x, c_in) {
+            return binary_input::forward(&ones, &packed.taps, bias, g, &runs, slope);
+        }
+    }
+    by_products(x, packed, bias, g, &runs, slope)
+}
+
+/// The forward pass as products over overlapping views of the padded input, one per run.
+pub(super) fn by_products<T: WithDType>(
+    x: &[T],
+    packed: &Packed<T>,
+    bias: &[T],
+    g: &Geometry,
+    runs: &[Run],
+    slope: Option<T>,
+) -> Vec<T> {
+    let (c_in, c_out) = (g.c_in, g.c_out);
     let (m, n) = (g.m(), g.rows() * c_out);
+    let xpad = pad_rows(x, g, c_in, 0, (g.plan.pad_top, g.plan.pad_left));
     // Rows below m are written by the first product (which does not read them); the rest are zeroed.
     let mut full = Vec::with_capacity(n);
     put_zeros(&mut full.spare_capacity_mut()[m * c_out..n]);
     let block = c_in * c_out;
-    for (i, run) in g.runs().into_iter().enumerate() {
+    for (i, &run) in runs.iter().enumerate() {
         let taps = &packed.taps[run.k0 * block..][..run.n * block];
         if winograd::fits(run.n, c_in, c_out, m) {
             // The same sum by F(2, n), from the kernel's transform (kept with a frozen kernel).
@@ -484,13 +507,16 @@ fn forward_on_worker<T: WithDType>(
     // SAFETY: rows < m were written by the first run's product (there is one: a plan has taps), the rest above.
     unsafe { full.set_len(n) };
     // Keep the rows of real pixels, adding the bias (and the activation) on the way.
-    match leaky.map(T::from_f64) {
-        None => unpad_rows(full, g, c_out, 0, 0, |px| {
-            for (o, &b) in px.iter_mut().zip(bias) {
-                *o += b;
-            }
-        }),
-        Some(slope) => unpad_rows(full, g, c_out, 0, 0, |px| {
+    unpad_rows(full, g, c_out, 0, 0, |px| finish_pixel(px, bias, slope))
+}
+
+/// The output pass of one pixel's sums: the bias added, then a LeakyReLU of `slope` if given (its own rule:
+/// v if v > 0, else v·slope).
+#[inline]
+pub(super) fn finish_pixel<T: WithDType>(px: &mut [T], bias: &[T], slope: Option<T>) {
+    match slope {
+        None => px.iter_mut().zip(bias).for_each(|(o, &b)| *o += b),
+        Some(slope) => {
             for (o, &b) in px.iter_mut().zip(bias) {
                 // Both sides computed, then chosen: a select the compiler vectorises, where a branch on the
                 // sign (random here) was mispredicted half the time (a fifth of the seed net's forward pass).
@@ -498,7 +524,7 @@ fn forward_on_worker<T: WithDType>(
                 let scaled = v * slope;
                 *o = if v > T::zero() { v } else { scaled };
             }
-        }),
+        }
     }
 }
 
@@ -533,6 +559,11 @@ fn backward_on_worker<T: WithDType>(
     let gfull = &gpad[front * c_out..];
     let gb = column_sums(grad_out, c_out);
     let block = c_in * c_out;
+    // A one-hot input (f32): the weight gradient as sums of gradient rows, the products' sums (binary_input.rs).
+    let ones = match std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() {
+        true => Ones::of(x, c_in),
+        false => None,
+    };
     // The weight gradient and the input gradient read the same inputs and write different buffers: computed
     // side by side (each by the same products as one after the other, so the same bits) they keep both cores
     // busy where gemm splits the products poorly or not at all (a batch of 4).
@@ -545,6 +576,12 @@ fn backward_on_worker<T: WithDType>(
                 // grad W for the run by F(2, n) (see winograd.rs), into its contiguous block.
                 let gw = Transforms::new(run.n).weight_gradient(x_run, c_in, gfull, c_out, m);
                 gw_packed[run.k0 * block..][..run.n * block].copy_from_slice(&gw);
+                continue;
+            }
+            // The product below as gemm blocks it (transposed: its destination is row-major).
+            if let (Some(ones), Some(depth)) = (&ones, binary_input::depth_block(c_out, run.n * c_in, m)) {
+                let out = &mut gw_packed[run.k0 * block..][..run.n * block];
+                binary_input::weight_gradient(ones, g, run, gfull, m, depth, out);
                 continue;
             }
             // grad W for the run, [(j, ci), co] = (overlapping view of xpad)ᵀ · G: one contiguous block.
