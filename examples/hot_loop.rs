@@ -1,6 +1,7 @@
 //! One seed-net workload in a loop, for `perf record`: `cargo run --release --example hot_loop -- WHAT N`
 //! with WHAT one of train, fwd64, fwd1, naive (16 images),
 //! gated (a train step of `--model gated-pixelcnn` at batch 64), gated8b4 (the same with 8 layers at batch 4),
+//! gatedL<N> (at batch 64 with N gated layers), gatedfwd (its forward pass at batch 64, evaluation),
 //! fwd<N> / train<N> (the seed net's forward pass / train step at batch N).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
