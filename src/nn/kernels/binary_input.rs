@@ -6,8 +6,8 @@
 //!
 //! The same bits as the products ([`super::shifted_conv`]): there, each output element is a multiply-add chain
 //! over the product's depth in order, from zero, in blocks of gemm's depth (the blocks' sums, and the runs'
-//! products, added in turn). With inputs of 0 and 1 the chain's steps are exact no-ops (a + 0·w = a: the
-//! chain never holds −0) and exact additions (a + 1·w = a + w), so adding the rows at the ones, in the same
+//! products, added in turn). With inputs of 0 and 1 the chain's steps are exact no-ops (a + 0·w = a for a
+//! finite w: the chain never holds −0) and exact additions (a + 1·w = a + w), so adding the rows at the ones, in the same
 //! order and blocks, gives the same sums. The forward pass keeps to runs of at most [`MAX_DEPTH`] inputs (one
 //! block on any CPU); the weight gradient (depth: the rows) asks gemm's own blocking ([`depth_block`]). The
 //! tests check both bit for bit against the products (gemm's AVX-512 kernels by default, its AVX2 ones
