@@ -1031,14 +1031,23 @@ impl Arm {
         Ok(())
     }
 
+    /// The network's θ; an evaluation pass reuses kernels packed from the same weights by an earlier one
+    /// ([`crate::nn::kernels::shifted_conv::evaluating`]).
+    fn run_net(&self, x: &Tensor, labels: Option<&Tensor>, context: Option<&Tensor>, mode: Mode) -> Result<Tensor> {
+        match mode {
+            Mode::Eval => crate::nn::kernels::shifted_conv::evaluating(|| self.net.forward(x, labels, context, mode)),
+            Mode::Train { .. } => self.net.forward(x, labels, context, mode),
+        }
+    }
+
     /// θ for every position: x `[B, D]` (u32) → `[B, D, P]`.
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        self.net.forward(x, None, None, mode)
+        self.run_net(x, None, None, mode)
     }
 
     /// θ given class labels `[B]` (class-conditional models; `None` otherwise).
     pub fn forward_labelled(&self, x: &Tensor, labels: Option<&Tensor>, mode: Mode) -> Result<Tensor> {
-        self.net.forward(x, labels, None, mode)
+        self.run_net(x, labels, None, mode)
     }
 
     /// θ given labels (class-conditional models) and a context `[B, E]` (models conditioned on one).
@@ -1049,7 +1058,7 @@ impl Arm {
         context: Option<&Tensor>,
         mode: Mode,
     ) -> Result<Tensor> {
-        self.net.forward(x, labels, context, mode) // each network checks the context it is given
+        self.run_net(x, labels, context, mode) // each network checks the context it is given
     }
 
     /// log p(x | labels, context) in nats, `[B]`, in `mode` (differentiable: a latent-variable model trains
@@ -1085,8 +1094,7 @@ impl Arm {
     /// log p(x | label) in nats for class-conditional models (`labels` `[B]`), log p(x) otherwise.
     pub fn log_prob_labelled(&self, x: &Tensor, labels: Option<&Tensor>) -> Result<Tensor> {
         self.check_input(x)?;
-        self.likelihood
-            .log_prob(&self.net.forward(x, labels, None, Mode::Eval)?, x)
+        self.likelihood.log_prob(&self.run_net(x, labels, None, Mode::Eval)?, x)
     }
 
     /// The training objective, −log p(x) reduced over the batch (values are assumed checked at load time).
@@ -1104,7 +1112,7 @@ impl Arm {
     ) -> Result<Tensor> {
         let nll = self
             .likelihood
-            .log_prob(&self.net.forward(x, labels, None, mode)?, x)?
+            .log_prob(&self.run_net(x, labels, None, mode)?, x)?
             .neg()?;
         Ok(match reduction {
             Reduction::Mean => nll.mean_all()?,

@@ -838,7 +838,10 @@ pub fn shifted_conv_leaky(x: &Tensor, w: &Tensor, bias: &Tensor, plan: &TapPlan,
 
 fn conv_op(x: &Tensor, w: &Tensor, bias: &Tensor, plan: &TapPlan, leaky: Option<f64>) -> Result<Tensor> {
     let w = w.contiguous()?;
-    let packed = frozen_packed(&w)?;
+    let packed = match frozen_packed(&w)? {
+        Some(p) => Some(p),
+        None => reused_packed(&w)?,
+    };
     x.contiguous()?.apply_op3(
         &w,
         &bias.contiguous()?,
@@ -884,6 +887,119 @@ pub fn with_frozen_weights<R>(f: impl FnOnce() -> R) -> R {
     }
     let _reset = Reset(outer);
     f()
+}
+
+/// Kernels packed by earlier evaluation passes on this thread, by the weight's storage, each with a copy of
+/// the weights it was packed from.
+type ReuseCache = HashMap<(usize, usize, Vec<usize>), (Arc<dyn Any + Send + Sync>, Arc<dyn Any + Send + Sync>)>;
+
+/// Weights (numbers) the reuse cache keeps copies of at most; past that it starts again.
+const REUSE_MAX: usize = 1 << 25;
+
+thread_local! {
+    static EVALUATING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static REUSE: RefCell<ReuseCache> = RefCell::new(HashMap::new());
+    /// Kernels packed for evaluation passes on this thread (for the tests).
+    #[cfg(test)]
+    static REUSE_PACKED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Runs `f` as an evaluation pass (a forward pass in [`crate::nn::Mode::Eval`]): a convolution whose weights
+/// are, bit for bit, those it packed its kernel from on an earlier evaluation pass on this thread reuses that
+/// kernel, so a model evaluated again and again (a forward pass at batch 1 in a loop, scoring) packs each
+/// kernel once. The weights are compared in full every time (changed in place — an optimizer step, an EMA
+/// swap, `Var::set` — they are packed again), so unlike [`with_frozen_weights`] this promises nothing.
+pub fn evaluating<R>(f: impl FnOnce() -> R) -> R {
+    let outer = EVALUATING.with(|e| e.replace(true));
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            EVALUATING.with(|e| e.set(self.0));
+        }
+    }
+    let _reset = Reset(outer);
+    f()
+}
+
+/// Whether two slices hold the same bits (compared in pieces on every core when large).
+fn same_bits<T: WithDType>(a: &[T], b: &[T]) -> bool {
+    let bytes = |v: &[T]| {
+        // SAFETY: f32 and f64 (the only types stored) have no padding: every byte of the slice is initialised.
+        unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
+    };
+    let (a, b) = (bytes(a), bytes(b));
+    if a.len() != b.len() {
+        return false;
+    }
+    if a.len() < PAR_MIN {
+        return a == b;
+    }
+    a.par_chunks(CHUNK * 4)
+        .zip(b.par_chunks(CHUNK * 4))
+        .all(|(p, q)| p == q)
+}
+
+/// The kernel of `w` packed on an earlier evaluation pass from the same bits, else packed now (and kept);
+/// `None` outside [`evaluating`] or for a tensor that is not an f32/f64 CPU tensor.
+fn reused_packed(w: &Tensor) -> Result<Option<Arc<dyn Any + Send + Sync>>> {
+    if !EVALUATING.with(|e| e.get()) {
+        return Ok(None);
+    }
+    let Ok((c_out, c_in, n_k)) = w.dims3() else {
+        return Ok(None);
+    };
+    let (storage, layout) = w.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        return Ok(None);
+    };
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        return Ok(None);
+    };
+    fn reuse<T: WithDType>(
+        v: &[T],
+        (c_out, c_in, n_k): (usize, usize, usize),
+        key: (usize, usize, Vec<usize>),
+    ) -> Arc<dyn Any + Send + Sync> {
+        let hit = REUSE.with(|c| {
+            let cache = c.borrow();
+            let (copy, packed) = cache.get(&key)?;
+            let same = copy.downcast_ref::<Vec<T>>().is_some_and(|copy| same_bits(copy, v));
+            same.then(|| packed.clone())
+        });
+        if let Some(p) = hit {
+            return p;
+        }
+        #[cfg(test)]
+        REUSE_PACKED.with(|n| n.set(n.get() + 1));
+        let packed: Arc<dyn Any + Send + Sync> = Arc::new(Packed::new(v, c_out, c_in, n_k));
+        REUSE.with(|c| {
+            let mut cache = c.borrow_mut();
+            cache.remove(&key);
+            let kept: usize = cache
+                .values()
+                .map(|(copy, _)| copy.downcast_ref::<Vec<T>>().map_or(0, Vec::len))
+                .sum();
+            if kept + v.len() > REUSE_MAX {
+                cache.clear();
+            }
+            cache.insert(key, (Arc::new(v.to_vec()), packed.clone()));
+        });
+        packed
+    }
+    let dims = (c_out, c_in, n_k);
+    Ok(Some(match cpu {
+        CpuStorage::F32(v) => reuse(
+            &v[start..end],
+            dims,
+            (v[start..].as_ptr() as usize, end - start, w.dims().to_vec()),
+        ),
+        CpuStorage::F64(v) => reuse(
+            &v[start..end],
+            dims,
+            (v[start..].as_ptr() as usize, end - start, w.dims().to_vec()),
+        ),
+        _ => return Ok(None),
+    }))
 }
 
 /// The packed kernel of `w` from the frozen cache (packing and storing it on first use), or `None` when no
@@ -1351,6 +1467,43 @@ mod tests {
             .permute((0, 2, 3, 1))?;
         let err = (ours - theirs)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
         assert!(err < 1e-4, "max err {err}");
+        Ok(())
+    }
+
+    /// Evaluation passes reuse a kernel packed from the same bits (no packing the second time, the same
+    /// output bits as a pass that packs), and pack again when the weights change in place (`Var::set`: the
+    /// same storage, new values), giving the new weights' output. Reusing a stale kernel fails it.
+    #[test]
+    fn evaluation_passes_reuse_a_kernel_only_for_the_same_weights() -> Result<()> {
+        use candle_core::{Device, Var};
+        let dev = Device::Cpu;
+        let plan = TapPlan::causal_1d(7, 1, 6);
+        let x = Tensor::randn(0f32, 1.0, (2, 1, 40, 300), &dev)?; // large enough to compare in pieces
+        let w = Var::from_tensor(&Tensor::randn(0f32, 0.1, (64, 300, 7), &dev)?)?;
+        let b = Tensor::randn(0f32, 0.1, 64, &dev)?;
+        let bits = |t: &Tensor| -> Result<Vec<u32>> {
+            Ok(t.flatten_all()?
+                .to_vec1::<f32>()?
+                .into_iter()
+                .map(f32::to_bits)
+                .collect())
+        };
+        let packed = || REUSE_PACKED.with(|n| n.get());
+        let plain = bits(&shifted_conv(&x, w.as_tensor(), &b, &plan)?)?;
+        let before = packed();
+        let first = evaluating(|| shifted_conv(&x, w.as_tensor(), &b, &plan))?;
+        let second = evaluating(|| shifted_conv(&x, w.as_tensor(), &b, &plan))?;
+        assert_eq!(packed(), before + 1, "packed once for two passes");
+        assert_eq!(bits(&first)?, plain);
+        assert_eq!(bits(&second)?, plain);
+        // One weight changed in place, by the smallest step: packed again, and the new weights' output.
+        let mut v = w.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+        v[12_345] = f32::from_bits(v[12_345].to_bits() + 1);
+        w.set(&Tensor::from_vec(v, (64, 300, 7), &dev)?)?;
+        let changed = evaluating(|| shifted_conv(&x, w.as_tensor(), &b, &plan))?;
+        assert_eq!(packed(), before + 2, "packed again for new weights");
+        assert_eq!(bits(&changed)?, bits(&shifted_conv(&x, w.as_tensor(), &b, &plan)?)?);
+        assert_ne!(bits(&changed)?, plain);
         Ok(())
     }
 }
