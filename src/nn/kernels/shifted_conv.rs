@@ -893,8 +893,9 @@ pub fn with_frozen_weights<R>(f: impl FnOnce() -> R) -> R {
 /// the weights it was packed from.
 type ReuseCache = HashMap<(usize, usize, Vec<usize>), (Arc<dyn Any + Send + Sync>, Arc<dyn Any + Send + Sync>)>;
 
-/// Weights (numbers) the reuse cache keeps copies of at most; past that it starts again.
-const REUSE_MAX: usize = 1 << 25;
+/// Weights (numbers) the reuse cache keeps copies of at most (in f32 64 MB, and as much again packed); past
+/// that it starts again.
+const REUSE_MAX: usize = 1 << 24;
 
 thread_local! {
     static EVALUATING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
@@ -960,14 +961,12 @@ fn reused_packed(w: &Tensor) -> Result<Option<Arc<dyn Any + Send + Sync>>> {
         (c_out, c_in, n_k): (usize, usize, usize),
         key: (usize, usize, Vec<usize>),
     ) -> Arc<dyn Any + Send + Sync> {
-        let hit = REUSE.with(|c| {
-            let cache = c.borrow();
-            let (copy, packed) = cache.get(&key)?;
-            let same = copy.downcast_ref::<Vec<T>>().is_some_and(|copy| same_bits(copy, v));
-            same.then(|| packed.clone())
-        });
-        if let Some(p) = hit {
-            return p;
+        // Compared with no borrow held: while it waits for the pool, this thread may run other work that
+        // convolves.
+        if let Some((copy, packed)) = REUSE.with(|c| c.borrow().get(&key).cloned()) {
+            if copy.downcast_ref::<Vec<T>>().is_some_and(|copy| same_bits(copy, v)) {
+                return packed;
+            }
         }
         #[cfg(test)]
         REUSE_PACKED.with(|n| n.set(n.get() + 1));
@@ -1477,10 +1476,13 @@ mod tests {
     fn evaluation_passes_reuse_a_kernel_only_for_the_same_weights() -> Result<()> {
         use candle_core::{Device, Var};
         let dev = Device::Cpu;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let mut random = |n: usize| random(n, &mut rng).into_iter().map(|v| v as f32).collect::<Vec<f32>>();
         let plan = TapPlan::causal_1d(7, 1, 6);
-        let x = Tensor::randn(0f32, 1.0, (2, 1, 40, 300), &dev)?; // large enough to compare in pieces
-        let w = Var::from_tensor(&Tensor::randn(0f32, 0.1, (64, 300, 7), &dev)?)?;
-        let b = Tensor::randn(0f32, 0.1, 64, &dev)?;
+        // Weights large enough to be compared in pieces.
+        let x = Tensor::from_vec(random(2 * 40 * 300), (2, 1, 40, 300), &dev)?;
+        let w = Var::from_tensor(&Tensor::from_vec(random(64 * 300 * 7), (64, 300, 7), &dev)?)?;
+        let b = Tensor::from_vec(random(64), 64, &dev)?;
         let bits = |t: &Tensor| -> Result<Vec<u32>> {
             Ok(t.flatten_all()?
                 .to_vec1::<f32>()?
@@ -1496,9 +1498,9 @@ mod tests {
         assert_eq!(packed(), before + 1, "packed once for two passes");
         assert_eq!(bits(&first)?, plain);
         assert_eq!(bits(&second)?, plain);
-        // One weight changed in place, by the smallest step: packed again, and the new weights' output.
+        // One weight changed in place: packed again, and the new weights' output.
         let mut v = w.as_tensor().flatten_all()?.to_vec1::<f32>()?;
-        v[12_345] = f32::from_bits(v[12_345].to_bits() + 1);
+        v[12_345] += 1.0;
         w.set(&Tensor::from_vec(v, (64, 300, 7), &dev)?)?;
         let changed = evaluating(|| shifted_conv(&x, w.as_tensor(), &b, &plan))?;
         assert_eq!(packed(), before + 2, "packed again for new weights");
