@@ -838,10 +838,7 @@ pub fn shifted_conv_leaky(x: &Tensor, w: &Tensor, bias: &Tensor, plan: &TapPlan,
 
 fn conv_op(x: &Tensor, w: &Tensor, bias: &Tensor, plan: &TapPlan, leaky: Option<f64>) -> Result<Tensor> {
     let w = w.contiguous()?;
-    let packed = match frozen_packed(&w)? {
-        Some(p) => Some(p),
-        None => reused_packed(&w)?,
-    };
+    let packed = frozen_packed(&w).or_else(|| reused_packed(&w));
     x.contiguous()?.apply_op3(
         &w,
         &bias.contiguous()?,
@@ -855,7 +852,7 @@ fn conv_op(x: &Tensor, w: &Tensor, bias: &Tensor, plan: &TapPlan, leaky: Option<
 
 /// Kernels packed tap-major, by the weight's storage, while [`with_frozen_weights`] runs. Each entry keeps
 /// its weight tensor alive, so no other tensor can take its memory (and its key) meanwhile.
-type FrozenCache = HashMap<(usize, usize, Vec<usize>), (Tensor, Arc<dyn Any + Send + Sync>)>;
+type FrozenCache = HashMap<Key, (Tensor, Arc<dyn Any + Send + Sync>)>;
 
 thread_local! {
     /// Per thread: a promise that weights are constant holds for the code that made it, not for a training
@@ -891,7 +888,7 @@ pub fn with_frozen_weights<R>(f: impl FnOnce() -> R) -> R {
 
 /// Kernels packed by earlier evaluation passes on this thread, by the weight's storage, each with a copy of
 /// the weights it was packed from.
-type ReuseCache = HashMap<(usize, usize, Vec<usize>), (Arc<dyn Any + Send + Sync>, Arc<dyn Any + Send + Sync>)>;
+type ReuseCache = HashMap<Key, (Arc<dyn Any + Send + Sync>, Arc<dyn Any + Send + Sync>)>;
 
 /// Weights (numbers) the reuse cache keeps copies of at most (in f32 64 MB, and as much again packed); past
 /// that it starts again.
@@ -942,25 +939,11 @@ fn same_bits<T: WithDType>(a: &[T], b: &[T]) -> bool {
 
 /// The kernel of `w` packed on an earlier evaluation pass from the same bits, else packed now (and kept);
 /// `None` outside [`evaluating`] or for a tensor that is not an f32/f64 CPU tensor.
-fn reused_packed(w: &Tensor) -> Result<Option<Arc<dyn Any + Send + Sync>>> {
+fn reused_packed(w: &Tensor) -> Option<Arc<dyn Any + Send + Sync>> {
     if !EVALUATING.with(|e| e.get()) {
-        return Ok(None);
+        return None;
     }
-    let Ok((c_out, c_in, n_k)) = w.dims3() else {
-        return Ok(None);
-    };
-    let (storage, layout) = w.storage_and_layout();
-    let candle_core::Storage::Cpu(cpu) = &*storage else {
-        return Ok(None);
-    };
-    let Some((start, end)) = layout.contiguous_offsets() else {
-        return Ok(None);
-    };
-    fn reuse<T: WithDType>(
-        v: &[T],
-        (c_out, c_in, n_k): (usize, usize, usize),
-        key: (usize, usize, Vec<usize>),
-    ) -> Arc<dyn Any + Send + Sync> {
+    fn reuse<T: WithDType>(v: &[T], (c_out, c_in, n_k): (usize, usize, usize), key: Key) -> Arc<dyn Any + Send + Sync> {
         // Compared with no borrow held: while it waits for the pool, this thread may run other work that
         // convolves.
         if let Some((copy, packed)) = REUSE.with(|c| c.borrow().get(&key).cloned()) {
@@ -985,60 +968,67 @@ fn reused_packed(w: &Tensor) -> Result<Option<Arc<dyn Any + Send + Sync>>> {
         });
         packed
     }
-    let dims = (c_out, c_in, n_k);
-    Ok(Some(match cpu {
-        CpuStorage::F32(v) => reuse(
-            &v[start..end],
-            dims,
-            (v[start..].as_ptr() as usize, end - start, w.dims().to_vec()),
-        ),
-        CpuStorage::F64(v) => reuse(
-            &v[start..end],
-            dims,
-            (v[start..].as_ptr() as usize, end - start, w.dims().to_vec()),
-        ),
-        _ => return Ok(None),
-    }))
+    with_weights(w, |weights, dims, key| match weights {
+        Weights::F32(v) => reuse(v, dims, key),
+        Weights::F64(v) => reuse(v, dims, key),
+    })
 }
 
 /// The packed kernel of `w` from the frozen cache (packing and storing it on first use), or `None` when no
 /// [`with_frozen_weights`] is running or `w` is not an f32/f64 CPU tensor.
-fn frozen_packed(w: &Tensor) -> Result<Option<Arc<dyn Any + Send + Sync>>> {
-    let Ok((c_out, c_in, n_k)) = w.dims3() else {
-        return Ok(None);
-    };
+fn frozen_packed(w: &Tensor) -> Option<Arc<dyn Any + Send + Sync>> {
+    let (key, p, new) = with_weights(w, |weights, dims, key| {
+        let cached = FROZEN.with(|c| c.borrow().as_ref().map(|cache| cache.get(&key).map(|(_, p)| p.clone())));
+        match cached? {
+            Some(p) => Some((key, p, false)), // packed before
+            // Packed with no borrow held: while it waits for the pool, this thread may run other work that
+            // convolves.
+            None => Some((key, weights.pack(dims), true)),
+        }
+    })??;
+    if new {
+        FROZEN.with(|c| {
+            if let Some(cache) = c.borrow_mut().as_mut() {
+                cache.entry(key).or_insert_with(|| (w.clone(), p.clone()));
+            }
+        });
+    }
+    Some(p)
+}
+
+/// A kernel cache's key: where the weights' numbers start, how many there are, the weight's dims.
+type Key = (usize, usize, Vec<usize>);
+
+/// A convolution's weights `[C_out, C_in, N_k]`, as the kernel caches read them.
+enum Weights<'a> {
+    F32(&'a [f32]),
+    F64(&'a [f64]),
+}
+
+impl Weights<'_> {
+    fn pack(&self, (c_out, c_in, n_k): (usize, usize, usize)) -> Arc<dyn Any + Send + Sync> {
+        match *self {
+            Weights::F32(v) => Arc::new(Packed::new(v, c_out, c_in, n_k)),
+            Weights::F64(v) => Arc::new(Packed::new(v, c_out, c_in, n_k)),
+        }
+    }
+}
+
+/// `f` on the numbers of `w`, its shape (C_out, C_in, N_k) and its cache key, its storage read meanwhile;
+/// `None` unless `w` is a contiguous f32/f64 CPU tensor of three dimensions.
+fn with_weights<R>(w: &Tensor, f: impl FnOnce(Weights, (usize, usize, usize), Key) -> R) -> Option<R> {
+    let dims = w.dims3().ok()?;
     let (storage, layout) = w.storage_and_layout();
     let candle_core::Storage::Cpu(cpu) = &*storage else {
-        return Ok(None);
+        return None;
     };
-    let Some((start, end)) = layout.contiguous_offsets() else {
-        return Ok(None);
+    let (start, end) = layout.contiguous_offsets()?;
+    let (weights, ptr) = match cpu {
+        CpuStorage::F32(v) => (Weights::F32(&v[start..end]), v[start..].as_ptr() as usize),
+        CpuStorage::F64(v) => (Weights::F64(&v[start..end]), v[start..].as_ptr() as usize),
+        _ => return None,
     };
-    let ptr = match cpu {
-        CpuStorage::F32(v) => v[start..].as_ptr() as usize,
-        CpuStorage::F64(v) => v[start..].as_ptr() as usize,
-        _ => return Ok(None),
-    };
-    let key = (ptr, end - start, w.dims().to_vec());
-    let cached = FROZEN.with(|c| c.borrow().as_ref().map(|cache| cache.get(&key).map(|(_, p)| p.clone())));
-    match cached {
-        None => return Ok(None),             // not frozen
-        Some(Some(p)) => return Ok(Some(p)), // packed before
-        Some(None) => {}
-    }
-    // Packed with no borrow held: while it waits for the pool, this thread may run other work that convolves.
-    let p: Arc<dyn Any + Send + Sync> = match cpu {
-        CpuStorage::F32(v) => Arc::new(Packed::new(&v[start..end], c_out, c_in, n_k)),
-        CpuStorage::F64(v) => Arc::new(Packed::new(&v[start..end], c_out, c_in, n_k)),
-        _ => return Ok(None),
-    };
-    drop(storage);
-    FROZEN.with(|c| {
-        if let Some(cache) = c.borrow_mut().as_mut() {
-            cache.entry(key).or_insert_with(|| (w.clone(), p.clone()));
-        }
-    });
-    Ok(Some(p))
+    Some(f(weights, dims, (ptr, end - start, w.dims().to_vec())))
 }
 
 #[cfg(test)]
