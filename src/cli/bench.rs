@@ -508,7 +508,8 @@ fn fmt_ms(ms: Option<f64>) -> String {
 
 fn ratio(ours: Option<f64>, theirs: Option<f64>) -> String {
     match (ours, theirs) {
-        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}×", a / b),
+        // Three decimals: a row at a target's mark (0.70×) is then settled by what is printed.
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.3}×", a / b),
         _ => "—".into(),
     }
 }
@@ -585,7 +586,7 @@ impl Table {
             Some(one / self.seed_median(side, threads, "train_b64")?)
         };
         if threads > 1 {
-            let show = |s: Option<f64>| s.map_or("—".into(), |v| format!("{v:.2}×"));
+            let show = |s: Option<f64>| s.map_or("—".into(), |v| format!("{v:.3}×"));
             println!(
                 "{:<40} {:>12} {:>12}",
                 format!("{threads} threads over 1, train step"),
