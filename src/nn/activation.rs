@@ -370,6 +370,12 @@ impl CustomOp1 for Gate {
 
 /// tanh(x[…, :C]) ⊙ σ(x[…, C:]) over the last dimension (of even size 2C): `[…, 2C]` → `[…, C]`.
 pub fn gate(x: &Tensor) -> Result<Tensor> {
+    gate_in(x, true)
+}
+
+/// [`gate`], keeping tanh and σ for a backward pass only in `training` (and when the input is tracked): an
+/// evaluation pass asks for no gradient, and keeping them would cost it memory and time for nothing.
+pub fn gate_in(x: &Tensor, training: bool) -> Result<Tensor> {
     let c2 = x.dims().last().copied().unwrap_or(0);
     if c2 % 2 != 0 {
         candle_core::bail!("gate: the last dimension must be even, got {c2}");
@@ -377,7 +383,7 @@ pub fn gate(x: &Tensor) -> Result<Tensor> {
     let c = c2 / 2;
     if x.device().is_cpu() {
         x.contiguous()?.apply_op1(Gate {
-            kept: x.track_op().then(Default::default),
+            kept: (training && x.track_op()).then(Default::default),
         })
     } else {
         let last = x.rank() - 1;
@@ -424,6 +430,14 @@ mod tests {
             bits(&want_y),
             "gate, untracked"
         );
+        let evaluating = gate_in(x.as_tensor(), false)?; // tracked, nothing kept: the gradient computes them
+        assert_eq!(
+            bits(&evaluating.flatten_all()?.to_vec1::<f32>()?),
+            bits(&want_y),
+            "gate, evaluating"
+        );
+        let grad = (&evaluating * &g)?.sum_all()?.backward()?;
+        assert_eq!(bits(&gradient(&grad)?), bits(&want_g), "gate gradient, nothing kept");
         let y = leaky_relu(x.as_tensor(), 0.2)?;
         let grad = (&y * x.as_tensor().ones_like()?)?.sum_all()?.backward()?;
         let want: Vec<f32> = xs.iter().map(|&v| if v > 0.0 { v } else { v * 0.2f32 }).collect();

@@ -9,9 +9,10 @@ use std::ops::Range;
 
 use candle_core::{Result, Tensor};
 
+use super::activation::gate_in;
 use super::kernels::shifted_conv::TapPlan;
 use super::step::{relu_in_place, StepConv};
-use super::{dropout, gate, Arithmetic, CausalConv1d, Linear, Mode, PlannedConv2d};
+use super::{dropout, Arithmetic, CausalConv1d, Linear, Mode, PlannedConv2d};
 
 /// A layer a [`Flow`] applies: over whole tensors, or stepped by a [`StepConv`].
 pub trait Layer {
@@ -109,7 +110,7 @@ impl Flow for Full {
         x.relu()
     }
     fn gate(&mut self, x: Tensor) -> Result<Tensor> {
-        gate(&x)
+        gate_in(&x, matches!(self.mode, Mode::Train { .. }))
     }
     fn add(&mut self, a: Tensor, b: &Tensor) -> Result<Tensor> {
         super::kernels::elementwise::add(&a, b)
