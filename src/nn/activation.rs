@@ -134,20 +134,22 @@ fn gate_rows_scalar<T: GateFloat>(x: &[T], c: usize, out: &mut [T]) {
     }
 }
 
-/// The gradient of tanh(a) · σ(b) with respect to a and b, given g = ∂L/∂gate, t = tanh(a) and s = σ(b).
-#[inline(always)]
-fn gate_grad_pair<T: GateFloat>(g: T, t: T, s: T) -> (T, T) {
-    let one = T::one();
-    (g * s * (one - t * t), g * t * s * (one - s))
-}
-
 #[inline(always)]
 fn gate_grad_rows_scalar<T: GateFloat>(x: &[T], g: &[T], c: usize, out: &mut [T]) {
-    for ((o, x), g) in out.chunks_mut(2 * c).zip(x.chunks(2 * c)).zip(g.chunks(c)) {
+    grad_rows(x, g, c, out, |a, b| (a.tanh_via_sigmoid(), b.sigmoid()))
+}
+
+/// The gradient through the gates of rows of 2C numbers (`rows`: the inputs, or kept halves) whose two halves
+/// `halves` turns into t = tanh(a) and s = σ(b): ∂/∂a = g·s·(1 − t²), ∂/∂b = g·t·s·(1 − s).
+#[inline(always)]
+fn grad_rows<T: GateFloat>(rows: &[T], g: &[T], c: usize, out: &mut [T], halves: impl Fn(T, T) -> (T, T)) {
+    for ((o, x), g) in out.chunks_mut(2 * c).zip(rows.chunks(2 * c)).zip(g.chunks(c)) {
         let (oa, ob) = o.split_at_mut(c);
         let (xa, xb) = x.split_at(c);
         for ((((oa, ob), &a), &b), &g) in oa.iter_mut().zip(ob.iter_mut()).zip(xa).zip(xb).zip(g) {
-            (*oa, *ob) = gate_grad_pair(g, a.tanh_via_sigmoid(), b.sigmoid());
+            let (t, s) = halves(a, b);
+            *oa = g * s * (T::one() - t * t);
+            *ob = g * t * s * (T::one() - s);
         }
     }
 }
@@ -170,13 +172,7 @@ fn halves_rows_scalar<T: GateFloat>(x: &[T], c: usize, ts: &mut [T]) {
 /// arithmetic on the same t and s, so the same bits.
 #[inline(always)]
 fn gate_grad_kept_rows_scalar<T: GateFloat>(ts: &[T], g: &[T], c: usize, out: &mut [T]) {
-    for ((o, ts), g) in out.chunks_mut(2 * c).zip(ts.chunks(2 * c)).zip(g.chunks(c)) {
-        let (oa, ob) = o.split_at_mut(c);
-        let (ts_t, ts_s) = ts.split_at(c);
-        for ((((oa, ob), &t), &s), &g) in oa.iter_mut().zip(ob.iter_mut()).zip(ts_t).zip(ts_s).zip(g) {
-            (*oa, *ob) = gate_grad_pair(g, t, s);
-        }
-    }
+    grad_rows(ts, g, c, out, |t, s| (t, s))
 }
 
 /// The f32 loops compiled for the widest SIMD level the CPU has (the codec's dispatch): every level gives
