@@ -90,8 +90,8 @@ fn from_env() -> Option<Simd> {
 }
 
 /// The best level the CPU has; AVX-512 only with the `avx512` feature (without it the whole build is held
-/// to AVX2, as an AVX2 machine would run it).
-fn best_simd() -> Simd {
+/// to AVX2, as an AVX2 machine would run it) — the level gemm's kernels run at too.
+pub fn best_simd() -> Simd {
     if cfg!(feature = "avx512") && supports(Simd::Avx512) {
         Simd::Avx512
     } else if supports(Simd::Avx2) {

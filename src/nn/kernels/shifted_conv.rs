@@ -1277,8 +1277,8 @@ mod tests {
     }
 
     /// Runs of 4–7 taps between wide layers over many rows take F(2, n) (winograd.rs), forward and input
-    /// gradient: against the naive loop, and the backward as its adjoint (f64, where both are exact up to
-    /// rounding).
+    /// gradient (and runs of 3 below AVX-512): against the naive loop, and the backward as its adjoint (f64,
+    /// where both are exact up to rounding).
     #[test]
     fn winograd_path_matches_the_naive_loop_and_its_adjoint() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(13);
@@ -1301,6 +1301,29 @@ mod tests {
             let go = random(b * 64 * c_out, &mut rng);
             check_forward_and_adjoint(&g, (&x, &w, &bias), &go, 1e-11);
         }
+        // The gated PixelCNN's vertical stack (two runs of 3 over 8×8 images, 64 → 128 channels): F(2, 3)
+        // below AVX-512, the direct products at it (the published figures' bits).
+        let g = Geometry {
+            b: 20,
+            h: 8,
+            w: 8,
+            c_in: 64,
+            c_out: 128,
+            n_k: 6,
+            plan: crate::nn::masked_conv2d::vertical_plan(3),
+        };
+        let (m, rows_out) = (g.m(), g.rows() - g.runs()[0].offset);
+        assert_eq!(g.runs().iter().map(|r| r.n).collect::<Vec<_>>(), [3, 3]);
+        let here = winograd::f2_3_here();
+        assert_eq!(
+            winograd::fits(3, 64, 128, m) && winograd::fits(3, 128, 64, rows_out),
+            here
+        );
+        assert_eq!(here, crate::nn::exact::best_simd() != crate::nn::exact::Simd::Avx512);
+        let x = random(g.b * 64 * 64, &mut rng);
+        let w: Vec<f64> = random(128 * 64 * 6, &mut rng).iter().map(|v| v / 20.0).collect();
+        let (bias, go) = (random(128, &mut rng), random(g.b * 64 * 128, &mut rng));
+        check_forward_and_adjoint(&g, (&x, &w, &bias), &go, 1e-11);
     }
 
     /// Large sizes take the run path (M ≥ 1024): its gradients against the single-tap path's, via a

@@ -13,7 +13,8 @@
 //!
 //! The rounding differs from the direct products (f32: within ≈ 10⁻⁵ of the exact values for the seed
 //! net's layers, about six times the direct products' error), so it is used only where it pays: runs of
-//! 4–7 taps between layers of at least [`MIN_CHANNELS`] channels. Tiles are processed in blocks of a fixed
+//! 4–7 taps between layers of at least [`MIN_CHANNELS`] channels, and below AVX-512 runs of 3 between layers of
+//! at least [`MIN_CHANNELS_3`] (the gated PixelCNN's vertical stack). Tiles are processed in blocks of a fixed
 //! size that depends on the number of rows only, each block by one task, so results do not depend on the
 //! number of threads.
 
@@ -28,13 +29,28 @@ use super::shifted_conv::matmul_on;
 /// The finite interpolation points, in the order they are taken (∞ comes last).
 const POINTS: [f64; 7] = [0.0, 1.0, -1.0, 2.0, -2.0, 0.5, -0.5];
 
-/// Runs of these lengths use F(2, n).
-pub const RUN_LENGTHS: std::ops::RangeInclusive<usize> = 4..=7;
+/// Runs of these lengths use F(2, n) (3 only below AVX-512: [`f2_3_here`]).
+pub const RUN_LENGTHS: std::ops::RangeInclusive<usize> = 3..=7;
 
 /// Channels below which (on either side) the direct products are used. Only the seed net's 256 channels were
 /// measured; narrower layers (the 64-channel ARM priors of the latent models) keep the direct products, and
 /// with them the bits of their published figures.
 pub const MIN_CHANNELS: usize = 128;
+
+/// Runs of 3 taps (a row of a 3-wide 2-D kernel: the gated PixelCNN's vertical stack) take F(2, 3) — 4
+/// products of half the rows for 2 × 3 — between layers of at least this many channels, where gemm runs
+/// below AVX-512 ([`f2_3_here`]).
+pub const MIN_CHANNELS_3: usize = 64;
+
+/// Whether runs of 3 taps take F(2, 3) on this machine: where gemm runs below AVX-512 (an AVX2 CPU, or a build
+/// without the `avx512` feature). Measured on the gated PixelCNN's train step at batch 64 (its vertical
+/// stack: 64 → 128 channels, two runs of 3): 9–10 % faster at AVX2, 7 % at AVX-512 on one thread. The
+/// published figures were trained at AVX-512 with the direct products, so that level keeps them and
+/// reproduces them bit for bit; below it gemm blocks its sums differently (other kernels, other blocks), so
+/// its bits differ from them already and the faster sums cost no reproducibility there.
+pub fn f2_3_here() -> bool {
+    crate::nn::exact::best_simd() != crate::nn::exact::Simd::Avx512
+}
 
 /// Output rows below which the direct products are used: the kernel's transform (α·n multiply-adds per
 /// weight, each call) and the smaller products cost more than the saved arithmetic. Measured on the seed
@@ -49,7 +65,12 @@ const TILES: usize = 48;
 
 /// Whether a run of `n` taps between `c_in` and `c_out` channels over `m` output rows takes F(2, n).
 pub fn fits(n: usize, c_in: usize, c_out: usize, m: usize) -> bool {
-    RUN_LENGTHS.contains(&n) && c_in >= MIN_CHANNELS && c_out >= MIN_CHANNELS && m >= MIN_ROWS
+    let channels = match n {
+        3 if f2_3_here() => MIN_CHANNELS_3,
+        3 => return false,
+        _ => MIN_CHANNELS,
+    };
+    RUN_LENGTHS.contains(&n) && c_in >= channels && c_out >= channels && m >= MIN_ROWS
 }
 
 /// The three transforms of F(2, n), in f64.
@@ -495,7 +516,11 @@ mod tests {
     #[test]
     fn weight_gradient_matches_the_naive_sum() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
-        for &(n, c_in, c_out, m) in &[(7usize, 128usize, 130usize, 601usize), (4, 129, 128, 40)] {
+        for &(n, c_in, c_out, m) in &[
+            (7usize, 128usize, 130usize, 601usize),
+            (4, 129, 128, 40),
+            (3, 64, 128, 301),
+        ] {
             let tf = Transforms::new(n);
             let src: Vec<f64> = (0..(m + n - 1) * c_in).map(|_| rng.random_range(-1.0..1.0)).collect();
             // Rows from m on must not be read: NaN there would show.
@@ -539,6 +564,8 @@ mod tests {
             (7usize, 128usize, 130usize, 9usize),
             (5, 131, 128, 400),
             (7, 128, 128, 250),
+            (3, 64, 128, 333),
+            (3, 128, 64, 96),
         ] {
             let tf = Transforms::new(n);
             let src: Vec<f64> = (0..(m + n - 1) * c_in).map(|_| rng.random_range(-1.0..1.0)).collect();
