@@ -250,10 +250,10 @@ pub fn gate_value<T: GateFloat>(a: T, b: T) -> T {
 /// times the sigmoid of the second half. One pass over memory each way, on every core (composing it from
 /// candle ops cost ~45 % of a gated PixelCNN's forward pass in single-threaded library tanh calls).
 ///
-/// When a gradient may be asked for (the input is tracked), the forward pass keeps tanh and σ of the halves
-/// (as much memory as the input, until the backward pass) and the backward pass reads them instead of
-/// computing both again: the same numbers, so the same bits, without the backward pass's two exponentials
-/// per unit (≈ 4 % of a gated PixelCNN's train step).
+/// In training, when a gradient may be asked for (the input is tracked), the forward pass keeps tanh and σ of
+/// the halves (as much memory as the input, until the backward pass) and the backward pass reads them instead
+/// of computing both again: the same numbers, so the same bits, without the backward pass's two exponentials
+/// per unit (2–3 % of a gated PixelCNN's train step).
 #[derive(Debug, Default)]
 struct Gate {
     kept: Option<Mutex<Option<CpuStorage>>>,
