@@ -8,6 +8,7 @@ use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, WithDType};
 
+use super::kernels::shifted_conv::with_slice;
 use super::kernels::{par_build, CHUNK};
 
 #[derive(Debug, Clone, Copy)]
@@ -60,7 +61,6 @@ impl CustomOp1 for LeakyRelu {
 /// The gradient through a LeakyReLU of `slope`: `grad` where `x` > 0, `grad · slope` elsewhere. `x` is the
 /// input, or (for slope ≥ 0) the output, which is > 0 exactly where the input is.
 pub(crate) fn leaky_relu_backward(x: &Tensor, grad: &Tensor, slope: f64) -> Result<Tensor> {
-    use crate::nn::kernels::shifted_conv::with_slice;
     fn run<T: WithDType>(x: &Tensor, g: &Tensor, slope: f64) -> Result<Tensor> {
         if x.dims() != g.dims() {
             candle_core::bail!("leaky_relu: gradient {:?} for an input {:?}", g.dims(), x.dims());
@@ -259,6 +259,19 @@ struct Gate {
     kept: Option<Mutex<Option<CpuStorage>>>,
 }
 
+impl Gate {
+    /// The kept halves' slot, if this gate keeps them.
+    fn kept(&self) -> Result<Option<std::sync::MutexGuard<'_, Option<CpuStorage>>>> {
+        self.kept
+            .as_ref()
+            .map(|k| {
+                k.lock()
+                    .map_err(|_| candle_core::Error::Msg("gate: a poisoned lock".into()))
+            })
+            .transpose()
+    }
+}
+
 /// Rows per parallel task.
 fn rows_per_task(c: usize) -> usize {
     (CHUNK / (2 * c).max(1)).max(1)
@@ -309,10 +322,8 @@ impl CustomOp1 for Gate {
             }
             _ => candle_core::bail!("gate: supports f32 and f64"),
         };
-        if let Some(kept) = &self.kept {
-            *kept
-                .lock()
-                .map_err(|_| candle_core::Error::Msg("gate: a poisoned lock".into()))? = ts;
+        if let Some(mut kept) = self.kept()? {
+            *kept = ts;
         }
         if let Some(last) = dims.last_mut() {
             *last = c;
@@ -328,7 +339,6 @@ impl CustomOp1 for Gate {
             x: &Tensor,
             rows_into: fn(&[T], &[T], usize, &mut [T]),
         ) -> Result<Tensor> {
-            use crate::nn::kernels::shifted_conv::with_slice;
             let c = x.dims().last().copied().unwrap_or(0) / 2;
             if 2 * g.elem_count() != x.elem_count() || rows.len() != x.elem_count() {
                 candle_core::bail!("gate: gradient {:?} for an input {:?}", g.dims(), x.dims());
@@ -342,14 +352,7 @@ impl CustomOp1 for Gate {
             })?;
             Tensor::from_vec(out, x.shape(), x.device())
         }
-        use crate::nn::kernels::shifted_conv::with_slice;
-        let kept = match &self.kept {
-            Some(kept) => kept
-                .lock()
-                .map_err(|_| candle_core::Error::Msg("gate: a poisoned lock".into()))?
-                .take(),
-            None => None,
-        };
+        let kept = self.kept()?.and_then(|mut kept| kept.take());
         Ok(Some(match (kept, arg.dtype()) {
             (Some(CpuStorage::F32(ts)), _) => run::<f32>(&ts, grad, arg, f32::gate_grad_kept_rows_into)?,
             (Some(CpuStorage::F64(ts)), _) => run::<f64>(&ts, grad, arg, f64::gate_grad_kept_rows_into)?,
