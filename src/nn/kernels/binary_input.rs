@@ -74,9 +74,9 @@ impl Ones {
 /// Whether the products of this geometry sum the way this path does: every run of at most [`MAX_DEPTH`]
 /// inputs and none by F(2, n) (`winograd` says which would be), and a product large enough for gemm's
 /// general kernels (its matrix–vector and tiny-product paths sum in other orders).
-pub(super) fn applies(g: &Geometry, runs: &[Run], winograd: impl Fn(usize) -> bool) -> bool {
+pub(super) fn applies(g: &Geometry, runs: &[Run], winograd: impl Fn(Run) -> bool) -> bool {
     let m = g.m();
-    g.c_out >= 2 && m >= 2 && m * g.c_out > 256 && runs.iter().all(|r| r.n * g.c_in <= MAX_DEPTH && !winograd(r.n))
+    g.c_out >= 2 && m >= 2 && m * g.c_out > 256 && runs.iter().all(|&r| r.n * g.c_in <= MAX_DEPTH && !winograd(r))
 }
 
 /// The forward pass `[B, H, W, C_out]` from the ones of x, the kernel packed tap-major (`[N_k, C_in, C_out]`)

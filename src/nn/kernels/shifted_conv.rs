@@ -398,14 +398,33 @@ fn pack_run_reversed<T: WithDType>(w: &[T], g: &Geometry, run: Run) -> Vec<T> {
 pub(super) struct Packed<T> {
     pub(super) taps: Vec<T>,
     winograd: OnceLock<Vec<T>>,
+    /// Kept for later calls (by [`evaluating`] or [`with_frozen_weights`]): its transform is made once.
+    kept: bool,
 }
 
 impl<T: WithDType> Packed<T> {
+    /// For this call only.
     pub(super) fn new(w: &[T], c_out: usize, c_in: usize, n_k: usize) -> Self {
         Self {
             taps: pack_tap_major(w, c_out, c_in, n_k),
             winograd: OnceLock::new(),
+            kept: false,
         }
+    }
+
+    /// For this call and later ones.
+    fn kept(w: &[T], c_out: usize, c_in: usize, n_k: usize) -> Self {
+        Self {
+            kept: true,
+            ..Self::new(w, c_out, c_in, n_k)
+        }
+    }
+
+    /// Whether `run` of geometry `g` takes F(2, n) in the forward pass: a run that is the whole kernel (its
+    /// transform kept with it) over any number of rows when the kernel is kept, else as [`winograd::fits`].
+    pub(super) fn winograd(&self, run: Run, g: &Geometry) -> bool {
+        let whole = run.k0 == 0 && run.n == g.n_k;
+        winograd::fits(run.n, g.c_in, g.c_out, g.m(), self.kept && whole)
     }
 }
 
@@ -439,13 +458,11 @@ fn forward_on_worker<T: WithDType>(
     g: &Geometry,
     leaky: Option<f64>,
 ) -> Vec<T> {
-    let (c_in, c_out) = (g.c_in, g.c_out);
     let slope = leaky.map(T::from_f64);
-    let m = g.m();
     let runs = g.runs();
     // A one-hot (binary, sparse) input: the kernel's rows at the ones added up, the same sums as the products.
-    if binary_input::applies(g, &runs, |n| winograd::fits(n, c_in, c_out, m)) {
-        if let Some(ones) = Ones::of(x, c_in) {
+    if binary_input::applies(g, &runs, |run| packed.winograd(run, g)) {
+        if let Some(ones) = Ones::of(x, g.c_in) {
             return binary_input::forward(&ones, &packed.taps, bias, g, &runs, slope);
         }
     }
@@ -470,8 +487,8 @@ pub(super) fn by_products<T: WithDType>(
     let block = c_in * c_out;
     for (i, &run) in runs.iter().enumerate() {
         let taps = &packed.taps[run.k0 * block..][..run.n * block];
-        if winograd::fits(run.n, c_in, c_out, m) {
-            // The same sum by F(2, n), from the kernel's transform (kept with a frozen kernel).
+        if packed.winograd(run, g) {
+            // The same sum by F(2, n), from the kernel's transform (made once for a kept kernel).
             let tf = Transforms::new(run.n);
             let own;
             let v = if run.k0 == 0 && run.n == g.n_k {
@@ -572,7 +589,7 @@ fn backward_on_worker<T: WithDType>(
         let mut gw_packed = vec![T::from_f64(0.0); n_k * block];
         for run in &runs {
             let x_run = &xpad[run.offset * c_in..];
-            if winograd::fits(run.n, c_in, c_out, m) {
+            if winograd::fits(run.n, c_in, c_out, m, false) {
                 // grad W for the run by F(2, n) (see winograd.rs), into its contiguous block.
                 let gw = Transforms::new(run.n).weight_gradient(x_run, c_in, gfull, c_out, m);
                 gw_packed[run.k0 * block..][..run.n * block].copy_from_slice(&gw);
@@ -622,7 +639,7 @@ fn backward_on_worker<T: WithDType>(
             let rows_out = rows - run.offset;
             // SAFETY (both products): the overlapping view of G stays inside gpad (`front` ≥ n − 1 zero rows
             // precede gfull), and the destination rows inside gxpad.
-            if winograd::fits(run.n, c_out, c_in, rows_out) {
+            if winograd::fits(run.n, c_out, c_in, rows_out, false) {
                 let tf = Transforms::new(run.n);
                 unsafe { tf.correlate(src, c_out, &tf.kernel(&wr, c_out * c_in), c_in, rows_out, dst, i > 0) };
                 continue;
@@ -953,7 +970,7 @@ fn reused_packed(w: &Tensor) -> Option<Arc<dyn Any + Send + Sync>> {
         }
         #[cfg(test)]
         REUSE_PACKED.with(|n| n.set(n.get() + 1));
-        let packed: Arc<dyn Any + Send + Sync> = Arc::new(Packed::new(v, c_out, c_in, n_k));
+        let packed: Arc<dyn Any + Send + Sync> = Arc::new(Packed::kept(v, c_out, c_in, n_k));
         REUSE.with(|c| {
             let mut cache = c.borrow_mut();
             cache.remove(&key);
@@ -1008,8 +1025,8 @@ enum Weights<'a> {
 impl Weights<'_> {
     fn pack(&self, (c_out, c_in, n_k): (usize, usize, usize)) -> Arc<dyn Any + Send + Sync> {
         match *self {
-            Weights::F32(v) => Arc::new(Packed::new(v, c_out, c_in, n_k)),
-            Weights::F64(v) => Arc::new(Packed::new(v, c_out, c_in, n_k)),
+            Weights::F32(v) => Arc::new(Packed::kept(v, c_out, c_in, n_k)),
+            Weights::F64(v) => Arc::new(Packed::kept(v, c_out, c_in, n_k)),
         }
     }
 }
@@ -1293,7 +1310,7 @@ mod tests {
                 plan: TapPlan::causal_1d(n_k, 1, n_k - 1),
             };
             let (m, rows_out) = (g.m(), g.rows() - g.runs()[0].offset);
-            assert!(winograd::fits(n_k, c_in, c_out, m) && winograd::fits(n_k, c_out, c_in, rows_out));
+            assert!(winograd::fits(n_k, c_in, c_out, m, false) && winograd::fits(n_k, c_out, c_in, rows_out, false));
             let x = random(b * 64 * c_in, &mut rng);
             let scale = 1.0 / ((n_k * c_in) as f64).sqrt();
             let w: Vec<f64> = random(c_out * c_in * n_k, &mut rng).iter().map(|v| v * scale).collect();
@@ -1316,7 +1333,7 @@ mod tests {
         assert_eq!(g.runs().iter().map(|r| r.n).collect::<Vec<_>>(), [3, 3]);
         let here = winograd::f2_3_here();
         assert_eq!(
-            winograd::fits(3, 64, 128, m) && winograd::fits(3, 128, 64, rows_out),
+            winograd::fits(3, 64, 128, m, false) && winograd::fits(3, 128, 64, rows_out, false),
             here
         );
         assert_eq!(here, crate::nn::exact::best_simd() != crate::nn::exact::Simd::Avx512);
@@ -1324,6 +1341,56 @@ mod tests {
         let w: Vec<f64> = random(128 * 64 * 6, &mut rng).iter().map(|v| v / 20.0).collect();
         let (bias, go) = (random(128, &mut rng), random(g.b * 64 * 128, &mut rng));
         check_forward_and_adjoint(&g, (&x, &w, &bias), &go, 1e-11);
+    }
+
+    /// A kept kernel (evaluation passes, samplers) takes F(2, n) over few rows too — the seed net's layers at
+    /// batch 1 and 3 — and matches the naive loop; a kernel packed for one call keeps the direct products
+    /// there, and a 2-D kernel's runs (no transform kept) too.
+    #[test]
+    fn kept_kernels_take_winograd_over_few_rows() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(17);
+        for b in [1, 3] {
+            let g = Geometry {
+                b,
+                h: 1,
+                w: 64,
+                c_in: 256,
+                c_out: 256,
+                n_k: 7,
+                plan: TapPlan::causal_1d(7, 1, 6),
+            };
+            let run = g.runs()[0];
+            assert!(g.m() < winograd::MIN_ROWS && run.n == 7);
+            let x = random(b * 64 * 256, &mut rng);
+            let w: Vec<f64> = random(256 * 256 * 7, &mut rng).iter().map(|v| v / 42.0).collect();
+            let bias = random(256, &mut rng);
+            let (kept, fresh) = (Packed::kept(&w, 256, 256, 7), Packed::new(&w, 256, 256, 7));
+            assert!(kept.winograd(run, &g) && !fresh.winograd(run, &g));
+            let exact = naive(&x, &w, &bias, &g);
+            let by_kept = forward_packed(&x, &kept, &bias, &g, None);
+            let by_fresh = forward_packed(&x, &fresh, &bias, &g, None);
+            let err = |y: &[f64]| y.iter().zip(&exact).map(|(p, q)| (p - q).abs()).fold(0.0, f64::max);
+            assert!(
+                err(&by_kept) < 1e-11 && err(&by_fresh) < 1e-11,
+                "{b}: {} {}",
+                err(&by_kept),
+                err(&by_fresh)
+            );
+            assert_ne!(by_kept, by_fresh, "the kept kernel sums otherwise (by F(2, 7))");
+            assert!(kept.winograd.get().is_some(), "its transform is kept");
+            assert_eq!(forward_packed(&x, &kept, &bias, &g, None), by_kept, "and reused");
+        }
+        let g = Geometry {
+            b: 1,
+            h: 8,
+            w: 8,
+            c_in: 256,
+            c_out: 256,
+            n_k: 6,
+            plan: crate::nn::masked_conv2d::vertical_plan(3),
+        };
+        let kept = Packed::kept(&vec![0.0f64; 256 * 256 * 6], 256, 256, 6);
+        assert!(g.runs().iter().all(|&run| !kept.winograd(run, &g)));
     }
 
     /// Large sizes take the run path (M ≥ 1024): its gradients against the single-tap path's, via a

@@ -52,10 +52,13 @@ pub fn f2_3_here() -> bool {
     crate::nn::exact::best_simd() != crate::nn::exact::Simd::Avx512
 }
 
-/// Output rows below which the direct products are used: the kernel's transform (α·n multiply-adds per
-/// weight, each call) and the smaller products cost more than the saved arithmetic. Measured on the seed
-/// net's forward pass (rows = batch × 70): level at batch 16 (1,120 rows, 5 % faster), 15–20 % faster from
-/// batch 32 on, slower at batch 1–4.
+/// Output rows below which the direct products are used when the kernel's transform has to be made for the
+/// call (α·n multiply-adds per weight, each call): there it and the smaller products cost more than the
+/// saved arithmetic. Measured on the seed net's forward pass (rows = batch × 70): level at batch 16 (1,120
+/// rows, 5 % faster), 15–20 % faster from batch 32 on, slower at batch 1–4. A transform kept from an earlier
+/// call (an evaluation pass, a sampler) costs nothing, and then F(2, n) pays at every batch: the seed net's
+/// forward at batch 1, 2, 8 took 0.38 → 0.29, 0.75 → 0.49, 2.7 → 1.9 ms at AVX-512 and 0.77 → 0.49,
+/// 1.4 → 0.9, 5.0 → 3.5 ms at AVX2 (2 threads).
 pub const MIN_ROWS: usize = 1024;
 
 /// Tiles (pairs of output rows) per task: a block's transformed input and products (48 rows of 256
@@ -63,14 +66,15 @@ pub const MIN_ROWS: usize = 1024;
 /// on the seed net's forward pass at batch 64: 48 the fastest, by a few per cent).
 const TILES: usize = 48;
 
-/// Whether a run of `n` taps between `c_in` and `c_out` channels over `m` output rows takes F(2, n).
-pub fn fits(n: usize, c_in: usize, c_out: usize, m: usize) -> bool {
+/// Whether a run of `n` taps between `c_in` and `c_out` channels over `m` output rows takes F(2, n);
+/// `kept`: the kernel's transform is at hand from an earlier call, so any number of rows pays.
+pub fn fits(n: usize, c_in: usize, c_out: usize, m: usize, kept: bool) -> bool {
     let channels = match n {
         3 if f2_3_here() => MIN_CHANNELS_3,
         3 => return false,
         _ => MIN_CHANNELS,
     };
-    RUN_LENGTHS.contains(&n) && c_in >= channels && c_out >= channels && m >= MIN_ROWS
+    RUN_LENGTHS.contains(&n) && c_in >= channels && c_out >= channels && (kept || m >= MIN_ROWS)
 }
 
 /// The three transforms of F(2, n), in f64.
