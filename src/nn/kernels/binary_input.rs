@@ -72,7 +72,7 @@ impl Ones {
 }
 
 /// Whether the products of this geometry sum the way this path does: every run of at most [`MAX_DEPTH`]
-/// inputs and none by F(2, n) (`winograd` says which would be), and a product large enough for gemm's
+/// inputs and none by Winograd (`winograd` says which would be), and a product large enough for gemm's
 /// general kernels (its matrix–vector and tiny-product paths sum in other orders).
 pub(super) fn applies(g: &Geometry, runs: &[Run], winograd: impl Fn(Run) -> bool) -> bool {
     let m = g.m();
@@ -470,7 +470,7 @@ mod tests {
             plan: vertical_plan(7),
         };
         assert!(applies(&g(4, 17), &g(4, 17).runs(), |_| false));
-        assert!(!applies(&g(4, 17), &g(4, 17).runs(), |_| true)); // F(2, n) sums otherwise
+        assert!(!applies(&g(4, 17), &g(4, 17).runs(), |_| true)); // Winograd sums otherwise
         assert!(!applies(&g(4, 100), &g(4, 100).runs(), |_| false)); // 700 inputs a run: two depth blocks
         let tiny = Geometry { h: 1, w: 3, ..g(1, 17) };
         assert!(!applies(&tiny, &tiny.runs(), |_| false));

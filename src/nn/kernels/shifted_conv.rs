@@ -394,7 +394,7 @@ fn pack_run_reversed<T: WithDType>(w: &[T], g: &Geometry, run: Run) -> Vec<T> {
 }
 
 /// A kernel ready for the forward products: tap-major ([`pack_tap_major`]), and, made on first use, the
-/// F(2, n) transform of a kernel whose taps are all one run (a 1-D kernel of dilation 1).
+/// Winograd transform of a kernel whose taps are all one run (a 1-D kernel of dilation 1).
 pub(super) struct Packed<T> {
     pub(super) taps: Vec<T>,
     winograd: OnceLock<Vec<T>>,
@@ -420,7 +420,7 @@ impl<T: WithDType> Packed<T> {
         }
     }
 
-    /// Whether `run` of geometry `g` takes F(2, n) in the forward pass: a run that is the whole kernel (its
+    /// Whether `run` of geometry `g` takes Winograd in the forward pass: a run that is the whole kernel (its
     /// transform kept with it) over any number of rows when the kernel is kept, else as [`winograd::fits`].
     pub(super) fn winograd(&self, run: Run, g: &Geometry) -> bool {
         let whole = run.k0 == 0 && run.n == g.n_k;
@@ -488,7 +488,7 @@ pub(super) fn by_products<T: WithDType>(
     for (i, &run) in runs.iter().enumerate() {
         let taps = &packed.taps[run.k0 * block..][..run.n * block];
         if packed.winograd(run, g) {
-            // The same sum by F(2, n), from the kernel's transform (made once for a kept kernel).
+            // The same sum by Winograd, from the kernel's transform (made once for a kept kernel).
             let tf = Transforms::new(run.n);
             let own;
             let v = if run.k0 == 0 && run.n == g.n_k {
@@ -590,7 +590,7 @@ fn backward_on_worker<T: WithDType>(
         for run in &runs {
             let x_run = &xpad[run.offset * c_in..];
             if winograd::fits(run.n, c_in, c_out, m, false) {
-                // grad W for the run by F(2, n) (see winograd.rs), into its contiguous block.
+                // grad W for the run by Winograd (see winograd.rs), into its contiguous block.
                 let gw = Transforms::new(run.n).weight_gradient(x_run, c_in, gfull, c_out, m);
                 gw_packed[run.k0 * block..][..run.n * block].copy_from_slice(&gw);
                 continue;
@@ -630,7 +630,7 @@ fn backward_on_worker<T: WithDType>(
         put_zeros(&mut gxpad.spare_capacity_mut()[..first_offset * c_in]);
         for (i, run) in runs.iter().enumerate() {
             // grad xpad[s] += Σ_j G[s − offset − j]·W_jᵀ: a product over the overlapping view of G (with n−1
-            // zero rows in front) and the run's weights in reverse order — by F(2, n) where that pays, as in
+            // zero rows in front) and the run's weights in reverse order — by Winograd where that pays, as in
             // the forward pass.
             let wr = pack_run_reversed(w, g, *run);
             // SAFETY: the run's rows lie inside gxpad's capacity.
@@ -663,7 +663,7 @@ fn backward_on_worker<T: WithDType>(
     };
     // Side by side only for small layers: the gated PixelCNN's at batch 4 (≈ 35 MFLOP per gradient, its
     // train step 4 % faster), not the seed net's 256-channel ones at batch 64 (3.7 GFLOP, already split by
-    // gemm and F(2, n): 5 % slower with both at once); the gated layers at batch 64 (0.6 GFLOP) gain nothing.
+    // gemm and Winograd: 5 % slower with both at once); the gated layers at batch 64 (0.6 GFLOP) gain nothing.
     let flops = 2 * m * c_in * c_out * g.plan.taps.len();
     let (gw, gx) = if flops < 1 << 26 {
         rayon::join(weight_gradient, input_gradient)
@@ -1318,7 +1318,7 @@ mod tests {
             let go = random(b * 64 * c_out, &mut rng);
             check_forward_and_adjoint(&g, (&x, &w, &bias), &go, 1e-11);
         }
-        // The gated PixelCNN's vertical stack (two runs of 3 over 8×8 images, 64 → 128 channels): F(2, 3)
+        // The gated PixelCNN's vertical stack (two runs of 3 over 8×8 images, 64 → 128 channels): F(4, 3)
         // below AVX-512, the direct products at it (the published figures' bits).
         let g = Geometry {
             b: 20,
@@ -1331,7 +1331,7 @@ mod tests {
         };
         let (m, rows_out) = (g.m(), g.rows() - g.runs()[0].offset);
         assert_eq!(g.runs().iter().map(|r| r.n).collect::<Vec<_>>(), [3, 3]);
-        let here = winograd::f2_3_here();
+        let here = winograd::runs_of_3_here();
         assert_eq!(
             winograd::fits(3, 64, 128, m, false) && winograd::fits(3, 128, 64, rows_out, false),
             here

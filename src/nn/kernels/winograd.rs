@@ -1,14 +1,14 @@
-//! Winograd's minimal filtering F(2, n) for a run of n consecutive taps: two output rows from α = n + 1
-//! matrix products of half the rows instead of n products of all of them, so a run of 7 taps costs 8/14 of
-//! the multiply-adds — for the forward pass, the input gradient (the same correlation with the kernel
-//! reversed) and the weight gradient (its transpose, [`Transforms::weight_gradient`]): the seed net's
-//! 256-channel layers.
+//! Winograd's minimal filtering F(q, n) for a run of n consecutive taps: q output rows from α = n + q − 1
+//! matrix products of 1/q of the rows instead of n products of all of them — F(2, n) for runs of 4–7 taps
+//! (a run of 7 costs 8/14 of the multiply-adds: the seed net's 256-channel layers), F(4, 3) for runs of 3
+//! (6/12) — for the forward pass, the input gradient (the same correlation with the kernel reversed) and the
+//! weight gradient (its transpose, [`Transforms::weight_gradient`]).
 //!
 //! With the run's taps W_0 … W_{n−1} (`[C_in, C_out]` each) and input rows d_r, output row r is
-//! `y_r = Σ_j d_{r+j} · W_j`. Toom–Cook at the points 0, 1, −1, 2, −2, ½, −½ and ∞ (the first n of them
-//! and ∞), written as Lavin & Gray (2016) do, gives for the pair of rows (2t, 2t + 1):
-//! `(y_2t, y_2t+1) = Aᵀ [ (Bᵀ d)_i · V_i ]_i` with `V_i = Σ_k G_ik W_k` (the kernel transformed once) and
-//! `(Bᵀ d)_i = Σ_j Bᵀ_ij d_{2t+j}` (a few additions per tile): one product `U_i · V_i` per point, over the tiles.
+//! `y_r = Σ_j d_{r+j} · W_j`. Toom–Cook at the points 0, 1, −1, 2, −2, ½, −½ and ∞ (the first α − 1 of
+//! them and ∞), written as Lavin & Gray (2016) do, gives for tile t, the rows qt … qt + q − 1:
+//! `(y_qt+o)_o = Aᵀ [ (Bᵀ d)_i · V_i ]_i` with `V_i = Σ_k G_ik W_k` (the kernel transformed once) and
+//! `(Bᵀ d)_i = Σ_j Bᵀ_ij d_{qt+j}` (a few additions per tile): one product `U_i · V_i` per point, over the tiles.
 //! `G` and `Aᵀ` evaluate polynomials at the points, `Bᵀ` inverts the evaluation (computed here in f64).
 //!
 //! The rounding differs from the direct products (f32: within ≈ 10⁻⁵ of the exact values for the seed
@@ -29,7 +29,7 @@ use super::shifted_conv::matmul_on;
 /// The finite interpolation points, in the order they are taken (∞ comes last).
 const POINTS: [f64; 7] = [0.0, 1.0, -1.0, 2.0, -2.0, 0.5, -0.5];
 
-/// Runs of these lengths use F(2, n) (3 only below AVX-512: [`f2_3_here`]).
+/// Runs of these lengths take Winograd (3 only below AVX-512: [`runs_of_3_here`]).
 pub const RUN_LENGTHS: std::ops::RangeInclusive<usize> = 3..=7;
 
 /// Channels below which (on either side) the direct products are used. Only the seed net's 256 channels were
@@ -37,18 +37,19 @@ pub const RUN_LENGTHS: std::ops::RangeInclusive<usize> = 3..=7;
 /// with them the bits of their published figures.
 pub const MIN_CHANNELS: usize = 128;
 
-/// Runs of 3 taps (a row of a 3-wide 2-D kernel: the gated PixelCNN's vertical stack) take F(2, 3) — 4
-/// products of half the rows for 2 × 3 — between layers of at least this many channels, where gemm runs
-/// below AVX-512 ([`f2_3_here`]).
+/// Runs of 3 taps (a row of a 3-wide 2-D kernel: the gated PixelCNN's vertical stack) take F(4, 3) — 6
+/// products of a quarter of the rows for 4 × 3 — between layers of at least this many channels, where gemm
+/// runs below AVX-512 ([`runs_of_3_here`]).
 pub const MIN_CHANNELS_3: usize = 64;
 
-/// Whether runs of 3 taps take F(2, 3) on this machine: where gemm runs below AVX-512 (an AVX2 CPU, or a build
-/// without the `avx512` feature). Measured on the gated PixelCNN's train step at batch 64 (its vertical
-/// stack: 64 → 128 channels, two runs of 3): 9–10 % faster at AVX2, 7 % at AVX-512 on one thread. The
-/// published figures were trained at AVX-512 with the direct products, so that level keeps them and
-/// reproduces them bit for bit; below it gemm blocks its sums differently (other kernels, other blocks), so
-/// its bits differ from them already and the faster sums cost no reproducibility there.
-pub fn f2_3_here() -> bool {
+/// Whether runs of 3 taps take Winograd on this machine: where gemm runs below AVX-512 (an AVX2 CPU, or a
+/// build without the `avx512` feature). Measured on the gated PixelCNN's train step at batch 64 (its vertical
+/// stack: 64 → 128 channels, two runs of 3), one thread: F(2, 3) 9–10 % faster than the direct products at
+/// AVX2 (7 % at AVX-512), F(4, 3) another 3–5 % (AVX2: 144–150 → 137–143 ms; on two threads within the
+/// noise). The published figures were trained at AVX-512 with the direct products, so that level keeps
+/// them and reproduces them bit for bit; below it gemm blocks its sums differently (other kernels, other
+/// blocks), so its bits differ from them already and the faster sums cost no reproducibility there.
+pub fn runs_of_3_here() -> bool {
     crate::nn::exact::best_simd() != crate::nn::exact::Simd::Avx512
 }
 
@@ -61,38 +62,41 @@ pub fn f2_3_here() -> bool {
 /// 1.4 → 0.9, 5.0 → 3.5 ms at AVX2 (2 threads).
 pub const MIN_ROWS: usize = 1024;
 
-/// Tiles (pairs of output rows) per task: a block's transformed input and products (48 rows of 256
+/// Tiles (q output rows each) per task: a block's transformed input and products (48 rows of 256
 /// channels: 48 KiB each) and its output rows stay in one core's L2 cache (48, 64, 96, 144 and 240 measured
 /// on the seed net's forward pass at batch 64: 48 the fastest, by a few per cent).
 const TILES: usize = 48;
 
-/// Whether a run of `n` taps between `c_in` and `c_out` channels over `m` output rows takes F(2, n);
+/// Whether a run of `n` taps between `c_in` and `c_out` channels over `m` output rows takes Winograd;
 /// `kept`: the kernel's transform is at hand from an earlier call, so any number of rows pays.
 pub fn fits(n: usize, c_in: usize, c_out: usize, m: usize, kept: bool) -> bool {
     let channels = match n {
-        3 if f2_3_here() => MIN_CHANNELS_3,
+        3 if runs_of_3_here() => MIN_CHANNELS_3,
         3 => return false,
         _ => MIN_CHANNELS,
     };
     RUN_LENGTHS.contains(&n) && c_in >= channels && c_out >= channels && (kept || m >= MIN_ROWS)
 }
 
-/// The three transforms of F(2, n), in f64.
+/// The three transforms of F(q, n), in f64: F(4, 3) for runs of 3, F(2, n) for longer ones.
 #[derive(Debug, Clone)]
 pub struct Transforms {
     n: usize,
+    /// Output rows per tile (q).
+    outs: usize,
     /// `[α][n]`: V_i = Σ_k g[i][k] W_k.
     g: Vec<Vec<f64>>,
     /// `[α][α]`: U_i = Σ_j bt[i][j] d_j.
     bt: Vec<Vec<f64>>,
-    /// `[2][α]`: y_o = Σ_i at[o][i] M_i.
-    at: [Vec<f64>; 2],
+    /// `[outs][α]`: y_o = Σ_i at[o][i] M_i.
+    at: Vec<Vec<f64>>,
 }
 
 impl Transforms {
     pub fn new(n: usize) -> Self {
-        assert!(RUN_LENGTHS.contains(&n), "F(2, {n}) is not provided");
-        let alpha = n + 1;
+        assert!(RUN_LENGTHS.contains(&n), "Winograd for runs of {n} is not provided");
+        let outs = if n == 3 { 4 } else { 2 };
+        let alpha = n + outs - 1;
         // Row i of the evaluation of a polynomial with `len` coefficients: the powers of point i, or for ∞
         // (the last point) its leading coefficient.
         let eval = |len: usize, i: usize| -> Vec<f64> {
@@ -106,23 +110,23 @@ impl Transforms {
         let inv = invert(v);
         Self {
             n,
+            outs,
             g: (0..alpha).map(|i| eval(n, i)).collect(),
             bt: (0..alpha).map(|i| (0..alpha).map(|j| inv[j][i]).collect()).collect(),
-            at: [0, 1].map(|o| (0..alpha).map(|i| eval(2, i)[o]).collect()),
+            at: (0..outs)
+                .map(|o| (0..alpha).map(|i| eval(outs, i)[o]).collect())
+                .collect(),
         }
     }
 
     fn alpha(&self) -> usize {
-        self.n + 1
+        self.n + self.outs - 1
     }
 
     /// Bᵀ and Aᵀ in `T`, for the loops over the tiles.
-    fn input_and_output_in<T: WithDType>(&self) -> (Vec<Vec<T>>, [Vec<T>; 2]) {
+    fn input_and_output_in<T: WithDType>(&self) -> (Vec<Vec<T>>, Vec<Vec<T>>) {
         let cast = |row: &Vec<f64>| row.iter().map(|&c| T::from_f64(c)).collect::<Vec<T>>();
-        (
-            self.bt.iter().map(cast).collect(),
-            [cast(&self.at[0]), cast(&self.at[1])],
-        )
+        (self.bt.iter().map(cast).collect(), self.at.iter().map(cast).collect())
     }
 
     /// The kernel transformed: `taps` holds the run's n matrices of `block` numbers each (`[C_in, C_out]`,
@@ -133,8 +137,8 @@ impl Transforms {
     }
 
     /// The run's weight gradient `Σ_{r<m} src[r + j]ᵀ · gy[r]` for j < n, as n matrices `[C_in, C_out]` one
-    /// after another: with `L = Σ_r gy_r · y_r` and y by F(2, n), `∂L/∂W_k = Σ_i G_ik P_i` where
-    /// `P_i = Σ_t (Bᵀ d)_{i,t}ᵀ · (Σ_o Aᵀ_oi gy_{2t+o})` — α products of C_in × C_out over the tiles instead of
+    /// after another: with `L = Σ_r gy_r · y_r` and y by F(q, n), `∂L/∂W_k = Σ_i G_ik P_i` where
+    /// `P_i = Σ_t (Bᵀ d)_{i,t}ᵀ · (Σ_o Aᵀ_oi gy_{qt+o})` — α products of C_in × C_out over the tiles instead of
     /// n over the rows. `src` holds rows of `c_in` numbers (at least m + n − 1; rows past its end read as zero),
     /// `gy` at least m rows of `c_out` (rows from m on are not read). Each P_i is summed over the tiles in a
     /// fixed order by one task (the points in parallel), so the result does not depend on the thread count.
@@ -150,6 +154,7 @@ impl Transforms {
             m,
             bt,
             at,
+            outs: self.outs,
             dst: super::shifted_conv::SharedMut(p.as_mut_ptr()),
         };
         // SAFETY: task i writes P_i, inside `p`'s capacity, alone.
@@ -181,7 +186,7 @@ impl Transforms {
         accumulate: bool,
     ) {
         assert_eq!(v.len(), self.alpha() * c_in * c_out);
-        let tiles = m.div_ceil(2);
+        let tiles = m.div_ceil(self.outs);
         let (bt, at) = self.input_and_output_in();
         let job = Job {
             src,
@@ -193,6 +198,7 @@ impl Transforms {
             accumulate,
             bt,
             at,
+            outs: self.outs,
             // A fixed block size for a given m (never the thread count): smaller for small m, so that both
             // cores get a share.
             per_task: TILES.min(tiles.div_ceil(2)).max(1),
@@ -272,12 +278,12 @@ fn combine<T: WithDType>(coef: &[Vec<f64>], blocks: &[T], block: usize) -> Vec<T
 }
 
 /// Point `bt`'s transform of the input for the tiles t0, t0 + 1, …: row t of `u` (`c_in` numbers) becomes
-/// `Σ_j bt[j] · src[2(t0 + t) + j]`, rows past the end of `src` reading as zero.
+/// `Σ_j bt[j] · src[outs·(t0 + t) + j]`, rows past the end of `src` reading as zero.
 #[inline(always)]
-fn transform_input<T: WithDType>(bt: &[T], src: &[T], c_in: usize, t0: usize, u: &mut [T]) {
+fn transform_input<T: WithDType>(bt: &[T], src: &[T], c_in: usize, outs: usize, t0: usize, u: &mut [T]) {
     for (t, row) in u.chunks_exact_mut(c_in).enumerate() {
         row.fill(T::zero());
-        let base = 2 * (t0 + t);
+        let base = outs * (t0 + t);
         for (j, &c) in bt.iter().enumerate() {
             let r = base + j;
             if c == T::zero() || (r + 1) * c_in > src.len() {
@@ -334,7 +340,9 @@ struct GradJob<'a, T> {
     c_out: usize,
     m: usize,
     bt: Vec<Vec<T>>,
-    at: [Vec<T>; 2],
+    at: Vec<Vec<T>>,
+    /// Output rows per tile.
+    outs: usize,
     dst: super::shifted_conv::SharedMut<T>,
 }
 
@@ -343,16 +351,16 @@ impl<T: WithDType> Wide for GradJob<'_, T> {
     #[inline(always)]
     unsafe fn task(&self, i: usize) {
         let (c_in, c_out, src, gy) = (self.c_in, self.c_out, self.src, self.gy);
-        let tiles = self.m.div_ceil(2);
+        let tiles = self.m.div_ceil(self.outs);
         let mut u = vec![T::zero(); GRAD_TILES.min(tiles) * c_in];
         let mut z = vec![T::zero(); GRAD_TILES.min(tiles) * c_out];
         for (chunk, t0) in (0..tiles).step_by(GRAD_TILES).enumerate() {
             let ct = GRAD_TILES.min(tiles - t0);
-            transform_input(&self.bt[i], src, c_in, t0, &mut u[..ct * c_in]);
+            transform_input(&self.bt[i], src, c_in, self.outs, t0, &mut u[..ct * c_in]);
             for (t, row) in z[..ct * c_out].chunks_exact_mut(c_out).enumerate() {
                 row.fill(T::zero());
                 for (o, at) in self.at.iter().enumerate() {
-                    let r = 2 * (t0 + t) + o;
+                    let r = self.outs * (t0 + t) + o;
                     if at[i] == T::zero() || r >= self.m {
                         continue;
                     }
@@ -391,7 +399,9 @@ struct Job<'a, T> {
     dst: super::shifted_conv::SharedMut<T>,
     accumulate: bool,
     bt: Vec<Vec<T>>,
-    at: [Vec<T>; 2],
+    at: Vec<Vec<T>>,
+    /// Output rows per tile.
+    outs: usize,
     per_task: usize,
 }
 
@@ -404,12 +414,12 @@ impl<T: WithDType> Wide for Job<'_, T> {
     unsafe fn task(&self, b: usize) {
         let (c_in, c_out, src) = (self.c_in, self.c_out, self.src);
         let t0 = b * self.per_task;
-        let p = self.per_task.min(self.m.div_ceil(2) - t0);
+        let p = self.per_task.min(self.m.div_ceil(self.outs) - t0);
         let mut u = vec![T::zero(); p * c_in];
         let mut prod = Vec::<T>::with_capacity(p * c_out);
         for (i, bt) in self.bt.iter().enumerate() {
-            // U_i for the block's tiles: tile t reads rows 2t .. 2t + α.
-            transform_input(bt, src, c_in, t0, &mut u);
+            // U_i for the block's tiles: tile t reads rows qt .. qt + α.
+            transform_input(bt, src, c_in, self.outs, t0, &mut u);
             // M_i = U_i · V_i, on this task's core.
             // SAFETY: u is p×c_in, V_i c_in×c_out inside v, prod has room for p×c_out, all row-major; the
             // product writes every element of prod without reading it.
@@ -427,11 +437,11 @@ impl<T: WithDType> Wide for Job<'_, T> {
                 );
                 prod.set_len(p * c_out);
             }
-            // The two output rows of each tile take their shares of M_i.
+            // The q output rows of each tile take their shares of M_i.
             let first = i == 0 && !self.accumulate;
             for (t, mrow) in prod.chunks_exact(c_out).enumerate() {
                 for (o, at) in self.at.iter().enumerate() {
-                    let r = 2 * (t0 + t) + o;
+                    let r = self.outs * (t0 + t) + o;
                     if r >= self.m {
                         continue;
                     }
@@ -495,20 +505,20 @@ mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
 
-    /// F(2, n) on scalars reproduces the direct sums: y_o = Σ_k d_{o+k} g_k, for every n provided.
+    /// F(q, n) on scalars reproduces the direct sums: y_o = Σ_k d_{o+k} g_k, for every n provided.
     #[test]
     fn transforms_compute_two_outputs_of_the_filter() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
         for n in RUN_LENGTHS {
             let tf = Transforms::new(n);
-            let alpha = n + 1;
+            let alpha = tf.alpha();
             let g: Vec<f64> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
             let d: Vec<f64> = (0..alpha).map(|_| rng.random_range(-1.0..1.0)).collect();
             let gt: Vec<f64> = (0..alpha).map(|i| (0..n).map(|k| tf.g[i][k] * g[k]).sum()).collect();
             let dt: Vec<f64> = (0..alpha)
                 .map(|i| (0..alpha).map(|j| tf.bt[i][j] * d[j]).sum())
                 .collect();
-            for o in 0..2 {
+            for o in 0..tf.outs {
                 let y: f64 = (0..alpha).map(|i| tf.at[o][i] * gt[i] * dt[i]).sum();
                 let direct: f64 = (0..n).map(|k| d[o + k] * g[k]).sum();
                 assert!((y - direct).abs() < 1e-12, "F(2, {n}) output {o}: {y} vs {direct}");
