@@ -321,6 +321,12 @@ impl<T> SharedMut<T> {
 /// Output channels per transposition task: 16 floats are one cache line of each output row.
 const CO_TILE: usize = 16;
 
+/// Kernels of at least this many numbers are moved on every core. Below [`PAR_MIN`], as the passes over
+/// memory use: the gated PixelCNN's kernels (8–49 k numbers) were moved on one thread while the other
+/// waited — 1.6 ms of its train step at batch 64 (`perf script` by thread); on both, that step took 59.5 →
+/// 57.8 ms and the 8-layer step at batch 4 8.8 → 8.3 ms (medians of 5–6 interleaved rounds, 2 threads).
+const TRANSPOSE_PAR_MIN: usize = 1 << 14;
+
 /// The kernel tap-major, `[N_k, C_in, C_out]`: tap k's matrix W_k[ci, co] = w[co, ci, k] is one contiguous
 /// block, and a run of taps k0..k0+n is one contiguous `[(j, ci), co]` matrix. The transpose of w as a
 /// `[C_out, (C_in, N_k)]` matrix with its rows (ci, k) placed at (k, ci), in parallel over tiles of output
@@ -367,7 +373,7 @@ fn by_tiles_of_output_channels<T: WithDType>(
     let dst = SharedMut(out.as_mut_ptr());
     let task = |tile: usize| fill(tile * CO_TILE..((tile + 1) * CO_TILE).min(c_out), dst);
     let tiles = c_out.div_ceil(CO_TILE);
-    if n < PAR_MIN {
+    if n < TRANSPOSE_PAR_MIN {
         (0..tiles).for_each(task);
     } else {
         (0..tiles).into_par_iter().for_each(task);
