@@ -321,9 +321,9 @@ impl<T> SharedMut<T> {
 /// Output channels per transposition task: 16 floats are one cache line of each output row.
 const CO_TILE: usize = 16;
 
-/// Kernels of at least this many numbers are moved on every core. Below [`PAR_MIN`], as the passes over
-/// memory use: the gated PixelCNN's kernels (8–49 k numbers) were moved on one thread while the other
-/// waited — 1.6 ms of its train step at batch 64 (`perf script` by thread); on both, that step took 59.5 →
+/// Kernels of at least this many numbers are moved on every core — a lower threshold than the passes over
+/// memory's [`PAR_MIN`], under which the gated PixelCNN's kernels (8–49 k numbers) were moved on one thread
+/// while the other waited — 1.6 ms of its train step at batch 64 (`perf script` by thread); on both, that step took 59.5 →
 /// 57.8 ms and the 8-layer step at batch 4 8.8 → 8.3 ms (medians of 5–6 interleaved rounds, 2 threads).
 const TRANSPOSE_PAR_MIN: usize = 1 << 14;
 
