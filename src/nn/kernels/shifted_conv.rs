@@ -92,6 +92,14 @@ pub(super) struct Run {
     pub(super) n: usize,
 }
 
+impl Run {
+    /// Whether this run is every tap of `g`'s kernel (a 1-D kernel of dilation 1): its Winograd transform is
+    /// then the kernel's, and a kept kernel keeps it.
+    fn is_whole(&self, g: &Geometry) -> bool {
+        self.k0 == 0 && self.n == g.n_k
+    }
+}
+
 impl Geometry {
     /// Right padding actually laid out. A tap that reaches past a row's end reads on into the next row, whose
     /// first `pad_left` columns are zeros too, so only the part of `pad_right` beyond `pad_left` is needed:
@@ -429,8 +437,7 @@ impl<T: WithDType> Packed<T> {
     /// Whether `run` of geometry `g` takes Winograd in the forward pass: a run that is the whole kernel (its
     /// transform kept with it) over any number of rows when the kernel is kept, else as [`winograd::fits`].
     pub(super) fn winograd(&self, run: Run, g: &Geometry) -> bool {
-        let whole = run.k0 == 0 && run.n == g.n_k;
-        winograd::fits(run.n, g.c_in, g.c_out, g.m(), self.kept && whole)
+        winograd::fits(run.n, g.c_in, g.c_out, g.m(), self.kept && run.is_whole(g))
     }
 }
 
@@ -497,7 +504,7 @@ pub(super) fn by_products<T: WithDType>(
             // The same sum by Winograd, from the kernel's transform (made once for a kept kernel).
             let tf = Transforms::new(run.n);
             let own;
-            let v = if run.k0 == 0 && run.n == g.n_k {
+            let v = if run.is_whole(g) {
                 packed.winograd.get_or_init(|| tf.kernel(taps, block))
             } else {
                 own = tf.kernel(taps, block);
