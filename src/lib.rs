@@ -53,3 +53,108 @@ pub fn with_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> Re
         .map_err(|e| Error::Config(format!("cannot start {threads} worker threads: {e}")))?;
     Ok(pool.install(f))
 }
+
+/// Runs `f` with the pool's other workers kept awake: between parallel loops each looks for work (rayon's
+/// `yield_now`, then a `sched_yield`) instead of going to sleep after a few dozen empty rounds as rayon's
+/// workers do. A training step alternates parallel kernels with short stretches on one thread (candle's own
+/// ops, the loss); a worker that falls asleep in one must be woken for the next kernel — a futex call and, on
+/// a virtual machine, the idle vCPU's wake-up, ~20 times a step of the gated PixelCNN (`perf sched`), while
+/// the calling thread starts the kernel alone. The price: the other cores busy-wait through `f`, as OpenMP's
+/// threads do by default. Outside a pool, or in a pool of one, it is `f()`.
+///
+/// ```
+/// let threads = armory::with_threads(2, || armory::keeping_workers_awake(rayon::current_num_threads))?;
+/// assert_eq!(threads, 2);
+/// # Ok::<(), armory::Error>(())
+/// ```
+pub fn keeping_workers_awake<R>(f: impl FnOnce() -> R) -> R {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let Some(me) = rayon::current_thread_index() else {
+        return f();
+    };
+    if rayon::current_num_threads() < 2 {
+        return f();
+    }
+    /// Sets the flag when `f` returns or unwinds: the workers go back to rayon's own waiting.
+    struct Done(Arc<AtomicBool>);
+    impl Drop for Done {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Release);
+        }
+    }
+    let done = Done(Arc::new(AtomicBool::new(false)));
+    let flag = Arc::clone(&done.0);
+    rayon::spawn_broadcast(move |ctx| {
+        if ctx.index() == me {
+            return; // the caller's own share, picked up whenever it next looks for work
+        }
+        while !flag.load(Ordering::Acquire) {
+            if !matches!(rayon::yield_now(), Some(rayon::Yield::Executed)) {
+                std::thread::yield_now();
+            }
+        }
+    });
+    f()
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use std::time::Duration;
+
+    /// CPU time (user + system, clock ticks) of thread `tid` of this process.
+    fn cpu_ticks(tid: i32) -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).expect("the thread's stat");
+        // Fields after the command name (in parentheses, which may hold spaces): utime and stime are the
+        // 12th and 13th of them.
+        let rest = &stat[stat.rfind(')').expect("a command name") + 2..];
+        let f: Vec<u64> = rest
+            .split(' ')
+            .skip(11)
+            .take(2)
+            .map(|v| v.parse().expect("a number"))
+            .collect();
+        f[0] + f[1]
+    }
+
+    /// The other worker works (busy-waits) while `f` runs on the caller without parallel work, and stops
+    /// when `f` returns, or unwinds; `f`'s value comes back; nested, and with parallel work, it runs to the end.
+    #[test]
+    fn workers_are_kept_awake_through_f_and_only_through_it() {
+        crate::with_threads(2, || {
+            let me = rayon::current_thread_index().expect("on a worker");
+            let tids = rayon::broadcast(|ctx| (ctx.index(), unsafe { libc::gettid() }));
+            let other = tids.iter().find(|(i, _)| *i != me).expect("a second worker").1;
+            let nap = || std::thread::sleep(Duration::from_millis(300));
+            let during = crate::keeping_workers_awake(|| {
+                let before = cpu_ticks(other);
+                nap();
+                cpu_ticks(other) - before
+            });
+            std::thread::sleep(Duration::from_millis(50)); // rayon's own spinning, then its sleep
+            let before = cpu_ticks(other);
+            nap();
+            let after = cpu_ticks(other) - before;
+            assert!(
+                during >= 5,
+                "the other worker used {during} ticks while kept awake (30 if all)"
+            );
+            assert!(after <= 3, "the other worker used {after} ticks after");
+            let unwound = std::panic::catch_unwind(|| crate::keeping_workers_awake(|| panic!("in f")));
+            assert!(unwound.is_err());
+            std::thread::sleep(Duration::from_millis(50));
+            let before = cpu_ticks(other);
+            nap();
+            assert!(
+                cpu_ticks(other) - before <= 3,
+                "the workers kept spinning after a panic"
+            );
+            use rayon::prelude::*;
+            let sum = crate::keeping_workers_awake(|| {
+                crate::keeping_workers_awake(|| (0..1_000_000u64).into_par_iter().sum::<u64>())
+            });
+            assert_eq!(sum, 999_999 * 1_000_000 / 2);
+        })
+        .expect("a pool of two");
+    }
+}

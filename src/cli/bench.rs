@@ -62,7 +62,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     armory::limits::check("--reps", a.reps as u128, 10_000u128)?;
     armory::limits::check("--rounds", a.rounds as u128, 100u128)?;
     if let Some(Worker::Seed) = a.worker {
-        return seed_worker(a.reps);
+        return armory::keeping_workers_awake(|| seed_worker(a.reps)); // as `armory train` runs its steps
     }
     let threads = rayon::current_num_threads();
     let peer = if a.no_peer { None } else { Peer::find(a.python.clone())? };
@@ -118,7 +118,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         table.print_epochs(threads, peer.is_some());
     }
     if matches!(a.only, Only::All | Only::Images) {
-        images(a.reps)?;
+        armory::keeping_workers_awake(|| images(a.reps))?; // no child process runs beside it
     }
     if peer.is_none() && !a.no_peer {
         println!("\n{}", Peer::HOW_TO_INSTALL);

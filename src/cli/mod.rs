@@ -52,14 +52,19 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         armory::limits::check("--threads", n as u128, 1024u128)?;
     }
     armory::with_threads(cli.threads.unwrap_or(0), || match cli.command {
-        Command::Train(a) => train::run(*a),
-        Command::Eval(a) => eval::run(a),
-        Command::Sample(a) => sample::run(a),
-        Command::Encode(a) => encode::run(a),
-        Command::Info(a) => info::run(a),
+        // `bench` times child processes: its workers must not busy-wait beside them (it keeps them awake
+        // itself where it measures in this process).
         Command::Bench(a) => bench::run(a),
-        Command::Compress(a) => compress::compress(a),
-        Command::Decompress(a) => compress::decompress(a),
+        command => armory::keeping_workers_awake(|| match command {
+            Command::Train(a) => train::run(*a),
+            Command::Eval(a) => eval::run(a),
+            Command::Sample(a) => sample::run(a),
+            Command::Encode(a) => encode::run(a),
+            Command::Info(a) => info::run(a),
+            Command::Compress(a) => compress::compress(a),
+            Command::Decompress(a) => compress::decompress(a),
+            Command::Bench(a) => bench::run(a),
+        }),
     })?
 }
 
