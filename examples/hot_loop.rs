@@ -15,9 +15,14 @@ use std::time::Instant;
 fn main() -> anyhow::Result<()> {
     // As the binary does (src/main.rs): keep freed memory rather than hand it back to the OS.
     unsafe { libmimalloc_sys::mi_option_set(15, -1) };
-    // THREADS=n runs on n worker threads (default: every core).
+    // THREADS=n runs on n worker threads (default: every core), kept awake between kernels as the CLI keeps
+    // them (`armory::keeping_workers_awake`); NOKEEP=1 leaves them to rayon's own sleeping.
     let threads = std::env::var("THREADS").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
-    armory::with_threads(threads, run)?
+    if std::env::var_os("NOKEEP").is_some() {
+        armory::with_threads(threads, run)?
+    } else {
+        armory::with_threads(threads, || armory::keeping_workers_awake(run))? // as the CLI runs
+    }
 }
 
 fn run() -> anyhow::Result<()> {
