@@ -95,7 +95,9 @@ impl ImageHead {
     /// The network's last stream s `[B, H, W, C]` and the input x `[B, D]` (D = H·W·colors; read only by
     /// the pixel mixture, each colour's parameters from the earlier colours of its pixel) → θ `[B, D, P]`.
     pub fn forward(&self, s: &Tensor, x: &Tensor) -> Result<Tensor> {
-        let out = self.out.forward(&self.hidden.forward(&s.relu()?)?.relu()?)?; // [B, H, W, width]
+        let out = self
+            .out
+            .forward(&crate::nn::relu(&self.hidden.forward(&crate::nn::relu(s)?)?)?)?; // [B, H, W, width]
         let (b, d) = x.dims2()?;
         match self.kind {
             Out::PerColour { .. } => Ok(out.reshape((b, d, ()))?),

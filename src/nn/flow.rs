@@ -107,7 +107,7 @@ impl Flow for Full {
         layer.forward(&Tensor::cat(&lags, 2)?) // [B, D, m·C] → [B, D, out]
     }
     fn relu(&mut self, x: Tensor) -> Result<Tensor> {
-        x.relu()
+        super::relu(&x)
     }
     fn gate(&mut self, x: Tensor) -> Result<Tensor> {
         gate_in(&x, matches!(self.mode, Mode::Train { .. }))

@@ -10,7 +10,7 @@ pub mod linear;
 pub mod masked_conv2d;
 pub mod step;
 
-pub use activation::{gate, leaky_relu};
+pub use activation::{gate, leaky_relu, relu};
 pub use causal_conv1d::{causal_conv1d, CausalConv1d, CausalConv1dConfig, ConvType};
 pub use dropout::{dropout, Mode};
 pub use exact::Arithmetic;
