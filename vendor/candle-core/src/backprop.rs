@@ -668,6 +668,41 @@ impl Tensor {
 #[derive(Default, Debug)]
 pub struct GradStore(HashMap<TensorId, Tensor>);
 
+/// `a + b`, split across the current rayon pool when both are large contiguous f32 or f64 CPU tensors of one
+/// shape (the CPU backend adds on one thread when candle's own pool is off): each element the same sum.
+fn add_on_every_core(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    use crate::storage::Storage;
+    use crate::CpuStorage;
+    use rayon::prelude::*;
+    const PIECE: usize = 1 << 14;
+    fn sum<T: Copy + Send + Sync + std::ops::Add<Output = T>>(x: &[T], y: &[T]) -> Vec<T> {
+        x.par_iter().zip(y).with_min_len(PIECE).map(|(&x, &y)| x + y).collect()
+    }
+    let n = a.elem_count();
+    let untracked = !a.track_op() && !b.track_op(); // a sum nothing differentiates again
+    if untracked && n >= 4 * PIECE && a.shape() == b.shape() && a.is_contiguous() && b.is_contiguous() {
+        let (oa, ob) = (a.layout().start_offset(), b.layout().start_offset());
+        let out = match (&*a.storage(), &*b.storage()) {
+            (Storage::Cpu(CpuStorage::F32(x)), Storage::Cpu(CpuStorage::F32(y))) => {
+                Some(CpuStorage::F32(sum(&x[oa..oa + n], &y[ob..ob + n])))
+            }
+            (Storage::Cpu(CpuStorage::F64(x)), Storage::Cpu(CpuStorage::F64(y))) => {
+                Some(CpuStorage::F64(sum(&x[oa..oa + n], &y[ob..ob + n])))
+            }
+            _ => None,
+        };
+        if let Some(out) = out {
+            return Ok(crate::tensor::from_storage(
+                Storage::Cpu(out),
+                a.shape().clone(),
+                crate::op::BackpropOp::none(),
+                false,
+            ));
+        }
+    }
+    a.add(b)
+}
+
 impl GradStore {
     /// Create a new gradient store
     fn new() -> Self {
@@ -717,7 +752,7 @@ impl GradStore {
     fn accumulate(&mut self, tensor: &Tensor, grad: &Tensor) -> Result<()> {
         match self.0.entry(tensor.id()) {
             Entry::Occupied(mut entry) => {
-                let sum = entry.get().add(grad)?;
+                let sum = add_on_every_core(entry.get(), grad)?;
                 *entry.get_mut() = sum;
             }
             Entry::Vacant(entry) => {
