@@ -15,8 +15,9 @@ use armory::viz::image_grid_png;
 use candle_core::{DType, Device};
 
 fn main() -> anyhow::Result<()> {
-    // The kernels run on one rayon pool, as in the command line (0: a thread per core).
-    armory::with_threads(0, run)?
+    // The kernels run on one rayon pool, as in the command line (0: a thread per core), its workers kept
+    // awake between kernels as the command line keeps them.
+    armory::with_threads(0, || armory::keeping_workers_awake(run))?
 }
 
 fn run() -> anyhow::Result<()> {
