@@ -58,32 +58,54 @@ impl CustomOp1 for LeakyRelu {
     }
 }
 
-/// The gradient through a LeakyReLU of `slope`: `grad` where `x` > 0, `grad · slope` elsewhere. `x` is the
-/// input, or (for slope ≥ 0) the output, which is > 0 exactly where the input is.
-pub(crate) fn leaky_relu_backward(x: &Tensor, grad: &Tensor, slope: f64) -> Result<Tensor> {
-    fn run<T: WithDType>(x: &Tensor, g: &Tensor, slope: f64) -> Result<Tensor> {
-        if x.dims() != g.dims() {
-            candle_core::bail!("leaky_relu: gradient {:?} for an input {:?}", g.dims(), x.dims());
-        }
-        let s = T::from_f64(slope);
-        // Read in place: no copy of either tensor.
+/// The gradient through an elementwise rule, `rule(x_i, g_i)` for every i of the input `x` and the output's
+/// gradient `g` (f32 or f64), both read in place (no copy of either), on every core.
+fn elementwise_gradient<R: ElementwiseRule>(x: &Tensor, g: &Tensor, rule: R) -> Result<Tensor> {
+    fn run<T: WithDType, R: ElementwiseRule>(x: &Tensor, g: &Tensor, rule: R) -> Result<Tensor> {
         let out = with_slice::<T, _>(x, |xs| {
             with_slice::<T, _>(g, |gs| {
                 par_build(xs.len(), CHUNK, |i, o| {
                     for ((o, &x), &g) in o.iter_mut().zip(&xs[i * CHUNK..]).zip(&gs[i * CHUNK..]) {
-                        let scaled = g * s;
-                        *o = if x > T::zero() { g } else { scaled };
+                        *o = rule.gradient(x, g);
                     }
                 })
             })
         })??;
         Tensor::from_vec(out, x.shape(), x.device())
     }
-    match x.dtype() {
-        candle_core::DType::F32 => run::<f32>(x, grad, slope),
-        candle_core::DType::F64 => run::<f64>(x, grad, slope),
-        dt => candle_core::bail!("leaky_relu: unsupported dtype {dt:?}"),
+    if x.dims() != g.dims() {
+        candle_core::bail!("{}: gradient {:?} for an input {:?}", R::NAME, g.dims(), x.dims());
     }
+    match x.dtype() {
+        candle_core::DType::F32 => run::<f32, R>(x, g, rule),
+        candle_core::DType::F64 => run::<f64, R>(x, g, rule),
+        dt => candle_core::bail!("{}: unsupported dtype {dt:?}", R::NAME),
+    }
+}
+
+/// An activation's derivative rule, for [`elementwise_gradient`].
+trait ElementwiseRule: Copy + Sync {
+    const NAME: &'static str;
+    /// The input gradient at input `x` for output gradient `g`.
+    fn gradient<T: WithDType>(self, x: T, g: T) -> T;
+}
+
+impl ElementwiseRule for LeakyRelu {
+    const NAME: &'static str = "leaky_relu";
+    fn gradient<T: WithDType>(self, x: T, g: T) -> T {
+        let scaled = g * T::from_f64(self.slope);
+        if x > T::zero() {
+            g
+        } else {
+            scaled
+        }
+    }
+}
+
+/// The gradient through a LeakyReLU of `slope`: `grad` where `x` > 0, `grad · slope` elsewhere. `x` is the
+/// input, or (for slope ≥ 0) the output, which is > 0 exactly where the input is.
+pub(crate) fn leaky_relu_backward(x: &Tensor, grad: &Tensor, slope: f64) -> Result<Tensor> {
+    elementwise_gradient(x, grad, LeakyRelu { slope })
 }
 
 /// x if x > 0, else slope·x; derivative 1 or slope (slope at 0, as PyTorch).
@@ -120,28 +142,16 @@ impl CustomOp1 for Relu {
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        fn run<T: WithDType>(x: &Tensor, g: &Tensor) -> Result<Tensor> {
-            if x.dims() != g.dims() {
-                candle_core::bail!("relu: gradient {:?} for an input {:?}", g.dims(), x.dims());
-            }
-            let out = with_slice::<T, _>(x, |xs| {
-                with_slice::<T, _>(g, |gs| {
-                    par_build(xs.len(), CHUNK, |i, o| {
-                        for ((o, &x), &g) in o.iter_mut().zip(&xs[i * CHUNK..]).zip(&gs[i * CHUNK..]) {
-                            // candle's product with the converted comparison: g · 1 or g · 0 (−0 for g < 0).
-                            let mask = if x >= T::zero() { T::one() } else { T::zero() };
-                            *o = g * mask;
-                        }
-                    })
-                })
-            })??;
-            Tensor::from_vec(out, x.shape(), x.device())
-        }
-        match arg.dtype() {
-            candle_core::DType::F32 => run::<f32>(arg, grad).map(Some),
-            candle_core::DType::F64 => run::<f64>(arg, grad).map(Some),
-            dt => candle_core::bail!("relu: unsupported dtype {dt:?}"),
-        }
+        elementwise_gradient(arg, grad, Relu).map(Some)
+    }
+}
+
+impl ElementwiseRule for Relu {
+    const NAME: &'static str = "relu";
+    /// candle's product with the converted comparison: g · 1 or g · 0 (−0 for g < 0).
+    fn gradient<T: WithDType>(self, x: T, g: T) -> T {
+        let mask = if x >= T::zero() { T::one() } else { T::zero() };
+        g * mask
     }
 }
 
