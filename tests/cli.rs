@@ -130,6 +130,31 @@ fn eval_with_pytorch_weights_reproduces_the_reference_test_nll() {
     assert_eq!(json["examples"], 447);
 }
 
+/// `--no-spin` (workers sleeping between kernels) trains to the same numbers as the default (busy-waiting
+/// workers): who runs a task never changes a sum.
+#[test]
+fn no_spin_trains_to_the_same_bits() {
+    let dir = tempfile::tempdir().unwrap();
+    common::tiny_train(dir.path(), "spin");
+    armory()
+        .arg("--no-spin")
+        .arg("train")
+        .args(common::TINY)
+        .args(["2", "--name", "sleep", "--runs-dir"])
+        .arg(dir.path())
+        .assert()
+        .success();
+    let metrics = |name: &str| -> Vec<String> {
+        let text = std::fs::read_to_string(dir.path().join(name).join("metrics.csv")).unwrap();
+        // Every column but the two times.
+        text.lines()
+            .map(|l| l.split(',').take(5).collect::<Vec<_>>().join(","))
+            .collect()
+    };
+    assert_eq!(metrics("spin"), metrics("sleep"));
+    assert_eq!(metrics("spin").len(), 3, "a header and two epochs");
+}
+
 #[test]
 fn info_prints_parameters_and_receptive_field() {
     armory()

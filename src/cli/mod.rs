@@ -22,6 +22,10 @@ pub struct Cli {
     /// Worker threads for the compute kernels (default: all cores).
     #[arg(long, global = true)]
     threads: Option<usize>,
+    /// Let idle workers sleep between kernels instead of busy-waiting for the next one: slower on cores of
+    /// its own (a few per cent), faster when other programs compete for the cores.
+    #[arg(long, global = true)]
+    no_spin: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -51,21 +55,27 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(n) = cli.threads {
         armory::limits::check("--threads", n as u128, 1024u128)?;
     }
+    let no_spin = cli.no_spin;
     armory::with_threads(cli.threads.unwrap_or(0), || match cli.command {
         // `bench` times child processes: its workers must not busy-wait beside them (it keeps them awake
         // itself where it measures in this process).
         Command::Bench(a) => bench::run(a),
-        command => armory::keeping_workers_awake(|| match command {
-            Command::Train(a) => train::run(*a),
-            Command::Eval(a) => eval::run(a),
-            Command::Sample(a) => sample::run(a),
-            Command::Encode(a) => encode::run(a),
-            Command::Info(a) => info::run(a),
-            Command::Compress(a) => compress::compress(a),
-            Command::Decompress(a) => compress::decompress(a),
-            Command::Bench(a) => bench::run(a),
-        }),
+        command if no_spin => run_command(command),
+        command => armory::keeping_workers_awake(|| run_command(command)),
     })?
+}
+
+fn run_command(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Train(a) => train::run(*a),
+        Command::Eval(a) => eval::run(a),
+        Command::Sample(a) => sample::run(a),
+        Command::Encode(a) => encode::run(a),
+        Command::Info(a) => info::run(a),
+        Command::Compress(a) => compress::compress(a),
+        Command::Decompress(a) => compress::decompress(a),
+        Command::Bench(a) => bench::run(a),
+    }
 }
 
 /// `n` and the noun, plural unless `n` is 1: "1 epoch", "70 epochs", "1 thread".
