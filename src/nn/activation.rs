@@ -8,6 +8,7 @@ use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, WithDType};
 
+use super::kernels::elementwise::zip_map;
 use super::kernels::shifted_conv::with_slice;
 use super::kernels::{par_build, CHUNK};
 
@@ -63,13 +64,7 @@ impl CustomOp1 for LeakyRelu {
 fn elementwise_gradient<R: ElementwiseRule>(x: &Tensor, g: &Tensor, rule: R) -> Result<Tensor> {
     fn run<T: WithDType, R: ElementwiseRule>(x: &Tensor, g: &Tensor, rule: R) -> Result<Tensor> {
         let out = with_slice::<T, _>(x, |xs| {
-            with_slice::<T, _>(g, |gs| {
-                par_build(xs.len(), CHUNK, |i, o| {
-                    for ((o, &x), &g) in o.iter_mut().zip(&xs[i * CHUNK..]).zip(&gs[i * CHUNK..]) {
-                        *o = rule.gradient(x, g);
-                    }
-                })
-            })
+            with_slice::<T, _>(g, |gs| zip_map(xs, gs, |x, g| rule.gradient(x, g)))
         })??;
         Tensor::from_vec(out, x.shape(), x.device())
     }

@@ -9,8 +9,8 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tenso
 use super::shifted_conv::with_slice;
 use super::{contiguous_data, par_build, CHUNK};
 
-/// `f(a_i, b_i)` for every i, in parallel.
-fn zip_map<T: WithDType, U: WithDType>(a: &[T], b: &[U], f: impl Fn(T, U) -> T + Sync) -> Vec<T> {
+/// `f(a_i, b_i)` for every i, in parallel (`b` at least as long as `a`).
+pub(crate) fn zip_map<T: WithDType, U: WithDType>(a: &[T], b: &[U], f: impl Fn(T, U) -> T + Sync) -> Vec<T> {
     par_build(a.len(), CHUNK, |i, o| {
         for ((o, &a), &b) in o.iter_mut().zip(&a[i * CHUNK..]).zip(&b[i * CHUNK..]) {
             *o = f(a, b);
