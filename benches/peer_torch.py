@@ -5,9 +5,10 @@ $ARMORY_PYTHON, ./.venv-peer/bin/python or python3) and prints the table; it can
 
 Set-up (once, a few minutes):  python3 -m venv .venv-peer && .venv-peer/bin/pip install torch numpy
 
-usage: peer_torch.py seed   --digits FILE [--threads T] [--reps N]
+usage: peer_torch.py seed   --digits FILE [--threads T] [--reps N | --serve]
            the seed ARM (1→256→256→256→17, kernel 7): train step at batch 64 (Adamax), forward at batch 64
-           and 1, naive sampling of 16 images (64 full passes)
+           and 1, naive sampling of 16 images (64 full passes); with --serve, the blocks that standard input
+           asks for, one line each: "ROW REPS" (how `armory bench` interleaves the two sides)
        peer_torch.py epochs --digits FILE --model seed|gated [--layers L] [--batch B] [--epochs N]
                             [--mixture M] [--vertical-residual] [--ema D] [--threads T]
            seconds per training epoch (train + validation pass) on the digits split, like `armory train`
@@ -15,7 +16,7 @@ usage: peer_torch.py seed   --digits FILE [--threads T] [--reps N]
 Every figure is one JSON line: {"row": NAME, "ms": [one value per repetition]}, then {"info": {...}}.
 The models mirror armory's exactly in layers and parameter counts (checked: the seed net has 950,545
 parameters, the gated PixelCNN 533,393 with 5 layers and 64 channels)."""
-import argparse, gzip, json, time
+import argparse, gzip, json, sys, time
 import numpy as np
 import torch
 import torch.nn as nn
@@ -86,25 +87,46 @@ def timed(fn, reps, warmup=2):
     return out
 
 
+SEED_ROWS = ["train_b64", "forward_b64", "forward_b1", "naive_16"]
+
+
 def bench_seed(a):
+    """The seed net's rows. With --serve, one block per line read from standard input ("ROW REPS": REPS timed
+    calls after one warm-up call, two the first time a row runs), answered with its JSON line — how
+    `armory bench` interleaves short blocks of both sides; otherwise every row once, --reps times (batch 1:
+    ten times as many, sampling a quarter)."""
     torch.manual_seed(0)
     tr, _, _ = load_digits(a.digits)
     model = SeedArm()
     opt = torch.optim.Adamax(model.parameters(), lr=1e-3)
     x64, x1 = torch.from_numpy(tr[:64]), torch.from_numpy(tr[:1])
+    gen = torch.Generator().manual_seed(0)
 
     def step():
         loss = model.nll(x64).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
-    emit("train_b64", timed(step, a.reps))
-    model.eval()
-    with torch.no_grad():
-        emit("forward_b64", timed(lambda: model.logits(x64), a.reps))
-        emit("forward_b1", timed(lambda: model.logits(x1), a.reps * 10))
-    gen = torch.Generator().manual_seed(0)
-    emit("naive_16", timed(lambda: model.sample(16, gen), max(1, a.reps // 4), warmup=1))
+    rows = {"train_b64": (True, step),
+            "forward_b64": (False, lambda: model.logits(x64)),
+            "forward_b1": (False, lambda: model.logits(x1)),
+            "naive_16": (False, lambda: model.sample(16, gen))}
+    seen = set()
+
+    def block(row, reps):
+        training, f = rows[row]
+        model.train(training)
+        with torch.set_grad_enabled(training):
+            emit(row, timed(f, reps, warmup=1 if row in seen else 2))
+        seen.add(row)
+    if a.serve:
+        for line in sys.stdin:
+            if line.strip():
+                row, reps = line.split()
+                block(row, int(reps))
+    else:
+        for row in SEED_ROWS:
+            block(row, {"forward_b1": a.reps * 10, "naive_16": max(1, a.reps // 4)}.get(row, a.reps))
 
 
 # ---- the gated PixelCNN (a mirror of armory's gated_pixelcnn) ---------------------------------------------
@@ -221,6 +243,7 @@ def main():
     p.add_argument("--digits", required=True)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--reps", type=int, default=20)
+    p.add_argument("--serve", action="store_true", help="seed: blocks of rows as standard input asks")
     p.add_argument("--model", default="seed", choices=["seed", "gated"])
     p.add_argument("--layers", type=int, default=5)
     p.add_argument("--batch", type=int, default=64)

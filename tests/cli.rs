@@ -412,6 +412,15 @@ fn bench_prints_our_figures_alone_and_refuses_a_python_without_torch() {
     ] {
         assert!(text.contains(row), "missing {row:?} in:\n{text}");
     }
+    // Every row the long-lived workers were asked for has a figure: both thread counts' train steps.
+    for row in [
+        "train step, batch 64, 2 threads",
+        "train step, batch 64, 1 thread",
+        "cached sampling",
+    ] {
+        let line = text.lines().find(|l| l.starts_with(row)).unwrap_or_default();
+        assert!(line.contains(" ms"), "no figure for {row:?} in:\n{text}");
+    }
     assert!(
         text.contains("AVX") || text.contains("SSE") || text.contains("non-x86"),
         "no SIMD level:\n{text}"

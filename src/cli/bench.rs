@@ -1,11 +1,13 @@
 //! `armory bench`: speed side by side with PyTorch, both measured in this run on this machine.
 //!
 //! Each figure is measured by a child process per side — `armory bench --worker …` or `armory train` for
-//! ours, `benches/peer_torch.py` (embedded, run with the Python that has torch) for PyTorch's — in
-//! interleaved rounds (ours then theirs, theirs then ours), so that both see the same machine state. The
-//! table gives medians over every repetition of every round, the ratio armory / PyTorch (< 1: we are
-//! faster) and the peak resident memory of the training runs (each child's own, from `wait4`). No PyTorch
-//! figure is typed in here: without torch the table has our column only, and says how to install it.
+//! ours, `benches/peer_torch.py` (embedded, run with the Python that has torch) for PyTorch's. The seed
+//! net's figures come from one long-lived process per side and thread count, asked for short blocks in
+//! turn (row by row, the order reversed every block), so that both sides see the same machine state even
+//! when its speed drifts; the training runs alternate per round (ours then theirs, theirs then ours). The
+//! table gives medians over every repetition, the ratio armory / PyTorch (< 1: we are faster) and the peak
+//! resident memory of the training runs (each child's own, from `wait4`). No PyTorch figure is typed in
+//! here: without torch the table has our column only, and says how to install it.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -23,8 +25,8 @@ const PEER_SCRIPT: &str = include_str!("../../benches/peer_torch.py");
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Interleaved rounds: every figure is measured this many times on each side, alternating which side
-    /// goes first.
+    /// Interleaved rounds: every figure is measured this many times on each side — the seed net's in 4
+    /// blocks a round, side by side, the training runs one a round, alternating which side goes first.
     #[arg(long, default_value_t = 2)]
     rounds: usize,
     /// Timed repetitions of each seed-net figure per round (forward at batch 1: ten times as many).
@@ -62,7 +64,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     armory::limits::check("--reps", a.reps as u128, 10_000u128)?;
     armory::limits::check("--rounds", a.rounds as u128, 100u128)?;
     if let Some(Worker::Seed) = a.worker {
-        return armory::keeping_workers_awake(|| seed_worker(a.reps)); // as `armory train` runs its steps
+        return seed_server();
     }
     let threads = rayon::current_num_threads();
     let peer = if a.no_peer { None } else { Peer::find(a.python.clone())? };
@@ -70,29 +72,36 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let scratch = Scratch::new()?;
     let mut table = Table::default();
     if matches!(a.only, Only::All | Only::Seed) {
-        for round in 0..a.rounds.max(1) {
-            for t in [threads, 1] {
-                let ours = |table: &mut Table| -> anyhow::Result<()> {
-                    let exe = std::env::current_exe()?;
-                    let mut c = Command::new(exe);
-                    c.args(["--threads", &t.to_string(), "bench", "--worker", "seed"]);
-                    c.args(["--reps", &a.reps.to_string()]);
-                    table.add_rows(Side::Ours, t, &run_child(c)?.0);
-                    Ok(())
-                };
-                let theirs = |table: &mut Table| -> anyhow::Result<()> {
-                    if let Some(p) = &peer {
-                        let mut c = p.command(&scratch, t);
-                        c.args(["seed", "--reps", &a.reps.to_string()]);
-                        table.add_rows(Side::Peer, t, &run_child(c)?.0);
-                    }
-                    Ok(())
-                };
-                in_order(round, &mut table, ours, theirs)?;
+        // One long-lived process per side and thread count, asked for short blocks in turn: each row's
+        // blocks of all four processes follow each other within seconds, so a drift of the machine's speed
+        // (it has phases of minutes) lands on both sides alike instead of on one side's whole round.
+        let mut servers = vec![];
+        for t in if threads > 1 { vec![threads, 1] } else { vec![1] } {
+            servers.push(Server::ours(&scratch, t)?);
+            if let Some(p) = &peer {
+                servers.push(Server::peer(p, &scratch, t)?);
             }
-            eprint!("\rseed net: round {} of {} done", round + 1, a.rounds.max(1));
+        }
+        let blocks = a.rounds.max(1) * BLOCKS_PER_ROUND;
+        for block in 0..blocks {
+            for (row, per_round) in seed_rows(a.reps) {
+                let reps = per_round.div_ceil(BLOCKS_PER_ROUND);
+                let mut order: Vec<usize> = (0..servers.len()).collect();
+                if !block.is_multiple_of(2) {
+                    order.reverse();
+                }
+                for i in order {
+                    let s = &mut servers[i];
+                    if s.serves(row, threads) {
+                        let out = s.ask(row, reps)?;
+                        table.add_rows(s.side, s.threads, &out);
+                    }
+                }
+            }
+            eprint!("\rseed net: block {} of {blocks} done", block + 1);
         }
         eprintln!();
+        drop(servers);
         table.print_seed(threads, peer.is_some());
     }
     if matches!(a.only, Only::All | Only::Epochs) {
@@ -350,6 +359,109 @@ fn wait_with_rusage(child: &mut std::process::Child) -> anyhow::Result<(bool, u6
     }
     let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
     Ok((ok, ru.ru_maxrss.max(0) as u64 * 1024))
+}
+
+// ---- the seed net's figures: servers asked for blocks in turn -----------------------------------------------
+
+/// Each round of the seed figures is asked for in this many blocks per process.
+const BLOCKS_PER_ROUND: usize = 4;
+
+/// The seed net's rows and their timed calls per round, `reps` given: ten times as many at batch 1, a
+/// quarter for the samplers that make 64 (or 13) full passes.
+fn seed_rows(reps: usize) -> [(&'static str, usize); 6] {
+    let quarter = reps.div_ceil(4);
+    [
+        ("train_b64", reps),
+        ("forward_b64", reps),
+        ("forward_b1", reps * 10),
+        ("naive_16", quarter),
+        ("cached_16", reps),
+        ("predictive_16", quarter),
+    ]
+}
+
+/// A long-lived process of one side at one thread count, answering "ROW REPS" lines with a JSON line.
+struct Server {
+    side: Side,
+    threads: usize,
+    what: String,
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+    stderr: PathBuf,
+}
+
+impl Server {
+    fn ours(scratch: &Scratch, threads: usize) -> anyhow::Result<Self> {
+        let mut c = Command::new(std::env::current_exe()?);
+        c.args(["--threads", &threads.to_string(), "bench", "--worker", "seed"]);
+        Self::start(c, Side::Ours, threads, scratch)
+    }
+
+    fn peer(peer: &Peer, scratch: &Scratch, threads: usize) -> anyhow::Result<Self> {
+        let mut c = peer.command(scratch, threads);
+        c.args(["seed", "--serve"]);
+        Self::start(c, Side::Peer, threads, scratch)
+    }
+
+    fn start(mut c: Command, side: Side, threads: usize, scratch: &Scratch) -> anyhow::Result<Self> {
+        let what = format!("{c:?}");
+        let stderr = scratch.dir.join(format!("{side:?}-{threads}.stderr"));
+        let err = std::fs::File::create(&stderr).with_context(|| format!("creating {}", stderr.display()))?;
+        c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(err);
+        let mut child = c.spawn().with_context(|| format!("starting {what}"))?;
+        let stdin = child.stdin.take().expect("piped");
+        let stdout = std::io::BufReader::new(child.stdout.take().expect("piped"));
+        Ok(Self {
+            side,
+            threads,
+            what,
+            child,
+            stdin,
+            stdout,
+            stderr,
+        })
+    }
+
+    /// Our process at the full thread count gives every row; the peer has no cached or predictive sampler;
+    /// one thread is measured for the train step and the forward pass at batch 64.
+    fn serves(&self, row: &str, threads: usize) -> bool {
+        let peer_has = !matches!(row, "cached_16" | "predictive_16");
+        let at_one = matches!(row, "train_b64" | "forward_b64");
+        (self.side == Side::Ours || peer_has) && (self.threads == threads || at_one)
+    }
+
+    /// One block: the reply's lines up to and including the row's own.
+    fn ask(&mut self, row: &str, reps: usize) -> anyhow::Result<String> {
+        use std::io::{BufRead, Write};
+        let sent = writeln!(self.stdin, "{row} {reps}").and_then(|_| self.stdin.flush());
+        let mut reply = String::new();
+        loop {
+            let mut line = String::new();
+            let n = if sent.is_ok() {
+                self.stdout.read_line(&mut line)?
+            } else {
+                0
+            };
+            if n == 0 {
+                let err = std::fs::read_to_string(&self.stderr).unwrap_or_default();
+                let tail: Vec<&str> = err.lines().rev().take(8).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                bail!("{} stopped:\n{}", self.what, tail.join("\n"));
+            }
+            reply.push_str(&line);
+            if line.contains("\"row\"") {
+                return Ok(reply);
+            }
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 // ---- training epochs --------------------------------------------------------------------------------------
@@ -643,10 +755,11 @@ impl Table {
 
 // ---- our side of the seed figures, in this process ----------------------------------------------------------
 
-/// Wall time of `f` in milliseconds for each of `reps` calls, after two warm-up calls.
-fn times_ms(reps: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<Vec<f64>> {
-    f()?;
-    f()?;
+/// Wall time of `f` in milliseconds for each of `reps` calls, after `warm_up` calls.
+fn times_ms(warm_up: usize, reps: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<Vec<f64>> {
+    for _ in 0..warm_up {
+        f()?;
+    }
     let mut t = Vec::with_capacity(reps);
     for _ in 0..reps.max(1) {
         let s = Instant::now();
@@ -656,57 +769,59 @@ fn times_ms(reps: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::R
     Ok(t)
 }
 
-fn emit(row: &str, ms: &[f64]) {
-    println!("{}", serde_json::json!({ "row": row, "ms": ms }));
-}
-
 /// The seed net's figures, measured as the peer measures them: the train step (forward, backward, Adamax),
-/// the forward pass at batch 64 and 1, and the samplers for 16 images.
-fn seed_worker(reps: usize) -> anyhow::Result<()> {
+/// the forward pass at batch 64 and 1, and the samplers for 16 images. A server: each line of standard
+/// input ("ROW REPS") asks for one block — REPS timed calls after one warm-up call (two the first time a
+/// row runs), with the workers kept awake through it as `armory train` keeps them through its steps and
+/// asleep between blocks, while the other processes run theirs — answered with one JSON line.
+fn seed_server() -> anyhow::Result<()> {
+    use std::io::{BufRead, Write};
     let cfg = RunConfig::seed();
     let arm = Arm::new(&cfg.model, 0, DType::F32, &Device::Cpu)?;
     let splits = cfg.data.load()?;
     let x64 = splits.train.batch(&(0..64).collect::<Vec<_>>(), arm.device())?;
     let x1 = splits.train.batch(&[0], arm.device())?;
     let mut opt = Optimizer::new(OptimizerKind::Adamax, 1e-3, arm.params().vars())?;
-    emit(
-        "train_b64",
-        &times_ms(reps, || {
-            let loss = arm.loss(&x64, Reduction::Mean, Mode::Train { seed: 0 })?;
-            opt.step(&loss.backward()?)?;
-            Ok(())
-        })?,
-    );
+    let noise = Noise::new(16, 64, 0);
     let forward = |x: &candle_core::Tensor| -> anyhow::Result<()> {
         arm.forward(x, Mode::Eval)?.to_vec3::<f32>()?;
         Ok(())
     };
-    emit("forward_b64", &times_ms(reps, || forward(&x64))?);
-    emit("forward_b1", &times_ms(reps * 10, || forward(&x1))?);
-    let noise = Noise::new(16, 64, 0);
-    emit(
-        "naive_16",
-        &times_ms(reps.div_ceil(4), || {
-            sample_naive(&arm, &noise, 1.0, None)?;
-            Ok(())
-        })?,
-    );
-    emit(
-        "cached_16",
-        &times_ms(reps, || {
-            sample_cached(&arm, &noise, 1.0, None)?;
-            Ok(())
-        })?,
-    );
+    let mut seen = std::collections::HashSet::new();
     let mut calls = 0;
-    emit(
-        "predictive_16",
-        &times_ms(reps.div_ceil(4), || {
-            calls = sample_predictive(&arm, &noise, 1.0, None)?.1;
-            Ok(())
-        })?,
-    );
-    println!("{}", serde_json::json!({ "calls": calls }));
+    for line in std::io::stdin().lock().lines() {
+        let line = line?;
+        let Some((row, reps)) = line.split_once(' ') else {
+            continue;
+        };
+        let reps: usize = reps.trim().parse().with_context(|| format!("bench worker: {line:?}"))?;
+        let warm_up = if seen.insert(row.to_string()) { 2 } else { 1 };
+        let ms = armory::keeping_workers_awake(|| match row {
+            "train_b64" => times_ms(warm_up, reps, || {
+                let loss = arm.loss(&x64, Reduction::Mean, Mode::Train { seed: 0 })?;
+                opt.step(&loss.backward()?)?;
+                Ok(())
+            }),
+            "forward_b64" => times_ms(warm_up, reps, || forward(&x64)),
+            "forward_b1" => times_ms(warm_up, reps, || forward(&x1)),
+            "naive_16" => times_ms(warm_up, reps, || {
+                sample_naive(&arm, &noise, 1.0, None)?;
+                Ok(())
+            }),
+            "cached_16" => times_ms(warm_up, reps, || {
+                sample_cached(&arm, &noise, 1.0, None)?;
+                Ok(())
+            }),
+            "predictive_16" => times_ms(warm_up, reps, || {
+                calls = sample_predictive(&arm, &noise, 1.0, None)?.1;
+                Ok(())
+            }),
+            other => bail!("bench worker: no row {other:?}"),
+        })?;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{}", serde_json::json!({ "row": row, "ms": ms, "calls": calls }))?;
+        out.flush()?;
+    }
     Ok(())
 }
 
@@ -742,7 +857,7 @@ fn images(reps: usize) -> anyhow::Result<()> {
         let s = Instant::now();
         samples.0 = sample_naive(&arm, &noise, 1.0, None)?; // 784 full passes: one timed run is plenty
         let naive = s.elapsed().as_secs_f64() * 1e3;
-        let cached = median(&times_ms(reps.div_ceil(4), || {
+        let cached = median(&times_ms(2, reps.div_ceil(4), || {
             samples.1 = sample_cached(&arm, &noise, 1.0, None)?;
             Ok(())
         })?)
