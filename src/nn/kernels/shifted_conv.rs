@@ -916,9 +916,19 @@ pub fn with_frozen_weights<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
-/// Kernels packed by earlier evaluation passes on this thread, by the weight's storage, each with a copy of
-/// the weights it was packed from.
-type ReuseCache = HashMap<Key, (Arc<dyn Any + Send + Sync>, Arc<dyn Any + Send + Sync>)>;
+/// Kernels packed by earlier evaluation passes on this thread, by the weight's storage.
+type ReuseCache = HashMap<Key, Reusable>;
+
+/// A kernel of the reuse cache: the weights it was packed from (the tensor, kept alive so that no other
+/// tensor takes its memory while the entry lasts, and a copy of its numbers), the packed kernel, and
+/// [`candle_core::storage_writes`] when its numbers were last found equal to the copy.
+#[derive(Clone)]
+struct Reusable {
+    _weights: Tensor,
+    copy: Arc<dyn Any + Send + Sync>,
+    packed: Arc<dyn Any + Send + Sync>,
+    checked_at: u64,
+}
 
 /// Weights (numbers) the reuse cache keeps copies of at most (in f32 64 MB, and as much again packed); past
 /// that it starts again.
@@ -930,13 +940,17 @@ thread_local! {
     /// Kernels packed for evaluation passes on this thread (for the tests).
     #[cfg(test)]
     static REUSE_PACKED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// Weights compared in full with their cached copy on this thread (for the tests).
+    #[cfg(test)]
+    static REUSE_COMPARED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 /// Runs `f` as an evaluation pass (a forward pass in [`crate::nn::Mode::Eval`]): a convolution whose weights
 /// are, bit for bit, those it packed its kernel from on an earlier evaluation pass on this thread reuses that
 /// kernel, so a model evaluated again and again (a forward pass at batch 1 in a loop, scoring) packs each
-/// kernel once. The weights are compared in full every time (changed in place — an optimizer step, an EMA
-/// swap, `Var::set` — they are packed again), so unlike [`with_frozen_weights`] this promises nothing.
+/// kernel once. The weights are compared in full whenever any tensor has been written in place since the
+/// last pass (changed in place — an optimizer step, an EMA swap, `Var::set` — they are packed again), so
+/// unlike [`with_frozen_weights`] this promises nothing.
 pub fn evaluating<R>(f: impl FnOnce() -> R) -> R {
     let outer = EVALUATING.with(|e| e.replace(true));
     struct Reset(bool);
@@ -968,17 +982,40 @@ fn same_bits<T: WithDType>(a: &[T], b: &[T]) -> bool {
 }
 
 /// The kernel of `w` packed on an earlier evaluation pass from the same bits, else packed now (and kept);
-/// `None` outside [`evaluating`] or for a tensor that is not an f32/f64 CPU tensor.
+/// `None` outside [`evaluating`] or for a tensor that is not an f32/f64 CPU tensor. The bits are compared
+/// only when some tensor has been written in place since they were last found the same (an optimizer step,
+/// `Var::set`): reading the count of those writes under the weights' read lock, an unchanged count means
+/// these weights are as they were (the entry keeps them alive, so their memory is theirs).
 fn reused_packed(w: &Tensor) -> Option<Arc<dyn Any + Send + Sync>> {
     if !EVALUATING.with(|e| e.get()) {
         return None;
     }
-    fn reuse<T: WithDType>(v: &[T], (c_out, c_in, n_k): (usize, usize, usize), key: Key) -> Arc<dyn Any + Send + Sync> {
+    fn reuse<T: WithDType>(
+        w: &Tensor,
+        v: &[T],
+        (c_out, c_in, n_k): (usize, usize, usize),
+        key: Key,
+    ) -> Arc<dyn Any + Send + Sync> {
+        let writes = candle_core::storage_writes();
         // Compared with no borrow held: while it waits for the pool, this thread may run other work that
         // convolves.
-        if let Some((copy, packed)) = REUSE.with(|c| c.borrow().get(&key).cloned()) {
-            if copy.downcast_ref::<Vec<T>>().is_some_and(|copy| same_bits(copy, v)) {
-                return packed;
+        if let Some(entry) = REUSE.with(|c| c.borrow().get(&key).cloned()) {
+            if entry.checked_at == writes {
+                return entry.packed;
+            }
+            #[cfg(test)]
+            REUSE_COMPARED.with(|n| n.set(n.get() + 1));
+            if entry
+                .copy
+                .downcast_ref::<Vec<T>>()
+                .is_some_and(|copy| same_bits(copy, v))
+            {
+                REUSE.with(|c| {
+                    if let Some(e) = c.borrow_mut().get_mut(&key) {
+                        e.checked_at = writes;
+                    }
+                });
+                return entry.packed;
             }
         }
         #[cfg(test)]
@@ -989,18 +1026,24 @@ fn reused_packed(w: &Tensor) -> Option<Arc<dyn Any + Send + Sync>> {
             cache.remove(&key);
             let kept: usize = cache
                 .values()
-                .map(|(copy, _)| copy.downcast_ref::<Vec<T>>().map_or(0, Vec::len))
+                .map(|e| e.copy.downcast_ref::<Vec<T>>().map_or(0, Vec::len))
                 .sum();
             if kept + v.len() > REUSE_MAX {
                 cache.clear();
             }
-            cache.insert(key, (Arc::new(v.to_vec()), packed.clone()));
+            let entry = Reusable {
+                _weights: w.clone(),
+                copy: Arc::new(v.to_vec()),
+                packed: packed.clone(),
+                checked_at: writes,
+            };
+            cache.insert(key, entry);
         });
         packed
     }
     with_weights(w, |weights, dims, key| match weights {
-        Weights::F32(v) => reuse(v, dims, key),
-        Weights::F64(v) => reuse(v, dims, key),
+        Weights::F32(v) => reuse(w, v, dims, key),
+        Weights::F64(v) => reuse(w, v, dims, key),
     })
 }
 
@@ -1591,6 +1634,28 @@ mod tests {
         assert_eq!(packed(), before + 1, "packed once for two passes");
         assert_eq!(bits(&first)?, plain);
         assert_eq!(bits(&second)?, plain);
+        // With no tensor written in place between two passes, the second does not compare the weights.
+        // Other tests write tensors meanwhile (the count is the process's), so a pass counts only when the
+        // count stood still across it; one such pass of 1,000 tries is plenty.
+        let compared = || REUSE_COMPARED.with(|n| n.get());
+        let quiet_pass_compared = (0..1000).find_map(|_| {
+            let (writes, was) = (candle_core::storage_writes(), compared());
+            evaluating(|| shifted_conv(&x, w.as_tensor(), &b, &plan)).ok()?;
+            (candle_core::storage_writes() == writes).then(|| compared() > was)
+        });
+        assert_eq!(
+            quiet_pass_compared,
+            Some(false),
+            "a pass with no write between compared the weights"
+        );
+        // Another tensor written in place: the weights are compared, found the same, and not packed again.
+        let other = Var::zeros(4, candle_core::DType::F32, &dev)?;
+        other.set(&Tensor::ones(4, candle_core::DType::F32, &dev)?)?;
+        let was = compared();
+        let again = evaluating(|| shifted_conv(&x, w.as_tensor(), &b, &plan))?;
+        assert!(compared() > was, "compared after a write");
+        assert_eq!(packed(), before + 1, "the same weights: not packed again");
+        assert_eq!(bits(&again)?, plain);
         // One weight changed in place: packed again, and the new weights' output.
         let mut v = w.as_tensor().flatten_all()?.to_vec1::<f32>()?;
         v[12_345] += 1.0;

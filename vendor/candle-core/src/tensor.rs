@@ -2765,13 +2765,16 @@ impl Tensor {
 
     /// Acquire write lock on storage and returns guard.
     pub(crate) fn storage_mut(&self) -> StorageMutRef<'_> {
-        self.storage.write()
+        let storage = self.storage.write();
+        STORAGE_WRITES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        storage
     }
 
     // If we extend the visibility of this function to be usable outside of this crate, we should
     // make it unsafe.
     pub(crate) fn storage_mut_and_layout(&self) -> (StorageMutRef<'_>, &Layout) {
         let storage = self.storage.write();
+        STORAGE_WRITES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         (storage, &self.layout)
     }
 
@@ -3149,4 +3152,16 @@ impl<S: Into<Shape>> From<(Storage, S)> for Tensor {
     fn from((storage, shape): (Storage, S)) -> Self {
         from_storage(storage, shape, BackpropOp::none(), false)
     }
+}
+
+/// How many times any tensor's storage has been taken for writing in place (`storage_mut`,
+/// `storage_mut_and_layout`: `Var::set`, the in-place custom ops, `slice_set`), counted once the write lock
+/// is held. Read while holding a tensor's storage for reading, an unchanged count says that no in-place
+/// write has happened since: a cache of something computed from a tensor's numbers (which also keeps the
+/// tensor alive, so that no other tensor can take its memory) is then still valid without comparing them.
+static STORAGE_WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The count of in-place writes to tensors' storage so far (see [`STORAGE_WRITES`]).
+pub fn storage_writes() -> u64 {
+    STORAGE_WRITES.load(std::sync::atomic::Ordering::SeqCst)
 }
