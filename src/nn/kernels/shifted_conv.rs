@@ -919,15 +919,13 @@ pub fn with_frozen_weights<R>(f: impl FnOnce() -> R) -> R {
 /// Kernels packed by earlier evaluation passes on this thread, by the weight's storage.
 type ReuseCache = HashMap<Key, Reusable>;
 
-/// A kernel of the reuse cache: the weights it was packed from (the tensor, kept alive so that no other
-/// tensor takes its memory while the entry lasts, and a copy of its numbers), the packed kernel, and
-/// [`candle_core::storage_writes`] when its numbers were last found equal to the copy.
+/// A kernel of the reuse cache: a copy of the weights it was packed from, the packed kernel, and the tensor
+/// (its id) whose numbers were last found equal to the copy, with [`candle_core::storage_writes`] then.
 #[derive(Clone)]
 struct Reusable {
-    _weights: Tensor,
     copy: Arc<dyn Any + Send + Sync>,
     packed: Arc<dyn Any + Send + Sync>,
-    checked_at: u64,
+    checked: (candle_core::TensorId, u64),
 }
 
 /// Weights (numbers) the reuse cache keeps copies of at most (in f32 64 MB, and as much again packed); past
@@ -982,10 +980,11 @@ fn same_bits<T: WithDType>(a: &[T], b: &[T]) -> bool {
 }
 
 /// The kernel of `w` packed on an earlier evaluation pass from the same bits, else packed now (and kept);
-/// `None` outside [`evaluating`] or for a tensor that is not an f32/f64 CPU tensor. The bits are compared
-/// only when some tensor has been written in place since they were last found the same (an optimizer step,
-/// `Var::set`): reading the count of those writes under the weights' read lock, an unchanged count means
-/// these weights are as they were (the entry keeps them alive, so their memory is theirs).
+/// `None` outside [`evaluating`] or for a tensor that is not an f32/f64 CPU tensor. The bits are not
+/// compared again for the tensor they were last found equal in (its id: a tensor keeps its storage for life)
+/// while no tensor has been written in place since (an optimizer step, `Var::set`; the count of those
+/// writes is read under the weights' read lock). A weight made anew for each pass (a colour mask applied, a
+/// reshaped view) has a new id each time: its bits are compared, as they always were.
 fn reused_packed(w: &Tensor) -> Option<Arc<dyn Any + Send + Sync>> {
     if !EVALUATING.with(|e| e.get()) {
         return None;
@@ -996,11 +995,11 @@ fn reused_packed(w: &Tensor) -> Option<Arc<dyn Any + Send + Sync>> {
         (c_out, c_in, n_k): (usize, usize, usize),
         key: Key,
     ) -> Arc<dyn Any + Send + Sync> {
-        let writes = candle_core::storage_writes();
+        let now = (w.id(), candle_core::storage_writes());
         // Compared with no borrow held: while it waits for the pool, this thread may run other work that
         // convolves.
         if let Some(entry) = REUSE.with(|c| c.borrow().get(&key).cloned()) {
-            if entry.checked_at == writes {
+            if entry.checked == now {
                 return entry.packed;
             }
             #[cfg(test)]
@@ -1012,7 +1011,7 @@ fn reused_packed(w: &Tensor) -> Option<Arc<dyn Any + Send + Sync>> {
             {
                 REUSE.with(|c| {
                     if let Some(e) = c.borrow_mut().get_mut(&key) {
-                        e.checked_at = writes;
+                        e.checked = now;
                     }
                 });
                 return entry.packed;
@@ -1032,10 +1031,9 @@ fn reused_packed(w: &Tensor) -> Option<Arc<dyn Any + Send + Sync>> {
                 cache.clear();
             }
             let entry = Reusable {
-                _weights: w.clone(),
                 copy: Arc::new(v.to_vec()),
                 packed: packed.clone(),
-                checked_at: writes,
+                checked: now,
             };
             cache.insert(key, entry);
         });
@@ -1648,6 +1646,13 @@ mod tests {
             Some(false),
             "a pass with no write between compared the weights"
         );
+        // Another tensor over the same numbers (a view: a new id) is compared, found the same, and reuses it.
+        let view = w.as_tensor().reshape((64, 300, 7))?;
+        let was = compared();
+        let by_view = evaluating(|| shifted_conv(&x, &view, &b, &plan))?;
+        assert!(compared() > was, "a new tensor's numbers are compared");
+        assert_eq!(packed(), before + 1, "the same numbers: not packed again");
+        assert_eq!(bits(&by_view)?, plain);
         // Another tensor written in place: the weights are compared, found the same, and not packed again.
         let other = Var::zeros(4, candle_core::DType::F32, &dev)?;
         other.set(&Tensor::ones(4, candle_core::DType::F32, &dev)?)?;
