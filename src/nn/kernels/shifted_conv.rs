@@ -946,9 +946,9 @@ thread_local! {
 /// Runs `f` as an evaluation pass (a forward pass in [`crate::nn::Mode::Eval`]): a convolution whose weights
 /// are, bit for bit, those it packed its kernel from on an earlier evaluation pass on this thread reuses that
 /// kernel, so a model evaluated again and again (a forward pass at batch 1 in a loop, scoring) packs each
-/// kernel once. The weights are compared in full whenever any tensor has been written in place since the
-/// last pass (changed in place — an optimizer step, an EMA swap, `Var::set` — they are packed again), so
-/// unlike [`with_frozen_weights`] this promises nothing.
+/// kernel once. The weights are compared in full unless they are the same tensor as at the last check and
+/// no tensor has been written in place since (changed in place — an optimizer step, an EMA swap,
+/// `Var::set` — they are packed again), so unlike [`with_frozen_weights`] this promises nothing.
 pub fn evaluating<R>(f: impl FnOnce() -> R) -> R {
     let outer = EVALUATING.with(|e| e.replace(true));
     struct Reset(bool);
