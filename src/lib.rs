@@ -61,7 +61,8 @@ pub fn with_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> Re
 /// a virtual machine, the idle vCPU's wake-up, ~20 times a step of the gated PixelCNN (`perf sched`), while
 /// the calling thread starts the kernel alone. The price: the other cores busy-wait through `f`, as OpenMP's
 /// threads do by default — unless another program wants a core: a worker whose `sched_yield`s gave its core
-/// away for more than half of a stretch of 20 ms stops busy-waiting for the rest of `f`.
+/// away for more than half of a stretch of 20 ms stops busy-waiting for the rest of `f`. Outside a pool, or
+/// in a pool of one, it is `f()`.
 ///
 /// ```
 /// let threads = armory::with_threads(2, || armory::keeping_workers_awake(rayon::current_num_threads))?;
