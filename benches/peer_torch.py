@@ -87,9 +87,6 @@ def timed(fn, reps, warmup=2):
     return out
 
 
-SEED_ROWS = ["train_b64", "forward_b64", "forward_b1", "naive_16"]
-
-
 def bench_seed(a):
     """The seed net's rows. With --serve, one block per line read from standard input ("ROW REPS": REPS timed
     calls after one warm-up call, two the first time a row runs), answered with its JSON line — how
@@ -125,7 +122,7 @@ def bench_seed(a):
                 row, reps = line.split()
                 block(row, int(reps))
     else:
-        for row in SEED_ROWS:
+        for row in rows:
             block(row, {"forward_b1": a.reps * 10, "naive_16": max(1, a.reps // 4)}.get(row, a.reps))
 
 

@@ -225,27 +225,26 @@ mod tests {
             let tids = rayon::broadcast(|ctx| (ctx.index(), unsafe { libc::gettid() }));
             let other = tids.iter().find(|(i, _)| *i != me).expect("a second worker").1;
             let nap = || std::thread::sleep(Duration::from_millis(300));
+            // The other worker's ticks while f naps, kept awake with `back_off`.
+            let ticks_kept = |back_off| {
+                crate::keeping_awake_unless(back_off, || {
+                    let before = cpu_ticks(other);
+                    nap();
+                    cpu_ticks(other) - before
+                })
+            };
             // Never backing off here: on a shared machine (tests running beside this one) the keeper would.
             let never = crate::BackOff {
                 slow: Duration::MAX,
                 window: Duration::ZERO,
                 share: 1.0,
             };
-            let during = crate::keeping_awake_unless(never, || {
-                let before = cpu_ticks(other);
-                nap();
-                cpu_ticks(other) - before
-            });
+            let during = ticks_kept(never);
             // Backing off at the first yield: no busy-waiting to speak of.
-            let at_once = crate::BackOff {
+            let backed_off = ticks_kept(crate::BackOff {
                 slow: Duration::ZERO,
                 window: Duration::ZERO,
                 share: 0.0,
-            };
-            let backed_off = crate::keeping_awake_unless(at_once, || {
-                let before = cpu_ticks(other);
-                nap();
-                cpu_ticks(other) - before
             });
             assert!(
                 backed_off <= 3,
