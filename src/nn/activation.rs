@@ -4,6 +4,7 @@
 //! splits ties ½–½), and exact zeros do occur, e.g. where a channel sees only zero padding. The reference
 //! gradients caught this. As one custom op it is also one pass over memory each way instead of several.
 
+use std::mem::MaybeUninit;
 use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, WithDType};
@@ -18,11 +19,14 @@ struct LeakyRelu {
 }
 
 fn map<T: WithDType>(x: &[T], f: impl Fn(T) -> T + Sync) -> Vec<T> {
-    par_build(x.len(), CHUNK, |i, o| {
-        for (o, &x) in o.iter_mut().zip(&x[i * CHUNK..]) {
-            *o = f(x);
-        }
-    })
+    // SAFETY: piece i is no longer than x[i·CHUNK..]: the zip writes every element.
+    unsafe {
+        par_build(x.len(), CHUNK, |i, o| {
+            for (o, &x) in o.iter_mut().zip(&x[i * CHUNK..]) {
+                o.write(f(x));
+            }
+        })
+    }
 }
 
 impl CustomOp1 for LeakyRelu {
@@ -170,50 +174,50 @@ pub trait GateFloat: WithDType + Send + Sync {
         two * (two * self).sigmoid() - Self::one()
     }
     /// Gates of rows of 2C numbers (`x`) into rows of C (`out`).
-    fn gate_rows_into(x: &[Self], c: usize, out: &mut [Self]) {
+    fn gate_rows_into(x: &[Self], c: usize, out: &mut [MaybeUninit<Self>]) {
         gate_rows_scalar(x, c, out)
     }
     /// The gradient through the gates: `g` rows of C, `x` and `out` rows of 2C.
-    fn gate_grad_rows_into(x: &[Self], g: &[Self], c: usize, out: &mut [Self]) {
+    fn gate_grad_rows_into(x: &[Self], g: &[Self], c: usize, out: &mut [MaybeUninit<Self>]) {
         gate_grad_rows_scalar(x, g, c, out)
     }
     /// tanh and σ of rows of 2C numbers, kept for the gradient ([`halves_rows_scalar`]).
-    fn halves_rows_into(x: &[Self], c: usize, ts: &mut [Self]) {
+    fn halves_rows_into(x: &[Self], c: usize, ts: &mut [MaybeUninit<Self>]) {
         halves_rows_scalar(x, c, ts)
     }
     /// The gradient through the gates from kept halves ([`gate_grad_kept_rows_scalar`]).
-    fn gate_grad_kept_rows_into(ts: &[Self], g: &[Self], c: usize, out: &mut [Self]) {
+    fn gate_grad_kept_rows_into(ts: &[Self], g: &[Self], c: usize, out: &mut [MaybeUninit<Self>]) {
         gate_grad_kept_rows_scalar(ts, g, c, out)
     }
 }
 
 #[inline(always)]
-fn gate_rows_scalar<T: GateFloat>(x: &[T], c: usize, out: &mut [T]) {
+fn gate_rows_scalar<T: GateFloat>(x: &[T], c: usize, out: &mut [MaybeUninit<T>]) {
     // Zipped iterators, no indexing: no bounds checks, so the loop vectorises.
     for (o, x) in out.chunks_mut(c).zip(x.chunks(2 * c)) {
         let (a, b) = x.split_at(c);
         for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
-            *o = gate_value(a, b);
+            o.write(gate_value(a, b));
         }
     }
 }
 
 #[inline(always)]
-fn gate_grad_rows_scalar<T: GateFloat>(x: &[T], g: &[T], c: usize, out: &mut [T]) {
+fn gate_grad_rows_scalar<T: GateFloat>(x: &[T], g: &[T], c: usize, out: &mut [MaybeUninit<T>]) {
     grad_rows(x, g, c, out, |a, b| (a.tanh_via_sigmoid(), b.sigmoid()))
 }
 
 /// The gradient through the gates of rows of 2C numbers (`rows`: the inputs, or kept halves) whose two halves
 /// `halves` turns into t = tanh(a) and s = σ(b): ∂/∂a = g·s·(1 − t²), ∂/∂b = g·t·s·(1 − s).
 #[inline(always)]
-fn grad_rows<T: GateFloat>(rows: &[T], g: &[T], c: usize, out: &mut [T], halves: impl Fn(T, T) -> (T, T)) {
+fn grad_rows<T: GateFloat>(rows: &[T], g: &[T], c: usize, out: &mut [MaybeUninit<T>], halves: impl Fn(T, T) -> (T, T)) {
     for ((o, x), g) in out.chunks_mut(2 * c).zip(rows.chunks(2 * c)).zip(g.chunks(c)) {
         let (oa, ob) = o.split_at_mut(c);
         let (xa, xb) = x.split_at(c);
         for ((((oa, ob), &a), &b), &g) in oa.iter_mut().zip(ob.iter_mut()).zip(xa).zip(xb).zip(g) {
             let (t, s) = halves(a, b);
-            *oa = g * s * (T::one() - t * t);
-            *ob = g * t * s * (T::one() - s);
+            oa.write(g * s * (T::one() - t * t));
+            ob.write(g * t * s * (T::one() - s));
         }
     }
 }
@@ -222,12 +226,13 @@ fn grad_rows<T: GateFloat>(rows: &[T], g: &[T], c: usize, out: &mut [T], halves:
 /// the C values of s), what the gradient needs, kept by the forward pass so that the backward pass need not
 /// compute them again. `t · s` is then the gate, bit for bit ([`gate_value`]).
 #[inline(always)]
-fn halves_rows_scalar<T: GateFloat>(x: &[T], c: usize, ts: &mut [T]) {
+fn halves_rows_scalar<T: GateFloat>(x: &[T], c: usize, ts: &mut [MaybeUninit<T>]) {
     for (o, x) in ts.chunks_mut(2 * c).zip(x.chunks(2 * c)) {
         let (ot, os) = o.split_at_mut(c);
         let (xa, xb) = x.split_at(c);
         for (((t, s), &a), &b) in ot.iter_mut().zip(os.iter_mut()).zip(xa).zip(xb) {
-            (*t, *s) = (a.tanh_via_sigmoid(), b.sigmoid());
+            t.write(a.tanh_via_sigmoid());
+            s.write(b.sigmoid());
         }
     }
 }
@@ -235,7 +240,7 @@ fn halves_rows_scalar<T: GateFloat>(x: &[T], c: usize, ts: &mut [T]) {
 /// [`gate_grad_rows_scalar`] from kept halves (`ts`, as [`halves_rows_scalar`] writes them): the same
 /// arithmetic on the same t and s, so the same bits.
 #[inline(always)]
-fn gate_grad_kept_rows_scalar<T: GateFloat>(ts: &[T], g: &[T], c: usize, out: &mut [T]) {
+fn gate_grad_kept_rows_scalar<T: GateFloat>(ts: &[T], g: &[T], c: usize, out: &mut [MaybeUninit<T>]) {
     grad_rows(ts, g, c, out, |t, s| (t, s))
 }
 
@@ -244,6 +249,7 @@ fn gate_grad_kept_rows_scalar<T: GateFloat>(ts: &[T], g: &[T], c: usize, out: &m
 mod wide {
     use super::{gate_grad_kept_rows_scalar, gate_grad_rows_scalar, gate_rows_scalar, halves_rows_scalar};
     use crate::nn::exact::{simd_level, Simd};
+    use std::mem::MaybeUninit;
 
     /// `pub fn name(args)`: `scalar(args)` compiled for the widest SIMD level the CPU has.
     macro_rules! dispatched {
@@ -273,23 +279,23 @@ mod wide {
     }
 
     dispatched! {
-        gates => gate_rows_scalar(x: &[f32], c: usize, out: &mut [f32]);
-        grads => gate_grad_rows_scalar(x: &[f32], g: &[f32], c: usize, out: &mut [f32]);
-        halves => halves_rows_scalar(x: &[f32], c: usize, ts: &mut [f32]);
-        grads_kept => gate_grad_kept_rows_scalar(ts: &[f32], g: &[f32], c: usize, out: &mut [f32]);
+        gates => gate_rows_scalar(x: &[f32], c: usize, out: &mut [MaybeUninit<f32>]);
+        grads => gate_grad_rows_scalar(x: &[f32], g: &[f32], c: usize, out: &mut [MaybeUninit<f32>]);
+        halves => halves_rows_scalar(x: &[f32], c: usize, ts: &mut [MaybeUninit<f32>]);
+        grads_kept => gate_grad_kept_rows_scalar(ts: &[f32], g: &[f32], c: usize, out: &mut [MaybeUninit<f32>]);
     }
 }
 impl GateFloat for f32 {
-    fn gate_rows_into(x: &[f32], c: usize, out: &mut [f32]) {
+    fn gate_rows_into(x: &[f32], c: usize, out: &mut [MaybeUninit<f32>]) {
         wide::gates(x, c, out)
     }
-    fn gate_grad_rows_into(x: &[f32], g: &[f32], c: usize, out: &mut [f32]) {
+    fn gate_grad_rows_into(x: &[f32], g: &[f32], c: usize, out: &mut [MaybeUninit<f32>]) {
         wide::grads(x, g, c, out)
     }
-    fn halves_rows_into(x: &[f32], c: usize, ts: &mut [f32]) {
+    fn halves_rows_into(x: &[f32], c: usize, ts: &mut [MaybeUninit<f32>]) {
         wide::halves(x, c, ts)
     }
-    fn gate_grad_kept_rows_into(ts: &[f32], g: &[f32], c: usize, out: &mut [f32]) {
+    fn gate_grad_kept_rows_into(ts: &[f32], g: &[f32], c: usize, out: &mut [MaybeUninit<f32>]) {
         wide::grads_kept(ts, g, c, out)
     }
     fn sigmoid(self) -> f32 {
@@ -341,6 +347,9 @@ fn rows_per_task(c: usize) -> usize {
     (CHUNK / (2 * c).max(1)).max(1)
 }
 
+/// A gradient loop over rows: (rows of 2C, the gradient's rows of C, C, the rows of 2C it writes).
+type RowsInto<T> = fn(&[T], &[T], usize, &mut [MaybeUninit<T>]);
+
 impl CustomOp1 for Gate {
     fn name(&self) -> &'static str {
         "gate"
@@ -351,28 +360,36 @@ impl CustomOp1 for Gate {
             candle_core::bail!("gate: input must be contiguous")
         };
         let mut dims = l.dims().to_vec();
-        let c = dims.last().copied().unwrap_or(0) / 2;
+        let c2 = dims.last().copied().unwrap_or(0);
+        if c2 % 2 != 0 {
+            candle_core::bail!("gate: the last dimension must be even, got {c2}");
+        }
+        let c = c2 / 2;
         let keep = self.kept.is_some();
-        /// The gates, and tanh and σ of the halves if `keep`.
+        /// The gates, and tanh and σ of the halves if `keep`, from rows of 2C numbers.
         fn run<T: GateFloat>(x: &[T], c: usize, keep: bool) -> (Vec<T>, Option<Vec<T>>) {
             let piece = rows_per_task(c) * c.max(1);
+            // SAFETY (the three builds): each piece is whole rows (of C results, or 2C halves) of x's rows
+            // from row 2i·piece/2C on, and the row loops write every number of every row.
             if !keep {
-                return (
-                    par_build(x.len() / 2, piece, |i, o| T::gate_rows_into(&x[2 * i * piece..], c, o)),
-                    None,
-                );
+                let out = unsafe { par_build(x.len() / 2, piece, |i, o| T::gate_rows_into(&x[2 * i * piece..], c, o)) };
+                return (out, None);
             }
-            let ts = par_build(x.len(), 2 * piece, |i, o| {
-                T::halves_rows_into(&x[2 * i * piece..], c, o)
-            });
-            let out = par_build(x.len() / 2, piece, |i, o| {
-                for (o, ts) in o.chunks_mut(c).zip(ts[2 * i * piece..].chunks(2 * c)) {
-                    let (t, s) = ts.split_at(c);
-                    for ((o, &t), &s) in o.iter_mut().zip(t).zip(s) {
-                        *o = t * s; // gate_value's product of the same t and s
+            let ts = unsafe {
+                par_build(x.len(), 2 * piece, |i, o| {
+                    T::halves_rows_into(&x[2 * i * piece..], c, o)
+                })
+            };
+            let out = unsafe {
+                par_build(x.len() / 2, piece, |i, o| {
+                    for (o, ts) in o.chunks_mut(c).zip(ts[2 * i * piece..].chunks(2 * c)) {
+                        let (t, s) = ts.split_at(c);
+                        for ((o, &t), &s) in o.iter_mut().zip(t).zip(s) {
+                            o.write(t * s); // gate_value's product of the same t and s
+                        }
                     }
-                }
-            });
+                })
+            };
             (out, Some(ts))
         }
         let (out, ts) = match s {
@@ -397,12 +414,7 @@ impl CustomOp1 for Gate {
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         /// The gradient from `rows` (rows of 2C: the input itself, or the kept halves) by `rows_into`.
-        fn run<T: GateFloat>(
-            rows: &[T],
-            g: &Tensor,
-            x: &Tensor,
-            rows_into: fn(&[T], &[T], usize, &mut [T]),
-        ) -> Result<Tensor> {
+        fn run<T: GateFloat>(rows: &[T], g: &Tensor, x: &Tensor, rows_into: RowsInto<T>) -> Result<Tensor> {
             let c = x.dims().last().copied().unwrap_or(0) / 2;
             if 2 * g.elem_count() != x.elem_count() || rows.len() != x.elem_count() {
                 candle_core::bail!("gate: gradient {:?} for an input {:?}", g.dims(), x.dims());
@@ -410,9 +422,13 @@ impl CustomOp1 for Gate {
             // Read in place: no copy of the gradient.
             let out = with_slice::<T, _>(g, |gs| {
                 let piece = rows_per_task(c) * c.max(1);
-                par_build(rows.len(), 2 * piece, |i, o| {
-                    rows_into(&rows[2 * i * piece..], &gs[i * piece..], c, o)
-                })
+                // SAFETY: each piece is whole rows of 2C, with their rows of `rows` and of C in gs (sizes checked
+                // above); `rows_into` writes every number of every row.
+                unsafe {
+                    par_build(rows.len(), 2 * piece, |i, o| {
+                        rows_into(&rows[2 * i * piece..], &gs[i * piece..], c, o)
+                    })
+                }
             })?;
             Tensor::from_vec(out, x.shape(), x.device())
         }
@@ -486,6 +502,19 @@ mod tests {
         Ok(())
     }
 
+    /// `n` numbers from `f`, which must write every one of them (the promise the kernels' builds rely on):
+    /// the buffer starts as a NaN with a payload no arithmetic here produces, and none may be left.
+    fn written(n: usize, f: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
+        const LEFT: u32 = 0x7fa0_dead;
+        let mut v = vec![MaybeUninit::new(f32::from_bits(LEFT)); n];
+        f(&mut v);
+        // SAFETY: every element was initialised to start with.
+        let v: Vec<f32> = v.into_iter().map(|x| unsafe { x.assume_init() }).collect();
+        let left = v.iter().filter(|x| x.to_bits() == LEFT).count();
+        assert_eq!(left, 0, "{left} of {n} numbers left unwritten");
+        v
+    }
+
     /// The ops on a tensor big enough to run in parallel pieces, against the row loops on the whole: the gate
     /// and its gradient, and LeakyReLU and its gradient, bit for bit.
     #[test]
@@ -497,9 +526,8 @@ mod tests {
         let y = gate(x.as_tensor())?;
         let grad = (&y * &g)?.sum_all()?.backward()?;
         let (xs, gs) = (x.flatten_all()?.to_vec1::<f32>()?, g.flatten_all()?.to_vec1::<f32>()?);
-        let (mut want_y, mut want_g) = (vec![0f32; rows * c], vec![0f32; rows * 2 * c]);
-        gate_rows_scalar(&xs, c, &mut want_y);
-        gate_grad_rows_scalar(&xs, &gs, c, &mut want_g);
+        let want_y = written(rows * c, |o| gate_rows_scalar(&xs, c, o));
+        let want_g = written(rows * 2 * c, |o| gate_grad_rows_scalar(&xs, &gs, c, o));
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&y.flatten_all()?.to_vec1::<f32>()?), bits(&want_y), "gate");
         let gradient = |grads: &candle_core::backprop::GradStore| -> Result<Vec<f32>> {
@@ -561,29 +589,26 @@ mod tests {
             })
             .collect();
         let g: Vec<f32> = (0..c * 5).map(|i| ((i as f32) * 0.11).sin()).collect();
-        let (mut a, mut b) = (vec![0f32; c * 5], vec![0f32; c * 5]);
-        wide::gates(&x, c, &mut a);
-        gate_rows_scalar(&x, c, &mut b);
+        let a = written(c * 5, |o| wide::gates(&x, c, o));
+        let b = written(c * 5, |o| gate_rows_scalar(&x, c, o));
         assert!(
             a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()),
             "gates differ"
         );
-        let (mut a, mut b) = (vec![0f32; 2 * c * 5], vec![0f32; 2 * c * 5]);
-        wide::grads(&x, &g, c, &mut a);
-        gate_grad_rows_scalar(&x, &g, c, &mut b);
+        let a = written(2 * c * 5, |o| wide::grads(&x, &g, c, o));
+        let b = written(2 * c * 5, |o| gate_grad_rows_scalar(&x, &g, c, o));
         assert!(
             a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()),
             "gradients differ"
         );
         // From kept halves: the same gradient's bits.
-        let (mut ts, mut want) = (vec![0f32; 2 * c * 5], vec![0f32; 2 * c * 5]);
-        wide::halves(&x, c, &mut ts);
-        halves_rows_scalar(&x, c, &mut want);
+        let ts = written(2 * c * 5, |o| wide::halves(&x, c, o));
+        let want = written(2 * c * 5, |o| halves_rows_scalar(&x, c, o));
         assert!(
             ts.iter().zip(&want).all(|(p, q)| p.to_bits() == q.to_bits()),
             "halves differ"
         );
-        wide::grads_kept(&ts, &g, c, &mut a);
+        let a = written(2 * c * 5, |o| wide::grads_kept(&ts, &g, c, o));
         assert!(
             a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()),
             "gradients from kept halves differ"

@@ -1,5 +1,7 @@
 //! Dropout with its randomness given explicitly, so training stays deterministic and resumable.
 
+use std::mem::MaybeUninit;
+
 use candle_core::{Result, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -36,7 +38,7 @@ pub fn dropout(x: &Tensor, p: f64, mode: Mode, salt: u64) -> Result<Tensor> {
 fn mask(rng: ChaCha8Rng, p: f64, n: usize) -> Vec<f32> {
     let keep = (1.0 / (1.0 - p)) as f32;
     let threshold = (p * 4_294_967_296.0).round() as u64; // drop when word < threshold
-    par_build(n, CHUNK, |i, chunk| {
+    let fill = |i: usize, chunk: &mut [MaybeUninit<f32>]| {
         let mut rng = rng.clone();
         rng.set_word_pos((i * CHUNK) as u128);
         // The stream's words a block at a time (the same words as `next_u32` one by one), then
@@ -48,10 +50,12 @@ fn mask(rng: ChaCha8Rng, p: f64, n: usize) -> Vec<f32> {
             let words = &mut words[..piece.len()];
             rng.fill(words);
             for (v, &w) in piece.iter_mut().zip(words.iter()) {
-                *v = if u64::from(w) >= threshold { keep } else { 0.0 };
+                v.write(if u64::from(w) >= threshold { keep } else { 0.0 });
             }
         }
-    })
+    };
+    // SAFETY: `fill` writes every element of its piece, a block of words at a time.
+    unsafe { par_build(n, CHUNK, fill) }
 }
 
 #[cfg(test)]

@@ -11,6 +11,8 @@
 //! Weights are `[C_out, C_in, KH, KW]` as PyTorch stores them; the taps a mask drops simply get no gradient.
 //! Tensors are channels-last: `[B, H, W, C]`.
 
+use std::mem::MaybeUninit;
+
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, WithDType};
 use candle_nn::{Init, VarBuilder};
 
@@ -259,14 +261,20 @@ struct RowShift {
 impl RowShift {
     fn run<T: WithDType>(&self, x: &[T], (_, h, w, c): (usize, usize, usize, usize)) -> Vec<T> {
         let (row, image) = (w * c, h * w * c);
-        par_build(x.len(), image.max(1), |i, out| {
-            let src = &x[i * image..(i + 1) * image];
-            if self.down {
-                out[row..].copy_from_slice(&src[..image - row]);
-            } else {
-                out[..image - row].copy_from_slice(&src[row..]);
-            }
-        })
+        let zero = MaybeUninit::new(T::zero());
+        // SAFETY: each piece is one image, written whole: the row shifted in, and zeros in the row left empty.
+        unsafe {
+            par_build(x.len(), image.max(1), |i, out| {
+                let src = &x[i * image..(i + 1) * image];
+                if self.down {
+                    out[..row].fill(zero);
+                    out[row..].write_copy_of_slice(&src[..image - row]);
+                } else {
+                    out[..image - row].write_copy_of_slice(&src[row..]);
+                    out[image - row..].fill(zero);
+                }
+            })
+        }
     }
 }
 

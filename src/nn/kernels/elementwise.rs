@@ -11,11 +11,16 @@ use super::{contiguous_data, par_build, CHUNK};
 
 /// `f(a_i, b_i)` for every i, in parallel (`b` at least as long as `a`).
 pub(crate) fn zip_map<T: WithDType, U: WithDType>(a: &[T], b: &[U], f: impl Fn(T, U) -> T + Sync) -> Vec<T> {
-    par_build(a.len(), CHUNK, |i, o| {
-        for ((o, &a), &b) in o.iter_mut().zip(&a[i * CHUNK..]).zip(&b[i * CHUNK..]) {
-            *o = f(a, b);
-        }
-    })
+    assert!(b.len() >= a.len(), "zip_map: {} numbers for {}", b.len(), a.len());
+    // SAFETY: piece i has the length of a[i·CHUNK..] up to the piece's end, and b is as long as a: the zip
+    // writes every element.
+    unsafe {
+        par_build(a.len(), CHUNK, |i, o| {
+            for ((o, &a), &b) in o.iter_mut().zip(&a[i * CHUNK..]).zip(&b[i * CHUNK..]) {
+                o.write(f(a, b));
+            }
+        })
+    }
 }
 
 /// a + b, the gradient passed to both.

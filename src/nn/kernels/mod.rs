@@ -35,15 +35,19 @@ pub fn min_len(per_item: usize) -> usize {
 }
 
 /// A vector of `n` elements computed in parallel, `chunk` at a time: `fill(i, piece)` writes the i-th piece
-/// (the last may be shorter). Each piece is zeroed by its own task just before, in cache, instead of the
-/// whole vector by the calling thread first (`vec![0; n]`: one more pass over memory, on one core).
-pub fn par_build<T: WithDType>(n: usize, chunk: usize, fill: impl Fn(usize, &mut [T]) + Sync) -> Vec<T> {
+/// (the last may be shorter) straight into the vector's memory — neither zeroed first by the calling thread
+/// (`vec![0; n]`: one more pass over memory, on one core) nor by each task (a `memset` in cache: 3.5 % of the
+/// gated PixelCNN's train step on two threads at AVX2, `perf record --call-graph dwarf`).
+///
+/// # Safety
+/// `fill(i, piece)` writes every element of `piece`.
+pub unsafe fn par_build<T: WithDType>(
+    n: usize,
+    chunk: usize,
+    fill: impl Fn(usize, &mut [MaybeUninit<T>]) + Sync,
+) -> Vec<T> {
     let mut v = Vec::with_capacity(n);
-    let task = |(i, piece): (usize, &mut [MaybeUninit<T>])| {
-        piece.fill(MaybeUninit::new(T::zero()));
-        // SAFETY: every element of the piece was just written.
-        fill(i, unsafe { piece.assume_init_mut() });
-    };
+    let task = |(i, piece): (usize, &mut [MaybeUninit<T>])| fill(i, piece);
     let spare = &mut v.spare_capacity_mut()[..n];
     if n <= chunk.max(PAR_MIN) {
         spare.chunks_mut(chunk.max(1)).enumerate().for_each(task);
@@ -54,7 +58,7 @@ pub fn par_build<T: WithDType>(n: usize, chunk: usize, fill: impl Fn(usize, &mut
             .enumerate()
             .for_each(task);
     }
-    // SAFETY: the pieces cover the first n elements, each written above.
+    // SAFETY: the pieces cover the first n elements, each written by `fill` (the caller's promise).
     unsafe { v.set_len(n) };
     v
 }
