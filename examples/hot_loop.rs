@@ -2,7 +2,8 @@
 //! with WHAT one of train, fwd64, fwd1, naive (16 images),
 //! gated (a train step of `--model gated-pixelcnn` at batch 64), gated8b4 (the same with 8 layers at batch 4),
 //! gatedL<N> (at batch 64 with N gated layers), gatedfwd (its forward pass at batch 64, evaluation),
-//! fwd<N> / train<N> (the seed net's forward pass / train step at batch N).
+//! fwd<N> / train<N> (the seed net's forward pass / train step at batch N). EACH=1 prints every iteration's
+//! time (ms) to stderr: the VM's slow phases show as runs of slower iterations, often switching mid-run.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use armory::config::RunConfig;
@@ -75,6 +76,9 @@ fn run() -> anyhow::Result<()> {
             other => anyhow::bail!("unknown workload {other}"),
         }
         times.push(t.elapsed().as_secs_f64() * 1e3);
+        if std::env::var_os("EACH").is_some() {
+            eprint!("{:.1} ", times.last().unwrap());
+        }
     }
     times.sort_by(f64::total_cmp);
     println!("{what}: median {:.3} ms, min {:.3} ms over {n}", times[n / 2], times[0]);
