@@ -369,8 +369,9 @@ impl CustomOp1 for Gate {
         /// The gates, and tanh and σ of the halves if `keep`, from rows of 2C numbers.
         fn run<T: GateFloat>(x: &[T], c: usize, keep: bool) -> (Vec<T>, Option<Vec<T>>) {
             let piece = rows_per_task(c) * c.max(1);
-            // SAFETY (the three builds): each piece is whole rows (of C results, or 2C halves) of x's rows
-            // from row 2i·piece/2C on, and the row loops write every number of every row.
+            // SAFETY (the three builds): piece i is whole rows — of C gates, or of 2C halves — whose inputs
+            // are the rows of 2C in x (or ts) from number 2i·piece on; the row loops write every number of
+            // every row.
             if !keep {
                 let out = unsafe { par_build(x.len() / 2, piece, |i, o| T::gate_rows_into(&x[2 * i * piece..], c, o)) };
                 return (out, None);
