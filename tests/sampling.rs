@@ -45,7 +45,11 @@ fn conv_configs() -> Vec<ModelConfig> {
     };
     let mlp =
         |input| ModelConfig::sequence(Network::Mlp(mlp::Config { memory: 3, hidden: 7 }), 5, 14).with_input(input);
+    // A sequence network given an image reads it as one sequence of its H·W·C values (and steps so).
+    let as_image = |m: ModelConfig, (h, w, c)| ModelConfig::image(m.network, 5, h, w, c).with_input(m.input);
     vec![
+        as_image(conv(vec![1, 2], InputEncoding::Raw, None), (3, 4, 1)),
+        as_image(wavenet(InputEncoding::OneHot), (2, 3, 2)),
         conv(vec![1, 1, 1], InputEncoding::Raw, None),
         conv(vec![1, 2, 4], InputEncoding::OneHot, None),
         conv(vec![2, 1], InputEncoding::Scaled, Some(vec![ConvType::A, ConvType::A])),

@@ -476,7 +476,7 @@ impl Stepper for GatedStepper<'_> {
         self.d += 1;
         if let Some(prev) = prev {
             let (px, colour) = order.pixel_and_colour(d - 1);
-            super::record_colour(&mut self.pixel, m, prev, colour);
+            super::record_colour(&mut self.pixel, m, order.colors, prev, colour);
             let n = self.pixel.len();
             self.row[px % w * n..(px % w + 1) * n].copy_from_slice(&self.pixel);
             self.head.record(prev, colour);

@@ -144,11 +144,22 @@ impl<N: FlowNet> CausalNet for N {
         arithmetic: Arithmetic,
     ) -> Result<Option<Box<dyn Stepper + '_>>> {
         no_context(context.is_some())?;
+        // An image network steps in the model's order; a sequence network reads any shape as one sequence of
+        // its D values (one row of one colour), and steps so.
         let m = self.model();
+        let order = match self.head() {
+            Some(_) => m.ordering(),
+            None => Ordering {
+                height: 1,
+                width: m.dim(),
+                colors: 1,
+            },
+        };
         Ok(Some(Box::new(Stepped {
             net: self,
-            flow: crate::nn::Stepping::new((m.height(), m.width()), batch, arithmetic),
+            flow: crate::nn::Stepping::new((order.height, order.width), batch, arithmetic),
             head: self.head().map(|h| h.stepper(batch, arithmetic)).transpose()?,
+            order,
             d: 0,
             pixel: vec![],
         })))
@@ -160,6 +171,7 @@ struct Stepped<'a, N> {
     net: &'a N,
     flow: crate::nn::Stepping,
     head: Option<HeadStepper>,
+    order: Ordering,
     d: usize,
     pixel: Vec<f32>, // the encoded colours of the last pixel drawn from, `[B][colours·E]`
 }
@@ -170,12 +182,11 @@ impl<N: FlowNet> Stepper for Stepped<'_, N> {
     /// with colour masks, which keep the colours not drawn yet out of it; once, at R, with the pixel
     /// mixture, whose later colours come from the head alone).
     fn step(&mut self, prev: Option<&[u32]>) -> Result<Vec<Vec<f32>>> {
-        let (m, d) = (self.net.model(), self.d);
-        let order = m.ordering();
+        let (m, d, order) = (self.net.model(), self.d, self.order);
         self.d += 1;
         if let Some(prev) = prev {
             let (_, colour) = order.pixel_and_colour(d - 1);
-            record_colour(&mut self.pixel, m, prev, colour);
+            record_colour(&mut self.pixel, m, order.colors, prev, colour);
             if let Some(head) = &mut self.head {
                 head.record(prev, colour);
             }
@@ -195,15 +206,15 @@ impl<N: FlowNet> Stepper for Stepped<'_, N> {
     }
 }
 
-/// Colour `colour` of a pixel drawn (`values` `[B]`), encoded, into the pixel's inputs `[B][colours·E]`
-/// (a new pixel from colour 0).
-pub(crate) fn record_colour(pixel: &mut Vec<f32>, m: &ModelConfig, values: &[u32], colour: usize) {
+/// Colour `colour` of a pixel of `colors` drawn (`values` `[B]`), encoded, into the pixel's inputs
+/// `[B][colours·E]` (a new pixel from colour 0).
+pub(crate) fn record_colour(pixel: &mut Vec<f32>, m: &ModelConfig, colors: usize, values: &[u32], colour: usize) {
     let e = m.input.encode_values(values, m.num_values); // [B][E]
     let width = e.len() / values.len().max(1);
     if colour == 0 {
-        *pixel = vec![0.0; m.colors() * e.len()];
+        *pixel = vec![0.0; colors * e.len()];
     }
-    for (px, v) in pixel.chunks_mut(m.colors() * width).zip(e.chunks(width)) {
+    for (px, v) in pixel.chunks_mut(colors * width).zip(e.chunks(width)) {
         px[colour * width..(colour + 1) * width].copy_from_slice(v);
     }
 }
