@@ -210,6 +210,14 @@ impl RunConfig {
     pub fn validate(&self) -> Result<()> {
         self.model.validate()?;
         self.train.validate()?;
+        // The run directory keeps the config as TOML, whose integers are i64: a seed or count above that
+        // (from a command-line flag) could not be written.
+        if let Err(e) = toml::to_string(self) {
+            return Err(Error::Config(format!(
+                "the config cannot be written as TOML ({e}): its integers go up to {}",
+                i64::MAX
+            )));
+        }
         match &self.latent {
             Some(latent) => {
                 latent.validate(self.model.dim(), self.model.num_values)?;
@@ -250,6 +258,7 @@ impl RunConfig {
         )
     }
 
+    /// The config as TOML; [`Self::validate`] has checked that it can be written.
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("a config serialises")
     }
@@ -268,6 +277,18 @@ mod tests {
         assert_eq!(m, &crate::models::causal_conv::Config::default());
         assert_eq!((cfg.model.num_values, cfg.model.dim()), (17, 64));
         assert_eq!(RunConfig::parse(&cfg.to_toml(), Path::new("x")).unwrap(), cfg);
+    }
+
+    /// A seed above TOML's largest integer (a command-line flag can give one) is refused by `validate`,
+    /// before a run directory would be made and its config.toml could not be written.
+    #[test]
+    fn a_number_toml_cannot_hold_is_refused() {
+        let mut cfg = RunConfig::seed();
+        cfg.train.seed = i64::MAX as u64 + 1;
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(e.contains("cannot be written as TOML"), "{e}");
+        cfg.train.seed = i64::MAX as u64;
+        cfg.validate().unwrap();
     }
 
     #[test]
