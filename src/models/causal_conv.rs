@@ -144,7 +144,11 @@ impl Family for Config {
                 )))
             }
             (Some(d), _) => self.dilations = d.clone(),
-            (None, Some(n)) => self.dilations = vec![1; n],
+            (None, Some(n)) => {
+                // Checked before the list is made: a count from the command line could exhaust memory.
+                super::at_most("dilations (layers)", n, crate::limits::MAX_LAYERS)?;
+                self.dilations = vec![1; n]
+            }
             (None, None) => {}
         }
         if f.dilations.is_some() || f.layers.is_some() {
@@ -224,6 +228,21 @@ mod tests {
             ..Config::default()
         };
         ModelConfig::sequence(Network::CausalConv(net), k, d)
+    }
+
+    /// `--layers` is checked against the limit before its list of dilations is made (`usize::MAX` would
+    /// abort on the allocation).
+    #[test]
+    fn a_layer_count_is_checked_before_it_is_built() {
+        let flags = |n| crate::models::ArchFlags {
+            layers: Some(n),
+            ..Default::default()
+        };
+        let e = Config::default().apply(&flags(usize::MAX)).unwrap_err().to_string();
+        assert!(e.contains("exceeds the limit"), "{e}");
+        let mut c = Config::default();
+        c.apply(&flags(3)).unwrap();
+        assert_eq!(c.dilations, vec![1; 3]);
     }
 
     #[test]
