@@ -178,8 +178,11 @@ fn restart_from_scratch(run: &RunDir) -> anyhow::Result<()> {
             rows.len()
         );
     }
+    // Training is deterministic: from scratch, the same config and seed give that first epoch again, bit for
+    // bit, and so the same best.safetensors and last.safetensors as any it may have written.
     eprintln!(
-        "{} has no checkpoint yet (the run stopped in its first epoch): starting it from scratch",
+        "{} has no resume.safetensors and metrics.csv records at most one epoch: starting it from scratch (the \
+         same seed gives the same first epoch again)",
         run.path.display()
     );
     Ok(())
