@@ -250,6 +250,9 @@ fn bad_files_are_refused() {
     big.values[3] = 5;
     let e = compress(&a, &big, &opts(2, 2), &|_| {}).unwrap_err();
     assert!(matches!(e, Error::ValueOutOfRange { value: 5, .. }), "{e}");
+    // A chunk size the header's 32 bits cannot hold is refused, not cut short into a file that does not read.
+    let e = compress(&a, &data, &opts(1 << 32, 2), &|_| {}).unwrap_err();
+    assert!(e.to_string().contains("above the container's limit"), "{e}");
 }
 
 /// The file costs about the model's NLL: ≤ NLL in bits + 1 % + the header (random weights here; the CLI test

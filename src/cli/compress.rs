@@ -89,8 +89,9 @@ pub fn compress(a: CompressArgs) -> anyhow::Result<()> {
         .with_context(|| format!("compressing {}", a.input.display()))?;
     let secs = start.elapsed().as_secs_f64();
     bar.finish_and_clear();
+    // Read back before anything is written: a container that does not read never replaces a file.
+    let (header, body) = codec::Header::read(&bytes).context("the compressed container does not read back")?;
     write_new(&a.out, &bytes, a.force)?;
-    let (header, body) = codec::Header::read(&bytes)?;
     println!(
         "{}: {n} examples ({}) → {}: {} bytes, {:.4} bits per dimension ({body}-byte header), {:.2} s, {:.0} examples/s",
         a.input.display(),

@@ -109,6 +109,19 @@ pub fn compress(arm: &Arm, data: &Data, opts: &Options, progress: &(dyn Fn(usize
     let n = data.len();
     let label_classes = label_classes(arm, data.labels.as_deref(), n)?;
     let chunk = opts.chunk.max(1);
+    // The header holds these in 32 bits: checked before anything is coded, never cut short in the file.
+    for (what, v) in [
+        ("examples", n),
+        ("examples per chunk", chunk),
+        ("values per example", dim),
+    ] {
+        if v > u32::MAX as usize {
+            return Err(Error::Config(format!(
+                "{what}: {v} is above the container's limit of {}",
+                u32::MAX
+            )));
+        }
+    }
     let streams = (0..Header::num_chunks(n, chunk))
         .into_par_iter()
         .map(|c| {
