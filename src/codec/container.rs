@@ -114,6 +114,12 @@ impl Header {
                 "impossible sizes: {count} examples of {dim} values in 0..{num_values}, chunks of {chunk}"
             )));
         }
+        // The data decoded are held in memory: a forged count may not ask for more than any data file may hold.
+        crate::limits::check(
+            "values in the compressed file (examples × values per example)",
+            (count as u128) * (dim as u128),
+            crate::limits::MAX_DATA_BYTES,
+        )?;
         let n_chunks = Header::num_chunks(count, chunk);
         if n_chunks > bytes.len() / 4 {
             return Err(corrupt(format!(
@@ -268,6 +274,23 @@ mod tests {
             chunk_words: vec![3, 0, 1],
             data_crc: 42,
         }
+    }
+
+    /// A well-formed header (its checksum right) whose count asks for more values than any data file may
+    /// hold is refused before anything is allocated for them.
+    #[test]
+    fn a_forged_count_is_refused() {
+        let h = Header {
+            count: u32::MAX as usize,
+            chunk: u32::MAX as usize,
+            chunk_words: vec![1],
+            ..header()
+        };
+        let mut bytes = vec![];
+        h.write(&mut bytes);
+        bytes.extend_from_slice(&[0u8; 4]);
+        let e = Header::read(&bytes).unwrap_err();
+        assert!(matches!(e, Error::TooLarge { .. }), "{e}");
     }
 
     #[test]
