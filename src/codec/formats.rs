@@ -19,6 +19,7 @@ use super::container::{corrupt, Reader};
 use super::Data;
 use crate::data::{digits, idx, npy, png_folder, transform};
 use crate::error::{Error, Result};
+use crate::limits;
 
 /// Where the values came from, and what rebuilds that file around them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,13 +127,20 @@ pub fn read(path: &Path) -> Result<(Data, Option<String>)> {
     if path.is_dir() {
         return read_png_folder(path).map(|d| (d, None));
     }
+    // Any file the codec reads is data, inflated or not: at most MAX_DATA_BYTES, checked before it is read
+    // or while it inflates (a small .gz that inflates to gigabytes is refused, not inflated).
+    let size = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
+    let limit = |n: u128| limits::check(format!("{}: bytes of data", path.display()), n, limits::MAX_DATA_BYTES);
+    limit(u128::from(size))?;
     let raw = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let gzipped = raw.starts_with(&[0x1f, 0x8b]);
     let bytes = if gzipped {
         let mut out = vec![];
         flate2::read::MultiGzDecoder::new(&raw[..])
+            .take(limits::MAX_DATA_BYTES as u64 + 1)
             .read_to_end(&mut out)
             .map_err(|e| Error::data(path, format!("corrupt or truncated gzip data: {e}")))?;
+        limit(limits::wide(out.len()))?;
         out
     } else {
         raw
