@@ -29,6 +29,8 @@ pub const MAX_ACTIVATION_BYTES: u128 = 8 << 30;
 pub const MAX_DATA_BYTES: u128 = 1 << 31;
 /// Examples drawn at once by `sample -n`.
 pub const MAX_SAMPLES: usize = 1 << 16;
+/// Samples of z per example in a VAE's importance-weighted estimate (`eval --importance-samples`).
+pub const MAX_IMPORTANCE_SAMPLES: usize = 1 << 20;
 /// Values drawn at once by `sample` (examples × dimensions).
 pub const MAX_SAMPLE_VALUES: usize = 1 << 26;
 /// Pixels of one picture written (a grid of samples).

@@ -482,6 +482,14 @@ fn a_vae_trains_evaluates_samples_and_encodes_from_the_command_line() {
         .assert()
         .failure()
         .stderr(contains("--importance-samples must be at least 1"));
+    armory()
+        .args(["eval", "--importance-samples", "18446744073709551615", "--run"])
+        .arg(&run)
+        .assert()
+        .failure()
+        .stderr(contains(
+            "--importance-samples = 18446744073709551615 exceeds the limit",
+        ));
     let png = dir.path().join("s.png");
     armory()
         .args(["sample", "-n", "4", "--out"])

@@ -36,6 +36,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         a.importance_samples > 0,
         "--importance-samples must be at least 1 (1 gives the ELBO; 1000 is the usual choice)"
     );
+    armory::limits::check(
+        "--importance-samples",
+        armory::limits::wide(a.importance_samples),
+        armory::limits::wide(armory::limits::MAX_IMPORTANCE_SAMPLES),
+    )?;
     let (cfg, model) = a.model.load()?;
     armory::limits::check(
         format!(
