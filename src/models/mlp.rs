@@ -27,9 +27,11 @@ impl Default for Config {
 }
 
 impl Family for Config {
-    fn validate(&self, _m: &ModelConfig) -> Result<()> {
+    fn validate(&self, m: &ModelConfig) -> Result<()> {
         at_most("hidden", self.hidden, limits::MAX_WIDTH)?;
-        at_most("memory", self.memory, limits::MAX_DIM)?;
+        // A lag beyond the sequence reads only padding, and each lag pads the input once more: memory 10⁵
+        // on 64 values took over 19 GB.
+        at_most("memory (at most the length)", self.memory, m.dim().min(limits::MAX_DIM))?;
         if self.memory == 0 || self.hidden == 0 {
             return Err(Error::Config("mlp: memory and hidden must be at least 1".into()));
         }
@@ -102,5 +104,20 @@ impl FlowNet for MlpNet {
         let h = f.relu(h)?;
         let h = f.dropout(h, 0)?;
         Ok(f.conv(&self.out, &h)?) // [B, D, P]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::Network;
+
+    /// A memory beyond the sequence is refused (each lag pads the input once more); the whole length is fine.
+    #[test]
+    fn memory_is_at_most_the_length() {
+        let m = |memory| ModelConfig::sequence(Network::Mlp(Config { memory, hidden: 3 }), 5, 14);
+        let e = m(15).validate().unwrap_err().to_string();
+        assert!(e.contains("memory (at most the length)"), "{e}");
+        m(14).validate().unwrap();
     }
 }
