@@ -10,7 +10,6 @@
 //! - a folder of PNGs: names and sizes are kept; the pictures come back pixel-identical (PNG's own
 //!   compression choices are not kept).
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use image::{ExtendedColorType, ImageFormat};
@@ -132,19 +131,8 @@ pub fn read(path: &Path) -> Result<(Data, Option<String>)> {
     let size = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
     let limit = |n: u128| limits::check(format!("{}: bytes of data", path.display()), n, limits::MAX_DATA_BYTES);
     limit(u128::from(size))?;
-    let raw = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let gzipped = raw.starts_with(&[0x1f, 0x8b]);
-    let bytes = if gzipped {
-        let mut out = vec![];
-        flate2::read::MultiGzDecoder::new(&raw[..])
-            .take(limits::MAX_DATA_BYTES as u64 + 1)
-            .read_to_end(&mut out)
-            .map_err(|e| Error::data(path, format!("corrupt or truncated gzip data: {e}")))?;
-        limit(limits::wide(out.len()))?;
-        out
-    } else {
-        raw
-    };
+    let (bytes, gzipped) = idx::read_at_most(path, limits::MAX_DATA_BYTES as u64 + 1)?;
+    limit(limits::wide(bytes.len()))?;
     let mut note = gzipped.then(|| "the input is gzipped; decompression gives the inflated file".to_string());
     let data = if bytes.starts_with(&idx::IMAGES_MAGIC.to_be_bytes()) {
         let (dims, values) = idx::parse(&bytes, idx::IMAGES_MAGIC, path)?;

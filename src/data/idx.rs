@@ -18,8 +18,8 @@ pub const IMAGES_MAGIC: u32 = 0x0000_0803;
 pub const LABELS_MAGIC: u32 = 0x0000_0801;
 
 /// Opens a file for reading its contents: through a gzip decoder when it starts with the gzip magic bytes
-/// `1f 8b` (whatever its name).
-fn open_contents(path: &Path) -> Result<Box<dyn Read>> {
+/// `1f 8b` (whatever its name). Also says whether it did.
+fn open_contents(path: &Path) -> Result<(Box<dyn Read>, bool)> {
     let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut magic = Vec::with_capacity(2);
     (&mut f)
@@ -28,26 +28,30 @@ fn open_contents(path: &Path) -> Result<Box<dyn Read>> {
         .map_err(|e| Error::io(path, e))?;
     f.seek(SeekFrom::Start(0)).map_err(|e| Error::io(path, e))?;
     Ok(if magic == [0x1f, 0x8b] {
-        Box::new(flate2::read::MultiGzDecoder::new(std::io::BufReader::new(f)))
+        (
+            Box::new(flate2::read::MultiGzDecoder::new(std::io::BufReader::new(f))),
+            true,
+        )
     } else {
-        Box::new(f)
+        (Box::new(f), false)
     })
 }
 
-/// Reads at most `max` bytes of a file's contents (inflated if gzipped).
-fn read_at_most(path: &Path, max: u64) -> Result<Vec<u8>> {
+/// Reads at most `max` bytes of a file's contents (inflated if gzipped), and whether it was gzipped.
+pub(crate) fn read_at_most(path: &Path, max: u64) -> Result<(Vec<u8>, bool)> {
+    let (contents, gzipped) = open_contents(path)?;
     let mut out = Vec::new();
-    open_contents(path)?
+    contents
         .take(max)
         .read_to_end(&mut out)
         .map_err(|e| Error::data(path, format!("corrupt or truncated gzip data: {e}")))?;
-    Ok(out)
+    Ok((out, gzipped))
 }
 
 /// The first `n` bytes of a file's contents (inflated if gzipped), or all of them if there are fewer: enough
 /// to read a header without inflating the rest.
 pub fn read_prefix(path: &Path, n: usize) -> Result<Vec<u8>> {
-    read_at_most(path, n as u64)
+    read_at_most(path, n as u64).map(|(bytes, _)| bytes)
 }
 
 /// A file's contents, which its header promised to be `expected` bytes (`claim` says who promised): checked
@@ -59,7 +63,7 @@ pub fn read_promised(path: &Path, expected: usize, claim: &str) -> Result<Vec<u8
         limits::wide(expected),
         limits::MAX_DATA_BYTES,
     )?;
-    let bytes = read_at_most(path, expected as u64 + 1)?;
+    let (bytes, _) = read_at_most(path, expected as u64 + 1)?;
     if bytes.len() > expected {
         return Err(Error::data(
             path,
