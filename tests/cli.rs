@@ -42,6 +42,13 @@ fn train_writes_a_complete_run_directory_and_eval_and_sample_read_it() {
         .assert()
         .success()
         .stdout(contains("validation split of digits").and(contains("bits per dimension")));
+    // An ARM's −log p(x) is exact: asking it for importance samples is refused, not ignored.
+    armory()
+        .args(["eval", "--importance-samples", "10", "--run"])
+        .arg(&run)
+        .assert()
+        .failure()
+        .stderr(contains("apply to latent-variable models").and(contains("exact")));
 
     let sample = |seed: &str, name: &str| {
         let raw = dir.path().join(name);

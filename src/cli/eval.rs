@@ -22,26 +22,38 @@ pub struct Args {
     /// Print one JSON object instead of a sentence.
     #[arg(long)]
     json: bool,
-    /// A VAE's −log p(x): the importance-weighted estimate with this many samples of z per example.
-    #[arg(long, default_value_t = 1000)]
-    importance_samples: usize,
-    /// The seed of a VAE's samples of z.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    /// A VAE's −log p(x): the importance-weighted estimate with this many samples of z per example
+    /// [default: 1000]. An ARM's −log p(x) is exact: for an ARM this is refused.
+    #[arg(long)]
+    importance_samples: Option<usize>,
+    /// The seed of a VAE's samples of z [default: 0]. Refused for an ARM, which draws nothing.
+    #[arg(long)]
+    seed: Option<u64>,
 }
+
+/// Importance samples when `--importance-samples` is not given.
+const DEFAULT_IMPORTANCE_SAMPLES: usize = 1000;
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     anyhow::ensure!(a.batch_size > 0, "--batch-size must be at least 1");
+    let importance_samples = a.importance_samples.unwrap_or(DEFAULT_IMPORTANCE_SAMPLES);
     anyhow::ensure!(
-        a.importance_samples > 0,
+        importance_samples > 0,
         "--importance-samples must be at least 1 (1 gives the ELBO; 1000 is the usual choice)"
     );
     armory::limits::check(
         "--importance-samples",
-        armory::limits::wide(a.importance_samples),
+        armory::limits::wide(importance_samples),
         armory::limits::wide(armory::limits::MAX_IMPORTANCE_SAMPLES),
     )?;
     let (cfg, model) = a.model.load()?;
+    // Said rather than ignored: a user who asks for K samples of an ARM expects them to matter.
+    anyhow::ensure!(
+        matches!(model, Model::Vae(_)) || (a.importance_samples.is_none() && a.seed.is_none()),
+        "--importance-samples and --seed apply to latent-variable models (vae, vae-arm-prior, pixelvae, \
+         pixelvae-arm-prior); this model is an ARM (`{}`), whose −log p(x) is exact: leave them out",
+        cfg.model.kind()
+    );
     armory::limits::check(
         format!(
             "activation memory of an evaluation batch of {} (bytes, estimated; lower --batch-size)",
@@ -60,7 +72,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let part = splits.get(a.split);
     let arm = match model {
         Model::Arm(arm) => arm,
-        Model::Vae(vae) => return eval_vae(&vae, &a, part, &spec),
+        Model::Vae(vae) => return eval_vae(&vae, &a, importance_samples, part, &spec),
     };
     let ev = evaluate(&arm, part, a.batch_size)?;
     if a.json {
@@ -78,13 +90,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
 }
 
 /// A VAE's figures: −ELBO, KL, the importance-weighted −log p(x) (K and the seed stated), active units.
-fn eval_vae(vae: &Vae, a: &Args, part: &armory::data::Dataset, spec: &str) -> anyhow::Result<()> {
+fn eval_vae(vae: &Vae, a: &Args, k: usize, part: &armory::data::Dataset, spec: &str) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let pb = indicatif::ProgressBar::new(part.len() as u64);
     if a.json {
         pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
-    let ev = vae.evaluate(part, a.importance_samples, a.seed, &|done| pb.set_position(done as u64))?;
+    let ev = vae.evaluate(part, k, a.seed.unwrap_or(0), &|done| pb.set_position(done as u64))?;
     pb.finish_and_clear();
     if a.json {
         let mut v = serde_json::to_value(&ev)?;
