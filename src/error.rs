@@ -99,6 +99,14 @@ pub enum Error {
         value: f64,
     },
 
+    /// Finite weights whose arithmetic overflows (values far beyond what training gives, e.g. ±1e38): a score
+    /// or a draw computed from them would be NaN or garbage, so it is refused.
+    #[error(
+        "{what} is not finite ({value}): the weights overflow f32 arithmetic (values far beyond what training \
+         gives); check the weights file"
+    )]
+    NonFiniteOutput { what: String, value: f64 },
+
     /// A size decided by a config, a flag or a file that exceeds what armory allows (checked before allocating).
     #[error("{what} = {value} exceeds the limit of {limit}")]
     TooLarge { what: String, value: u128, limit: u128 },

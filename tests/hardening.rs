@@ -294,6 +294,39 @@ fn non_finite_weights_are_refused_at_load() {
     assert!(!dir.path().join("never.png").exists());
 }
 
+/// Finite weights that overflow f32 arithmetic (every one ±1e38) give NaN logits: eval refuses the score and
+/// every sampler refuses to draw, instead of "NaN nats" with exit status 0 and a picture of garbage.
+#[test]
+fn weights_that_overflow_are_refused_when_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = tiny_run(dir.path(), "o");
+    let best = run.join("best.safetensors");
+    let mut t = armory::params::load_tensors(&best).unwrap();
+    for (i, w) in t.values_mut().enumerate() {
+        let sign = if i % 2 == 0 { 1e38 } else { -1e38 };
+        *w = (w.ones_like().unwrap() * sign).unwrap();
+    }
+    armory::params::save_tensors(&t, &best).unwrap();
+    armory()
+        .args(["eval", "--run"])
+        .arg(&run)
+        .assert()
+        .failure()
+        .stderr(contains("−log p(x) over 447 examples is not finite").and(contains("overflow")));
+    for method in ["cached", "naive", "predictive"] {
+        let out = dir.path().join(format!("{method}.png"));
+        armory()
+            .args(["sample", "-n", "2", "--method", method, "--out"])
+            .arg(&out)
+            .arg("--run")
+            .arg(&run)
+            .assert()
+            .failure()
+            .stderr(contains("the network's output at position 0 is not finite"));
+        assert!(!out.exists(), "{method}: a picture was written");
+    }
+}
+
 /// Sizes that flags and configs decide are checked against a limit before anything is allocated: an error
 /// naming the number and the limit, never an abort.
 #[test]

@@ -142,6 +142,14 @@ impl Vae {
         }
         let per_pass = (rows / BATCH).clamp(1, k);
         let nll = self.iwae_over(data, k, seed, per_pass, progress)?;
+        for (what, value) in [("−ELBO", neg_elbo), ("−log p(x)", nll)] {
+            if !value.is_finite() {
+                return Err(Error::NonFiniteOutput {
+                    what: format!("the model's {what} over {} examples", data.len()),
+                    value,
+                });
+            }
+        }
         let x = data.batch(&idx, self.device())?;
         Ok(LatentEvaluation {
             neg_elbo,

@@ -43,12 +43,12 @@ pub fn sample_cached_given(
     let mut prev: Option<Vec<u32>> = None;
     for d in 0..dim {
         let theta = stepper.step(prev.as_deref())?; // [N][P] at position d
-        let drawn: Vec<u32> = (0..n)
+        let drawn = (0..n)
             .map(|i| {
-                arm.likelihood()
-                    .sample_with_noise(&theta[i], noise.at(i, d), temperature)
+                let row = super::finite_theta(&theta[i], d)?;
+                Ok(arm.likelihood().sample_with_noise(row, noise.at(i, d), temperature))
             })
-            .collect();
+            .collect::<Result<Vec<u32>>>()?;
         for (i, &v) in drawn.iter().enumerate() {
             x[i * dim + d] = v;
         }

@@ -7,7 +7,7 @@ pub mod predictive;
 
 use rand::{Rng, SeedableRng};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::limits;
 use crate::models::Arm;
 
@@ -60,6 +60,18 @@ pub fn check_size(arm: &Arm, n: usize) -> Result<()> {
         arm.config().activation_bytes(n),
         limits::MAX_ACTIVATION_BYTES,
     )
+}
+
+/// The parameters θ the network gave for position `d`, refused if any is not finite: a draw from them would
+/// be garbage (weights that overflow f32 arithmetic give NaN logits), so nothing is drawn.
+pub(crate) fn finite_theta(theta: &[f32], d: usize) -> Result<&[f32]> {
+    match theta.iter().find(|v| !v.is_finite()) {
+        None => Ok(theta),
+        Some(&v) => Err(Error::NonFiniteOutput {
+            what: format!("the network's output at position {d}"),
+            value: f64::from(v),
+        }),
+    }
 }
 
 /// Draws with `method`; returns the samples `[N, D]` and the number of full ARM calls (D for naive, 0 for

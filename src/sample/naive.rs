@@ -43,6 +43,7 @@ pub fn sample_naive_given(
             let theta = theta.to_dtype(candle_core::DType::F32)?.contiguous()?;
             let rows = theta.to_vec2::<f32>()?;
             for (i, row) in rows.iter().enumerate() {
+                let row = super::finite_theta(row, d)?;
                 x[i * dim + d] = arm.likelihood().sample_with_noise(row, noise.at(i, d), temperature);
             }
         }

@@ -46,9 +46,8 @@ fn predictive(arm: &Arm, noise: &Noise, temperature: f64, labels: Option<&[u32]>
             let first = done[i];
             let mut changed_at = dim;
             for d in first..dim {
-                let v = arm
-                    .likelihood()
-                    .sample_with_noise(&theta[i][d], noise.at(i, d), temperature);
+                let row = super::finite_theta(&theta[i][d], d)?;
+                let v = arm.likelihood().sample_with_noise(row, noise.at(i, d), temperature);
                 if v != x[i * dim + d] && changed_at == dim {
                     changed_at = d;
                 }

@@ -57,6 +57,12 @@ pub fn evaluate(arm: &Arm, data: &Dataset, batch_size: usize) -> Result<Evaluati
         Ok(())
     })?;
     let nll = total / data.len() as f64;
+    if !nll.is_finite() {
+        return Err(Error::NonFiniteOutput {
+            what: format!("the model's −log p(x) over {} examples", data.len()),
+            value: nll,
+        });
+    }
     Ok(Evaluation {
         nll,
         bpd: nll / (data.dim as f64 * std::f64::consts::LN_2),
