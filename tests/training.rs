@@ -215,6 +215,51 @@ fn interrupted_and_resumed(cfg: TrainConfig) -> (Splits, tempfile::TempDir) {
     (splits, straight_dir)
 }
 
+/// A training state that the loop could not have written (edited by hand, or damaged) is refused by
+/// `--resume` naming the file, and the untouched state resumes.
+#[test]
+fn a_resume_state_that_does_not_add_up_is_refused() {
+    let splits = small_splits();
+    let dir = tempfile::tempdir().unwrap();
+    let run = RunDir::create(dir.path()).unwrap();
+    let arm = Arm::new(&small_model(), 0, DType::F32, &Device::Cpu).unwrap();
+    train::train(&arm, &splits, &recipe(1), &run, false, &quiet()).unwrap();
+    let (tensors, state) = run.load_resume().unwrap();
+    let good: serde_json::Value = serde_json::from_str(&state).unwrap();
+    let cases: [(&str, serde_json::Value, &str); 6] = [
+        ("/early/best", "NaN".into(), "the best validation NLL is NaN"),
+        (
+            "/early/best",
+            serde_json::Value::Null,
+            "no best validation NLL after 1 epoch",
+        ),
+        ("/early/best_epoch", 2.into(), "best epoch 2"),
+        ("/step", 99.into(), "step 99 (32 examples) of an epoch of 8 steps"),
+        ("/loss_count", 5.into(), "5 example(s) counted after 0 step(s)"),
+        ("/elapsed_secs", "-1.0".into(), "elapsed_secs = -1 is not a duration"),
+    ];
+    for (field, value, message) in cases {
+        let mut bad = good.clone();
+        *bad.pointer_mut(field).unwrap() = value;
+        if field == "/step" {
+            *bad.pointer_mut("/loss_count").unwrap() = 32.into(); // one batch: only the step is wrong
+        }
+        run.save_resume(&tensors, &bad.to_string()).unwrap();
+        let arm = Arm::new(&small_model(), 0, DType::F32, &Device::Cpu).unwrap();
+        let err = train::train(&arm, &splits, &recipe(2), &run, true, &quiet())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("resume.safetensors") && err.contains("bad training state") && err.contains(message),
+            "{field}: {err}"
+        );
+    }
+    run.save_resume(&tensors, &state).unwrap();
+    let arm = Arm::new(&small_model(), 0, DType::F32, &Device::Cpu).unwrap();
+    let s = train::train(&arm, &splits, &recipe(2), &run, true, &quiet()).unwrap();
+    assert_eq!(s.outcome, Outcome::MaxEpochs);
+}
+
 #[test]
 fn sampling_is_deterministic_per_seed_and_in_range() {
     let arm = Arm::new(&small_model(), 0, DType::F32, &Device::Cpu).unwrap();

@@ -121,6 +121,40 @@ struct LoopState {
     epoch_secs: f64, // time spent in the current epoch before an interruption
 }
 
+impl LoopState {
+    /// What a state read back must satisfy (the loop only writes such states): a file edited by hand or
+    /// damaged is refused before it steers the run. The step within the epoch is checked against the
+    /// epoch's length when the epoch starts ([`Session::train_epoch`]).
+    fn check(&self) -> std::result::Result<(), String> {
+        let times = [("elapsed_secs", self.elapsed_secs), ("epoch_secs", self.epoch_secs)];
+        if let Some((name, v)) = times.iter().find(|(_, v)| !(v.is_finite() && *v >= 0.0)) {
+            return Err(format!("{name} = {v} is not a duration"));
+        }
+        if !self.loss_sum.is_finite() {
+            return Err(format!("loss_sum = {} is not finite", self.loss_sum));
+        }
+        if (self.step == 0) != (self.loss_count == 0) {
+            return Err(format!(
+                "{} example(s) counted after {} step(s) of the epoch",
+                self.loss_count, self.step
+            ));
+        }
+        let e = &self.early;
+        match e.best {
+            None if self.epoch > 0 => Err(format!("no best validation NLL after {} epoch(s)", self.epoch)),
+            Some(_) if self.epoch == 0 => Err("a best validation NLL before the first epoch".into()),
+            Some(b) if !b.is_finite() => Err(format!("the best validation NLL is {b}")),
+            Some(_) if !(1..=self.epoch).contains(&e.best_epoch) || e.bad_epochs > self.epoch - e.best_epoch => {
+                Err(format!(
+                    "best epoch {} with {} epoch(s) without improvement does not fit {} epoch(s) done",
+                    e.best_epoch, e.bad_epochs, self.epoch
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 /// How a call to [`train`] ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -274,10 +308,13 @@ impl<'a> Session<'a> {
         if resume {
             let (tensors, state) = run.load_resume()?;
             let path = run.file("resume.safetensors");
-            st = serde_json::from_str(&state).map_err(|e| Error::Checkpoint {
-                path: path.clone(),
-                msg: format!("bad training state: {e}"),
-            })?;
+            st = serde_json::from_str(&state)
+                .map_err(|e| e.to_string())
+                .and_then(|st: LoopState| st.check().map(|()| st))
+                .map_err(|msg| Error::Checkpoint {
+                    path: path.clone(),
+                    msg: format!("bad training state: {msg}"),
+                })?;
             st.early.patience = cfg.patience;
             let weights = tensors
                 .iter()
@@ -355,6 +392,15 @@ impl<'a> Session<'a> {
         self.epoch_started = earlier(self.st.epoch_secs);
         let order = epoch_order(train.len(), cfg.seed, self.st.epoch);
         let steps_per_epoch = train.len().div_ceil(cfg.batch_size);
+        if self.st.step > steps_per_epoch || self.st.loss_count > self.st.step * cfg.batch_size {
+            return Err(Error::Checkpoint {
+                path: self.run.file("resume.safetensors"),
+                msg: format!(
+                    "bad training state: step {} ({} examples) of an epoch of {steps_per_epoch} steps of {}",
+                    self.st.step, self.st.loss_count, cfg.batch_size
+                ),
+            });
+        }
         self.opt.set_lr(cfg.lr_at(self.st.epoch));
         for (step, idx) in order.chunks(cfg.batch_size).enumerate().skip(self.st.step) {
             if self.controls.interrupt.load(Ordering::SeqCst)
