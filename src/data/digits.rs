@@ -33,7 +33,7 @@ pub fn from_file(path: &Path) -> Result<Dataset> {
 
 /// Parses rows of 64 values in 0..16 and a label in 0..9; `path` names the source in errors.
 pub fn parse(bytes: &[u8], path: &Path) -> Result<Dataset> {
-    let text = if bytes.starts_with(&[0x1f, 0x8b]) {
+    let raw = if bytes.starts_with(&[0x1f, 0x8b]) {
         // Inflated up to a limit: a small file that inflates to gigabytes is refused, not inflated.
         let mut raw = Vec::new();
         flate2::read::MultiGzDecoder::new(bytes)
@@ -45,10 +45,14 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<Dataset> {
             limits::wide(raw.len()),
             limits::MAX_TEXT_BYTES,
         )?;
-        String::from_utf8(raw).map_err(|_| Error::data(path, "not a text (CSV) file"))?
+        raw
     } else {
-        String::from_utf8(bytes.to_vec()).map_err(|_| Error::data(path, "not a text (CSV) file"))?
+        bytes.to_vec()
     };
+    if let Some(what) = other_format(&raw) {
+        return Err(Error::data(path, format!("not a CSV file but {what}")));
+    }
+    let text = String::from_utf8(raw).map_err(|_| Error::data(path, "not a text (CSV) file"))?;
     // A byte-order mark (some spreadsheet programs write one) is not part of the first value.
     let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let d = SIDE * SIDE;
@@ -100,6 +104,35 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<Dataset> {
     })
 }
 
+/// What a file that is not a digits CSV is, told by its first bytes, with the way armory reads such data:
+/// IDX (MNIST's format) and `.npy` files and PNGs are named instead of reported as a bad CSV.
+fn other_format(bytes: &[u8]) -> Option<String> {
+    const HOW: &str = "armory reads IDX images of unsigned bytes in 3 dimensions (for training, the folder of \
+                       the four MNIST files as mnist:DIR)";
+    match bytes {
+        [0, 0, t, n, ..] if (1..=4).contains(n) => {
+            let values = match t {
+                0x08 => "unsigned bytes",
+                0x09 => "signed bytes",
+                0x0B => "16-bit integers",
+                0x0C => "32-bit integers",
+                0x0D => "32-bit floats",
+                0x0E => "64-bit floats",
+                _ => return None,
+            };
+            let dims = if *n == 1 {
+                "1 dimension (labels?)".to_string()
+            } else {
+                format!("{n} dimensions")
+            };
+            Some(format!("an IDX file of {values} in {dims}; {HOW}"))
+        }
+        [0x93, b'N', b'U', b'M', b'P', b'Y', ..] => Some("a NumPy .npy array; load it as npy:FILE".into()),
+        [0x89, b'P', b'N', b'G', ..] => Some("a PNG picture; load a folder of PNGs as png:DIR".into()),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,6 +177,16 @@ mod tests {
         assert!(e.contains("no data rows"), "{e}");
         let e = parse(b"", p).unwrap_err().to_string();
         assert!(e.contains("no data rows"), "{e}");
+        // Other formats are named, not reported as a bad CSV.
+        let e = parse(&[0, 0, 8, 1, 0, 0, 0, 2, 7, 3], p).unwrap_err().to_string();
+        assert!(
+            e.contains("bad.csv: not a CSV file but an IDX file of unsigned bytes in 1 dimension (labels?)"),
+            "{e}"
+        );
+        let e = parse(&[0, 0, 0x0D, 3, 0, 0, 0, 1], p).unwrap_err().to_string();
+        assert!(e.contains("IDX file of 32-bit floats in 3 dimensions"), "{e}");
+        let e = parse(b"\x93NUMPY\x01\x00", p).unwrap_err().to_string();
+        assert!(e.contains("npy:FILE"), "{e}");
         let e = from_file(Path::new("/no/such/digits.csv")).unwrap_err().to_string();
         assert!(e.contains("/no/such/digits.csv"), "{e}");
     }
