@@ -429,6 +429,69 @@ fn every_format_round_trips() {
     }
 }
 
+/// A container whose kept IDX or `.npy` header disagrees with its data (forged, or damaged where the
+/// checksum does not look) is refused as corrupt, and nothing is written: a rebuilt file would fit no reader.
+#[test]
+fn a_kept_header_that_disagrees_with_the_data_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let data = |format| Data {
+        values: vec![7; 5 * 12],
+        labels: None,
+        dim: 12,
+        format,
+    };
+    let idx = |n: u8, h: u8| vec![0, 0, 8, 3, 0, 0, 0, n, 0, 0, 0, h, 0, 0, 0, 4];
+    formats::write(&data(Format::Idx { header: idx(5, 3) }), &out, false).unwrap();
+    assert_eq!(std::fs::read(&out).unwrap().len(), 16 + 60);
+    std::fs::remove_file(&out).unwrap();
+    for (header, why) in [
+        (idx(6, 3), "announces 6 examples of 12 values, the data are 5 of 12"),
+        (idx(5, 2), "announces 5 examples of 8 values"),
+        (idx(5, 3)[..12].to_vec(), "does not parse"),
+        ([idx(5, 3), vec![0]].concat(), "17 bytes are not one IDX images header"),
+    ] {
+        let e = formats::write(&data(Format::Idx { header }), &out, false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("corrupt") && e.contains(why), "{e}");
+        assert!(!out.exists());
+    }
+    let npy = |shape: &str| {
+        let mut h = format!("{{'descr': '|u1', 'fortran_order': False, 'shape': {shape}, }}");
+        while (10 + h.len() + 1) % 64 != 0 {
+            h.push(' ');
+        }
+        h.push('\n');
+        [
+            b"\x93NUMPY\x01\x00".to_vec(),
+            (h.len() as u16).to_le_bytes().to_vec(),
+            h.into_bytes(),
+        ]
+        .concat()
+    };
+    formats::write(
+        &data(Format::Npy {
+            header: npy("(5, 3, 4)"),
+        }),
+        &out,
+        false,
+    )
+    .unwrap();
+    std::fs::remove_file(&out).unwrap();
+    let e = formats::write(
+        &data(Format::Npy {
+            header: npy("(4, 3, 5)"),
+        }),
+        &out,
+        false,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("npy array header announces 4 examples of 15 values"), "{e}");
+    assert!(!out.exists());
+}
+
 /// The command line on a briefly trained model: compress the digits test split (as IDX: the values alone),
 /// within 1 % of the model's NLL plus the header; decompress byte-identical with 1 or 2 threads, another batch
 /// size and the portable SIMD level; never overwrite without --force.

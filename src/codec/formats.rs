@@ -244,10 +244,14 @@ pub fn write(data: &Data, out: &Path, force: bool) -> Result<()> {
             let bytes = match format {
                 Format::Raw => data.values.clone(),
                 Format::DigitsCsv => csv_text(data),
-                Format::Idx { header } | Format::Npy { header } => [&header[..], &data.values[..]].concat(),
+                Format::Idx { header } | Format::Npy { header } => {
+                    check_header(format, header, data)?;
+                    [&header[..], &data.values[..]].concat()
+                }
                 Format::PngFolder { .. } => unreachable!(),
             };
-            std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))
+            // The error names the file asked for, not the temporary file.
+            std::fs::write(&tmp, bytes).map_err(|e| Error::io(out, e))
         }
     };
     if let Err(e) = written {
@@ -268,6 +272,28 @@ pub fn write(data: &Data, out: &Path, force: bool) -> Result<()> {
         std::fs::remove_dir_all(out).map_err(|e| Error::io(out, e))?;
     }
     std::fs::rename(&tmp, out).map_err(|e| Error::io(out, e))
+}
+
+/// A kept IDX or `.npy` header must announce the data decoded with it: a forged or damaged container whose
+/// header disagrees would otherwise rebuild a file that no reader accepts.
+fn check_header(format: &Format, header: &[u8], data: &Data) -> Result<()> {
+    let at = Path::new("the kept header");
+    let announced = match format {
+        Format::Idx { .. } => idx::images_header_shape(header, at),
+        _ => npy::header_shape(header, at),
+    }
+    .map_err(|e| corrupt(format!("the {} header does not parse: {e}", format.name())))?;
+    if announced != (data.len(), data.dim) {
+        return Err(corrupt(format!(
+            "the {} header announces {} examples of {} values, the data are {} of {}",
+            format.name(),
+            announced.0,
+            announced.1,
+            data.len(),
+            data.dim
+        )));
+    }
+    Ok(())
 }
 
 fn temp_path(out: &Path) -> PathBuf {

@@ -123,6 +123,19 @@ fn header(bytes: &[u8], magic: u32, path: &Path) -> Result<(Vec<usize>, usize, u
     Ok((dims, header, expected))
 }
 
+/// What an IDX images header alone announces: (examples, values per example); refused unless `bytes` is
+/// exactly the header.
+pub(crate) fn images_header_shape(bytes: &[u8], path: &Path) -> Result<(usize, usize)> {
+    let (dims, header, expected) = header(bytes, IMAGES_MAGIC, path)?;
+    if header != bytes.len() {
+        return Err(Error::data(
+            path,
+            format!("{} bytes are not one IDX images header", bytes.len()),
+        ));
+    }
+    Ok((dims[0], expected / dims[0]))
+}
+
 /// Parses an IDX file of unsigned bytes with the given magic number; returns its dimensions and its data.
 /// `path` names the source in errors.
 pub fn parse<'a>(bytes: &'a [u8], magic: u32, path: &Path) -> Result<(Vec<usize>, &'a [u8])> {

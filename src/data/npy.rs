@@ -309,6 +309,19 @@ fn layout(bytes: &[u8], path: &Path) -> Result<(Layout, usize)> {
     ))
 }
 
+/// What an `.npy` header alone announces: (examples, values per example); refused unless `bytes` is exactly
+/// the preamble and the header.
+pub(crate) fn header_shape(bytes: &[u8], path: &Path) -> Result<(usize, usize)> {
+    let (layout, data_start) = layout(bytes, path)?;
+    if data_start != bytes.len() {
+        return Err(Error::data(
+            path,
+            format!("{} bytes are not one .npy header", bytes.len()),
+        ));
+    }
+    Ok((layout.total / layout.dim, layout.dim))
+}
+
 /// Parses an `.npy` file of pictures; `path` names the source in errors.
 pub fn parse(bytes: &[u8], path: &Path) -> Result<Dataset> {
     let (
