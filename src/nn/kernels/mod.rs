@@ -8,6 +8,7 @@ use rayon::prelude::*;
 
 mod binary_input;
 pub mod elementwise;
+mod panels;
 pub mod shifted_conv;
 mod transpose;
 pub mod winograd;

@@ -24,6 +24,7 @@ use candle_core::WithDType;
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use super::panels::{self, Panels};
 use super::shifted_conv::matmul_on;
 
 /// The finite interpolation points, in the order they are taken (∞ comes last).
@@ -188,6 +189,18 @@ impl Transforms {
         assert_eq!(v.len(), self.alpha() * c_in * c_out);
         let tiles = m.div_ceil(self.outs);
         let (bt, at) = self.input_and_output_in();
+        // A fixed block size for a given m (never the thread count): smaller for small m, so that both
+        // cores get a share.
+        let per_task = TILES.min(tiles.div_ceil(2)).max(1);
+        let last = tiles - (tiles.div_ceil(per_task) - 1) * per_task;
+        // Below AVX-512, the products by our own kernel, V packed once for every block (gemm's bits).
+        let panels = (T::DTYPE == candle_core::DType::F32
+            && [per_task, last].iter().all(|&p| panels::applies(p, c_out, c_in)))
+        .then(|| {
+            // SAFETY: T is f32 (checked just above).
+            let v = unsafe { std::slice::from_raw_parts(v.as_ptr() as *const f32, v.len()) };
+            Panels::pack(v, self.alpha(), c_in, c_out)
+        });
         let job = Job {
             src,
             c_in,
@@ -199,9 +212,8 @@ impl Transforms {
             bt,
             at,
             outs: self.outs,
-            // A fixed block size for a given m (never the thread count): smaller for small m, so that both
-            // cores get a share.
-            per_task: TILES.min(tiles.div_ceil(2)).max(1),
+            per_task,
+            panels,
         };
         let blocks = tiles.div_ceil(job.per_task);
         // SAFETY: each block writes its own rows of dst (the caller's promise covers them).
@@ -403,6 +415,8 @@ struct Job<'a, T> {
     /// Output rows per tile.
     outs: usize,
     per_task: usize,
+    /// The V_i as panels, where [`panels::product`] takes the products (T is f32 then).
+    panels: Option<Panels>,
 }
 
 impl<T: WithDType> Wide for Job<'_, T> {
@@ -422,20 +436,31 @@ impl<T: WithDType> Wide for Job<'_, T> {
             transform_input(bt, src, c_in, self.outs, t0, &mut u);
             // M_i = U_i · V_i, on this task's core.
             // SAFETY: u is p×c_in, V_i c_in×c_out inside v, prod has room for p×c_out, all row-major; the
-            // product writes every element of prod without reading it.
-            unsafe {
-                matmul_on(
-                    Parallelism::None,
-                    (p, c_out, c_in),
-                    prod.as_mut_ptr(),
-                    (c_out, 1),
-                    false,
-                    u.as_ptr(),
-                    (c_in, 1),
-                    self.v[i * c_in * c_out..].as_ptr(),
-                    (c_out, 1),
-                );
-                prod.set_len(p * c_out);
+            // product writes every element of prod without reading it. Panels exist only for f32 on a CPU
+            // with AVX2 and FMA.
+            #[cfg(target_arch = "x86_64")]
+            if let Some(panels) = &self.panels {
+                unsafe {
+                    let u = std::slice::from_raw_parts(u.as_ptr() as *const f32, u.len());
+                    panels::product(p, u, panels, i, prod.as_mut_ptr() as *mut f32);
+                    prod.set_len(p * c_out);
+                }
+            }
+            if prod.is_empty() {
+                unsafe {
+                    matmul_on(
+                        Parallelism::None,
+                        (p, c_out, c_in),
+                        prod.as_mut_ptr(),
+                        (c_out, 1),
+                        false,
+                        u.as_ptr(),
+                        (c_in, 1),
+                        self.v[i * c_in * c_out..].as_ptr(),
+                        (c_out, 1),
+                    );
+                    prod.set_len(p * c_out);
+                }
             }
             // The q output rows of each tile take their shares of M_i.
             let first = i == 0 && !self.accumulate;
@@ -574,6 +599,7 @@ mod tests {
     #[test]
     fn correlate_matches_the_naive_sum() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let mut took = 0;
         for &(n, c_in, c_out, m) in &[
             (7usize, 128usize, 130usize, 9usize),
             (5, 131, 128, 400),
@@ -617,12 +643,41 @@ mod tests {
             let v32 = tf.kernel(&taps32, c_in * c_out);
             let mut got32 = vec![f32::NAN; m * c_out];
             unsafe { tf.correlate(&src32, c_in, &v32, c_out, m, got32.as_mut_ptr(), false) };
+            // The products by panels (AVX2's, forced on here at any level) give gemm's bits, written and
+            // accumulated (every shape here with c_out a multiple of 16 takes them).
+            #[cfg(target_arch = "x86_64")]
+            if is_x86_feature_detected!("fma") {
+                let (tiles, outs) = (m.div_ceil(tf.outs), tf.outs);
+                let per_task = TILES.min(tiles.div_ceil(2)).max(1);
+                let last = tiles - (tiles.div_ceil(per_task) - 1) * per_task;
+                let takes = |p| panels::tests::forced(true, || panels::applies(p, c_out, c_in));
+                took += usize::from(takes(per_task) && takes(last));
+                for accumulate in [false, true] {
+                    let run = |on| {
+                        let mut out: Vec<f32> = old.iter().map(|&x| x as f32).collect();
+                        panels::tests::forced(on, || unsafe {
+                            tf.correlate(&src32, c_in, &v32, c_out, m, out.as_mut_ptr(), accumulate)
+                        });
+                        out
+                    };
+                    let (with, without) = (run(true), run(false));
+                    let same = with.iter().zip(&without).all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(
+                        same,
+                        "n {n}, m {m} ({tiles} tiles of {outs}, {per_task} a task): panels ≠ gemm"
+                    );
+                }
+            }
             let err = got32
                 .iter()
                 .zip(&want)
                 .map(|(&a, b)| (a as f64 - b).abs())
                 .fold(0.0, f64::max);
             assert!(err < 3e-5, "f32, n {n}, m {m}: {err}");
+        }
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("fma") {
+            assert!(took >= 3, "only {took} shapes took the products by panels");
         }
     }
 }
