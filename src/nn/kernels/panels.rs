@@ -12,8 +12,6 @@
 //! chain for every output — the register blocking only decides which chains run side by side — so it gives
 //! gemm's bits exactly, and [`applies`] keeps it to those shapes. Tested bit for bit against gemm.
 
-use rayon::prelude::*;
-
 /// Columns per panel: two AVX2 vectors.
 pub const WIDTH: usize = 16;
 
@@ -29,20 +27,14 @@ pub struct Panels {
 }
 
 impl Panels {
-    /// Packs the matrices, in parallel over the panels, into memory kept from the thread's last call: a
-    /// fresh 2 MiB each call cost the kernel's page clearing 8 % of the seed net's forward pass (`perf`).
+    /// Packs the matrices, in parallel over the panels.
     pub fn pack(matrices: &[f32], count: usize, k: usize, n: usize) -> Self {
         assert!(n.is_multiple_of(WIDTH) && matrices.len() == count * k * n);
         let per_panel = k * WIDTH;
         let panels = n / WIDTH;
-        let mut data = KEPT.with(|kept| kept.take());
-        data.clear();
-        data.reserve(count * n * k);
-        data.spare_capacity_mut()[..count * n * k]
-            .par_chunks_mut(per_panel)
-            .with_min_len(super::min_len(per_panel))
-            .enumerate()
-            .for_each(|(i, piece)| {
+        // SAFETY: each piece is one panel, every number of which the loop writes.
+        let data = unsafe {
+            super::par_build(count * n * k, per_panel, |i, piece| {
                 let (mat, q) = (i / panels, i % panels);
                 let src = &matrices[mat * k * n + q * WIDTH..];
                 for (row, out) in piece.chunks_exact_mut(WIDTH).enumerate() {
@@ -50,24 +42,10 @@ impl Panels {
                         o.write(x);
                     }
                 }
-            });
-        // SAFETY: the pieces cover the count · n · k numbers, each written above.
-        unsafe { data.set_len(count * n * k) };
+            })
+        };
         Self { data, k, n }
     }
-}
-
-impl Drop for Panels {
-    /// Hands the memory back for the thread's next call.
-    fn drop(&mut self) {
-        let data = std::mem::take(&mut self.data);
-        KEPT.with(|kept| kept.set(data));
-    }
-}
-
-thread_local! {
-    /// The memory of the thread's last [`Panels`] (empty while one is in use).
-    static KEPT: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// Whether [`product`] runs here and gives gemm's bits for `[m, k] · [k, n]` (row-major destination):

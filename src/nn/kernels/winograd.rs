@@ -439,14 +439,13 @@ impl<T: WithDType> Wide for Job<'_, T> {
             // product writes every element of prod without reading it. Panels exist only for f32 on a CPU
             // with AVX2 and FMA.
             #[cfg(target_arch = "x86_64")]
-            if let Some(panels) = &self.panels {
-                unsafe {
-                    let u = std::slice::from_raw_parts(u.as_ptr() as *const f32, u.len());
-                    panels::product(p, u, panels, i, prod.as_mut_ptr() as *mut f32);
-                    prod.set_len(p * c_out);
-                }
-            }
-            if prod.is_empty() {
+            let by_panels = self.panels.as_ref().map(|panels| unsafe {
+                let u = std::slice::from_raw_parts(u.as_ptr() as *const f32, u.len());
+                panels::product(p, u, panels, i, prod.as_mut_ptr() as *mut f32);
+            });
+            #[cfg(not(target_arch = "x86_64"))]
+            let by_panels = None::<()>;
+            if by_panels.is_none() {
                 unsafe {
                     matmul_on(
                         Parallelism::None,
@@ -459,9 +458,10 @@ impl<T: WithDType> Wide for Job<'_, T> {
                         self.v[i * c_in * c_out..].as_ptr(),
                         (c_out, 1),
                     );
-                    prod.set_len(p * c_out);
                 }
             }
+            // SAFETY: either product wrote all p × c_out numbers.
+            unsafe { prod.set_len(p * c_out) };
             // The q output rows of each tile take their shares of M_i.
             let first = i == 0 && !self.accumulate;
             for (t, mrow) in prod.chunks_exact(c_out).enumerate() {
