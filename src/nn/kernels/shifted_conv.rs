@@ -32,7 +32,7 @@ use rayon::prelude::*;
 
 use super::binary_input::{self, Ones};
 use super::transpose::transpose;
-use super::winograd::{self, Transforms};
+use super::winograd::{self, Kernel, Transforms};
 use super::{contiguous_data, min_len, CHUNK, PAR_MIN};
 
 /// One kernel tap: it reads padded pixel (y + dy, x + dx) for output (y, x), with weights `w[:, :, k]`.
@@ -411,7 +411,7 @@ fn pack_run_reversed<T: WithDType>(w: &[T], g: &Geometry, run: Run) -> Vec<T> {
 /// Winograd transform of a kernel whose taps are all one run (a 1-D kernel of dilation 1).
 pub(super) struct Packed<T> {
     pub(super) taps: Vec<T>,
-    winograd: OnceLock<Vec<T>>,
+    winograd: OnceLock<Kernel<T>>,
     /// Kept for later calls (by [`evaluating`] or [`with_frozen_weights`]): its transform is made once.
     kept: bool,
 }

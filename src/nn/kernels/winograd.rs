@@ -19,6 +19,7 @@
 //! number of threads.
 
 use std::mem::MaybeUninit;
+use std::sync::OnceLock;
 
 use candle_core::WithDType;
 use gemm::Parallelism;
@@ -133,8 +134,11 @@ impl Transforms {
     /// The kernel transformed: `taps` holds the run's n matrices of `block` numbers each (`[C_in, C_out]`,
     /// one after another); returns α matrices `V_i = Σ_k G_ik W_k` laid out the same way. In parallel over
     /// chunks of the matrices' elements, each task reading its chunk of every tap once.
-    pub fn kernel<T: WithDType>(&self, taps: &[T], block: usize) -> Vec<T> {
-        combine(&self.g, taps, block)
+    pub fn kernel<T: WithDType>(&self, taps: &[T], block: usize) -> Kernel<T> {
+        Kernel {
+            v: combine(&self.g, taps, block),
+            panels: OnceLock::new(),
+        }
     }
 
     /// The run's weight gradient `Σ_{r<m} src[r + j]ᵀ · gy[r]` for j < n, as n matrices `[C_in, C_out]` one
@@ -180,12 +184,13 @@ impl Transforms {
         &self,
         src: &[T],
         c_in: usize,
-        v: &[T],
+        kernel: &Kernel<T>,
         c_out: usize,
         m: usize,
         dst: *mut T,
         accumulate: bool,
     ) {
+        let v = &kernel.v[..];
         assert_eq!(v.len(), self.alpha() * c_in * c_out);
         let tiles = m.div_ceil(self.outs);
         let (bt, at) = self.input_and_output_in();
@@ -193,13 +198,16 @@ impl Transforms {
         // cores get a share.
         let per_task = TILES.min(tiles.div_ceil(2)).max(1);
         let last = tiles - (tiles.div_ceil(per_task) - 1) * per_task;
-        // Below AVX-512, the products by our own kernel, V packed once for every block (gemm's bits).
+        // Below AVX-512, the products by our own kernel, V packed once for every block, and kept with the
+        // kernel for its later calls (gemm's bits).
         let panels = (T::DTYPE == candle_core::DType::F32
             && [per_task, last].iter().all(|&p| panels::applies(p, c_out, c_in)))
         .then(|| {
-            // SAFETY: T is f32 (checked just above).
-            let v = unsafe { std::slice::from_raw_parts(v.as_ptr() as *const f32, v.len()) };
-            Panels::pack(v, self.alpha(), c_in, c_out)
+            kernel.panels.get_or_init(|| {
+                // SAFETY: T is f32 (checked just above).
+                let v = unsafe { std::slice::from_raw_parts(v.as_ptr() as *const f32, v.len()) };
+                Panels::pack(v, self.alpha(), c_in, c_out)
+            })
         });
         let job = Job {
             src,
@@ -219,6 +227,16 @@ impl Transforms {
         // SAFETY: each block writes its own rows of dst (the caller's promise covers them).
         unsafe { run_tasks(&job, blocks, blocks > 1) };
     }
+}
+
+/// A kernel ready for [`Transforms::correlate`]: its transform, α matrices `V_i = Σ_k G_ik W_k` (`[C_in, C_out]`
+/// one after another), and the same laid out as [`Panels`] on the first call whose products take them (f32
+/// below AVX-512) — once for a kernel kept across calls (an evaluation pass, a sampler: [`super::shifted_conv`]
+/// keeps it). Packed again at every call instead, the seed net's forward pass at batch 1 (2 blocks of tiles
+/// to share the packing) ran slower than gemm's products on V as it is.
+pub struct Kernel<T> {
+    v: Vec<T>,
+    panels: OnceLock<Panels>,
 }
 
 /// Elements of the kernel's matrices per task of [`Transforms::kernel`].
@@ -416,7 +434,7 @@ struct Job<'a, T> {
     outs: usize,
     per_task: usize,
     /// The V_i as panels, where [`panels::product`] takes the products (T is f32 then).
-    panels: Option<Panels>,
+    panels: Option<&'a Panels>,
 }
 
 impl<T: WithDType> Wide for Job<'_, T> {
@@ -667,6 +685,9 @@ mod tests {
                         "n {n}, m {m} ({tiles} tiles of {outs}, {per_task} a task): panels ≠ gemm"
                     );
                 }
+                // Packed on the first call that took them, kept with the kernel for the later ones.
+                let kept = v32.panels.get().is_some();
+                assert_eq!(kept, takes(per_task) && takes(last), "n {n}, m {m}: panels kept {kept}");
             }
             let err = got32
                 .iter()
