@@ -46,6 +46,15 @@ impl Panels {
         };
         Self { data, k, n }
     }
+
+    /// How many matrices, and their shape `(k, n)`.
+    pub fn shape(&self) -> (usize, usize, usize) {
+        (
+            self.data.len().checked_div(self.k * self.n).unwrap_or(0),
+            self.k,
+            self.n,
+        )
+    }
 }
 
 /// Whether [`product`] runs here and gives gemm's bits for `[m, k] · [k, n]` (row-major destination):

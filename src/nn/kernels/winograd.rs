@@ -209,6 +209,8 @@ impl Transforms {
                 Panels::pack(v, self.alpha(), c_in, c_out)
             })
         });
+        // Kept panels were packed for this kernel's shape (checked, as they are read without bounds).
+        assert!(panels.is_none_or(|p| p.shape() == (self.alpha(), c_in, c_out)));
         let job = Job {
             src,
             c_in,
