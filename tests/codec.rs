@@ -492,6 +492,33 @@ fn a_kept_header_that_disagrees_with_the_data_is_refused() {
     assert!(!out.exists());
 }
 
+/// A write that fails (here: the output's parent is a file) names the output asked for, never the temporary
+/// file or folder it was written through, for a single file and for a folder of PNGs alike.
+#[test]
+fn a_failed_write_names_the_output_not_its_temporary_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let parent = dir.path().join("afile");
+    std::fs::write(&parent, b"not a folder").unwrap();
+    let data = |format| Data {
+        values: vec![7; 2 * 4],
+        labels: None,
+        dim: 4,
+        format,
+    };
+    let png = Format::PngFolder {
+        names: vec!["a.png".into(), "b.png".into()],
+        colors: 1,
+        height: 2,
+        width: 2,
+    };
+    for (format, name) in [(Format::Raw, "out.bin"), (png, "pngs")] {
+        let out = parent.join(name);
+        let e = formats::write(&data(format), &out, false).unwrap_err().to_string();
+        assert!(e.contains(&out.display().to_string()), "{e}");
+        assert!(!e.contains("armory-tmp"), "{e}");
+    }
+}
+
 /// The command line on a briefly trained model: compress the digits test split (as IDX: the values alone),
 /// within 1 % of the model's NLL plus the header; decompress byte-identical with 1 or 2 threads, another batch
 /// size and the portable SIMD level; never overwrite without --force.

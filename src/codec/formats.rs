@@ -239,7 +239,7 @@ pub fn write(data: &Data, out: &Path, force: bool) -> Result<()> {
             colors,
             height,
             width,
-        } => write_pngs(data, names, *colors, *height, *width, &tmp),
+        } => write_pngs(data, names, *colors, *height, *width, &tmp, out),
         format => {
             let bytes = match format {
                 Format::Raw => data.values.clone(),
@@ -304,9 +304,18 @@ fn temp_path(out: &Path) -> PathBuf {
     out.with_file_name(format!(".{name}.armory-tmp"))
 }
 
-fn write_pngs(data: &Data, names: &[String], colors: u8, height: u32, width: u32, dir: &Path) -> Result<()> {
+/// The PNGs into `dir` (the temporary folder); an error names them in `out`, the folder asked for.
+fn write_pngs(
+    data: &Data,
+    names: &[String],
+    colors: u8,
+    height: u32,
+    width: u32,
+    dir: &Path,
+    out: &Path,
+) -> Result<()> {
     let _ = std::fs::remove_dir_all(dir);
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(out, e))?;
     let ct = match colors {
         1 => ExtendedColorType::L8,
         3 => ExtendedColorType::Rgb8,
@@ -319,10 +328,11 @@ fn write_pngs(data: &Data, names: &[String], colors: u8, height: u32, width: u32
         if name.contains(['/', '\\']) || name == "." || name == ".." {
             return Err(corrupt(format!("PNG name `{name}` is not a plain file name")));
         }
-        let path = dir.join(name);
-        image::save_buffer_with_format(&path, ex, width, height, ct, ImageFormat::Png).map_err(|e| Error::Plot {
-            path: path.clone(),
-            msg: e.to_string(),
+        image::save_buffer_with_format(dir.join(name), ex, width, height, ct, ImageFormat::Png).map_err(|e| {
+            Error::Plot {
+                path: out.join(name),
+                msg: e.to_string(),
+            }
         })?;
     }
     Ok(())
