@@ -78,6 +78,21 @@ pub fn check_new(path: &Path, overwrite: bool) -> Result<()> {
     Ok(())
 }
 
+/// Refuses an output that is one of the command's own inputs (a data file, a container, a run's config or
+/// weights), even with `--force`: replacing it would destroy what is being read.
+pub fn check_not_input(out: &Path, inputs: &[PathBuf]) -> Result<()> {
+    match inputs.iter().find(|input| same_file(out, input)) {
+        Some(input) => Err(Error::io(
+            out,
+            std::io::Error::other(format!(
+                "is an input of this command ({}); not replaced, even with --force",
+                input.display()
+            )),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Whether two output paths name the same file (as given, or once resolved where they exist).
 pub fn same_file(a: &Path, b: &Path) -> bool {
     if a == b {
@@ -130,6 +145,13 @@ mod tests {
         let e = check_new(Path::new("/dev/null"), true).unwrap_err().to_string();
         assert!(e.contains("/dev/null") && e.contains("not a regular file"), "{e}");
         assert!(same_file(&p, &dir.path().join("./x.png")));
+        let inputs = [dir.path().join("a.csv"), dir.path().join("./x.png")];
+        let e = check_not_input(&p, &inputs).unwrap_err().to_string();
+        assert!(
+            e.contains("is an input of this command") && e.contains("even with --force"),
+            "{e}"
+        );
+        check_not_input(&dir.path().join("y.png"), &inputs).unwrap();
         assert!(!same_file(&p, &dir.path().join("y.png")));
     }
 }

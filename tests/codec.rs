@@ -511,12 +511,97 @@ fn a_failed_write_names_the_output_not_its_temporary_file() {
         height: 2,
         width: 2,
     };
-    for (format, name) in [(Format::Raw, "out.bin"), (png, "pngs")] {
+    for (format, name) in [(Format::Raw, "out.bin"), (png.clone(), "pngs")] {
         let out = parent.join(name);
         let e = formats::write(&data(format), &out, false).unwrap_err().to_string();
         assert!(e.contains(&out.display().to_string()), "{e}");
         assert!(!e.contains("armory-tmp"), "{e}");
     }
+    // A missing parent folder is an error for PNGs too, as for every other output: not made on the way.
+    let out = dir.path().join("missing").join("pngs");
+    let e = formats::write(&data(png), &out, false).unwrap_err().to_string();
+    assert!(e.contains(&out.display().to_string()), "{e}");
+    assert!(!dir.path().join("missing").exists());
+}
+
+/// No command writes over one of its own inputs, even with --force: the data it compresses, the container it
+/// decompresses, the run's config and weights (each refused, each left as it was); and a missing folder
+/// is an error naming the output, not its temporary file.
+#[test]
+fn no_command_writes_over_its_own_inputs() {
+    use common::armory;
+    use predicates::str::contains;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    common::tiny_train(d, "t");
+    let run = d.join("t");
+    let all = armory::data::digits::embedded().unwrap();
+    let mut idx = vec![0, 0, 8, 3, 0, 0, 0, 10, 0, 0, 0, 8, 0, 0, 0, 8]; // 10 × 8 × 8
+    idx.extend(all.values[..10 * 64].iter().map(|&v| v as u8));
+    let input = d.join("ten-idx3-ubyte");
+    std::fs::write(&input, &idx).unwrap();
+    let (config, best) = (run.join("config.toml"), run.join("best.safetensors"));
+    let before = |p: &Path| std::fs::read(p).unwrap();
+    let (config_bytes, best_bytes) = (before(&config), before(&best));
+    let coded = d.join("ten.arm");
+    for out in [&input, &best, &config] {
+        armory()
+            .arg("compress")
+            .arg(&input)
+            .arg("-o")
+            .arg(out)
+            .arg("--force")
+            .arg("--run")
+            .arg(&run)
+            .assert()
+            .failure()
+            .stderr(contains("is an input of this command"));
+    }
+    armory()
+        .args(["sample", "-n", "1", "--force", "--out"])
+        .arg(&config)
+        .arg("--run")
+        .arg(&run)
+        .assert()
+        .failure()
+        .stderr(contains("is an input of this command"));
+    assert_eq!(before(&input), idx);
+    assert_eq!((before(&config), before(&best)), (config_bytes, best_bytes));
+    armory()
+        .arg("compress")
+        .arg(&input)
+        .arg("-o")
+        .arg(&coded)
+        .arg("--run")
+        .arg(&run)
+        .assert()
+        .success();
+    let coded_bytes = before(&coded);
+    armory()
+        .arg("decompress")
+        .arg(&coded)
+        .arg("-o")
+        .arg(&coded)
+        .arg("--force")
+        .arg("--run")
+        .arg(&run)
+        .assert()
+        .failure()
+        .stderr(contains("is an input of this command"));
+    assert_eq!(before(&coded), coded_bytes);
+    let missing = d.join("no-such-folder").join("x.arm");
+    let out = armory()
+        .arg("compress")
+        .arg(&input)
+        .arg("-o")
+        .arg(&missing)
+        .arg("--run")
+        .arg(&run)
+        .assert()
+        .failure()
+        .stderr(contains(missing.display().to_string()));
+    let err = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    assert!(!err.contains("x.arm.tmp") && !err.contains("armory-tmp"), "{err}");
 }
 
 /// The command line on a briefly trained model: compress the digits test split (as IDX: the values alone),

@@ -56,26 +56,18 @@ fn progress(n: usize, what: &str) -> ProgressBar {
     bar
 }
 
-/// Writes `bytes` to `out` through a temporary file renamed into place; an existing file only with `force`.
-fn write_new(out: &Path, bytes: &[u8], force: bool) -> anyhow::Result<()> {
-    if out.exists() && !force {
-        bail!("{}: already exists (add --force to replace it)", out.display());
-    }
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = out.with_file_name(format!(".{name}.armory-tmp"));
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, out).with_context(|| format!("writing {}", out.display()))?;
+/// The output is checked before any work: never over an existing file unless `force`, never over one of
+/// the command's inputs (the data or container read, the model's files) even then.
+fn check_output(out: &Path, input: &Path, model: &ModelSource, force: bool) -> anyhow::Result<()> {
+    armory::output::check_new(out, force)?;
+    let inputs: Vec<PathBuf> = std::iter::once(input.to_path_buf()).chain(model.inputs()).collect();
+    armory::output::check_not_input(out, &inputs)?;
     Ok(())
 }
 
 pub fn compress(a: CompressArgs) -> anyhow::Result<()> {
     anyhow::ensure!(a.chunk > 0, "--chunk must be at least 1");
-    if a.out.exists() && !a.force {
-        bail!("{}: already exists (add --force to replace it)", a.out.display());
-    }
+    check_output(&a.out, &a.input, &a.model, a.force)?;
     let (_, arm) = a.model.load_arm("compress")?;
     let (data, note) = formats::read(&a.input)?;
     let n = data.len();
@@ -91,7 +83,7 @@ pub fn compress(a: CompressArgs) -> anyhow::Result<()> {
     bar.finish_and_clear();
     // Read back before anything is written: a container that does not read never replaces a file.
     let (header, body) = codec::Header::read(&bytes).context("the compressed container does not read back")?;
-    write_new(&a.out, &bytes, a.force)?;
+    armory::output::write_atomic(&a.out, &bytes)?;
     println!(
         "{}: {n} examples ({}) → {}: {} bytes, {:.4} bits per dimension ({body}-byte header), {:.2} s, {:.0} examples/s",
         a.input.display(),
@@ -110,9 +102,12 @@ pub fn compress(a: CompressArgs) -> anyhow::Result<()> {
 
 pub fn decompress(a: DecompressArgs) -> anyhow::Result<()> {
     anyhow::ensure!(a.batch > 0, "--batch must be at least 1");
+    // A folder of PNGs may be replaced (formats::write checks what it holds), so only the inputs here.
     if a.out.exists() && !a.force {
         bail!("{}: already exists (add --force to replace it)", a.out.display());
     }
+    let inputs: Vec<PathBuf> = std::iter::once(a.input.clone()).chain(a.model.inputs()).collect();
+    armory::output::check_not_input(&a.out, &inputs)?;
     let bytes = std::fs::read(&a.input).with_context(|| format!("reading {}", a.input.display()))?;
     let (header, _) = codec::Header::read(&bytes).with_context(|| format!("reading {}", a.input.display()))?;
     let (_, arm) = a.model.load_arm("decompress")?;

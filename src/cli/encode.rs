@@ -33,6 +33,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         _ => bail!("--out {}: name a .npy or a .csv file", a.out.display()),
     };
     armory::output::check_new(&a.out, a.force)?;
+    armory::output::check_not_input(&a.out, &a.model.inputs())?;
     let (cfg, model) = a.model.load()?;
     let Model::Vae(vae) = model else {
         bail!("encode needs a latent-variable model (a run with a [latent] section); this one is an ARM")

@@ -69,6 +69,25 @@ impl ModelSource {
         }
     }
 
+    /// The files a model is read from — a run's config, checkpoints and training record, or the weights and
+    /// config given — which no output of the command may replace.
+    pub fn inputs(&self) -> Vec<PathBuf> {
+        match (&self.run, &self.weights) {
+            (Some(run), _) => [
+                "config.toml",
+                "best.safetensors",
+                "last.safetensors",
+                "resume.safetensors",
+                "metrics.csv",
+            ]
+            .iter()
+            .map(|f| run.join(f))
+            .collect(),
+            (None, Some(w)) => std::iter::once(w.clone()).chain(self.config.clone()).collect(),
+            (None, None) => vec![],
+        }
+    }
+
     /// The run's config and the model with its weights loaded.
     pub fn load(&self) -> anyhow::Result<(RunConfig, Model)> {
         let (cfg, weights) = match (&self.run, &self.weights) {

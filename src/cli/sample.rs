@@ -43,6 +43,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     // The outputs are checked before any work: never over an existing file unless --force, never one
     // output over the other.
     armory::output::check_new(&a.out, a.force)?;
+    armory::output::check_not_input(&a.out, &a.model.inputs())?;
     if let Some(raw) = &a.raw {
         anyhow::ensure!(
             !armory::output::same_file(&a.out, raw),
@@ -50,6 +51,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             raw.display()
         );
         armory::output::check_new(raw, a.force)?;
+        armory::output::check_not_input(raw, &a.model.inputs())?;
     }
     let (_, model) = a.model.load()?;
     let arm = match model {

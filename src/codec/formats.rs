@@ -315,7 +315,8 @@ fn write_pngs(
     out: &Path,
 ) -> Result<()> {
     let _ = std::fs::remove_dir_all(dir);
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(out, e))?;
+    // The folder itself only: a missing parent is an error, as for every other output.
+    std::fs::create_dir(dir).map_err(|e| Error::io(out, e))?;
     let ct = match colors {
         1 => ExtendedColorType::L8,
         3 => ExtendedColorType::Rgb8,
