@@ -201,7 +201,8 @@ impl RunConfig {
     }
 
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let bytes = limits::read_file(path, limits::MAX_CONFIG_BYTES, "bytes of a config file")?;
+        let text = String::from_utf8(bytes).map_err(|_| Error::data(path, "not a text (UTF-8) file"))?;
         Self::parse(&text, path)
     }
 

@@ -41,6 +41,26 @@ pub const MAX_NPY_HEADER: usize = 1 << 16;
 pub const MAX_NPY_DEPTH: usize = 8;
 /// A text file (CSV) after decompression.
 pub const MAX_TEXT_BYTES: u128 = 1 << 30;
+/// A config file (TOML; the shipped ones are about 1 KB).
+pub const MAX_CONFIG_BYTES: u128 = 1 << 20;
+/// A checkpoint (safetensors): the largest model's weights, with the optimizer's state and an average, in f64.
+pub const MAX_CHECKPOINT_BYTES: u128 = MAX_PARAMS * 8 * 4 + (1 << 20);
+
+/// The bytes of the file at `path`, refused past `limit` (`what` names them in the message): its size is
+/// checked first where the file system knows it, and reading stops one byte past the limit, so a device
+/// (`/dev/zero`), a pipe or a file still growing is refused instead of filling the memory.
+pub fn read_file(path: &std::path::Path, limit: u128, what: &str) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let named = || format!("{}: {what}", path.display());
+    check(named(), file.metadata().map_err(|e| Error::io(path, e))?.len(), limit)?;
+    let mut bytes = Vec::new();
+    file.take(u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io(path, e))?;
+    check(named(), wide(bytes.len()), limit)?;
+    Ok(bytes)
+}
 
 /// `value` must not exceed `limit`; `what` names the setting, flag or file field.
 pub fn check(what: impl Into<String>, value: impl Into<u128>, limit: impl Into<u128>) -> Result<()> {
@@ -58,4 +78,31 @@ pub fn check(what: impl Into<String>, value: impl Into<u128>, limit: impl Into<u
 /// `usize` as `u128` (lossless on every platform Rust supports).
 pub fn wide(n: usize) -> u128 {
     n as u128
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file is read whole up to the limit; past it — by its size, or by reading where the size is not known
+    /// (a device such as /dev/zero, which never ends) — it is refused with the file and the limit named.
+    #[test]
+    fn files_are_read_up_to_the_limit_and_no_further() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ten");
+        std::fs::write(&path, [7u8; 10]).unwrap();
+        assert_eq!(read_file(&path, 10, "bytes").unwrap(), vec![7u8; 10]);
+        let e = read_file(&path, 9, "bytes").unwrap_err().to_string();
+        assert!(e.contains("ten: bytes = 10 exceeds the limit of 9"), "{e}");
+        let zero = std::path::Path::new("/dev/zero");
+        if zero.exists() {
+            let e = read_file(zero, 1 << 20, "bytes").unwrap_err().to_string();
+            assert!(
+                e.contains("/dev/zero: bytes = 1048577 exceeds the limit of 1048576"),
+                "{e}"
+            );
+        }
+        let e = read_file(&dir.path().join("none"), 9, "bytes").unwrap_err().to_string();
+        assert!(e.contains("none"), "{e}");
+    }
 }

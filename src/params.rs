@@ -189,9 +189,50 @@ fn check_finite(t: &Tensor, name: &str, path: &Path) -> Result<()> {
     }
 }
 
+/// A safetensors file's bytes, read as far as its header promises and no further: the header's length (8
+/// bytes, at most the format's 100 MB), the JSON header, then the tensors up to the furthest end it names. A
+/// file that never ends (`/dev/zero`) or runs far past its tensors is refused without filling the memory.
+pub fn read_checkpoint(path: &Path) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let bad = |msg: String| Error::Checkpoint { path: path.into(), msg };
+    let prefix = |n: u64| -> Result<Vec<u8>> {
+        let mut bytes = Vec::new();
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        file.take(n).read_to_end(&mut bytes).map_err(|e| Error::io(path, e))?;
+        Ok(bytes)
+    };
+    let len: [u8; 8] = prefix(8)?
+        .try_into()
+        .map_err(|_| bad("shorter than the 8 bytes of its header's length".into()))?;
+    let n = u64::from_le_bytes(len);
+    if n > 100_000_000 {
+        return Err(bad(format!("a header of {n} bytes (the format allows 100 MB)")));
+    }
+    let head = prefix(8 + n)?;
+    let header: serde_json::Value =
+        serde_json::from_slice(&head[8.min(head.len())..]).map_err(|e| bad(format!("its header: {e}")))?;
+    let end = header
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .filter(|(name, _)| name.as_str() != "__metadata__")
+                .filter_map(|(_, t)| t["data_offsets"][1].as_u64())
+                .max()
+                .unwrap_or(0)
+        })
+        .unwrap_or(0);
+    let promised = u128::from(8 + n) + u128::from(end);
+    crate::limits::check(
+        format!("{}: bytes of a checkpoint", path.display()),
+        promised,
+        crate::limits::MAX_CHECKPOINT_BYTES,
+    )?;
+    crate::limits::read_file(path, promised, "bytes of a checkpoint (its header names fewer)")
+}
+
 /// Reads every tensor of a safetensors file, with errors that name the file.
 pub fn load_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = read_checkpoint(path)?;
     candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).map_err(|e| Error::Checkpoint {
         path: path.into(),
         msg: e.to_string(),

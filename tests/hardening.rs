@@ -526,3 +526,50 @@ fn a_resumed_run_summarises_like_a_straight_one() {
         assert_eq!(a[key], b[key], "{key}");
     }
 }
+
+/// A config that never ends (a device such as /dev/zero, given by mistake) is refused at the config size
+/// limit, naming the file, instead of being read until the memory runs out.
+#[test]
+fn an_endless_config_is_refused_at_its_limit() {
+    if !Path::new("/dev/zero").exists() {
+        return;
+    }
+    for command in ["info", "train"] {
+        armory()
+            .args([command, "--config", "/dev/zero"])
+            .timeout(std::time::Duration::from_secs(60))
+            .assert()
+            .failure()
+            .stderr(contains("/dev/zero: bytes of a config file").and(contains("exceeds the limit")));
+    }
+}
+
+/// A checkpoint is read as far as its header promises: one that never ends (/dev/zero) is refused at once,
+/// one with more bytes than its tensors is refused naming the file, and the run's own still loads.
+#[test]
+fn a_checkpoint_is_read_as_far_as_its_header_promises() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = tiny_run(dir.path(), "t");
+    let best = run.join("best.safetensors");
+    armory().arg("eval").arg("--run").arg(&run).assert().success();
+    if Path::new("/dev/zero").exists() {
+        armory()
+            .args(["eval", "--weights", "/dev/zero"])
+            .timeout(std::time::Duration::from_secs(60))
+            .assert()
+            .failure()
+            .stderr(contains("/dev/zero: not a readable safetensors checkpoint"));
+    }
+    let longer = dir.path().join("longer.safetensors");
+    let mut bytes = std::fs::read(&best).unwrap();
+    bytes.extend_from_slice(&[0; 100]);
+    std::fs::write(&longer, &bytes).unwrap();
+    armory()
+        .args(["eval", "--config"])
+        .arg(run.join("config.toml"))
+        .arg("--weights")
+        .arg(&longer)
+        .assert()
+        .failure()
+        .stderr(contains("longer.safetensors: bytes of a checkpoint").and(contains("exceeds the limit")));
+}

@@ -108,7 +108,7 @@ pub fn decompress(a: DecompressArgs) -> anyhow::Result<()> {
     }
     let inputs: Vec<PathBuf> = std::iter::once(a.input.clone()).chain(a.model.inputs()).collect();
     armory::output::check_not_input(&a.out, &inputs)?;
-    let bytes = std::fs::read(&a.input).with_context(|| format!("reading {}", a.input.display()))?;
+    let bytes = armory::limits::read_file(&a.input, armory::limits::MAX_DATA_BYTES, "bytes of a compressed file")?;
     let (header, _) = codec::Header::read(&bytes).with_context(|| format!("reading {}", a.input.display()))?;
     let (_, arm) = a.model.load_arm("decompress")?;
     let bar = progress(header.count, "decompressing");

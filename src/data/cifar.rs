@@ -59,13 +59,7 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<Dataset> {
 
 /// One batch file.
 pub fn batch_file(path: &Path) -> Result<Dataset> {
-    let size = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
-    crate::limits::check(
-        format!("{}: file size in bytes", path.display()),
-        size,
-        crate::limits::MAX_DATA_BYTES,
-    )?;
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = crate::limits::read_file(path, crate::limits::MAX_DATA_BYTES, "file size in bytes")?;
     parse(&bytes, path)
 }
 

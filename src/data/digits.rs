@@ -21,13 +21,7 @@ pub fn embedded() -> Result<Dataset> {
 
 /// A file in the same format, gzipped or plain.
 pub fn from_file(path: &Path) -> Result<Dataset> {
-    let size = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
-    limits::check(
-        format!("{}: file size in bytes", path.display()),
-        size,
-        limits::MAX_TEXT_BYTES,
-    )?;
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = limits::read_file(path, limits::MAX_TEXT_BYTES, "file size in bytes")?;
     parse(&bytes, path)
 }
 

@@ -50,13 +50,7 @@ fn channel_major(img: DynamicImage, path: &Path) -> Result<(Vec<u32>, (usize, us
 /// Decodes one PNG, its size checked against [`limits::MAX_SIDE`] (and the decoder's memory bounded) before
 /// the pixels are allocated: a small file may claim a huge picture.
 fn decode(path: &Path) -> Result<DynamicImage> {
-    let size = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
-    limits::check(
-        format!("{}: file size in bytes", path.display()),
-        size,
-        limits::MAX_DATA_BYTES,
-    )?;
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = limits::read_file(path, limits::MAX_DATA_BYTES, "file size in bytes")?;
     let mut reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), ImageFormat::Png);
     let mut bounds = image::Limits::default();
     bounds.max_image_width = Some(limits::MAX_SIDE as u32);

@@ -153,7 +153,7 @@ impl RunDir {
     /// Reads `resume.safetensors`: its tensors and the JSON state.
     pub fn load_resume(&self) -> Result<(HashMap<String, Tensor>, String)> {
         let path = self.file("resume.safetensors");
-        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        let bytes = crate::params::read_checkpoint(&path)?;
         let bad = |msg: String| Error::Checkpoint {
             path: path.clone(),
             msg,
