@@ -524,6 +524,28 @@ fn a_failed_write_names_the_output_not_its_temporary_file() {
     assert!(!dir.path().join("missing").exists());
 }
 
+/// A tiny model trained into `d/t`, and the embedded digits `examples` written as an IDX images file `name`
+/// in `d` (8 × 8, the values alone): the run, the file and its bytes.
+fn run_and_idx(
+    d: &Path,
+    examples: std::ops::Range<usize>,
+    name: &str,
+) -> (std::path::PathBuf, std::path::PathBuf, Vec<u8>) {
+    common::tiny_train(d, "t");
+    let all = armory::data::digits::embedded().unwrap();
+    let mut idx = vec![0, 0, 8, 3];
+    idx.extend((examples.len() as u32).to_be_bytes());
+    idx.extend([0, 0, 0, 8, 0, 0, 0, 8]);
+    idx.extend(
+        all.values[examples.start * 64..examples.end * 64]
+            .iter()
+            .map(|&v| v as u8),
+    );
+    let input = d.join(name);
+    std::fs::write(&input, &idx).unwrap();
+    (d.join("t"), input, idx)
+}
+
 /// No command writes over one of its own inputs, even with --force: the data it compresses, the container it
 /// decompresses, the run's config and weights (each refused, each left as it was); and a missing folder
 /// is an error naming the output, not its temporary file.
@@ -533,13 +555,7 @@ fn no_command_writes_over_its_own_inputs() {
     use predicates::str::contains;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    common::tiny_train(d, "t");
-    let run = d.join("t");
-    let all = armory::data::digits::embedded().unwrap();
-    let mut idx = vec![0, 0, 8, 3, 0, 0, 0, 10, 0, 0, 0, 8, 0, 0, 0, 8]; // 10 × 8 × 8
-    idx.extend(all.values[..10 * 64].iter().map(|&v| v as u8));
-    let input = d.join("ten-idx3-ubyte");
-    std::fs::write(&input, &idx).unwrap();
+    let (run, input, idx) = run_and_idx(d, 0..10, "ten-idx3-ubyte");
     let (config, best) = (run.join("config.toml"), run.join("best.safetensors"));
     let before = |p: &Path| std::fs::read(p).unwrap();
     let (config_bytes, best_bytes) = (before(&config), before(&best));
@@ -614,13 +630,7 @@ fn cli_compresses_within_one_percent_of_a_trained_models_nll() {
     use predicates::str::contains;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    common::tiny_train(d, "t");
-    let run = d.join("t");
-    let all = armory::data::digits::embedded().unwrap();
-    let mut idx = vec![0, 0, 8, 3, 0, 0, 1, 191, 0, 0, 0, 8, 0, 0, 0, 8]; // 447 × 8 × 8
-    idx.extend(all.values[1350 * 64..].iter().map(|&v| v as u8));
-    let input = d.join("digits-test-idx3-ubyte");
-    std::fs::write(&input, &idx).unwrap();
+    let (run, input, idx) = run_and_idx(d, 1350..1797, "digits-test-idx3-ubyte"); // the test split
     let file = d.join("test.arm");
     let compress = || {
         armory()
