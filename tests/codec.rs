@@ -560,16 +560,17 @@ fn no_command_writes_over_its_own_inputs() {
     let before = |p: &Path| std::fs::read(p).unwrap();
     let (config_bytes, best_bytes) = (before(&config), before(&best));
     let coded = d.join("ten.arm");
+    // `armory compress|decompress FROM -o TO --run RUN [--force]`.
+    let codec = |command: &str, from: &Path, to: &Path, force: bool| {
+        let mut c = armory();
+        c.arg(command).arg(from).arg("-o").arg(to).arg("--run").arg(&run);
+        if force {
+            c.arg("--force");
+        }
+        c.assert()
+    };
     for out in [&input, &best, &config] {
-        armory()
-            .arg("compress")
-            .arg(&input)
-            .arg("-o")
-            .arg(out)
-            .arg("--force")
-            .arg("--run")
-            .arg(&run)
-            .assert()
+        codec("compress", &input, out, true)
             .failure()
             .stderr(contains("is an input of this command"));
     }
@@ -583,37 +584,14 @@ fn no_command_writes_over_its_own_inputs() {
         .stderr(contains("is an input of this command"));
     assert_eq!(before(&input), idx);
     assert_eq!((before(&config), before(&best)), (config_bytes, best_bytes));
-    armory()
-        .arg("compress")
-        .arg(&input)
-        .arg("-o")
-        .arg(&coded)
-        .arg("--run")
-        .arg(&run)
-        .assert()
-        .success();
+    codec("compress", &input, &coded, false).success();
     let coded_bytes = before(&coded);
-    armory()
-        .arg("decompress")
-        .arg(&coded)
-        .arg("-o")
-        .arg(&coded)
-        .arg("--force")
-        .arg("--run")
-        .arg(&run)
-        .assert()
+    codec("decompress", &coded, &coded, true)
         .failure()
         .stderr(contains("is an input of this command"));
     assert_eq!(before(&coded), coded_bytes);
     let missing = d.join("no-such-folder").join("x.arm");
-    let out = armory()
-        .arg("compress")
-        .arg(&input)
-        .arg("-o")
-        .arg(&missing)
-        .arg("--run")
-        .arg(&run)
-        .assert()
+    let out = codec("compress", &input, &missing, false)
         .failure()
         .stderr(contains(missing.display().to_string()));
     let err = String::from_utf8_lossy(&out.get_output().stderr).to_string();
