@@ -573,3 +573,33 @@ fn a_checkpoint_is_read_as_far_as_its_header_promises() {
         .failure()
         .stderr(contains("longer.safetensors: bytes of a checkpoint").and(contains("exceeds the limit")));
 }
+
+/// An empty dataset name and a temperature that is not a finite number are refused with what to give,
+/// instead of "Error: : No such file or directory" and samples drawn at an infinite temperature.
+#[test]
+fn an_empty_dataset_and_an_infinite_temperature_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("empty-data.toml");
+    let seed = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/seed-arm.toml")).unwrap();
+    assert!(seed.contains("dataset = \"digits\""));
+    std::fs::write(&config, seed.replace("dataset = \"digits\"", "dataset = \"\"")).unwrap();
+    armory()
+        .args(["train", "--epochs", "1", "--runs-dir"])
+        .arg(dir.path())
+        .arg("--config")
+        .arg(&config)
+        .assert()
+        .failure()
+        .stderr(contains("the dataset is empty"));
+    let run = tiny_run(dir.path(), "t");
+    for t in ["inf", "NaN"] {
+        armory()
+            .args(["sample", "-n", "1", "--temperature", t, "--out"])
+            .arg(dir.path().join("s.png"))
+            .arg("--run")
+            .arg(&run)
+            .assert()
+            .failure()
+            .stderr(contains("--temperature must be a positive finite number"));
+    }
+}

@@ -39,7 +39,10 @@ pub struct Args {
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     anyhow::ensure!(a.n > 0, "--n must be at least 1");
-    anyhow::ensure!(a.temperature > 0.0, "--temperature must be positive");
+    anyhow::ensure!(
+        a.temperature > 0.0 && a.temperature.is_finite(),
+        "--temperature must be a positive finite number (1 = the model's distribution)"
+    );
     // The outputs are checked before any work: never over an existing file unless --force, never one
     // output over the other.
     armory::output::check_new(&a.out, a.force)?;

@@ -104,7 +104,7 @@ fn other_format(bytes: &[u8]) -> Option<String> {
     const HOW: &str = "armory reads IDX images of unsigned bytes in 3 dimensions (for training, the folder of \
                        the four MNIST files as mnist:DIR)";
     match bytes {
-        [0, 0, t, n, ..] if (1..=4).contains(n) => {
+        [0, 0, t, n, ..] => {
             let values = match t {
                 0x08 => "unsigned bytes",
                 0x09 => "signed bytes",
@@ -112,12 +112,17 @@ fn other_format(bytes: &[u8]) -> Option<String> {
                 0x0C => "32-bit integers",
                 0x0D => "32-bit floats",
                 0x0E => "64-bit floats",
-                _ => return None,
+                // Two zero bytes never start a text file: a damaged or unknown IDX file, or other binary data.
+                _ => {
+                    return Some(format!(
+                        "a binary file starting as an IDX file does, but with an unknown type (0x{t:02X}); {HOW}"
+                    ))
+                }
             };
-            let dims = if *n == 1 {
-                "1 dimension (labels?)".to_string()
-            } else {
-                format!("{n} dimensions")
+            let dims = match *n {
+                1 => "1 dimension (labels?)".to_string(),
+                2..=4 => format!("{n} dimensions"),
+                _ => format!("{n} dimensions (IDX files of images have 3)"),
             };
             Some(format!("an IDX file of {values} in {dims}; {HOW}"))
         }
@@ -179,6 +184,19 @@ mod tests {
         );
         let e = parse(&[0, 0, 0x0D, 3, 0, 0, 0, 1], p).unwrap_err().to_string();
         assert!(e.contains("IDX file of 32-bit floats in 3 dimensions"), "{e}");
+        // Damaged or unknown IDX files too (an unknown type byte, no or too many dimensions).
+        let e = parse(&[0, 0, 0x42, 3, 0, 0, 0, 3], p).unwrap_err().to_string();
+        assert!(
+            e.contains("starting as an IDX file does, but with an unknown type (0x42)"),
+            "{e}"
+        );
+        let e = parse(&[0, 0, 8, 0, 7], p).unwrap_err().to_string();
+        assert!(
+            e.contains("IDX file of unsigned bytes in 0 dimensions (IDX files of images have 3)"),
+            "{e}"
+        );
+        let e = parse(&[0, 0, 8, 9, 0, 0, 0, 1], p).unwrap_err().to_string();
+        assert!(e.contains("in 9 dimensions (IDX files of images have 3)"), "{e}");
         let e = parse(b"\x93NUMPY\x01\x00", p).unwrap_err().to_string();
         assert!(e.contains("npy:FILE"), "{e}");
         let e = from_file(Path::new("/no/such/digits.csv")).unwrap_err().to_string();

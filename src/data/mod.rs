@@ -165,6 +165,11 @@ fn open(spec: &str) -> Result<Source> {
     if spec == "digits" {
         return Ok(Source::One(digits::embedded()?));
     }
+    if spec.trim().is_empty() {
+        return Err(Error::Config(format!(
+            "the dataset is empty: name the embedded `digits`, a file, or one of {SOURCES}"
+        )));
+    }
     if let Some(kind) = unknown_prefix(spec) {
         return Err(Error::data(
             spec,
