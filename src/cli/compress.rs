@@ -56,18 +56,18 @@ fn progress(n: usize, what: &str) -> ProgressBar {
     bar
 }
 
-/// The output is checked before any work: never over an existing file unless `force`, never over one of
-/// the command's inputs (the data or container read, the model's files) even then.
-fn check_output(out: &Path, input: &Path, model: &ModelSource, force: bool) -> anyhow::Result<()> {
-    armory::output::check_new(out, force)?;
+/// Refuses an `out` that is one of the command's inputs — the data or container read, the model's files —
+/// even with `--force`.
+fn check_not_input(out: &Path, input: &Path, model: &ModelSource) -> anyhow::Result<()> {
     let inputs: Vec<PathBuf> = std::iter::once(input.to_path_buf()).chain(model.inputs()).collect();
-    armory::output::check_not_input(out, &inputs)?;
-    Ok(())
+    Ok(armory::output::check_not_input(out, &inputs)?)
 }
 
 pub fn compress(a: CompressArgs) -> anyhow::Result<()> {
     anyhow::ensure!(a.chunk > 0, "--chunk must be at least 1");
-    check_output(&a.out, &a.input, &a.model, a.force)?;
+    // The output is checked before any work: never over an existing file unless --force, never over an input.
+    armory::output::check_new(&a.out, a.force)?;
+    check_not_input(&a.out, &a.input, &a.model)?;
     let (_, arm) = a.model.load_arm("compress")?;
     let (data, note) = formats::read(&a.input)?;
     let n = data.len();
@@ -106,8 +106,7 @@ pub fn decompress(a: DecompressArgs) -> anyhow::Result<()> {
     if a.out.exists() && !a.force {
         bail!("{}: already exists (add --force to replace it)", a.out.display());
     }
-    let inputs: Vec<PathBuf> = std::iter::once(a.input.clone()).chain(a.model.inputs()).collect();
-    armory::output::check_not_input(&a.out, &inputs)?;
+    check_not_input(&a.out, &a.input, &a.model)?;
     let bytes = armory::limits::read_file(&a.input, armory::limits::MAX_DATA_BYTES, "bytes of a compressed file")?;
     let (header, _) = codec::Header::read(&bytes).with_context(|| format!("reading {}", a.input.display()))?;
     let (_, arm) = a.model.load_arm("decompress")?;

@@ -45,8 +45,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     );
     // The outputs are checked before any work: never over an existing file unless --force, never one
     // output over the other.
+    let inputs = a.model.inputs();
     armory::output::check_new(&a.out, a.force)?;
-    armory::output::check_not_input(&a.out, &a.model.inputs())?;
+    armory::output::check_not_input(&a.out, &inputs)?;
     if let Some(raw) = &a.raw {
         anyhow::ensure!(
             !armory::output::same_file(&a.out, raw),
@@ -54,7 +55,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             raw.display()
         );
         armory::output::check_new(raw, a.force)?;
-        armory::output::check_not_input(raw, &a.model.inputs())?;
+        armory::output::check_not_input(raw, &inputs)?;
     }
     let (_, model) = a.model.load()?;
     let arm = match model {
