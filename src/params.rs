@@ -134,11 +134,42 @@ impl ParamStore {
                 msg: format!("it holds tensor `{extra}`, which this model does not have (a different architecture?)"),
             });
         }
-        for name in vars.keys() {
-            check_finite(&tensors[name], name, path)?;
-        }
+        let mut converted = Vec::with_capacity(vars.len());
         for (name, var) in vars.iter() {
-            var.set(&tensors[name].to_dtype(var.dtype())?.to_device(var.device())?)?;
+            let t = &tensors[name];
+            if !t.dtype().is_float() {
+                return Err(Error::Checkpoint {
+                    path: path.into(),
+                    msg: format!(
+                        "tensor `{name}` holds {} values; weights are floating point (f16, bf16, f32 or f64)",
+                        t.dtype().as_str()
+                    ),
+                });
+            }
+            check_finite(t, name, path)?;
+            let t = t.to_dtype(var.dtype())?;
+            // Finite in the file's f64 but not in the model's f32 (beyond ±3.4e38).
+            match check_finite(&t, name, path) {
+                Err(Error::NonFiniteWeight { index, .. }) => {
+                    let value = tensors[name]
+                        .flatten_all()?
+                        .get(index)?
+                        .to_dtype(DType::F64)?
+                        .to_scalar::<f64>()?;
+                    return Err(Error::Checkpoint {
+                        path: path.into(),
+                        msg: format!(
+                            "tensor `{name}` holds {value:e} at index {index}, beyond the range of the model's {}",
+                            var.dtype().as_str()
+                        ),
+                    });
+                }
+                other => other?,
+            }
+            converted.push((var, t));
+        }
+        for (var, t) in converted {
+            var.set(&t.to_device(var.device())?)?;
         }
         Ok(())
     }

@@ -294,6 +294,61 @@ fn non_finite_weights_are_refused_at_load() {
     assert!(!dir.path().join("never.png").exists());
 }
 
+/// Weights that are not floating point, or finite in the file's f64 but beyond the model's f32, are refused
+/// where the model is loaded — by eval, sample and compress alike — naming the tensor, instead of loading as
+/// integers or as ±inf.
+#[test]
+fn integer_and_out_of_range_weights_are_refused_at_load() {
+    use candle_core::DType;
+    let dir = tempfile::tempdir().unwrap();
+    let run = tiny_run(dir.path(), "w");
+    let best = run.join("best.safetensors");
+    let good = armory::params::load_tensors(&best).unwrap();
+    let name = "net.2.conv1d.bias";
+    let csv = dir.path().join("d.csv");
+    let all = armory::data::digits::embedded().unwrap();
+    let row: Vec<String> = all.example(0).iter().map(|v| v.to_string()).collect();
+    std::fs::write(&csv, format!("{},{}\n", row.join(","), all.labels.as_ref().unwrap()[0])).unwrap();
+    let integer = good[name].to_dtype(DType::I64).unwrap();
+    let mut huge = good[name].to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap();
+    huge[2] = 1e300;
+    let huge = candle_core::Tensor::new(huge, &candle_core::Device::Cpu).unwrap();
+    for (tensor, says) in [
+        (integer, "holds i64 values; weights are floating point"),
+        (huge, "holds 1e300 at index 2, beyond the range of the model's f32"),
+    ] {
+        let mut t = good.clone();
+        t.insert(name.into(), tensor);
+        armory::params::save_tensors(&t, &best).unwrap();
+        let out = dir.path().join("x.arm");
+        for cmd in [
+            vec!["eval".as_ref(), "--run".as_ref(), run.as_os_str()],
+            vec![
+                "sample".as_ref(),
+                "--out".as_ref(),
+                dir.path().join("s.png").as_os_str(),
+                "--run".as_ref(),
+                run.as_os_str(),
+            ],
+            vec![
+                "compress".as_ref(),
+                "--run".as_ref(),
+                run.as_os_str(),
+                csv.as_os_str(),
+                "-o".as_ref(),
+                out.as_os_str(),
+            ],
+        ] {
+            armory()
+                .args(&cmd)
+                .assert()
+                .failure()
+                .stderr(contains("best.safetensors").and(contains(name)).and(contains(says)));
+        }
+        assert!(!out.exists() && !dir.path().join("s.png").exists());
+    }
+}
+
 /// Finite weights that overflow f32 arithmetic (every one ±1e38) give NaN logits: eval refuses the score and
 /// every sampler refuses to draw, instead of "NaN nats" with exit status 0 and a picture of garbage.
 #[test]
