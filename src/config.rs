@@ -121,6 +121,22 @@ pub fn check_fits(model: &ModelConfig, splits: &Splits, spec: &str) -> Result<()
                 ),
             ));
         }
+        // The same number of values in another shape would train on the wrong neighbours (a row of the
+        // model's picture made of two of the data's).
+        if let Some(shape) = model.image_shape().filter(|&s| s != ds.image_shape) {
+            let words = |(c, h, w): (usize, usize, usize)| {
+                format!("{h}×{w} pictures of {c} colour{}", if c == 1 { "" } else { "s" })
+            };
+            let (c, h, w) = ds.image_shape;
+            return Err(Error::data(
+                spec,
+                format!(
+                    "the {part} set holds {}, the model expects {}: set height = {h}, width = {w}, colors = {c}",
+                    words(ds.image_shape),
+                    words(shape)
+                ),
+            ));
+        }
         if let Some(n) = model.num_classes() {
             let labels = ds.labels.as_ref().ok_or_else(|| {
                 Error::data(
@@ -148,8 +164,11 @@ pub fn named_help() -> String {
     )
 }
 
+/// Training examples held out for validation by default, for data sets with their own test set.
+pub const DEFAULT_VALIDATION: usize = 5000;
+
 fn default_validation() -> usize {
-    5000
+    DEFAULT_VALIDATION
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -658,3 +658,51 @@ fn an_empty_dataset_and_an_infinite_temperature_are_refused() {
             .stderr(contains("--temperature must be a positive finite number"));
     }
 }
+
+/// A picture model must have the data's picture shape: the 8×8 digits trained as 4×16 pictures (the same
+/// 64 values) would put each row's neighbours in the wrong place. And a kernel too large is refused with
+/// the pictures' own size and the largest kernel allowed.
+#[test]
+fn a_picture_model_of_another_shape_and_an_oversized_kernel_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let gated =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/gated-pixelcnn.toml")).unwrap();
+    let train = |name: &str, text: String| {
+        let config = dir.path().join(name);
+        std::fs::write(&config, text).unwrap();
+        armory()
+            .args(["train", "--epochs", "1", "--runs-dir"])
+            .arg(dir.path())
+            .arg("--config")
+            .arg(&config)
+            .assert()
+            .failure()
+    };
+    assert!(gated.contains("height = 8\nwidth = 8") && gated.contains("first_kernel = 7"));
+    train(
+        "wide.toml",
+        gated.replace("height = 8\nwidth = 8", "height = 4\nwidth = 16"),
+    )
+    .stderr(contains(
+        "digits: the train set holds 8×8 pictures of 1 colour, the model expects 4×16 pictures of 1 colour: set \
+         height = 8, width = 8, colors = 1",
+    ));
+    train("kernel.toml", gated.replace("first_kernel = 7", "first_kernel = 99")).stderr(contains(
+        "model.first_kernel = 99 is too large for 8×8 pictures (at most 17)",
+    ));
+    assert!(!dir.path().join("wide").exists() && !dir.path().join("kernel").exists());
+}
+
+/// `--validation` sizes the validation set of data sets with their own test set; on the digits, split by
+/// position, it would be ignored (and still written into the run's config), so it is refused.
+#[test]
+fn a_validation_size_that_would_be_ignored_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    armory()
+        .args(["train", "--quiet", "--epochs", "1", "--validation", "100", "--runs-dir"])
+        .arg(dir.path())
+        .assert()
+        .failure()
+        .stderr(contains("data.validation (--validation) = 100, but `digits` is split").and(contains("mnist:DIR")));
+    assert!(!dir.path().join("seed-arm").exists(), "a run directory was made");
+}

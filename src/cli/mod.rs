@@ -78,6 +78,18 @@ fn run_command(command: Command) -> anyhow::Result<()> {
     }
 }
 
+/// A progress bar over `len` units of work too many to count on screen (a VAE's importance samples: examples
+/// × K), shown as a share done and the time left.
+fn samples_bar(len: u64, what: &str) -> indicatif::ProgressBar {
+    let pb = indicatif::ProgressBar::new(len);
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template(&format!("{what} {{bar:40}} {{percent}}% ({{eta}} left)"))
+    {
+        pb.set_style(style);
+    }
+    pb
+}
+
 /// `n` and the noun, plural unless `n` is 1: "1 epoch", "70 epochs", "1 thread".
 fn count(n: usize, noun: &str) -> String {
     match n {

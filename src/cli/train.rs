@@ -127,6 +127,15 @@ fn apply_overrides(cfg: &mut RunConfig, a: &RecipeFlags) -> anyhow::Result<()> {
     };
     cfg.model.network.family_mut().apply(&arch)?;
     cfg.validate()?;
+    let validation = cfg.data.validation;
+    if validation != armory::config::DEFAULT_VALIDATION && !armory::data::has_own_test_split(&cfg.data.dataset) {
+        bail!(
+            "data.validation (--validation) = {validation}, but `{}` is split into training, validation and test \
+             sets by position, so it would be ignored: it sizes the validation set only of data sets with their \
+             own test set (mnist:DIR, fashion-mnist:DIR, binarized-mnist:DIR, cifar10:DIR)",
+            cfg.data.dataset
+        );
+    }
     Ok(())
 }
 
@@ -361,8 +370,7 @@ fn finish_vae(
     summary: &train::Summary,
     quiet: bool,
 ) -> anyhow::Result<()> {
-    let pb = indicatif::ProgressBar::new(splits.test.len() as u64);
-    pb.set_prefix("test");
+    let pb = super::samples_bar((splits.test.len() * SUMMARY_SAMPLES) as u64, "test: importance samples");
     if quiet {
         pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }

@@ -161,6 +161,16 @@ fn unknown_prefix(spec: &str) -> Option<&str> {
     (word && !PREFIXES.contains(&kind) && !Path::new(spec).exists()).then_some(kind)
 }
 
+/// Whether the data set `spec` names comes with its own test set (MNIST's and CIFAR-10's files), so that the
+/// validation set is held out of its training set (`data.validation` examples). The others are split by
+/// position in fixed proportions ([`Splits::by_position`]).
+pub fn has_own_test_split(spec: &str) -> bool {
+    matches!(
+        spec.split_once(':').map(|(kind, _)| kind),
+        Some("mnist" | "fashion-mnist" | "binarized-mnist" | "cifar10")
+    )
+}
+
 fn open(spec: &str) -> Result<Source> {
     if spec == "digits" {
         return Ok(Source::One(digits::embedded()?));

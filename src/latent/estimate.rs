@@ -67,6 +67,18 @@ impl Vae {
     /// its noise ε `[B, L]` from stream j of the ChaCha8 generator of `seed`: the estimate is the same for
     /// any `chunk` (up to the rounding of the sums), and sample 0 is the one of [`Vae::elbo_terms`].
     pub fn iwae(&self, x: &Tensor, k: usize, seed: u64, chunk: usize) -> Result<Tensor> {
+        self.iwae_reporting(x, k, seed, chunk, &|_| {})
+    }
+
+    /// [`Vae::iwae`], telling `progress` the samples done so far after each pass.
+    pub fn iwae_reporting(
+        &self,
+        x: &Tensor,
+        k: usize,
+        seed: u64,
+        chunk: usize,
+        progress: &dyn Fn(usize),
+    ) -> Result<Tensor> {
         if k == 0 || chunk == 0 {
             return Err(Error::Config(format!(
                 "IWAE: samples (k = {k}) and chunk ({chunk}) must be at least 1"
@@ -87,6 +99,7 @@ impl Vae {
             for (row, &v) in log_w.iter().enumerate() {
                 acc.add(row % b, v);
             }
+            progress(start + c);
         }
         Ok(Tensor::from_vec(acc.log_mean(k), b, self.device())?)
     }

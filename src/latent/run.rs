@@ -89,7 +89,8 @@ impl Vae {
     }
 
     /// Minus the `k`-sample importance-weighted bound averaged over `data` (batch i from seed + i), `per_pass`
-    /// samples through the networks at a time; `progress` is told the examples done so far.
+    /// samples through the networks at a time; `progress` is told the importance samples done so far
+    /// (examples × `k` in all).
     pub fn iwae_over(
         &self,
         data: &Dataset,
@@ -100,9 +101,12 @@ impl Vae {
     ) -> Result<f64> {
         let (mut total, mut done) = (0.0, 0);
         self.for_each_batch(data, |i, x| {
-            let lp = self.iwae(x, k, seed.wrapping_add(i as u64), per_pass)?;
+            let b = x.dim(0)?;
+            let lp = self.iwae_reporting(x, k, seed.wrapping_add(i as u64), per_pass, &|samples| {
+                progress(done + b * samples)
+            })?;
             total -= lp.to_vec1::<f64>()?.iter().sum::<f64>();
-            done += x.dim(0)?;
+            done += b * k;
             progress(done);
             Ok(())
         })?;
@@ -125,7 +129,8 @@ impl Vae {
     }
 
     /// The figures of [`LatentEvaluation`] on `data`: the importance-weighted estimate with `k` samples
-    /// (`k` ≥ 1), seeded; `progress` is told the examples done so far.
+    /// (`k` ≥ 1), seeded; `progress` is told the importance samples done so far (examples × `k` in all),
+    /// after every pass through the decoder.
     pub fn evaluate(&self, data: &Dataset, k: usize, seed: u64, progress: &dyn Fn(usize)) -> Result<LatentEvaluation> {
         if k == 0 {
             return Err(Error::Config(

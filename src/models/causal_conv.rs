@@ -90,7 +90,13 @@ impl Family for Config {
             ));
         }
         for &d in &self.dilations {
-            super::check_kernel_size("causal_conv", self.kernel, d, length)?;
+            super::check_kernel_size(
+                "causal_conv",
+                self.kernel,
+                d,
+                length,
+                &format!("sequences of {length} positions"),
+            )?;
         }
         let types = self.layer_types();
         if types.len() != self.dilations.len() {

@@ -632,14 +632,32 @@ impl Serialize for ModelConfig {
 }
 
 /// Kernels wider than the data (`extent` positions) only ever read padding there, and absurd sizes would
-/// only exhaust memory: both are refused, as are dilations beyond 2^20.
-pub(crate) fn check_kernel_size(what: &str, kernel: usize, dilation: usize, extent: usize) -> Result<()> {
-    if kernel > extent + 1 || dilation > 1 << 20 {
+/// only exhaust memory: both are refused, as are dilations beyond 2^20. `data` names the data's size in the
+/// message ("sequences of 64 positions", "8×8 pictures"); `field` is the config's name for the kernel.
+pub(crate) fn check_kernel_size(field: &str, kernel: usize, dilation: usize, extent: usize, data: &str) -> Result<()> {
+    if dilation > 1 << 20 {
+        return Err(Error::Config(format!("model.dilations: {dilation} exceeds 2^20")));
+    }
+    if kernel > extent + 1 {
         return Err(Error::Config(format!(
-            "{what}: kernel {kernel} (dilation {dilation}) is too large for data {extent} positions wide"
+            "model.{field} = {kernel} is too large for {data} (at most {})",
+            extent + 1
         )));
     }
     Ok(())
+}
+
+/// [`check_kernel_size`] for a 2-D kernel over `m`'s pictures: it spans both sides of its centre, so up to
+/// twice the larger side (and at least 8) is allowed.
+pub(crate) fn check_kernel_size_2d(field: &str, kernel: usize, m: &ModelConfig) -> Result<()> {
+    let extent = (2 * m.height().max(m.width())).max(8);
+    check_kernel_size(
+        field,
+        kernel,
+        1,
+        extent,
+        &format!("{}×{} pictures", m.height(), m.width()),
+    )
 }
 
 /// For `skip_serializing_if`: settings left at their default stay out of a written config.

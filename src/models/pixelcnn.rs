@@ -78,9 +78,8 @@ impl Family for Config {
                 self.head_hidden
             ));
         }
-        let extent = (2 * m.height().max(m.width())).max(8); // a kernel spans both sides of its centre
-        super::check_kernel_size("pixelcnn", self.first_kernel, 1, extent)?;
-        super::check_kernel_size("pixelcnn", self.kernel, 1, extent)
+        super::check_kernel_size_2d("first_kernel", self.first_kernel, m)?;
+        super::check_kernel_size_2d("kernel", self.kernel, m)
     }
 
     fn param_estimate(&self, m: &ModelConfig, out: u128) -> u128 {

@@ -65,7 +65,13 @@ impl Family for Config {
             )));
         }
         for &d in &self.dilations {
-            super::check_kernel_size("wavenet", self.kernel, d, length)?;
+            super::check_kernel_size(
+                "wavenet",
+                self.kernel,
+                d,
+                length,
+                &format!("sequences of {length} positions"),
+            )?;
         }
         Ok(())
     }
