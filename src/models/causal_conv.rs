@@ -91,7 +91,7 @@ impl Family for Config {
         }
         for &d in &self.dilations {
             super::check_kernel_size(
-                "causal_conv",
+                "kernel",
                 self.kernel,
                 d,
                 length,

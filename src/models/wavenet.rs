@@ -66,7 +66,7 @@ impl Family for Config {
         }
         for &d in &self.dilations {
             super::check_kernel_size(
-                "wavenet",
+                "kernel",
                 self.kernel,
                 d,
                 length,
