@@ -98,7 +98,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 for i in order {
                     let s = &mut servers[i];
                     if s.serves(row, threads) {
+                        let before = Steal::now();
                         let out = s.ask(row, reps)?;
+                        if s.side == Side::Ours && row == "train_b64" {
+                            table.add_steal(s.threads, before, Steal::now());
+                        }
                         table.add_rows(s.side, s.threads, &out);
                     }
                 }
@@ -110,6 +114,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         table.print_seed(threads, peer.is_some());
     }
     if matches!(a.only, Only::All | Only::Epochs) {
+        let before = Steal::now();
         for round in 0..a.rounds.max(1) {
             for job in EPOCH_JOBS {
                 let ours = |table: &mut Table| -> anyhow::Result<()> {
@@ -129,6 +134,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             eprint!("\rtraining epochs: round {} of {} done", round + 1, a.rounds.max(1));
         }
         eprintln!();
+        table.steal_epochs.add(before, Steal::now());
         table.print_epochs(threads, peer.is_some());
     }
     if matches!(a.only, Only::All | Only::Images) {
@@ -587,6 +593,47 @@ struct Table {
     epochs: Vec<(Side, &'static str, Vec<f64>, u64)>,
     /// Predictive sampling's ARM calls.
     calls: Option<f64>,
+    /// The host's steal during our train-step blocks, by thread count, and during the training runs.
+    steal_train: Vec<(usize, Steal)>,
+    steal_epochs: Steal,
+}
+
+/// CPU time the hypervisor gave to others while this VM wanted it ("steal", from `/proc/stat`), against all
+/// the CPUs' time, summed over intervals: reported beside the figures it distorts. (Seen on a 2-vCPU VM: 20 %
+/// stolen slowed the two-thread train step by half, the one-thread step far less. A host that puts both
+/// vCPUs on one core's two hyperthreads steals nothing and still halves the second core.)
+#[derive(Default, Clone, Copy)]
+struct Steal {
+    steal: u64,
+    all: u64,
+}
+
+impl Steal {
+    /// (steal, all) clock ticks so far over every CPU; None where there is no `/proc/stat` (not Linux).
+    fn now() -> Option<(u64, u64)> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let fields = stat.lines().next()?.strip_prefix("cpu ")?;
+        // user nice system idle iowait irq softirq steal (guest time is counted within user)
+        let v: Vec<u64> = fields
+            .split_whitespace()
+            .take(8)
+            .map(|x| x.parse().ok())
+            .collect::<Option<_>>()?;
+        (v.len() == 8).then(|| (v[7], v.iter().sum()))
+    }
+
+    /// Adds the interval between two readings of [`Steal::now`].
+    fn add(&mut self, before: Option<(u64, u64)>, after: Option<(u64, u64)>) {
+        if let (Some((s0, a0)), Some((s1, a1))) = (before, after) {
+            self.steal += s1.saturating_sub(s0);
+            self.all += a1.saturating_sub(a0);
+        }
+    }
+
+    /// The share stolen, in per cent, if anything was measured.
+    fn percent(&self) -> Option<f64> {
+        (self.all > 0).then(|| 100.0 * self.steal as f64 / self.all as f64)
+    }
 }
 
 fn parse_rows(out: &str) -> anyhow::Result<Vec<(String, Vec<f64>)>> {
@@ -652,6 +699,17 @@ impl Table {
         }
     }
 
+    fn add_steal(&mut self, threads: usize, before: Option<(u64, u64)>, after: Option<(u64, u64)>) {
+        match self.steal_train.iter_mut().find(|(t, _)| *t == threads) {
+            Some((_, st)) => st.add(before, after),
+            None => {
+                let mut st = Steal::default();
+                st.add(before, after);
+                self.steal_train.push((threads, st));
+            }
+        }
+    }
+
     fn add_epochs(&mut self, side: Side, job: &'static str, ms: Vec<f64>, rss: u64) {
         // The first epoch warms up allocators and caches on both sides: left out when there are more.
         let ms = if ms.len() > 1 { ms[1..].to_vec() } else { ms };
@@ -711,6 +769,16 @@ impl Table {
                 show(speedup(Side::Peer))
             );
         }
+        let steal = |t: usize| {
+            let st = self.steal_train.iter().find(|(n, _)| *n == t)?.1;
+            st.percent()
+        };
+        if let (true, Some(many), Some(one)) = (threads > 1, steal(threads), steal(1)) {
+            println!(
+                "(steal time, /proc/stat: the host took {many:.1} % of this machine's CPU time during our \
+                 {threads}-thread train-step blocks, {one:.1} % during the 1-thread ones)"
+            );
+        }
         if let Some(calls) = self.calls {
             println!("(predictive sampling took {calls:.0} ARM calls for 64 positions, random weights)");
         }
@@ -751,6 +819,11 @@ impl Table {
             let b = get(Side::Peer, job.name).map(|e| e.3 as f64);
             let mb = |v: Option<f64>| v.map_or("—".into(), |v| format!("{:.0} MB", v / 1e6));
             println!("{:<48} {:>10} {:>10} {:>8}", job.name, mb(a), mb(b), ratio(a, b));
+        }
+        if let Some(p) = self.steal_epochs.percent() {
+            println!(
+                "(steal time, /proc/stat: the host took {p:.1} % of this machine's CPU time during the training runs)"
+            );
         }
         if !with_peer {
             println!("(armory alone: no PyTorch peer)");
@@ -877,4 +950,26 @@ fn images(reps: usize) -> anyhow::Result<()> {
     }
     println!("(same samples from both: checked)");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Steal;
+
+    /// Steal adds up over intervals, both readings needed; its share is of all the CPUs' time.
+    #[test]
+    fn steal_adds_up_over_intervals() {
+        let mut s = Steal::default();
+        assert_eq!(s.percent(), None);
+        s.add(Some((10, 1_000)), Some((30, 1_080)));
+        s.add(None, Some((99, 9_999)));
+        s.add(Some((30, 1_080)), Some((35, 1_100)));
+        assert_eq!((s.steal, s.all), (25, 100));
+        assert_eq!(s.percent(), Some(25.0));
+        #[cfg(target_os = "linux")]
+        {
+            let (steal, all) = Steal::now().expect("/proc/stat's cpu line");
+            assert!(all > 0 && steal <= all);
+        }
+    }
 }
