@@ -17,6 +17,24 @@ fn tiny_run(dir: &Path, name: &str) -> PathBuf {
     dir.join(name)
 }
 
+/// The text of `configs/NAME.toml`.
+fn shipped_config(name: &str) -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("configs/{name}.toml"))).unwrap()
+}
+
+/// `train --epochs 1` with `text` written to `dir/name` as its config, runs in `dir`: expected to fail.
+fn train_fails_with_config(dir: &Path, name: &str, text: &str) -> assert_cmd::assert::Assert {
+    let config = dir.join(name);
+    std::fs::write(&config, text).unwrap();
+    armory()
+        .args(["train", "--epochs", "1", "--runs-dir"])
+        .arg(dir)
+        .arg("--config")
+        .arg(&config)
+        .assert()
+        .failure()
+}
+
 fn stderr_of(a: &assert_cmd::assert::Assert) -> String {
     String::from_utf8_lossy(&a.get_output().stderr).into_owned()
 }
@@ -634,18 +652,14 @@ fn a_checkpoint_is_read_as_far_as_its_header_promises() {
 #[test]
 fn an_empty_dataset_and_an_infinite_temperature_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("empty-data.toml");
-    let seed = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/seed-arm.toml")).unwrap();
+    let seed = shipped_config("seed-arm");
     assert!(seed.contains("dataset = \"digits\""));
-    std::fs::write(&config, seed.replace("dataset = \"digits\"", "dataset = \"\"")).unwrap();
-    armory()
-        .args(["train", "--epochs", "1", "--runs-dir"])
-        .arg(dir.path())
-        .arg("--config")
-        .arg(&config)
-        .assert()
-        .failure()
-        .stderr(contains("the dataset is empty"));
+    train_fails_with_config(
+        dir.path(),
+        "empty-data.toml",
+        &seed.replace("dataset = \"digits\"", "dataset = \"\""),
+    )
+    .stderr(contains("the dataset is empty"));
     let run = tiny_run(dir.path(), "t");
     for t in ["inf", "NaN"] {
         armory()
@@ -665,19 +679,8 @@ fn an_empty_dataset_and_an_infinite_temperature_are_refused() {
 #[test]
 fn a_picture_model_of_another_shape_and_an_oversized_kernel_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let gated =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/gated-pixelcnn.toml")).unwrap();
-    let train = |name: &str, text: String| {
-        let config = dir.path().join(name);
-        std::fs::write(&config, text).unwrap();
-        armory()
-            .args(["train", "--epochs", "1", "--runs-dir"])
-            .arg(dir.path())
-            .arg("--config")
-            .arg(&config)
-            .assert()
-            .failure()
-    };
+    let gated = shipped_config("gated-pixelcnn");
+    let train = |name: &str, text: String| train_fails_with_config(dir.path(), name, &text);
     assert!(gated.contains("height = 8\nwidth = 8") && gated.contains("first_kernel = 7"));
     train(
         "wide.toml",

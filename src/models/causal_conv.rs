@@ -89,15 +89,7 @@ impl Family for Config {
                 self.dilations
             ));
         }
-        for &d in &self.dilations {
-            super::check_kernel_size(
-                "kernel",
-                self.kernel,
-                d,
-                length,
-                &format!("sequences of {length} positions"),
-            )?;
-        }
+        super::check_kernel_size_1d(self.kernel, &self.dilations, length)?;
         let types = self.layer_types();
         if types.len() != self.dilations.len() {
             return bad(format!(

@@ -647,6 +647,14 @@ pub(crate) fn check_kernel_size(field: &str, kernel: usize, dilation: usize, ext
     Ok(())
 }
 
+/// [`check_kernel_size`] for a 1-D kernel at each of `dilations`, over sequences of `length`.
+pub(crate) fn check_kernel_size_1d(kernel: usize, dilations: &[usize], length: usize) -> Result<()> {
+    let data = format!("sequences of {length} positions");
+    dilations
+        .iter()
+        .try_for_each(|&d| check_kernel_size("kernel", kernel, d, length, &data))
+}
+
 /// [`check_kernel_size`] for a 2-D kernel over `m`'s pictures: it spans both sides of its centre, so up to
 /// twice the larger side (and at least 8) is allowed.
 pub(crate) fn check_kernel_size_2d(field: &str, kernel: usize, m: &ModelConfig) -> Result<()> {

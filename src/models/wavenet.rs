@@ -64,15 +64,7 @@ impl Family for Config {
                 self.dilations
             )));
         }
-        for &d in &self.dilations {
-            super::check_kernel_size(
-                "kernel",
-                self.kernel,
-                d,
-                length,
-                &format!("sequences of {length} positions"),
-            )?;
-        }
+        super::check_kernel_size_1d(self.kernel, &self.dilations, length)?;
         Ok(())
     }
 
