@@ -28,8 +28,11 @@ pub fn from_file(path: &Path) -> Result<Dataset> {
 /// Parses rows of 64 values in 0..16 and a label in 0..9; `path` names the source in errors.
 pub fn parse(bytes: &[u8], path: &Path) -> Result<Dataset> {
     let raw = if bytes.starts_with(&[0x1f, 0x8b]) {
-        // Inflated up to a limit: a small file that inflates to gigabytes is refused, not inflated.
+        // Inflated up to a limit: a small file that inflates to gigabytes is refused, not inflated. Into a
+        // buffer of the size the gzip's trailer gives (a hint), not one doubled as it fills.
         let mut raw = Vec::new();
+        let _ =
+            raw.try_reserve_exact(super::idx::gzip_size_hint(bytes).min(limits::MAX_TEXT_BYTES as u64 + 1) as usize);
         flate2::read::MultiGzDecoder::new(bytes)
             .take(limits::MAX_TEXT_BYTES as u64 + 1)
             .read_to_end(&mut raw)

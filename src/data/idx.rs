@@ -62,7 +62,16 @@ fn size_hint(path: &Path, gzipped: bool) -> Option<u64> {
     let mut trailer = [0u8; 4];
     f.seek(SeekFrom::Start(len.checked_sub(4)?)).ok()?;
     f.read_exact(&mut trailer).ok()?;
-    Some(u64::from(u32::from_le_bytes(trailer)))
+    Some(gzip_size_hint(&trailer))
+}
+
+/// The inflated size a gzip's last 4 bytes give (its last member's size mod 2^32: a hint, not a promise);
+/// 0 for fewer than 4 bytes.
+pub(crate) fn gzip_size_hint(gz: &[u8]) -> u64 {
+    match gz.len().checked_sub(4) {
+        Some(at) => u64::from(u32::from_le_bytes([gz[at], gz[at + 1], gz[at + 2], gz[at + 3]])),
+        None => 0,
+    }
 }
 
 /// The first `n` bytes of a file's contents (inflated if gzipped), or all of them if there are fewer: enough
@@ -291,6 +300,10 @@ pub(crate) mod tests {
         assert!(std::fs::metadata(&gz).unwrap().len() < 1_000);
         assert_eq!(size_hint(&gz, true), Some(100_000));
         assert_eq!(size_hint(&short, true), None);
+        assert_eq!(
+            (gzip_size_hint(&gzip(&data)), gzip_size_hint(&[0x1f, 0x8b, 0])),
+            (100_000, 0)
+        );
         for path in [&plain, &gz] {
             let (bytes, _) = read_at_most(path, 200_000).unwrap();
             assert_eq!(bytes, data);
