@@ -599,9 +599,9 @@ struct Table {
 }
 
 /// CPU time the hypervisor gave to others while this VM wanted it ("steal", from `/proc/stat`), against all
-/// the CPUs' time, summed over intervals: reported beside the figures it distorts. (Seen on a 2-vCPU VM: 20 %
-/// stolen slowed the two-thread train step by half, the one-thread step far less. A host that puts both
-/// vCPUs on one core's two hyperthreads steals nothing and still halves the second core.)
+/// the CPUs' time, summed over intervals: reported beside the figures it distorts. (Seen on a 2-vCPU VM: in
+/// a phase of 20 % steal the two-thread train step took 167 ms against 108. Not everything the host does
+/// shows here: two vCPUs put on one core's two hyperthreads would lose the second core without any steal.)
 #[derive(Default, Clone, Copy)]
 struct Steal {
     steal: u64,
