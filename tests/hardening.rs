@@ -701,11 +701,17 @@ fn a_picture_model_of_another_shape_and_an_oversized_kernel_are_refused() {
 #[test]
 fn a_validation_size_that_would_be_ignored_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    armory()
-        .args(["train", "--quiet", "--epochs", "1", "--validation", "100", "--runs-dir"])
-        .arg(dir.path())
-        .assert()
-        .failure()
-        .stderr(contains("data.validation (--validation) = 100, but `digits` is split").and(contains("mnist:DIR")));
+    // The default size too, when asked for by the flag.
+    for n in ["100", "5000"] {
+        armory()
+            .args(["train", "--quiet", "--epochs", "1", "--validation", n, "--runs-dir"])
+            .arg(dir.path())
+            .assert()
+            .failure()
+            .stderr(
+                contains(format!("data.validation (--validation) = {n}, but `digits` is split"))
+                    .and(contains("mnist:DIR")),
+            );
+    }
     assert!(!dir.path().join("seed-arm").exists(), "a run directory was made");
 }

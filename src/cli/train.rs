@@ -128,7 +128,8 @@ fn apply_overrides(cfg: &mut RunConfig, a: &RecipeFlags) -> anyhow::Result<()> {
     cfg.model.network.family_mut().apply(&arch)?;
     cfg.validate()?;
     let validation = cfg.data.validation;
-    if validation != armory::config::DEFAULT_VALIDATION && !armory::data::has_own_test_split(&cfg.data.dataset) {
+    let asked = a.validation.is_some() || validation != armory::config::DEFAULT_VALIDATION;
+    if asked && !armory::data::has_own_test_split(&cfg.data.dataset) {
         bail!(
             "data.validation (--validation) = {validation}, but `{}` is split into training, validation and test \
              sets by position, so it would be ignored: it sizes the validation set only of data sets with their \
