@@ -53,8 +53,12 @@ pub fn read_file(path: &std::path::Path, limit: u128, what: &str) -> Result<Vec<
     use std::io::Read;
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let named = || format!("{}: {what}", path.display());
-    check(named(), file.metadata().map_err(|e| Error::io(path, e))?.len(), limit)?;
+    let size = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    check(named(), size, limit)?;
+    // Room for the whole file up front (a device says 0): a buffer doubled as it fills would leave the freed
+    // halves with the allocator, which keeps them.
     let mut bytes = Vec::new();
+    let _ = bytes.try_reserve_exact(usize::try_from(size).unwrap_or(0));
     file.take(u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1))
         .read_to_end(&mut bytes)
         .map_err(|e| Error::io(path, e))?;

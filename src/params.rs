@@ -146,27 +146,27 @@ impl ParamStore {
                     ),
                 });
             }
-            check_finite(t, name, path)?;
-            let t = t.to_dtype(var.dtype())?;
-            // Finite in the file's f64 but not in the model's f32 (beyond ±3.4e38).
-            match check_finite(&t, name, path) {
-                Err(Error::NonFiniteWeight { index, .. }) => {
-                    let value = tensors[name]
-                        .flatten_all()?
-                        .get(index)?
-                        .to_dtype(DType::F64)?
-                        .to_scalar::<f64>()?;
-                    return Err(Error::Checkpoint {
+            // Checked in the model's dtype: NaN or ±inf in the file, or a value beyond it (1e300 for f32).
+            let as_model = t.to_dtype(var.dtype())?;
+            if let Some(index) = first_non_finite(&as_model)? {
+                let value = t.flatten_all()?.get(index)?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                return Err(match value.is_finite() {
+                    true => Error::Checkpoint {
                         path: path.into(),
                         msg: format!(
                             "tensor `{name}` holds {value:e} at index {index}, beyond the range of the model's {}",
                             var.dtype().as_str()
                         ),
-                    });
-                }
-                other => other?,
+                    },
+                    false => Error::NonFiniteWeight {
+                        path: path.into(),
+                        tensor: name.to_string(),
+                        index,
+                        value,
+                    },
+                });
             }
-            converted.push((var, t));
+            converted.push((var, as_model));
         }
         for (var, t) in converted {
             var.set(&t.to_device(var.device())?)?;
@@ -205,19 +205,11 @@ pub(crate) fn checkpoint_tensor<'a>(
     Ok(t)
 }
 
-/// A weight that is NaN or infinite would make every evaluation NaN and every sample garbage: refused, naming
-/// the tensor and the first bad value.
-fn check_finite(t: &Tensor, name: &str, path: &Path) -> Result<()> {
+/// The index of `t`'s first NaN or infinite value, if any. A weight like that would make every evaluation
+/// NaN and every sample garbage.
+fn first_non_finite(t: &Tensor) -> Result<Option<usize>> {
     let values = t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
-    match values.iter().position(|v| !v.is_finite()) {
-        None => Ok(()),
-        Some(index) => Err(Error::NonFiniteWeight {
-            path: path.into(),
-            tensor: name.to_string(),
-            index,
-            value: values[index],
-        }),
-    }
+    Ok(values.iter().position(|v| !v.is_finite()))
 }
 
 /// A safetensors file's bytes, read as far as its header promises and no further: the header's length (8
