@@ -367,8 +367,9 @@ fn integer_and_out_of_range_weights_are_refused_at_load() {
     }
 }
 
-/// Finite weights that overflow f32 arithmetic (every one ±1e38) give NaN logits: eval refuses the score and
-/// every sampler refuses to draw, instead of "NaN nats" with exit status 0 and a picture of garbage.
+/// Finite weights that overflow f32 arithmetic (every one ±1e38) give NaN logits: eval refuses the score,
+/// every sampler refuses to draw and compress refuses to code, instead of "NaN nats" with exit status 0, a
+/// picture of garbage, or a compressed file larger than the data.
 #[test]
 fn weights_that_overflow_are_refused_when_used() {
     let dir = tempfile::tempdir().unwrap();
@@ -398,6 +399,21 @@ fn weights_that_overflow_are_refused_when_used() {
             .stderr(contains("the network's output at position 0 is not finite"));
         assert!(!out.exists(), "{method}: a picture was written");
     }
+    let csv = dir.path().join("d.csv");
+    let all = armory::data::digits::embedded().unwrap();
+    let row: Vec<String> = all.example(0).iter().map(|v| v.to_string()).collect();
+    std::fs::write(&csv, format!("{},{}\n", row.join(","), all.labels.as_ref().unwrap()[0])).unwrap();
+    let coded = dir.path().join("d.arm");
+    armory()
+        .args(["compress", "--run"])
+        .arg(&run)
+        .arg(&csv)
+        .arg("-o")
+        .arg(&coded)
+        .assert()
+        .failure()
+        .stderr(contains("the network's output at position 0 is not finite"));
+    assert!(!coded.exists(), "a compressed file was written");
 }
 
 /// Sizes that flags and configs decide are checked against a limit before anything is allocated: an error

@@ -299,6 +299,10 @@ fn encode_chunk(
             let prev: Option<Vec<u32>> = (d > 0).then(|| g.clone().map(|i| values[i * dim + d - 1] as u32).collect());
             let theta = st.step(prev.as_deref())?;
             for (i, th) in g.clone().zip(&theta) {
+                // Weights that overflow f32 arithmetic give NaN θ: coding with them would still round-trip
+                // (as uniform frequencies), into a file larger than the data, so it is refused as eval
+                // and sample refuse them.
+                let th = crate::sample::finite_theta(th, d)?;
                 let m = model(&probability::frequencies(arm.likelihood(), th))?;
                 enc.encode_symbol(values[i * dim + d] as usize, &m)
                     .map_err(|e| internal(format!("{e:?}")))?;
