@@ -1,3 +1,5 @@
+//! `armory encode`: a VAE's posterior means E[z | x] of a data split, written as npy or CSV.
+
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};

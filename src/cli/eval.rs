@@ -1,3 +1,6 @@
+//! `armory eval`: a trained model's −log p(x) on a split, in nats per example and bits per dimension (for a
+//! VAE the −ELBO, its KL, and the importance-weighted estimate with K and the seed).
+
 use anyhow::Context;
 use armory::data::Split;
 use armory::train::evaluate;

@@ -1,3 +1,5 @@
+//! `armory info`: a model's parameters, receptive field and full config, from a config or a run.
+
 use std::path::PathBuf;
 
 use armory::config::RunConfig;

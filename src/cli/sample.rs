@@ -1,3 +1,6 @@
+//! `armory sample`: draws from a trained model (naive, cached or predictive; a VAE: z from the prior, x by the
+//! decoder), written as a PNG grid and the raw values.
+
 use std::path::PathBuf;
 
 use anyhow::Context;

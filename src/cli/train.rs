@@ -1,3 +1,6 @@
+//! `armory train`: the flags mapped onto a run config in one place, the run directory, the training loop with
+//! its progress bar and Ctrl-C, and the figures of the finished run.
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
