@@ -16,7 +16,7 @@ pub fn temp_path(path: &Path) -> PathBuf {
 }
 
 /// Writes `bytes` to `tmp`, flushed to the device; errors name `path`, the file the user asked for.
-fn write_synced(tmp: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_synced(tmp: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
     let mut f = std::fs::File::create(tmp).map_err(|e| Error::io(path, e))?;
     f.write_all(bytes)
         .and_then(|_| f.sync_all())

@@ -524,6 +524,86 @@ fn a_failed_write_names_the_output_not_its_temporary_file() {
     assert!(!dir.path().join("missing").exists());
 }
 
+/// An existing output is replaced, with force, only by its own kind: a regular file by a file, a folder of
+/// PNGs by PNGs. A pipe, a device, a dangling link, a file where PNGs go and a folder where a file goes are
+/// refused before anything is written (a rename would replace a device such as /dev/full), and no
+/// temporary file or folder is left behind.
+#[test]
+fn only_a_file_or_a_folder_of_pngs_is_replaced() {
+    use std::os::unix::fs::FileTypeExt;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = |format| Data {
+        values: vec![7; 2 * 4],
+        labels: None,
+        dim: 4,
+        format,
+    };
+    let png = Format::PngFolder {
+        names: vec!["a.png".into(), "b.png".into()],
+        colors: 1,
+        height: 2,
+        width: 2,
+    };
+    let fifo = d.join("fifo");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let dangling = d.join("dangling");
+    std::os::unix::fs::symlink(d.join("nowhere"), &dangling).unwrap();
+    let file = d.join("file");
+    std::fs::write(&file, b"keep").unwrap();
+    let folder = d.join("folder");
+    std::fs::create_dir(&folder).unwrap();
+    std::fs::write(folder.join("notes.txt"), b"keep").unwrap();
+    let pngs = d.join("pngs");
+    std::fs::create_dir(&pngs).unwrap();
+    std::fs::write(pngs.join("old.png"), b"old").unwrap();
+    let listing = || {
+        let mut v: Vec<_> = std::fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name()).collect();
+        v.sort();
+        v
+    };
+    let before = listing();
+    for (format, out, says) in [
+        (Format::Raw, &fifo, "not a regular file"),
+        (Format::Raw, &folder, "not a regular file"),
+        (png.clone(), &fifo, "not a folder of PNGs"),
+        (png.clone(), &file, "not a folder of PNGs"),
+        (png.clone(), &folder, "other files than PNGs"),
+    ] {
+        let e = formats::write(&data(format), out, true).unwrap_err().to_string();
+        assert!(e.contains(says), "{}: {e}", out.display());
+        assert_eq!(
+            listing(),
+            before,
+            "{}: a temporary was left, or something replaced",
+            out.display()
+        );
+    }
+    assert!(std::fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo());
+    assert_eq!(std::fs::read(&file).unwrap(), b"keep");
+    // A dangling link exists: not replaced without force.
+    let e = formats::write(&data(Format::Raw), &dangling, false)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("already exists"), "{e}");
+    assert!(std::fs::symlink_metadata(&dangling).unwrap().file_type().is_symlink());
+    // Their own kinds are replaced with force.
+    formats::write(&data(Format::Raw), &file, true).unwrap();
+    assert_eq!(std::fs::read(&file).unwrap(), vec![7; 8]);
+    formats::write(&data(png), &pngs, true).unwrap();
+    let mut names: Vec<_> = std::fs::read_dir(&pngs)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["a.png", "b.png"]);
+    assert_eq!(listing(), before);
+}
+
 /// A tiny model trained into `d/t`, and the embedded digits `examples` written as an IDX images file `name`
 /// in `d` (8 × 8, the values alone): the run, the file and its bytes.
 fn run_and_idx(

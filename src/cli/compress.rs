@@ -102,8 +102,9 @@ pub fn compress(a: CompressArgs) -> anyhow::Result<()> {
 
 pub fn decompress(a: DecompressArgs) -> anyhow::Result<()> {
     anyhow::ensure!(a.batch > 0, "--batch must be at least 1");
-    // A folder of PNGs may be replaced (formats::write checks what it holds), so only the inputs here.
-    if a.out.exists() && !a.force {
+    // Before any work: an existing output (a dangling link too) needs --force; what may replace it (a file,
+    // a folder of PNGs, never a device) formats::write checks once the format is known.
+    if (a.out.exists() || a.out.is_symlink()) && !a.force {
         bail!("{}: already exists (add --force to replace it)", a.out.display());
     }
     check_not_input(&a.out, &a.input, &a.model)?;

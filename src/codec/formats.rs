@@ -226,12 +226,13 @@ fn csv_text(data: &Data) -> Vec<u8> {
 }
 
 /// Writes `data` back as its format to `out` (a file, or a folder for PNGs), through a temporary file or
-/// folder renamed into place. An existing `out` is replaced only with `force` (a folder only if it holds
-/// nothing but PNGs).
+/// folder renamed into place. An existing `out` is replaced only with `force`, and even then only by its own
+/// kind: a regular file by a file, a folder holding nothing but PNGs by a folder — never a device, a pipe or
+/// another folder (checked before anything is written). Every file is flushed to the device before the rename;
+/// on any failure the temporary file or folder is removed and `out` is untouched.
 pub fn write(data: &Data, out: &Path, force: bool) -> Result<()> {
-    if out.exists() && !force {
-        return Err(Error::data(out, "already exists (add --force to replace it)"));
-    }
+    let pngs = matches!(data.format, Format::PngFolder { .. });
+    check_replaceable(out, pngs, force)?;
     let tmp = temp_path(out);
     let written = match &data.format {
         Format::PngFolder {
@@ -250,28 +251,54 @@ pub fn write(data: &Data, out: &Path, force: bool) -> Result<()> {
                 }
                 Format::PngFolder { .. } => unreachable!(),
             };
-            // The error names the file asked for, not the temporary file.
-            std::fs::write(&tmp, bytes).map_err(|e| Error::io(out, e))
+            crate::output::write_synced(&tmp, out, &bytes)
         }
     };
-    if let Err(e) = written {
-        let _ = std::fs::remove_dir_all(&tmp).or_else(|_| std::fs::remove_file(&tmp));
-        return Err(e);
+    let replaced = written.and_then(|()| {
+        if pngs && out.is_dir() {
+            std::fs::remove_dir_all(out).map_err(|e| Error::io(out, e))?;
+        }
+        std::fs::rename(&tmp, out).map_err(|e| Error::io(out, e))
+    });
+    if replaced.is_err() {
+        let _ = if pngs {
+            std::fs::remove_dir_all(&tmp)
+        } else {
+            std::fs::remove_file(&tmp)
+        };
     }
-    if out.is_dir() {
+    replaced
+}
+
+/// Whether `out` may be written: absent, or with `force` a regular file (for a file) or a folder holding
+/// nothing but PNGs (for PNGs). A dangling symbolic link counts as existing.
+fn check_replaceable(out: &Path, pngs: bool, force: bool) -> Result<()> {
+    if !(out.exists() || out.is_symlink()) {
+        return Ok(());
+    }
+    if !force {
+        return Err(Error::data(out, "already exists (add --force to replace it)"));
+    }
+    if pngs && out.is_dir() {
         let only_pngs = std::fs::read_dir(out)
             .map_err(|e| Error::io(out, e))?
             .all(|e| e.is_ok_and(|e| e.path().extension().is_some_and(|x| x.eq_ignore_ascii_case("png"))));
         if !only_pngs {
-            let _ = std::fs::remove_dir_all(&tmp);
             return Err(Error::data(
                 out,
                 "is a folder holding other files than PNGs; not replaced",
             ));
         }
-        std::fs::remove_dir_all(out).map_err(|e| Error::io(out, e))?;
+        return Ok(());
     }
-    std::fs::rename(&tmp, out).map_err(|e| Error::io(out, e))
+    if !pngs && out.is_file() {
+        return Ok(());
+    }
+    let kind = if pngs { "a folder of PNGs" } else { "a regular file" };
+    Err(Error::data(
+        out,
+        format!("exists and is not {kind}; not replaced, even with --force"),
+    ))
 }
 
 /// A kept IDX or `.npy` header must announce the data decoded with it: a forged or damaged container whose
@@ -329,12 +356,22 @@ fn write_pngs(
         if name.contains(['/', '\\']) || name == "." || name == ".." {
             return Err(corrupt(format!("PNG name `{name}` is not a plain file name")));
         }
-        image::save_buffer_with_format(dir.join(name), ex, width, height, ct, ImageFormat::Png).map_err(|e| {
-            Error::Plot {
-                path: out.join(name),
-                msg: e.to_string(),
-            }
+        // Encoded in memory, then written and flushed as every other output: a full device is an error here,
+        // not an empty PNG (the encoder's own file writer loses the error of its last flush).
+        let mut png = Vec::new();
+        image::write_buffer_with_format(
+            &mut std::io::Cursor::new(&mut png),
+            ex,
+            width,
+            height,
+            ct,
+            ImageFormat::Png,
+        )
+        .map_err(|e| Error::Plot {
+            path: out.join(name),
+            msg: e.to_string(),
         })?;
+        crate::output::write_synced(&dir.join(name), &out.join(name), &png)?;
     }
     Ok(())
 }
