@@ -50,20 +50,56 @@ pub const MAX_CHECKPOINT_BYTES: u128 = MAX_PARAMS * 8 * 4 + (1 << 20);
 /// checked first where the file system knows it, and reading stops one byte past the limit, so a device
 /// (`/dev/zero`), a pipe or a file still growing is refused instead of filling the memory.
 pub fn read_file(path: &std::path::Path, limit: u128, what: &str) -> Result<Vec<u8>> {
-    use std::io::Read;
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let named = || format!("{}: {what}", path.display());
     let size = file.metadata().map_err(|e| Error::io(path, e))?.len();
     check(named(), size, limit)?;
-    // Room for the whole file up front (a device says 0): a buffer doubled as it fills would leave the freed
-    // halves with the allocator, which keeps them.
-    let mut bytes = Vec::new();
-    let _ = bytes.try_reserve_exact(usize::try_from(size).unwrap_or(0));
-    file.take(u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1))
-        .read_to_end(&mut bytes)
-        .map_err(|e| Error::io(path, e))?;
+    let max = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
+    let bytes = read_sized(file, size, max).map_err(|e| Error::io(path, e))?;
     check(named(), wide(bytes.len()), limit)?;
-    Ok(bytes)
+    Ok(bytes.into_vec())
+}
+
+/// Reads at most `max` bytes from `from`, whose size is `hint` as far as is known (0: not known). Room for
+/// the whole is made up front where it is known: a buffer doubled as it fills would leave the freed halves
+/// with the allocator, which keeps them. Where it is not (a device, a pipe), the bytes come in pieces of
+/// 16 MiB, joined only when asked ([`Pieces::into_vec`]): a caller checks the length first, so an endless
+/// input read to its limit costs that limit, not buffers doubled to twice it.
+pub(crate) fn read_sized(from: impl std::io::Read, hint: u64, max: u64) -> std::io::Result<Pieces> {
+    use std::io::Read;
+    let mut from = from.take(max);
+    if hint > 0 {
+        let mut bytes = Vec::new();
+        let _ = bytes.try_reserve_exact(usize::try_from(hint.min(max)).unwrap_or(0));
+        from.read_to_end(&mut bytes)?;
+        return Ok(Pieces(vec![bytes]));
+    }
+    const PIECE: u64 = 16 << 20;
+    let mut pieces = vec![];
+    loop {
+        let mut piece = Vec::with_capacity(PIECE as usize);
+        (&mut from).take(PIECE).read_to_end(&mut piece)?;
+        if piece.is_empty() {
+            return Ok(Pieces(pieces));
+        }
+        pieces.push(piece);
+    }
+}
+
+/// Bytes read in one or more pieces ([`read_sized`]).
+pub(crate) struct Pieces(Vec<Vec<u8>>);
+
+impl Pieces {
+    pub(crate) fn len(&self) -> usize {
+        self.0.iter().map(Vec::len).sum()
+    }
+    /// The bytes in one buffer (the pieces joined, where there are several).
+    pub(crate) fn into_vec(mut self) -> Vec<u8> {
+        match self.0.len() {
+            0 | 1 => self.0.pop().unwrap_or_default(),
+            _ => self.0.concat(),
+        }
+    }
 }
 
 /// `value` must not exceed `limit`; `what` names the setting, flag or file field.
@@ -108,5 +144,22 @@ mod tests {
         }
         let e = read_file(&dir.path().join("none"), 9, "bytes").unwrap_err().to_string();
         assert!(e.contains("none"), "{e}");
+    }
+
+    /// An input of unknown size (an endless reader here) is read in pieces up to the cap, and its length is
+    /// known before they are joined; a known size is read into one buffer of that size.
+    #[test]
+    fn unknown_sizes_are_read_in_pieces_known_ones_at_once() {
+        let max = (40 << 20) + 5;
+        let r = read_sized(std::io::repeat(7), 0, max).unwrap();
+        assert_eq!((r.0.len(), r.len()), (3, max as usize));
+        let v = r.into_vec();
+        assert_eq!(v.len(), max as usize);
+        assert!(v.iter().all(|&b| b == 7));
+        let r = read_sized(&[1u8, 2, 3][..], 3, 10).unwrap();
+        assert_eq!(r.0.len(), 1);
+        assert_eq!(r.0[0].capacity(), 3);
+        assert_eq!(r.into_vec(), [1, 2, 3]);
+        assert!(read_sized(&[][..], 0, 10).unwrap().into_vec().is_empty());
     }
 }

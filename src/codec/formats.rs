@@ -133,6 +133,7 @@ pub fn read(path: &Path) -> Result<(Data, Option<String>)> {
     limit(u128::from(size))?;
     let (bytes, gzipped) = idx::read_at_most(path, limits::MAX_DATA_BYTES as u64 + 1)?;
     limit(limits::wide(bytes.len()))?;
+    let bytes = bytes.into_vec();
     let mut note = gzipped.then(|| "the input is gzipped; decompression gives the inflated file".to_string());
     let data = if bytes.starts_with(&idx::IMAGES_MAGIC.to_be_bytes()) {
         let (dims, values) = idx::parse(&bytes, idx::IMAGES_MAGIC, path)?;

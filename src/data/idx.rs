@@ -37,17 +37,13 @@ fn open_contents(path: &Path) -> Result<(Box<dyn Read>, bool)> {
     })
 }
 
-/// Reads at most `max` bytes of a file's contents (inflated if gzipped), and whether it was gzipped.
-pub(crate) fn read_at_most(path: &Path, max: u64) -> Result<(Vec<u8>, bool)> {
+/// Reads at most `max` bytes of a file's contents (inflated if gzipped), and whether it was gzipped; the
+/// length can be checked before the bytes are joined into one buffer ([`crate::limits::Pieces`]).
+pub(crate) fn read_at_most(path: &Path, max: u64) -> Result<(crate::limits::Pieces, bool)> {
     let (contents, gzipped) = open_contents(path)?;
-    let mut out = Vec::new();
-    // Room for all of it up front, as far as the file tells (its size, or a gzip's trailer: the last member's
-    // size mod 2^32, a hint only): grown by doubling instead, a 2 GiB input passes through buffers of 1 and
-    // then 4 GiB, and the allocator keeps what was freed for the kernels' next call.
-    let _ = out.try_reserve_exact(size_hint(path, gzipped).unwrap_or(0).min(max) as usize);
-    contents
-        .take(max)
-        .read_to_end(&mut out)
+    // As far as the file tells its size (its length, or a gzip's trailer: the last member's size mod 2^32, a
+    // hint only), room for all of it up front; a device or a pipe in pieces (limits::read_sized).
+    let out = crate::limits::read_sized(contents, size_hint(path, gzipped).unwrap_or(0), max)
         .map_err(|e| Error::data(path, format!("corrupt or truncated gzip data: {e}")))?;
     Ok((out, gzipped))
 }
@@ -77,7 +73,7 @@ pub(crate) fn gzip_size_hint(gz: &[u8]) -> u64 {
 /// The first `n` bytes of a file's contents (inflated if gzipped), or all of them if there are fewer: enough
 /// to read a header without inflating the rest.
 pub fn read_prefix(path: &Path, n: usize) -> Result<Vec<u8>> {
-    read_at_most(path, n as u64).map(|(bytes, _)| bytes)
+    read_at_most(path, n as u64).map(|(bytes, _)| bytes.into_vec())
 }
 
 /// A file's contents, which its header promised to be `expected` bytes (`claim` says who promised): checked
@@ -96,7 +92,7 @@ pub fn read_promised(path: &Path, expected: usize, claim: &str) -> Result<Vec<u8
             format!("{claim} {expected} bytes, the file holds more (trailing bytes)"),
         ));
     }
-    Ok(bytes)
+    Ok(bytes.into_vec())
 }
 
 /// The dimensions an IDX header with the given magic number announces, the header's length and the data's
@@ -305,14 +301,14 @@ pub(crate) mod tests {
             (100_000, 0)
         );
         for path in [&plain, &gz] {
-            let (bytes, _) = read_at_most(path, 200_000).unwrap();
+            let bytes = read_at_most(path, 200_000).unwrap().0.into_vec();
             assert_eq!(bytes, data);
             assert_eq!(
                 bytes.capacity(),
                 data.len(),
                 "reserved the contents, not the limit, and never grown"
             );
-            assert_eq!(read_at_most(path, 10).unwrap().0, &data[..10]);
+            assert_eq!(read_at_most(path, 10).unwrap().0.into_vec(), &data[..10]);
         }
     }
 

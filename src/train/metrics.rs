@@ -101,11 +101,12 @@ impl EpochRow {
 
 /// Reads `metrics.csv` back (for the learning curve and for resuming).
 pub fn read_csv(path: &Path) -> Result<Vec<EpochRow>> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
-        Err(e) => return Err(Error::io(path, e)),
-    };
+    if !(path.exists() || path.is_symlink()) {
+        return Ok(vec![]);
+    }
+    // Read to a limit, as every run file is: a damaged run's metrics.csv may be anything (a link to /dev/zero).
+    let bytes = crate::limits::read_file(path, crate::limits::MAX_TEXT_BYTES, "bytes of text")?;
+    let text = String::from_utf8(bytes).map_err(|_| Error::data(path, "not a metrics file (not UTF-8 text)"))?;
     let mut rows = vec![];
     for (i, line) in text.lines().enumerate().skip(1).filter(|(_, l)| !l.is_empty()) {
         let f: Vec<f64> = line
