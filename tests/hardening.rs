@@ -731,3 +731,72 @@ fn a_validation_size_that_would_be_ignored_is_refused() {
     }
     assert!(!dir.path().join("seed-arm").exists(), "a run directory was made");
 }
+
+/// `train` writes into an existing folder without --force only if it holds no files (a lone `lock` aside): a
+/// run that lost its config, or the user's own folder, is refused and left as it was; with --force it is
+/// written into.
+#[test]
+fn train_does_not_write_into_a_folder_holding_files_without_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mine = d.join("mine");
+    std::fs::create_dir(&mine).unwrap();
+    std::fs::write(mine.join("metrics.csv"), b"my notes").unwrap();
+    common::armory()
+        .arg("train")
+        .args(common::TINY)
+        .args(["1", "--name", "mine", "--runs-dir"])
+        .arg(d)
+        .assert()
+        .failure()
+        .stderr(contains("holds files (metrics.csv) but no run (no config.toml)"));
+    let left: Vec<_> = std::fs::read_dir(&mine)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, ["metrics.csv"], "the folder was written into");
+    assert_eq!(std::fs::read(mine.join("metrics.csv")).unwrap(), b"my notes");
+    std::fs::write(d.join("afile"), b"x").unwrap();
+    common::armory()
+        .arg("train")
+        .args(common::TINY)
+        .args(["1", "--name", "afile", "--runs-dir"])
+        .arg(d)
+        .assert()
+        .failure()
+        .stderr(contains("exists and is not a folder"));
+    // An empty folder, or one holding only a lock, is a place for a new run; with --force, any folder is.
+    std::fs::create_dir(d.join("empty")).unwrap();
+    std::fs::write(d.join("empty").join("lock"), b"").unwrap();
+    common::tiny_train(d, "empty");
+    common::armory()
+        .arg("train")
+        .args(common::TINY)
+        .args(["1", "--force", "--name", "mine", "--runs-dir"])
+        .arg(d)
+        .assert()
+        .success();
+    assert!(mine.join("config.toml").is_file());
+}
+
+/// A flag that does not apply is refused, not ignored: `--config` belongs to `--weights` (a run has its own),
+/// `--checkpoint` to `--run`.
+#[test]
+fn flags_that_do_not_apply_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = tiny_run(dir.path(), "f");
+    for cmd in ["eval", "sample", "encode"] {
+        common::armory()
+            .args([cmd, "--config", "none.toml", "--run"])
+            .arg(&run)
+            .assert()
+            .failure()
+            .stderr(contains("cannot be used with").and(contains("--config <CONFIG>")));
+    }
+    common::armory()
+        .args(["eval", "--checkpoint", "last", "--weights"])
+        .arg(run.join("best.safetensors"))
+        .assert()
+        .failure()
+        .stderr(contains("cannot be used with").and(contains("--checkpoint <CHECKPOINT>")));
+}

@@ -15,13 +15,13 @@ pub struct ModelSource {
     #[arg(long, conflicts_with = "weights")]
     pub run: Option<PathBuf>,
     /// Which weights of the run: best or last.
-    #[arg(long, default_value = "best", value_parser = ["best", "last"])]
+    #[arg(long, default_value = "best", value_parser = ["best", "last"], conflicts_with = "weights")]
     pub checkpoint: String,
     /// A safetensors file of weights, e.g. a PyTorch state_dict with names `net.0.conv1d.weight`, ….
     #[arg(long)]
     pub weights: Option<PathBuf>,
     /// The config for --weights (default: the seed ARM's).
-    #[arg(long, requires = "weights")]
+    #[arg(long, requires = "weights", conflicts_with = "run")]
     pub config: Option<PathBuf>,
 }
 

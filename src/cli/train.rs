@@ -161,7 +161,33 @@ enum RunTarget {
 
 /// Refuses to start a new run where a run is, unless `--force`, saying what to run instead.
 fn refuse_existing(dir: &std::path::Path, force: bool) -> anyhow::Result<()> {
-    if force || !dir.join("config.toml").exists() {
+    if force {
+        return Ok(());
+    }
+    if !dir.join("config.toml").exists() {
+        // No run here; but a folder holding anything else (a run that lost its config, the user's own files)
+        // is not written into without --force. A lone `lock` is what a start that died at once leaves.
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            if dir.exists() {
+                bail!(
+                    "{} exists and is not a folder: choose --name or --runs-dir",
+                    dir.display()
+                );
+            }
+            return Ok(());
+        };
+        let held: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|name| name != "lock")
+            .collect();
+        if let Some(first) = held.iter().min() {
+            bail!(
+                "{} holds files ({first}{}) but no run (no config.toml): choose --name, or write into it with --force",
+                dir.display(),
+                if held.len() > 1 { ", …" } else { "" }
+            );
+        }
         return Ok(());
     }
     if dir.join("resume.safetensors").is_file() {
@@ -237,6 +263,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             });
             train::check_run_name(&name)?;
             let dir = a.runs_dir.join(name);
+            refuse_existing(&dir, a.force)?; // before the lock, which would leave its file in a folder refused
             let lock = match dir.is_dir() {
                 true => Some(RunDir { path: dir.clone() }.lock()?),
                 false => None,
