@@ -330,8 +330,17 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
 
     let interrupt = Arc::new(AtomicBool::new(false));
-    let flag = interrupt.clone();
+    // Set once training is over: a Ctrl-C during the test evaluation and pictures then quits at once (the run's
+    // checkpoints and metrics are written by then), instead of promising a state it would not save.
+    let finishing = Arc::new(AtomicBool::new(false));
+    let (flag, done) = (interrupt.clone(), finishing.clone());
     let _ = ctrlc::set_handler(move || {
+        if done.load(Ordering::SeqCst) {
+            eprintln!(
+                "\ninterrupted after training: the run's checkpoints are saved; its test figures and pictures are not"
+            );
+            std::process::exit(130);
+        }
         if flag.swap(true, Ordering::SeqCst) {
             std::process::exit(130); // a second Ctrl-C: stop now
         }
@@ -350,8 +359,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             summary.epochs + 1,
             run.path.display()
         );
-        return Ok(());
+        // Not finished: a shell's status for Ctrl-C, so that `armory train … && armory eval …` stops here.
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        std::process::exit(130);
     }
+    finishing.store(true, Ordering::SeqCst);
     let rows = train::metrics::read_csv(&run.file("metrics.csv"))?;
     let arm = match &model {
         Model::Arm(arm) => arm,
