@@ -229,7 +229,8 @@ fn label_classes(arm: &Arm, labels: Option<&[u8]>, n: usize) -> Result<usize> {
             None => Ok(c),
         },
         (Some(c), None) => Err(Error::Config(format!(
-            "this model is class-conditional: the data need a label in 0..{c} per example"
+            "this model is class-conditional: the data need a label in 0..{} per example",
+            c.saturating_sub(1)
         ))),
         (None, Some(l)) => Ok(l.iter().map(|&v| v as usize + 1).max().unwrap_or(1)),
         (None, None) => Ok(0),

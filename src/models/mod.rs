@@ -227,7 +227,8 @@ pub(crate) fn check_labels(num_classes: Option<usize>, labels: Option<&Tensor>, 
             "this model is not class-conditional: it takes no labels".into(),
         )),
         (Some(n), None) => Err(Error::Config(format!(
-            "this model is class-conditional: give a label in 0..{n} per example"
+            "this model is class-conditional: give a label in 0..{} per example",
+            n.saturating_sub(1)
         ))),
         (Some(n), Some(l)) => {
             let v = l.to_vec1::<u32>()?;
