@@ -229,7 +229,7 @@ fn restart_from_scratch(run: &RunDir) -> anyhow::Result<()> {
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     // The run's lock is taken as soon as its directory exists and held until the process ends: one writer.
-    let (cfg, run, lock, resume) = match &a.resume {
+    let (mut cfg, run, lock, resume) = match &a.resume {
         Some(dir) => {
             let flags = given(&a.recipe);
             if !flags.is_empty() {
@@ -276,6 +276,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     // The data is loaded and checked before a new run directory is made or an old one overwritten.
     let splits = cfg.data.load()?;
     armory::config::check_fits(&cfg.model, &splits, &cfg.data.dataset)?;
+    if !resume {
+        // The run's config names its data by an absolute path: eval, sample and --resume find the same files
+        // from any directory (a relative path was read against the directory they ran in).
+        cfg.data.dataset = armory::data::absolute_spec(&cfg.data.dataset);
+    }
     let (run, _lock) = match run {
         RunTarget::Existing(run) => {
             if !resume {

@@ -89,3 +89,18 @@ fn digits_and_bad_specs_still_behave() {
     let e = load("weird:thing.csv").unwrap_err().to_string();
     assert!(e.contains("weird:thing.csv"), "{e}");
 }
+
+/// A run's data spec is written with an absolute path (against the current directory): the same files from
+/// anywhere later. The embedded set, a misspelt source and an empty path stay as given.
+#[test]
+fn specs_are_made_absolute_for_a_runs_config() {
+    let cwd = std::env::current_dir().unwrap();
+    let at = |p: &str| cwd.join(p).to_str().unwrap().to_owned();
+    assert_eq!(super::absolute_spec("digits"), "digits");
+    assert_eq!(super::absolute_spec("rows.csv"), at("rows.csv"));
+    assert_eq!(super::absolute_spec("/data/rows.csv"), "/data/rows.csv");
+    assert_eq!(super::absolute_spec("png:pics"), format!("png:{}", at("pics")));
+    assert_eq!(super::absolute_spec("mnist:/data/mnist"), "mnist:/data/mnist");
+    assert_eq!(super::absolute_spec("mnst:pics"), "mnst:pics");
+    assert_eq!(super::absolute_spec("npy:"), "npy:");
+}

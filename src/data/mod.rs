@@ -161,6 +161,26 @@ fn unknown_prefix(spec: &str) -> Option<&str> {
     (word && !PREFIXES.contains(&kind) && !Path::new(spec).exists()).then_some(kind)
 }
 
+/// `spec` with its path made absolute (against the current directory), so that a run's config names the
+/// same data wherever it is used from later; the embedded `digits` and a path that cannot be made absolute
+/// or written as text are left as they are.
+pub fn absolute_spec(spec: &str) -> String {
+    let absolute = |p: &str| {
+        std::path::absolute(p)
+            .ok()
+            .and_then(|a| a.to_str().map(str::to_owned))
+            .unwrap_or_else(|| p.to_owned())
+    };
+    if spec == "digits" || spec.trim().is_empty() || unknown_prefix(spec).is_some() {
+        return spec.to_owned();
+    }
+    match spec.split_once(':').filter(|(k, _)| PREFIXES.contains(k)) {
+        Some((_, "")) => spec.to_owned(),
+        Some((kind, path)) => format!("{kind}:{}", absolute(path)),
+        None => absolute(spec),
+    }
+}
+
 /// Whether the data set `spec` names comes with its own test set (MNIST's and CIFAR-10's files), so that the
 /// validation set is held out of its training set (`data.validation` examples). The others are split by
 /// position in fixed proportions ([`Splits::by_position`]).
