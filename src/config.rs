@@ -279,9 +279,29 @@ impl RunConfig {
     }
 
     /// The config as TOML; [`Self::validate`] has checked that it can be written.
+    /// What the weights of a run fit: FNV-1a 64 of `[model]` and `[latent]` in canonical form (keys sorted).
+    pub fn model_fingerprint(&self) -> u64 {
+        fingerprint(&serde_json::json!({ "model": self.model, "latent": self.latent }))
+    }
+
+    /// What resuming a run exactly needs: the same of the whole config, the data's path aside (data moved
+    /// and named anew in the config are the same data).
+    pub fn recipe_fingerprint(&self) -> u64 {
+        let mut cfg = self.clone();
+        cfg.data.dataset.clear();
+        fingerprint(&serde_json::json!(cfg))
+    }
+
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("a config serialises")
     }
+}
+
+/// FNV-1a 64 of `v` in canonical JSON (every object's keys sorted).
+fn fingerprint(v: &serde_json::Value) -> u64 {
+    let mut h = crate::codec::container::Fnv64::default();
+    h.write(crate::codec::container::canonical(v.clone()).to_string().as_bytes());
+    h.finish()
 }
 
 #[cfg(test)]

@@ -532,15 +532,25 @@ fn a_vae_trains_evaluates_samples_and_encodes_from_the_command_line() {
         .assert()
         .failure()
         .stderr(contains("this run is a VAE"));
-    // A checkpoint that does not fit the config (other latents) is refused, naming the file.
+    // A config edited after training (other latents) is refused, naming it: its first line stamps what the
+    // weights were trained with.
     let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
-    std::fs::write(
-        run.join("config.toml"),
-        config
-            .replace("latents = 16", "latents = 8")
-            .replace("context = 16", "context = 8"),
-    )
-    .unwrap();
+    let edited = config
+        .replace("latents = 16", "latents = 8")
+        .replace("context = 16", "context = 8");
+    std::fs::write(run.join("config.toml"), &edited).unwrap();
+    armory()
+        .args(["eval", "--run"])
+        .arg(&run)
+        .assert()
+        .failure()
+        .stderr(contains(
+            "config.toml: its [model] or [latent] was changed after training",
+        ));
+    // Without the stamp (a run of an older version), the checkpoint that does not fit is refused, naming it.
+    let unstamped: String = edited.lines().skip(1).map(|l| format!("{l}\n")).collect();
+    assert!(config.starts_with("# armory: trained with model ") && !unstamped.starts_with("# armory"));
+    std::fs::write(run.join("config.toml"), unstamped).unwrap();
     armory()
         .args(["eval", "--run"])
         .arg(&run)

@@ -800,3 +800,48 @@ fn flags_that_do_not_apply_are_refused() {
         .failure()
         .stderr(contains("cannot be used with").and(contains("--checkpoint <CHECKPOINT>")));
 }
+
+/// A run's config edited after training: a `[model]` that still fits the weights' shapes (other dilations)
+/// is refused by eval and sample instead of giving other figures, a `[train]` by --resume (it continues a run
+/// exactly); a comment added changes nothing (what the config says is compared, not its text).
+#[test]
+fn a_config_edited_after_training_is_refused_where_it_would_mislead() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = tiny_run(dir.path(), "e");
+    let path = run.join("config.toml");
+    let original = std::fs::read_to_string(&path).unwrap();
+    let at = original.find("dilations = [").expect("a dilations line");
+    let end = at + original[at..].find(']').unwrap() + 1;
+    let n = original[at..end].matches(',').count() + 1;
+    let twos = vec!["2"; n].join(", ");
+    std::fs::write(
+        &path,
+        format!("{}dilations = [{twos}]{}", &original[..at], &original[end..]),
+    )
+    .unwrap();
+    armory().args(["eval", "--run"]).arg(&run).assert().failure().stderr(
+        contains("config.toml: its [model] or [latent] was changed after training").and(contains("restore it")),
+    );
+    armory()
+        .args(["sample", "--out"])
+        .arg(dir.path().join("s.png"))
+        .arg("--run")
+        .arg(&run)
+        .assert()
+        .failure()
+        .stderr(contains("was changed after training"));
+    std::fs::write(&path, original.replace("lr = 0.001", "lr = 0.002")).unwrap();
+    assert_ne!(std::fs::read_to_string(&path).unwrap(), original, "no lr line to edit");
+    armory()
+        .args(["train", "--quiet", "--resume"])
+        .arg(&run)
+        .assert()
+        .failure()
+        .stderr(contains("its [train] or [data] was changed after training"));
+    std::fs::write(
+        &path,
+        original.replace("dataset = \"digits\"", "dataset = \"digits\" # moved"),
+    )
+    .unwrap();
+    armory().args(["eval", "--run"]).arg(&run).assert().success();
+}

@@ -241,6 +241,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             let run = RunDir::open(dir)?;
             let lock = run.lock()?;
             let cfg = run.read_config()?;
+            run.check_resumable(&cfg)?;
             run.remove_temp_files()?;
             let resume = run.file("resume.safetensors").is_file();
             if !resume {

@@ -244,7 +244,7 @@ pub fn fingerprint(arm: &Arm) -> Result<u64> {
 }
 
 /// `v` with the keys of every object in sorted order.
-fn canonical(v: serde_json::Value) -> serde_json::Value {
+pub(crate) fn canonical(v: serde_json::Value) -> serde_json::Value {
     use serde_json::Value;
     match v {
         Value::Object(map) => {
