@@ -264,12 +264,24 @@ pub fn load_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
 
 /// Writes tensors to a safetensors file atomically: a crash mid-write leaves the old file intact.
 pub fn save_tensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
-    let tmp = path.with_extension("safetensors.tmp");
-    candle_core::safetensors::save(tensors, &tmp).map_err(|e| Error::Checkpoint {
-        path: tmp.clone(),
+    save_with_metadata(tensors, None, path)
+}
+
+/// `tensors` (and `metadata`) as safetensors to `path`: serialised in memory, then written through a
+/// temporary file, flushed and renamed ([`crate::output::write_atomic`]): a full disk is an error naming
+/// `path`, and the file gets the mode of every other output (the library's own file writer made it 0600).
+pub fn save_with_metadata(
+    tensors: &HashMap<String, Tensor>,
+    metadata: Option<HashMap<String, String>>,
+    path: &Path,
+) -> Result<()> {
+    let mut named: Vec<(&str, &Tensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    named.sort_by_key(|(k, _)| *k);
+    let bytes = safetensors::serialize(named, metadata).map_err(|e| Error::Checkpoint {
+        path: path.to_path_buf(),
         msg: e.to_string(),
     })?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    crate::output::write_atomic(path, &bytes)
 }
 
 impl SimpleBackend for ParamStore {

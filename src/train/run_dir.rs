@@ -189,16 +189,8 @@ impl RunDir {
 
     /// Writes `tensors` with a JSON `state` as metadata to `resume.safetensors`, atomically.
     pub fn save_resume(&self, tensors: &HashMap<String, Tensor>, state: &str) -> Result<()> {
-        let path = self.file("resume.safetensors");
-        let tmp = path.with_extension("safetensors.tmp");
         let meta = HashMap::from([(STATE_KEY.to_string(), state.to_string())]);
-        safetensors::serialize_to_file(tensors.iter().map(|(k, v)| (k.as_str(), v)), Some(meta), &tmp).map_err(
-            |e| Error::Checkpoint {
-                path: tmp.clone(),
-                msg: e.to_string(),
-            },
-        )?;
-        std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))
+        crate::params::save_with_metadata(tensors, Some(meta), &self.file("resume.safetensors"))
     }
 
     /// Reads `resume.safetensors`: its tensors and the JSON state.
