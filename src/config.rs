@@ -209,8 +209,16 @@ impl RunConfig {
     /// Parses TOML text; `path` names the source in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Self> {
         let text = text.strip_prefix('\u{feff}').unwrap_or(text); // a byte-order mark some editors write
-        let mut cfg: RunConfig =
-            toml::from_str(text).map_err(|e| Error::Config(format!("{}: {}", path.display(), e.message())))?;
+        let mut cfg: RunConfig = toml::from_str(text).map_err(|e| {
+            // Where in the file, as an editor counts: line and column from 1.
+            let at = e.span().map_or(String::new(), |span| {
+                let before = &text[..span.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+                format!(" (line {line}, column {column})")
+            });
+            Error::Config(format!("{}{at}: {}", path.display(), e.message()))
+        })?;
         // A VAE's decoder is conditioned on its latents: the config need not say so twice.
         if let (Some(latent), 0) = (&cfg.latent, cfg.model.context) {
             cfg.model.context = latent.latents;
@@ -307,6 +315,15 @@ fn fingerprint(v: &serde_json::Value) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A TOML syntax error says where: line and column, from 1.
+    #[test]
+    fn a_syntax_error_names_its_line_and_column() {
+        let e = RunConfig::parse("[data]\ndataset = \"digits\" x\n", Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("c.toml (line 2, column 20):"), "{e}");
+    }
 
     #[test]
     fn the_seed_config_is_the_seed_network() {

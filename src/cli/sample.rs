@@ -78,6 +78,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 a.n,
                 a.out.display()
             );
+            report_raw(&a);
             return Ok(());
         }
     };
@@ -120,10 +121,15 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         secs,
         a.out.display()
     );
+    report_raw(&a);
+    Ok(())
+}
+
+/// Says where the raw values went, if `--raw` asked for them.
+fn report_raw(a: &Args) {
     if let Some(path) = &a.raw {
         println!("raw values → {}", path.display());
     }
-    Ok(())
 }
 
 /// Writes the samples `x` of `arm` (a VAE's decoder) as the PNG grid of `--out` and the values of `--raw`.
