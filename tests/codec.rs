@@ -499,18 +499,7 @@ fn a_failed_write_names_the_output_not_its_temporary_file() {
     let dir = tempfile::tempdir().unwrap();
     let parent = dir.path().join("afile");
     std::fs::write(&parent, b"not a folder").unwrap();
-    let data = |format| Data {
-        values: vec![7; 2 * 4],
-        labels: None,
-        dim: 4,
-        format,
-    };
-    let png = Format::PngFolder {
-        names: vec!["a.png".into(), "b.png".into()],
-        colors: 1,
-        height: 2,
-        width: 2,
-    };
+    let (data, png) = (two_examples, two_pngs());
     for (format, name) in [(Format::Raw, "out.bin"), (png.clone(), "pngs")] {
         let out = parent.join(name);
         let e = formats::write(&data(format), &out, false).unwrap_err().to_string();
@@ -533,18 +522,7 @@ fn only_a_file_or_a_folder_of_pngs_is_replaced() {
     use std::os::unix::fs::FileTypeExt;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let data = |format| Data {
-        values: vec![7; 2 * 4],
-        labels: None,
-        dim: 4,
-        format,
-    };
-    let png = Format::PngFolder {
-        names: vec!["a.png".into(), "b.png".into()],
-        colors: 1,
-        height: 2,
-        width: 2,
-    };
+    let (data, png) = (two_examples, two_pngs());
     let fifo = d.join("fifo");
     assert!(std::process::Command::new("mkfifo")
         .arg(&fifo)
@@ -602,6 +580,26 @@ fn only_a_file_or_a_folder_of_pngs_is_replaced() {
     names.sort();
     assert_eq!(names, ["a.png", "b.png"]);
     assert_eq!(listing(), before);
+}
+
+/// Two examples of 4 values (all 7) in `format`.
+fn two_examples(format: Format) -> Data {
+    Data {
+        values: vec![7; 2 * 4],
+        labels: None,
+        dim: 4,
+        format,
+    }
+}
+
+/// The PNG folder format of two 2×2 gray pictures, `a.png` and `b.png`.
+fn two_pngs() -> Format {
+    Format::PngFolder {
+        names: vec!["a.png".into(), "b.png".into()],
+        colors: 1,
+        height: 2,
+        width: 2,
+    }
 }
 
 /// A tiny model trained into `d/t`, and the embedded digits `examples` written as an IDX images file `name`

@@ -17,6 +17,15 @@ fn tiny_run(dir: &Path, name: &str) -> PathBuf {
     dir.join(name)
 }
 
+/// The first embedded digit as a digits CSV of one row (values, then its label), `dir/d.csv`.
+fn one_digit_csv(dir: &Path) -> PathBuf {
+    let csv = dir.join("d.csv");
+    let all = armory::data::digits::embedded().unwrap();
+    let row: Vec<String> = all.example(0).iter().map(|v| v.to_string()).collect();
+    std::fs::write(&csv, format!("{},{}\n", row.join(","), all.labels.as_ref().unwrap()[0])).unwrap();
+    csv
+}
+
 /// The text of `configs/NAME.toml`.
 fn shipped_config(name: &str) -> String {
     std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("configs/{name}.toml"))).unwrap()
@@ -323,10 +332,7 @@ fn integer_and_out_of_range_weights_are_refused_at_load() {
     let best = run.join("best.safetensors");
     let good = armory::params::load_tensors(&best).unwrap();
     let name = "net.2.conv1d.bias";
-    let csv = dir.path().join("d.csv");
-    let all = armory::data::digits::embedded().unwrap();
-    let row: Vec<String> = all.example(0).iter().map(|v| v.to_string()).collect();
-    std::fs::write(&csv, format!("{},{}\n", row.join(","), all.labels.as_ref().unwrap()[0])).unwrap();
+    let csv = one_digit_csv(dir.path());
     let integer = good[name].to_dtype(DType::I64).unwrap();
     let mut huge = good[name].to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap();
     huge[2] = 1e300;
@@ -399,10 +405,7 @@ fn weights_that_overflow_are_refused_when_used() {
             .stderr(contains("the network's output at position 0 is not finite"));
         assert!(!out.exists(), "{method}: a picture was written");
     }
-    let csv = dir.path().join("d.csv");
-    let all = armory::data::digits::embedded().unwrap();
-    let row: Vec<String> = all.example(0).iter().map(|v| v.to_string()).collect();
-    std::fs::write(&csv, format!("{},{}\n", row.join(","), all.labels.as_ref().unwrap()[0])).unwrap();
+    let csv = one_digit_csv(dir.path());
     let coded = dir.path().join("d.arm");
     armory()
         .args(["compress", "--run"])
