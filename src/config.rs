@@ -286,7 +286,6 @@ impl RunConfig {
         )
     }
 
-    /// The config as TOML; [`Self::validate`] has checked that it can be written.
     /// What the weights of a run fit: FNV-1a 64 of `[model]` and `[latent]` in canonical form (keys sorted).
     pub fn model_fingerprint(&self) -> u64 {
         fingerprint(&serde_json::json!({ "model": self.model, "latent": self.latent }))
@@ -300,9 +299,88 @@ impl RunConfig {
         fingerprint(&serde_json::json!(cfg))
     }
 
+    /// The comment line a run's `config.toml` starts with: the fingerprints of what the weights fit and of
+    /// the recipe. Versioned: a fingerprint hashes this version's form of the config, so a later version
+    /// that writes the config differently stamps with another version and ignores stamps it does not know.
+    pub fn stamp_line(&self) -> String {
+        format!(
+            "{STAMP}{:016x}, recipe {:016x} (a [model] or [latent] edited later no longer fits the weights; \
+             a [train] edited later no longer resumes exactly)\n",
+            self.model_fingerprint(),
+            self.recipe_fingerprint()
+        )
+    }
+
+    /// A run's config file, refused if it carries a stamp ([`Self::stamp_line`]) and its `[model]` or
+    /// `[latent]` is not what the stamp says (edited after training: the weights may still load where the
+    /// shapes allow, and give wrong figures). A config without a stamp (another version's, or a plain one)
+    /// is taken as it is.
+    pub fn from_stamped_file(path: &Path) -> Result<Self> {
+        let cfg = Self::from_file(path)?;
+        if let Some((model, _)) = read_stamp(path)? {
+            if model != cfg.model_fingerprint() {
+                return Err(edited(
+                    path,
+                    "[model] or [latent]",
+                    "its weights were trained with another",
+                ));
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// For `--resume`: the recipe stamped in the run's config file at `path`, if any, must be this config's.
+    pub fn check_recipe_stamp(&self, path: &Path) -> Result<()> {
+        match read_stamp(path)? {
+            Some((_, recipe)) if recipe != self.recipe_fingerprint() => Err(edited(
+                path,
+                "[train] or [data]",
+                "the run was started with another, and --resume continues a run exactly",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The config as TOML; [`Self::validate`] has checked that it can be written.
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("a config serialises")
     }
+}
+
+/// The start of a run config's stamp line ([`RunConfig::stamp_line`]).
+const STAMP: &str = "# armory v1: trained with model ";
+
+/// The (model, recipe) fingerprints of the stamp among the comment lines a config file starts with (a
+/// byte-order mark skipped); `None` without one. A line that starts as a stamp but does not read is an error:
+/// a damaged stamp must not pass for none.
+fn read_stamp(path: &Path) -> Result<Option<(u64, u64)>> {
+    let bytes = crate::limits::read_file(path, crate::limits::MAX_CONFIG_BYTES, "bytes of a config")?;
+    let text = String::from_utf8_lossy(&bytes);
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    let leading = text
+        .lines()
+        .map(str::trim)
+        .take_while(|l| l.is_empty() || l.starts_with('#'));
+    let Some(rest) = leading.filter_map(|l| l.strip_prefix(STAMP)).next() else {
+        return Ok(None);
+    };
+    let hex = |s: &str| s.get(..16).and_then(|h| u64::from_str_radix(h, 16).ok());
+    let recipe = rest.split_once(", recipe ").and_then(|(_, r)| hex(r));
+    match hex(rest).zip(recipe) {
+        Some(both) => Ok(Some(both)),
+        None => Err(Error::Config(format!(
+            "{}: its first lines hold a damaged stamp (`{STAMP}…`); restore it from a copy, or delete the line to \
+             load the config unchecked",
+            path.display()
+        ))),
+    }
+}
+
+fn edited(path: &Path, what: &str, why: &str) -> Error {
+    Error::Config(format!(
+        "{}: its {what} was changed after training ({why}); restore it, or train a new run",
+        path.display()
+    ))
 }
 
 /// FNV-1a 64 of `v` in canonical JSON (every object's keys sorted).

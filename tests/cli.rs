@@ -549,7 +549,7 @@ fn a_vae_trains_evaluates_samples_and_encodes_from_the_command_line() {
         ));
     // Without the stamp (a run of an older version), the checkpoint that does not fit is refused, naming it.
     let unstamped: String = edited.lines().skip(1).map(|l| format!("{l}\n")).collect();
-    assert!(config.starts_with("# armory: trained with model ") && !unstamped.starts_with("# armory"));
+    assert!(config.starts_with("# armory v1: trained with model ") && !unstamped.starts_with("# armory"));
     std::fs::write(run.join("config.toml"), unstamped).unwrap();
     armory()
         .args(["eval", "--run"])

@@ -817,14 +817,41 @@ fn a_config_edited_after_training_is_refused_where_it_would_mislead() {
     let end = at + original[at..].find(']').unwrap() + 1;
     let n = original[at..end].matches(',').count() + 1;
     let twos = vec!["2"; n].join(", ");
+    let edited = format!("{}dilations = [{twos}]{}", &original[..at], &original[end..]);
+    // A comment written above the stamp, or a byte-order mark before it, does not hide it.
+    for text in [
+        edited.clone(),
+        format!("# tried other dilations\n{edited}"),
+        format!("\u{feff}{edited}"),
+    ] {
+        std::fs::write(&path, text).unwrap();
+        armory().args(["eval", "--run"]).arg(&run).assert().failure().stderr(
+            contains("config.toml: its [model] or [latent] was changed after training").and(contains("restore it")),
+        );
+    }
+    // Nor does giving the run's config as --config beside its weights; info, which loads no weights, shows it.
+    armory()
+        .args(["eval", "--weights"])
+        .arg(run.join("best.safetensors"))
+        .arg("--config")
+        .arg(&path)
+        .assert()
+        .failure()
+        .stderr(contains("was changed after training"));
+    armory().args(["info", "--run"]).arg(&run).assert().success();
+    // A damaged stamp does not pass for none.
     std::fs::write(
         &path,
-        format!("{}dilations = [{twos}]{}", &original[..at], &original[end..]),
+        edited.replacen("trained with model ", "trained with model zz", 1),
     )
     .unwrap();
-    armory().args(["eval", "--run"]).arg(&run).assert().failure().stderr(
-        contains("config.toml: its [model] or [latent] was changed after training").and(contains("restore it")),
-    );
+    armory()
+        .args(["eval", "--run"])
+        .arg(&run)
+        .assert()
+        .failure()
+        .stderr(contains("damaged stamp"));
+    std::fs::write(&path, &edited).unwrap();
     armory()
         .args(["sample", "--out"])
         .arg(dir.path().join("s.png"))
@@ -846,5 +873,10 @@ fn a_config_edited_after_training_is_refused_where_it_would_mislead() {
         original.replace("dataset = \"digits\"", "dataset = \"digits\" # moved"),
     )
     .unwrap();
+    assert_ne!(
+        std::fs::read_to_string(&path).unwrap(),
+        original,
+        "no dataset line to comment"
+    );
     armory().args(["eval", "--run"]).arg(&run).assert().success();
 }

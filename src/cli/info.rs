@@ -22,7 +22,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let cfg = match (&a.config, &a.model, &a.run) {
         (Some(p), _, _) => RunConfig::from_file(p)?,
         (_, Some(name), _) => RunConfig::named(name)?,
-        (_, _, Some(r)) => armory::train::RunDir::open(r)?.read_config()?,
+        // As written, edited or not: info loads no weights, and shows what the file says.
+        (_, _, Some(r)) => RunConfig::from_file(&armory::train::RunDir::open(r)?.file("config.toml"))?,
         _ => RunConfig::seed(),
     };
     let model = super::model_source::build(&cfg)?;

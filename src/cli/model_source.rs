@@ -100,7 +100,7 @@ impl ModelSource {
             }
             (None, Some(w)) => {
                 let cfg = match &self.config {
-                    Some(p) => RunConfig::from_file(p)?,
+                    Some(p) => RunConfig::from_stamped_file(p)?, // a run's config.toml too
                     None => RunConfig::seed(),
                 };
                 (cfg, w.clone())

@@ -16,9 +16,6 @@ use std::path::{Path, PathBuf};
 use candle_core::Tensor;
 
 use crate::config::RunConfig;
-
-/// The start of a run config's first line, stamping what it was trained with ([`RunDir::write_config`]).
-const STAMP: &str = "# armory: trained with model ";
 use crate::error::{Error, Result};
 
 pub struct RunDir {
@@ -132,59 +129,23 @@ impl RunDir {
     }
 
     /// Writes the run's config, its first line a comment that stamps what the weights were trained with
-    /// ([`RunConfig::model_fingerprint`], [`RunConfig::recipe_fingerprint`]).
+    /// ([`RunConfig::stamp_line`]).
     pub fn write_config(&self, cfg: &RunConfig) -> Result<()> {
-        let stamp = format!(
-            "{STAMP}{:016x}, recipe {:016x} (a [model] or [latent] edited later no longer fits the weights; \
-             a [train] edited later no longer resumes exactly)\n",
-            cfg.model_fingerprint(),
-            cfg.recipe_fingerprint()
-        );
-        write_atomic(&self.file("config.toml"), (stamp + &cfg.to_toml()).as_bytes())
+        write_atomic(
+            &self.file("config.toml"),
+            (cfg.stamp_line() + &cfg.to_toml()).as_bytes(),
+        )
     }
 
-    /// The run's config, refused if its `[model]` or `[latent]` is not what the weights were trained with (a
-    /// config edited after training: the weights may still load where the shapes allow, and give wrong
-    /// figures). A config without the stamp (a run of an older version) is taken as it is.
+    /// The run's config, refused if its `[model]` or `[latent]` is not what the weights were trained with
+    /// ([`RunConfig::from_stamped_file`]).
     pub fn read_config(&self) -> Result<RunConfig> {
-        let cfg = RunConfig::from_file(&self.file("config.toml"))?;
-        if let Some((model, _)) = self.stamp()? {
-            if model != cfg.model_fingerprint() {
-                return Err(self.edited("[model] or [latent]", "its weights were trained with another"));
-            }
-        }
-        Ok(cfg)
+        RunConfig::from_stamped_file(&self.file("config.toml"))
     }
 
     /// For `--resume`: the whole recipe must be what the run was started with (its data's path aside).
     pub fn check_resumable(&self, cfg: &RunConfig) -> Result<()> {
-        match self.stamp()? {
-            Some((_, recipe)) if recipe != cfg.recipe_fingerprint() => Err(self.edited(
-                "[train] or [data]",
-                "the run was started with another, and --resume continues a run exactly",
-            )),
-            _ => Ok(()),
-        }
-    }
-
-    /// The (model, recipe) fingerprints stamped on the config's first line, if it has the stamp.
-    fn stamp(&self) -> Result<Option<(u64, u64)>> {
-        let path = self.file("config.toml");
-        let text = crate::limits::read_file(&path, crate::limits::MAX_CONFIG_BYTES, "bytes of a config")?;
-        let first = text.split(|&b| b == b'\n').next().unwrap_or_default();
-        let Some(rest) = std::str::from_utf8(first).ok().and_then(|l| l.strip_prefix(STAMP)) else {
-            return Ok(None);
-        };
-        let hex = |s: &str| u64::from_str_radix(s.get(..16)?, 16).ok();
-        let recipe = rest.split_once(", recipe ").and_then(|(_, r)| hex(r));
-        Ok(hex(rest).zip(recipe))
-    }
-
-    fn edited(&self, what: &str, why: &str) -> Error {
-        Error::Config(format!(
-            "{}: its {what} was changed after training ({why}); restore it, or train a new run",
-            self.file("config.toml").display()
-        ))
+        cfg.check_recipe_stamp(&self.file("config.toml"))
     }
 
     /// Writes `tensors` with a JSON `state` as metadata to `resume.safetensors`, atomically.
