@@ -77,7 +77,7 @@ pub(crate) fn read_sized(from: impl std::io::Read, hint: u64, max: u64) -> std::
     const PIECE: u64 = 16 << 20;
     let mut pieces = vec![];
     loop {
-        let mut piece = Vec::with_capacity(PIECE as usize);
+        let mut piece = Vec::with_capacity(PIECE.min(from.limit()) as usize);
         (&mut from).take(PIECE).read_to_end(&mut piece)?;
         if piece.is_empty() {
             return Ok(Pieces(pieces));

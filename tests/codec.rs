@@ -545,10 +545,14 @@ fn only_a_file_or_a_folder_of_pngs_is_replaced() {
         v
     };
     let before = listing();
+    let null = Path::new("/dev/null").to_path_buf();
     for (format, out, says) in [
         (Format::Raw, &fifo, "not a regular file"),
+        (Format::Raw, &null, "not a regular file"),
+        (Format::Raw, &dangling, "not a regular file"),
         (Format::Raw, &folder, "not a regular file"),
         (png.clone(), &fifo, "not a folder of PNGs"),
+        (png.clone(), &dangling, "not a folder of PNGs"),
         (png.clone(), &file, "not a folder of PNGs"),
         (png.clone(), &folder, "other files than PNGs"),
     ] {

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use armory::codec::{self, formats, Options};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -102,14 +102,12 @@ pub fn compress(a: CompressArgs) -> anyhow::Result<()> {
 
 pub fn decompress(a: DecompressArgs) -> anyhow::Result<()> {
     anyhow::ensure!(a.batch > 0, "--batch must be at least 1");
-    // Before any work: an existing output (a dangling link too) needs --force; what may replace it (a file,
-    // a folder of PNGs, never a device) formats::write checks once the format is known.
-    if (a.out.exists() || a.out.is_symlink()) && !a.force {
-        bail!("{}: already exists (add --force to replace it)", a.out.display());
-    }
     check_not_input(&a.out, &a.input, &a.model)?;
     let bytes = armory::limits::read_file(&a.input, armory::limits::MAX_DATA_BYTES, "bytes of a compressed file")?;
     let (header, _) = codec::Header::read(&bytes).with_context(|| format!("reading {}", a.input.display()))?;
+    // Before any decoding: what the output may replace (with --force: a file, or a folder of PNGs for PNGs;
+    // never a device), from the format the header names. formats::write checks again when it writes.
+    formats::check_replaceable(&a.out, header.format_tag == formats::PNG_FOLDER_TAG, a.force)?;
     let (_, arm) = a.model.load_arm("decompress")?;
     let bar = progress(header.count, "decompressing");
     let start = Instant::now();

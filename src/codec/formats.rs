@@ -47,7 +47,7 @@ impl Format {
             Format::DigitsCsv => 1,
             Format::Idx { .. } => 2,
             Format::Npy { .. } => 3,
-            Format::PngFolder { .. } => 4,
+            Format::PngFolder { .. } => PNG_FOLDER_TAG,
         }
     }
 
@@ -226,6 +226,9 @@ fn csv_text(data: &Data) -> Vec<u8> {
     s.into_bytes()
 }
 
+/// The container's tag of a PNG folder ([`Format::tag`]).
+pub const PNG_FOLDER_TAG: u8 = 4;
+
 /// Writes `data` back as its format to `out` (a file, or a folder for PNGs), through a temporary file or
 /// folder renamed into place. An existing `out` is replaced only with `force`, and even then only by its own
 /// kind: a regular file by a file, a folder holding nothing but PNGs by a folder — never a device, a pipe or
@@ -256,10 +259,25 @@ pub fn write(data: &Data, out: &Path, force: bool) -> Result<()> {
         }
     };
     let replaced = written.and_then(|()| {
-        if pngs && out.is_dir() {
-            std::fs::remove_dir_all(out).map_err(|e| Error::io(out, e))?;
+        if !(pngs && out.is_dir()) {
+            return std::fs::rename(&tmp, out).map_err(|e| Error::io(out, e));
         }
-        std::fs::rename(&tmp, out).map_err(|e| Error::io(out, e))
+        // A folder cannot be renamed over another: the old one steps aside, the new one takes its name, and
+        // only then is the old one removed (put back if the new one could not take its place).
+        let old = out.with_file_name(format!(
+            ".{}.armory-old",
+            out.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        ));
+        let _ = std::fs::remove_dir_all(&old);
+        std::fs::rename(out, &old).map_err(|e| Error::io(out, e))?;
+        if let Err(e) = std::fs::rename(&tmp, out) {
+            let _ = std::fs::rename(&old, out);
+            return Err(Error::io(out, e));
+        }
+        let _ = std::fs::remove_dir_all(&old);
+        Ok(())
     });
     if replaced.is_err() {
         let _ = if pngs {
@@ -272,8 +290,8 @@ pub fn write(data: &Data, out: &Path, force: bool) -> Result<()> {
 }
 
 /// Whether `out` may be written: absent, or with `force` a regular file (for a file) or a folder holding
-/// nothing but PNGs (for PNGs). A dangling symbolic link counts as existing.
-fn check_replaceable(out: &Path, pngs: bool, force: bool) -> Result<()> {
+/// nothing but PNG files (for PNGs). A dangling symbolic link counts as existing.
+pub fn check_replaceable(out: &Path, pngs: bool, force: bool) -> Result<()> {
     if !(out.exists() || out.is_symlink()) {
         return Ok(());
     }
@@ -281,9 +299,12 @@ fn check_replaceable(out: &Path, pngs: bool, force: bool) -> Result<()> {
         return Err(Error::data(out, "already exists (add --force to replace it)"));
     }
     if pngs && out.is_dir() {
-        let only_pngs = std::fs::read_dir(out)
-            .map_err(|e| Error::io(out, e))?
-            .all(|e| e.is_ok_and(|e| e.path().extension().is_some_and(|x| x.eq_ignore_ascii_case("png"))));
+        let only_pngs = std::fs::read_dir(out).map_err(|e| Error::io(out, e))?.all(|e| {
+            e.is_ok_and(|e| {
+                e.file_type().is_ok_and(|t| t.is_file())
+                    && e.path().extension().is_some_and(|x| x.eq_ignore_ascii_case("png"))
+            })
+        });
         if !only_pngs {
             return Err(Error::data(
                 out,
