@@ -164,18 +164,21 @@ fn refuse_existing(dir: &std::path::Path, force: bool) -> anyhow::Result<()> {
     if force {
         return Ok(());
     }
-    if !dir.join("config.toml").exists() {
+    let config = dir.join("config.toml");
+    if !(config.exists() || config.is_symlink()) {
         // No run here; but a folder holding anything else (a run that lost its config, the user's own files)
         // is not written into without --force. A lone `lock` is what a start that died at once leaves.
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            if dir.exists() {
+        match std::fs::symlink_metadata(dir) {
+            Err(_) => return Ok(()), // nothing there: a new run folder
+            Ok(m) if !dir.is_dir() && !m.is_dir() => {
                 bail!(
                     "{} exists and is not a folder: choose --name or --runs-dir",
                     dir.display()
-                );
+                )
             }
-            return Ok(());
-        };
+            Ok(_) => {}
+        }
+        let entries = std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
         let held: Vec<String> = entries
             .filter_map(|e| e.ok())
             .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -359,6 +362,14 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     };
     let summary = train::train(trainable, &splits, &cfg.train, &run, resume, &controls)
         .with_context(|| format!("training {}", run.path.display()))?;
+    // From here a Ctrl-C quits at once; one that came during the last epoch's validation or checkpoints
+    // (the loop ended anyway, so not `Interrupted`) is honoured here. The flag is set first: no Ctrl-C is
+    // lost between the two.
+    finishing.store(true, Ordering::SeqCst);
+    if summary.outcome != Outcome::Interrupted && controls.interrupt.load(Ordering::SeqCst) {
+        eprintln!("interrupted after training: the run's checkpoints are saved; its test figures and pictures are not");
+        std::process::exit(130);
+    }
     if summary.outcome == Outcome::Interrupted {
         println!(
             "stopped at epoch {}; state saved. Continue with: armory train --resume {}",
@@ -370,7 +381,6 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         let _ = std::io::stdout().flush();
         std::process::exit(130);
     }
-    finishing.store(true, Ordering::SeqCst);
     let rows = train::metrics::read_csv(&run.file("metrics.csv"))?;
     let arm = match &model {
         Model::Arm(arm) => arm,
