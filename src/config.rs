@@ -394,6 +394,20 @@ fn fingerprint(v: &serde_json::Value) -> u64 {
 mod tests {
     use super::*;
 
+    /// Every shipped config read back from what a run writes has the fingerprints it was stamped with, so a
+    /// run is never refused for a config nobody edited.
+    #[test]
+    fn shipped_configs_keep_their_fingerprints_through_a_run_folder() {
+        for (name, _) in NAMED {
+            let cfg = RunConfig::named(name).unwrap();
+            let written = cfg.stamp_line() + &cfg.to_toml();
+            let back = RunConfig::parse(&written, Path::new(name)).unwrap();
+            assert_eq!(back.model_fingerprint(), cfg.model_fingerprint(), "{name}");
+            assert_eq!(back.recipe_fingerprint(), cfg.recipe_fingerprint(), "{name}");
+            assert!(written.starts_with(STAMP), "{name}");
+        }
+    }
+
     /// A TOML syntax error says where: line and column, from 1.
     #[test]
     fn a_syntax_error_names_its_line_and_column() {

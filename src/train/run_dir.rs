@@ -129,12 +129,13 @@ impl RunDir {
     }
 
     /// Writes the run's config, its first line a comment that stamps what the weights were trained with
-    /// ([`RunConfig::stamp_line`]).
+    /// ([`RunConfig::stamp_line`]) — of the config as it will be read back, so the stamp holds by
+    /// construction.
     pub fn write_config(&self, cfg: &RunConfig) -> Result<()> {
-        write_atomic(
-            &self.file("config.toml"),
-            (cfg.stamp_line() + &cfg.to_toml()).as_bytes(),
-        )
+        let path = self.file("config.toml");
+        let text = cfg.to_toml();
+        let back = RunConfig::parse(&text, &path)?;
+        write_atomic(&path, (back.stamp_line() + &text).as_bytes())
     }
 
     /// The run's config, refused if its `[model]` or `[latent]` is not what the weights were trained with
