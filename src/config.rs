@@ -228,9 +228,7 @@ impl RunConfig {
     }
 
     pub fn from_file(path: &Path) -> Result<Self> {
-        let bytes = limits::read_file(path, limits::MAX_CONFIG_BYTES, "bytes of a config file")?;
-        let text = String::from_utf8(bytes).map_err(|_| Error::data(path, "not a text (UTF-8) file"))?;
-        Self::parse(&text, path)
+        Self::parse(&read_text(path)?, path)
     }
 
     /// Checks the model (see [`ModelConfig::validate`]), the recipe, that a validation set will be left, and
@@ -316,8 +314,9 @@ impl RunConfig {
     /// shapes allow, and give wrong figures). A config without a stamp (another version's, or a plain one)
     /// is taken as it is.
     pub fn from_stamped_file(path: &Path) -> Result<Self> {
-        let cfg = Self::from_file(path)?;
-        if let Some((model, _)) = read_stamp(path)? {
+        let text = read_text(path)?;
+        let cfg = Self::parse(&text, path)?;
+        if let Some((model, _)) = stamp_in(&text, path)? {
             if model != cfg.model_fingerprint() {
                 return Err(edited(
                     path,
@@ -331,7 +330,7 @@ impl RunConfig {
 
     /// For `--resume`: the recipe stamped in the run's config file at `path`, if any, must be this config's.
     pub fn check_recipe_stamp(&self, path: &Path) -> Result<()> {
-        match read_stamp(path)? {
+        match stamp_in(&read_text(path)?, path)? {
             Some((_, recipe)) if recipe != self.recipe_fingerprint() => Err(edited(
                 path,
                 "[train] or [data]",
@@ -350,13 +349,17 @@ impl RunConfig {
 /// The start of a run config's stamp line ([`RunConfig::stamp_line`]).
 const STAMP: &str = "# armory v1: trained with model ";
 
-/// The (model, recipe) fingerprints of the stamp among the comment lines a config file starts with (a
-/// byte-order mark skipped); `None` without one. A line that starts as a stamp but does not read is an error:
-/// a damaged stamp must not pass for none.
-fn read_stamp(path: &Path) -> Result<Option<(u64, u64)>> {
-    let bytes = crate::limits::read_file(path, crate::limits::MAX_CONFIG_BYTES, "bytes of a config")?;
-    let text = String::from_utf8_lossy(&bytes);
-    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+/// A config file's text, read to the config limit.
+fn read_text(path: &Path) -> Result<String> {
+    let bytes = limits::read_file(path, limits::MAX_CONFIG_BYTES, "bytes of a config file")?;
+    String::from_utf8(bytes).map_err(|_| Error::data(path, "not a text (UTF-8) file"))
+}
+
+/// The (model, recipe) fingerprints of the stamp among the comment lines the config text of `path` starts
+/// with (a byte-order mark skipped); `None` without one. A line that starts as a stamp but does not read is an
+/// error: a damaged stamp must not pass for none.
+fn stamp_in(text: &str, path: &Path) -> Result<Option<(u64, u64)>> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let leading = text
         .lines()
         .map(str::trim)

@@ -159,6 +159,10 @@ enum RunTarget {
     New(std::path::PathBuf),
 }
 
+/// What a Ctrl-C after the last epoch says: training is over, the test figures are not done.
+const AFTER_TRAINING: &str =
+    "interrupted after training: the run's checkpoints are saved; its test figures and pictures are not";
+
 /// Refuses to start a new run where a run is, unless `--force`, saying what to run instead.
 fn refuse_existing(dir: &std::path::Path, force: bool) -> anyhow::Result<()> {
     if force {
@@ -345,9 +349,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let (flag, done) = (interrupt.clone(), finishing.clone());
     let _ = ctrlc::set_handler(move || {
         if done.load(Ordering::SeqCst) {
-            eprintln!(
-                "\ninterrupted after training: the run's checkpoints are saved; its test figures and pictures are not"
-            );
+            eprintln!("\n{AFTER_TRAINING}");
             std::process::exit(130);
         }
         if flag.swap(true, Ordering::SeqCst) {
@@ -367,7 +369,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     // lost between the two.
     finishing.store(true, Ordering::SeqCst);
     if summary.outcome != Outcome::Interrupted && controls.interrupt.load(Ordering::SeqCst) {
-        eprintln!("interrupted after training: the run's checkpoints are saved; its test figures and pictures are not");
+        eprintln!("{AFTER_TRAINING}");
         std::process::exit(130);
     }
     if summary.outcome == Outcome::Interrupted {

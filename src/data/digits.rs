@@ -2,7 +2,6 @@
 //! scikit-learn ships it: 1,797 rows of 64 pixel values in 0..16 (8×8, row-major) and a label 0..9.
 //! A copy lives in `data/digits.csv.gz` and is embedded in the binary as the default dataset.
 
-use std::io::Read;
 use std::path::Path;
 
 use super::Dataset;
@@ -28,21 +27,20 @@ pub fn from_file(path: &Path) -> Result<Dataset> {
 /// Parses rows of 64 values in 0..16 and a label in 0..9; `path` names the source in errors.
 pub fn parse(bytes: &[u8], path: &Path) -> Result<Dataset> {
     let raw = if bytes.starts_with(&[0x1f, 0x8b]) {
-        // Inflated up to a limit: a small file that inflates to gigabytes is refused, not inflated. Into a
-        // buffer of the size the gzip's trailer gives (a hint), not one doubled as it fills.
-        let mut raw = Vec::new();
-        let _ =
-            raw.try_reserve_exact(super::idx::gzip_size_hint(bytes).min(limits::MAX_TEXT_BYTES as u64 + 1) as usize);
-        flate2::read::MultiGzDecoder::new(bytes)
-            .take(limits::MAX_TEXT_BYTES as u64 + 1)
-            .read_to_end(&mut raw)
-            .map_err(|e| Error::data(path, format!("corrupt or truncated gzip data: {e}")))?;
+        // Inflated up to a limit: a small file that inflates to gigabytes is refused, not inflated. Sized by
+        // the gzip's trailer (a hint), as every read of the project is (limits::read_sized).
+        let raw = limits::read_sized(
+            flate2::read::MultiGzDecoder::new(bytes),
+            super::idx::gzip_size_hint(bytes),
+            limits::MAX_TEXT_BYTES as u64 + 1,
+        )
+        .map_err(|e| Error::data(path, format!("corrupt or truncated gzip data: {e}")))?;
         limits::check(
             format!("{}: bytes of text (inflated)", path.display()),
             limits::wide(raw.len()),
             limits::MAX_TEXT_BYTES,
         )?;
-        std::borrow::Cow::Owned(raw)
+        std::borrow::Cow::Owned(raw.into_vec())
     } else {
         std::borrow::Cow::Borrowed(bytes)
     };
