@@ -1385,7 +1385,7 @@ mod tests {
         };
         let (m, rows_out) = (g.m(), g.rows() - g.runs()[0].offset);
         assert_eq!(g.runs().iter().map(|r| r.n).collect::<Vec<_>>(), [3, 3]);
-        let here = winograd::runs_of_3_here();
+        let here = winograd::below_avx512();
         assert_eq!(
             winograd::fits(3, 64, 128, m, false) && winograd::fits(3, 128, 64, rows_out, false),
             here

@@ -1,8 +1,9 @@
 //! Winograd's minimal filtering F(q, n) for a run of n consecutive taps: q output rows from α = n + q − 1
 //! matrix products of 1/q of the rows instead of n products of all of them — F(2, n) for runs of 4–7 taps
 //! (a run of 7 costs 8/14 of the multiply-adds: the seed net's 256-channel layers), F(4, 3) for runs of 3
-//! (6/12) — for the forward pass, the input gradient (the same correlation with the kernel reversed) and the
-//! weight gradient (its transpose, [`Transforms::weight_gradient`]).
+//! (6/12), and below AVX-512 a run of 7 in two pieces, F(5, 4) + F(6, 3) (≈ 2.9/7, [`pieces`]) — for the
+//! forward pass, the input gradient (the same correlation with the kernel reversed) and the weight gradient
+//! (its transpose, [`Transforms::weight_gradient`]).
 //!
 //! With the run's taps W_0 … W_{n−1} (`[C_in, C_out]` each) and input rows d_r, output row r is
 //! `y_r = Σ_j d_{r+j} · W_j`. Toom–Cook at the points 0, 1, −1, 2, −2, ½, −½ and ∞ (the first α − 1 of
@@ -31,7 +32,7 @@ use super::shifted_conv::matmul_on;
 /// The finite interpolation points, in the order they are taken (∞ comes last).
 const POINTS: [f64; 7] = [0.0, 1.0, -1.0, 2.0, -2.0, 0.5, -0.5];
 
-/// Runs of these lengths take Winograd (3 only below AVX-512: [`runs_of_3_here`]).
+/// Runs of these lengths take Winograd (3 only below AVX-512: [`below_avx512`]).
 pub const RUN_LENGTHS: std::ops::RangeInclusive<usize> = 3..=7;
 
 /// Channels below which (on either side) the direct products are used. Only the seed net's 256 channels were
@@ -41,17 +42,18 @@ pub const MIN_CHANNELS: usize = 128;
 
 /// Runs of 3 taps (a row of a 3-wide 2-D kernel: the gated PixelCNN's vertical stack) take F(4, 3) — 6
 /// products of a quarter of the rows for 4 × 3 — between layers of at least this many channels, where gemm
-/// runs below AVX-512 ([`runs_of_3_here`]).
+/// runs below AVX-512 ([`below_avx512`]).
 pub const MIN_CHANNELS_3: usize = 64;
 
-/// Whether runs of 3 taps take Winograd on this machine: where gemm runs below AVX-512 (an AVX2 CPU, or a
-/// build without the `avx512` feature). Measured on the gated PixelCNN's train step at batch 64 (its vertical
-/// stack: 64 → 128 channels, two runs of 3), one thread: F(2, 3) 9–10 % faster than the direct products at
+/// Whether gemm runs below AVX-512 here (an AVX2 CPU, or a build without the `avx512` feature): then runs of
+/// 3 taps take Winograd, and a run of 7 takes the cheaper pieces of [`pieces`] (the seed net's forward pass
+/// at batch 64 at AVX2: 34 → 27 ms on two threads, 66 → 48 ms on one). Runs of 3 were measured on the gated
+/// PixelCNN's train step at batch 64 (its vertical stack: 64 → 128 channels, two runs of 3), one thread: F(2, 3) 9–10 % faster than the direct products at
 /// AVX2 (7 % at AVX-512), F(4, 3) another 3–5 % (AVX2: 144–150 → 137–143 ms; on two threads within the
 /// noise). The published figures were trained at AVX-512 with the direct products, so that level keeps
 /// them and reproduces them bit for bit; below it gemm blocks its sums differently (other kernels, other
 /// blocks), so its bits differ from them already and the faster sums cost no reproducibility there.
-pub fn runs_of_3_here() -> bool {
+pub fn below_avx512() -> bool {
     crate::nn::exact::best_simd() != crate::nn::exact::Simd::Avx512
 }
 
@@ -73,16 +75,37 @@ const TILES: usize = 48;
 /// `kept`: the kernel's transform is at hand from an earlier call, so any number of rows pays.
 pub fn fits(n: usize, c_in: usize, c_out: usize, m: usize, kept: bool) -> bool {
     let channels = match n {
-        3 if runs_of_3_here() => MIN_CHANNELS_3,
+        3 if below_avx512() => MIN_CHANNELS_3,
         3 => return false,
         _ => MIN_CHANNELS,
     };
     RUN_LENGTHS.contains(&n) && c_in >= channels && c_out >= channels && (kept || m >= MIN_ROWS)
 }
 
-/// The three transforms of F(q, n), in f64: F(4, 3) for runs of 3, F(2, n) for longer ones.
+/// How a run of n taps is computed: as one F(q, n), or as consecutive pieces of it, each its own F(q, n_p)
+/// whose sums add up. F(4, 3) for runs of 3; a run of 7 below AVX-512 ([`below_avx512`]) as F(5, 4) on
+/// its first four taps and F(6, 3) on the last three — 8/5 + 8/6 ≈ 2.9 products of all the rows instead of
+/// F(2, 7)'s 4 (direct: 7), at the same eight points, so with the same rounding (a single F(3, 7) would need a
+/// ninth point, and its f32 error, ≈ 6 times F(2, 7)'s, broke the PyTorch parity of the seed net's logits);
+/// F(2, n) otherwise. Returns `(first tap, taps, output rows per tile)` for each piece.
+fn pieces(n: usize, below_avx512: bool) -> Vec<(usize, usize, usize)> {
+    match n {
+        3 => vec![(0, 3, 4)],
+        7 if below_avx512 => vec![(0, 4, 5), (4, 3, 6)],
+        _ => vec![(0, n, 2)],
+    }
+}
+
+/// The transforms of a run of n taps: F(q, n_p) for each of its pieces ([`pieces`]).
 #[derive(Debug, Clone)]
 pub struct Transforms {
+    pieces: Vec<Piece>,
+}
+
+/// The three transforms of F(q, n) for the taps `k0 .. k0 + n` of a run, in f64.
+#[derive(Debug, Clone)]
+struct Piece {
+    k0: usize,
     n: usize,
     /// Output rows per tile (q).
     outs: usize,
@@ -94,11 +117,10 @@ pub struct Transforms {
     at: Vec<Vec<f64>>,
 }
 
-impl Transforms {
-    pub fn new(n: usize) -> Self {
-        assert!(RUN_LENGTHS.contains(&n), "Winograd for runs of {n} is not provided");
-        let outs = if n == 3 { 4 } else { 2 };
+impl Piece {
+    fn new(k0: usize, n: usize, outs: usize) -> Self {
         let alpha = n + outs - 1;
+        assert!(alpha <= POINTS.len() + 1, "F({outs}, {n}): too few points");
         // Row i of the evaluation of a polynomial with `len` coefficients: the powers of point i, or for ∞
         // (the last point) its leading coefficient.
         let eval = |len: usize, i: usize| -> Vec<f64> {
@@ -111,6 +133,7 @@ impl Transforms {
         let v: Vec<Vec<f64>> = (0..alpha).map(|i| eval(alpha, i)).collect();
         let inv = invert(v);
         Self {
+            k0,
             n,
             outs,
             g: (0..alpha).map(|i| eval(n, i)).collect(),
@@ -130,51 +153,85 @@ impl Transforms {
         let cast = |row: &Vec<f64>| row.iter().map(|&c| T::from_f64(c)).collect::<Vec<T>>();
         (self.bt.iter().map(cast).collect(), self.at.iter().map(cast).collect())
     }
+}
+
+impl Transforms {
+    /// For this machine's SIMD level.
+    pub fn new(n: usize) -> Self {
+        Self::at_level(n, below_avx512())
+    }
+
+    /// For a CPU below AVX-512 or not (the tests take both on any machine).
+    fn at_level(n: usize, below_avx512: bool) -> Self {
+        assert!(RUN_LENGTHS.contains(&n), "Winograd for runs of {n} is not provided");
+        Self {
+            pieces: pieces(n, below_avx512)
+                .into_iter()
+                .map(|(k0, n, q)| Piece::new(k0, n, q))
+                .collect(),
+        }
+    }
+
+    /// Transformed matrices in all: the sum of the pieces' α.
+    fn alpha(&self) -> usize {
+        self.pieces.iter().map(Piece::alpha).sum()
+    }
 
     /// The kernel transformed: `taps` holds the run's n matrices of `block` numbers each (`[C_in, C_out]`,
-    /// one after another); returns α matrices `V_i = Σ_k G_ik W_k` laid out the same way. In parallel over
-    /// chunks of the matrices' elements, each task reading its chunk of every tap once.
+    /// one after another); returns, piece after piece, its α matrices `V_i = Σ_k G_ik W_{k0+k}` laid out the
+    /// same way. In parallel over chunks of the matrices' elements, each task reading its chunk of every tap
+    /// once.
     pub fn kernel<T: WithDType>(&self, taps: &[T], block: usize) -> Kernel<T> {
+        let v = joined(
+            self.pieces
+                .iter()
+                .map(|p| combine(&p.g, &taps[p.k0 * block..][..p.n * block], block)),
+        );
         Kernel {
-            v: combine(&self.g, taps, block),
+            v,
             panels: OnceLock::new(),
         }
     }
 
     /// The run's weight gradient `Σ_{r<m} src[r + j]ᵀ · gy[r]` for j < n, as n matrices `[C_in, C_out]` one
-    /// after another: with `L = Σ_r gy_r · y_r` and y by F(q, n), `∂L/∂W_k = Σ_i G_ik P_i` where
-    /// `P_i = Σ_t (Bᵀ d)_{i,t}ᵀ · (Σ_o Aᵀ_oi gy_{qt+o})` — α products of C_in × C_out over the tiles instead of
-    /// n over the rows. `src` holds rows of `c_in` numbers (at least m + n − 1; rows past its end read as zero),
-    /// `gy` at least m rows of `c_out` (rows from m on are not read). Each P_i is summed over the tiles in a
-    /// fixed order by one task (the points in parallel), so the result does not depend on the thread count.
+    /// after another: for each piece, with `L = Σ_r gy_r · y_r` and y by F(q, n), `∂L/∂W_k = Σ_i G_ik P_i`
+    /// where `P_i = Σ_t (Bᵀ d)_{i,t}ᵀ · (Σ_o Aᵀ_oi gy_{qt+o})` — α products of C_in × C_out over the tiles
+    /// instead of n over the rows. `src` holds rows of `c_in` numbers (at least m + n − 1; rows past its end
+    /// read as zero), `gy` at least m rows of `c_out` (rows from m on are not read). Each P_i is summed over
+    /// the tiles in a fixed order by one task (the points in parallel), so the result does not depend on the
+    /// thread count.
     pub fn weight_gradient<T: WithDType>(&self, src: &[T], c_in: usize, gy: &[T], c_out: usize, m: usize) -> Vec<T> {
-        let (alpha, block) = (self.alpha(), c_in * c_out);
-        let (bt, at) = self.input_and_output_in();
-        let mut p = Vec::<T>::with_capacity(alpha * block);
-        let job = GradJob {
-            src,
-            c_in,
-            gy,
-            c_out,
-            m,
-            bt,
-            at,
-            outs: self.outs,
-            dst: super::shifted_conv::SharedMut(p.as_mut_ptr()),
-        };
-        // SAFETY: task i writes P_i, inside `p`'s capacity, alone.
-        unsafe { run_tasks(&job, alpha, true) };
-        // SAFETY: every P_i was written by its task.
-        unsafe { p.set_len(alpha * block) };
-        let gt: Vec<Vec<f64>> = (0..self.n)
-            .map(|k| (0..alpha).map(|i| self.g[i][k]).collect())
-            .collect();
-        combine(&gt, &p, block)
+        let block = c_in * c_out;
+        joined(self.pieces.iter().map(|piece| {
+            let alpha = piece.alpha();
+            let (bt, at) = piece.input_and_output_in();
+            let mut p = Vec::<T>::with_capacity(alpha * block);
+            let job = GradJob {
+                src: &src[piece.k0 * c_in..],
+                c_in,
+                gy,
+                c_out,
+                m,
+                bt,
+                at,
+                outs: piece.outs,
+                dst: super::shifted_conv::SharedMut(p.as_mut_ptr()),
+            };
+            // SAFETY: task i writes P_i, inside `p`'s capacity, alone.
+            unsafe { run_tasks(&job, alpha, true) };
+            // SAFETY: every P_i was written by its task.
+            unsafe { p.set_len(alpha * block) };
+            let gt: Vec<Vec<f64>> = (0..piece.n)
+                .map(|k| (0..alpha).map(|i| piece.g[i][k]).collect())
+                .collect();
+            combine(&gt, &p, block)
+        }))
     }
 
     /// `dst[r] (+)= Σ_{j<n} src[r + j] · W_j` for rows r < m, with `v` = [`Self::kernel`] of the W_j
     /// (`[C_in, C_out]` each). `src` holds rows of `c_in` numbers, at least m + n − 1 of them (rows past its
-    /// end read as zero); `dst` rows of `c_out`, written without being read unless `accumulate`.
+    /// end read as zero); `dst` rows of `c_out`, written without being read unless `accumulate` (the pieces
+    /// after the first add to it).
     ///
     /// # Safety
     /// `dst` points to at least `m · c_out` elements, initialised if `accumulate`, that nothing else touches
@@ -192,16 +249,20 @@ impl Transforms {
     ) {
         let v = &kernel.v[..];
         assert_eq!(v.len(), self.alpha() * c_in * c_out);
-        let tiles = m.div_ceil(self.outs);
-        let (bt, at) = self.input_and_output_in();
-        // A fixed block size for a given m (never the thread count): smaller for small m, so that both
-        // cores get a share.
-        let per_task = TILES.min(tiles.div_ceil(2)).max(1);
-        let last = tiles - (tiles.div_ceil(per_task) - 1) * per_task;
+        // A fixed block size for a given m and piece (never the thread count): smaller for small m, so that
+        // both cores get a share.
+        let blocking = |p: &Piece| {
+            let tiles = m.div_ceil(p.outs);
+            let per_task = TILES.min(tiles.div_ceil(2)).max(1);
+            (tiles, per_task, tiles - (tiles.div_ceil(per_task) - 1) * per_task)
+        };
         // Below AVX-512, the products by our own kernel, V packed once for every block, and kept with the
         // kernel for its later calls (gemm's bits).
         let panels = (T::DTYPE == candle_core::DType::F32
-            && [per_task, last].iter().all(|&p| panels::applies(p, c_out, c_in)))
+            && self.pieces.iter().all(|p| {
+                let (_, per_task, last) = blocking(p);
+                [per_task, last].iter().all(|&rows| panels::applies(rows, c_out, c_in))
+            }))
         .then(|| {
             kernel.panels.get_or_init(|| {
                 // SAFETY: T is f32 (checked just above).
@@ -211,24 +272,40 @@ impl Transforms {
         });
         // Kept panels were packed for this kernel's shape (checked, as they are read without bounds).
         assert!(panels.is_none_or(|p| p.shape() == (self.alpha(), c_in, c_out)));
-        let job = Job {
-            src,
-            c_in,
-            v,
-            c_out,
-            m,
-            dst: super::shifted_conv::SharedMut(dst),
-            accumulate,
-            bt,
-            at,
-            outs: self.outs,
-            per_task,
-            panels,
-        };
-        let blocks = tiles.div_ceil(job.per_task);
-        // SAFETY: each block writes its own rows of dst (the caller's promise covers them).
-        unsafe { run_tasks(&job, blocks, blocks > 1) };
+        let mut first_matrix = 0;
+        for (i, piece) in self.pieces.iter().enumerate() {
+            let (bt, at) = piece.input_and_output_in();
+            let (tiles, per_task, _) = blocking(piece);
+            let job = Job {
+                src: &src[piece.k0 * c_in..],
+                c_in,
+                v,
+                first_matrix,
+                c_out,
+                m,
+                dst: super::shifted_conv::SharedMut(dst),
+                accumulate: accumulate || i > 0,
+                bt,
+                at,
+                outs: piece.outs,
+                per_task,
+                panels,
+            };
+            let blocks = tiles.div_ceil(per_task);
+            // SAFETY: each block writes its own rows of dst (the caller's promise covers them).
+            unsafe { run_tasks(&job, blocks, blocks > 1) };
+            first_matrix += piece.alpha();
+        }
     }
+}
+
+/// The pieces' matrices one after another (a single piece's as they are, not copied).
+fn joined<T>(mut parts: impl Iterator<Item = Vec<T>>) -> Vec<T> {
+    let mut all = parts.next().expect("a run has a piece");
+    for part in parts {
+        all.extend(part);
+    }
+    all
 }
 
 /// A kernel ready for [`Transforms::correlate`]: its transform, α matrices `V_i = Σ_k G_ik W_k` (`[C_in, C_out]`
@@ -426,6 +503,8 @@ struct Job<'a, T> {
     src: &'a [T],
     c_in: usize,
     v: &'a [T],
+    /// This piece's first matrix in `v` (and in the panels).
+    first_matrix: usize,
     c_out: usize,
     m: usize,
     dst: super::shifted_conv::SharedMut<T>,
@@ -461,7 +540,7 @@ impl<T: WithDType> Wide for Job<'_, T> {
             #[cfg(target_arch = "x86_64")]
             let by_panels = self.panels.as_ref().map(|panels| unsafe {
                 let u = std::slice::from_raw_parts(u.as_ptr() as *const f32, u.len());
-                panels::product(p, u, panels, i, prod.as_mut_ptr() as *mut f32);
+                panels::product(p, u, panels, self.first_matrix + i, prod.as_mut_ptr() as *mut f32);
             });
             #[cfg(not(target_arch = "x86_64"))]
             let by_panels = None::<()>;
@@ -475,7 +554,7 @@ impl<T: WithDType> Wide for Job<'_, T> {
                         false,
                         u.as_ptr(),
                         (c_in, 1),
-                        self.v[i * c_in * c_out..].as_ptr(),
+                        self.v[(self.first_matrix + i) * c_in * c_out..].as_ptr(),
                         (c_out, 1),
                     );
                 }
@@ -550,37 +629,49 @@ mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
 
-    /// F(q, n) on scalars reproduces the direct sums: y_o = Σ_k d_{o+k} g_k, for every n provided.
+    /// F(q, n) on scalars reproduces the direct sums: y_o = Σ_k d_{o+k} g_k, for every piece of every n
+    /// provided; the pieces cover the run's taps in order.
     #[test]
-    fn transforms_compute_two_outputs_of_the_filter() {
+    fn transforms_compute_q_outputs_of_the_filter() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
-        for n in RUN_LENGTHS {
-            let tf = Transforms::new(n);
-            let alpha = tf.alpha();
-            let g: Vec<f64> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
-            let d: Vec<f64> = (0..alpha).map(|_| rng.random_range(-1.0..1.0)).collect();
-            let gt: Vec<f64> = (0..alpha).map(|i| (0..n).map(|k| tf.g[i][k] * g[k]).sum()).collect();
-            let dt: Vec<f64> = (0..alpha)
-                .map(|i| (0..alpha).map(|j| tf.bt[i][j] * d[j]).sum())
-                .collect();
-            for o in 0..tf.outs {
-                let y: f64 = (0..alpha).map(|i| tf.at[o][i] * gt[i] * dt[i]).sum();
-                let direct: f64 = (0..n).map(|k| d[o + k] * g[k]).sum();
-                assert!((y - direct).abs() < 1e-12, "F(2, {n}) output {o}: {y} vs {direct}");
+        for (n, below_avx512) in RUN_LENGTHS.flat_map(|n| [(n, false), (n, true)]) {
+            let tf = Transforms::at_level(n, below_avx512);
+            let covered: Vec<usize> = tf.pieces.iter().flat_map(|p| p.k0..p.k0 + p.n).collect();
+            assert_eq!(covered, (0..n).collect::<Vec<_>>(), "run of {n}");
+            for p in &tf.pieces {
+                let (alpha, n) = (p.alpha(), p.n);
+                let g: Vec<f64> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
+                let d: Vec<f64> = (0..alpha).map(|_| rng.random_range(-1.0..1.0)).collect();
+                let gt: Vec<f64> = (0..alpha).map(|i| (0..n).map(|k| p.g[i][k] * g[k]).sum()).collect();
+                let dt: Vec<f64> = (0..alpha)
+                    .map(|i| (0..alpha).map(|j| p.bt[i][j] * d[j]).sum())
+                    .collect();
+                for o in 0..p.outs {
+                    let y: f64 = (0..alpha).map(|i| p.at[o][i] * gt[i] * dt[i]).sum();
+                    let direct: f64 = (0..n).map(|k| d[o + k] * g[k]).sum();
+                    assert!(
+                        (y - direct).abs() < 1e-12,
+                        "F({}, {n}) output {o}: {y} vs {direct}",
+                        p.outs
+                    );
+                }
             }
         }
     }
 
-    /// The weight gradient against the naive sum over rows, f64 and f32, odd m over several chunks of tiles.
+    /// The weight gradient against the naive sum over rows, f64 and f32, odd m over several chunks of tiles;
+    /// a run of 7 whole and in pieces (as below AVX-512).
     #[test]
     fn weight_gradient_matches_the_naive_sum() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
-        for &(n, c_in, c_out, m) in &[
-            (7usize, 128usize, 130usize, 601usize),
-            (4, 129, 128, 40),
-            (3, 64, 128, 301),
+        for &(n, c_in, c_out, m, below_avx512) in &[
+            (7usize, 128usize, 130usize, 601usize, false),
+            (7, 128, 130, 601, true),
+            (7, 130, 128, 38, true),
+            (4, 129, 128, 40, false),
+            (3, 64, 128, 301, false),
         ] {
-            let tf = Transforms::new(n);
+            let tf = Transforms::at_level(n, below_avx512);
             let src: Vec<f64> = (0..(m + n - 1) * c_in).map(|_| rng.random_range(-1.0..1.0)).collect();
             // Rows from m on must not be read: NaN there would show.
             let mut gy: Vec<f64> = (0..(m + 3) * c_out).map(|_| rng.random_range(-1.0..1.0)).collect();
@@ -615,19 +706,23 @@ mod tests {
     }
 
     /// The blocked, parallel correlation against a naive loop in f64 (exact up to rounding) and f32 (within
-    /// the stated 10⁻⁵ scale), odd and even m, small and multi-block, written and accumulated.
+    /// the stated 10⁻⁵ scale), odd and even m, small and multi-block, written and accumulated; a run of 7
+    /// whole and in pieces (as below AVX-512).
     #[test]
     fn correlate_matches_the_naive_sum() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
         let mut took = 0;
-        for &(n, c_in, c_out, m) in &[
-            (7usize, 128usize, 130usize, 9usize),
-            (5, 131, 128, 400),
-            (7, 128, 128, 250),
-            (3, 64, 128, 333),
-            (3, 128, 64, 96),
+        for &(n, c_in, c_out, m, below_avx512) in &[
+            (7usize, 128usize, 130usize, 9usize, false),
+            (7, 128, 130, 9, true),
+            (5, 131, 128, 400, false),
+            (7, 128, 128, 250, false),
+            (7, 128, 128, 250, true),
+            (7, 128, 128, 731, true),
+            (3, 64, 128, 333, false),
+            (3, 128, 64, 96, false),
         ] {
-            let tf = Transforms::new(n);
+            let tf = Transforms::at_level(n, below_avx512);
             let src: Vec<f64> = (0..(m + n - 1) * c_in).map(|_| rng.random_range(-1.0..1.0)).collect();
             let scale = 1.0 / ((n * c_in) as f64).sqrt();
             let taps: Vec<f64> = (0..n * c_in * c_out).map(|_| rng.random_range(-scale..scale)).collect();
@@ -667,11 +762,13 @@ mod tests {
             // accumulated (every shape here with c_out a multiple of 16 takes them).
             #[cfg(target_arch = "x86_64")]
             if is_x86_feature_detected!("fma") {
-                let (tiles, outs) = (m.div_ceil(tf.outs), tf.outs);
-                let per_task = TILES.min(tiles.div_ceil(2)).max(1);
-                let last = tiles - (tiles.div_ceil(per_task) - 1) * per_task;
                 let takes = |p| panels::tests::forced(true, || panels::applies(p, c_out, c_in));
-                took += usize::from(takes(per_task) && takes(last));
+                let takes = tf.pieces.iter().all(|p| {
+                    let tiles = m.div_ceil(p.outs);
+                    let per_task = TILES.min(tiles.div_ceil(2)).max(1);
+                    takes(per_task) && takes(tiles - (tiles.div_ceil(per_task) - 1) * per_task)
+                });
+                took += usize::from(takes);
                 for accumulate in [false, true] {
                     let run = |on| {
                         let mut out: Vec<f32> = old.iter().map(|&x| x as f32).collect();
@@ -682,14 +779,11 @@ mod tests {
                     };
                     let (with, without) = (run(true), run(false));
                     let same = with.iter().zip(&without).all(|(a, b)| a.to_bits() == b.to_bits());
-                    assert!(
-                        same,
-                        "n {n}, m {m} ({tiles} tiles of {outs}, {per_task} a task): panels ≠ gemm"
-                    );
+                    assert!(same, "n {n}, m {m}: panels ≠ gemm");
                 }
                 // Packed on the first call that took them, kept with the kernel for the later ones.
                 let kept = v32.panels.get().is_some();
-                assert_eq!(kept, takes(per_task) && takes(last), "n {n}, m {m}: panels kept {kept}");
+                assert_eq!(kept, takes, "n {n}, m {m}: panels kept {kept}");
             }
             let err = got32
                 .iter()
