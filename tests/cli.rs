@@ -168,7 +168,9 @@ fn info_prints_parameters_and_receptive_field() {
         .arg("info")
         .assert()
         .success()
-        .stdout(contains("parameters: 950545").and(contains("receptive field: 25 of 64")));
+        .stdout(contains("parameters: 950545").and(contains(
+            "receptive field: 25 of the 63 positions before the last (64 in all)",
+        )));
 }
 
 #[test]
@@ -266,7 +268,7 @@ fn model_flag_picks_a_shipped_config_and_names_the_run_after_it() {
         .args(["info", "--model", "wavenet"])
         .assert()
         .success()
-        .stdout(contains("receptive field: 64 of 64"));
+        .stdout(contains("receptive field: 63 of the 63"));
     armory()
         .args(["train", "--model", "nope"])
         .assert()

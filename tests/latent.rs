@@ -338,8 +338,10 @@ fn arm_prior_is_causal_over_the_latent_dimensions() -> Result<()> {
     let lp = prior.log_density(&zt)?.to_vec1::<f64>()?;
     let sum = continuous::log_density(&prior.conditionals(&zt)?, &zt)?.to_vec1::<f64>()?;
     assert_eq!(lp, sum);
-    // The default ARM prior sees all previous dimensions of the default 16 latents.
-    assert_eq!(PriorConfig::arm().receptive_field(16), 16);
+    // The default ARM prior sees all earlier dimensions of the default 16 latents (15 for the last one); the
+    // standard normal none.
+    assert_eq!(PriorConfig::arm().receptive_field(16), 15);
+    assert_eq!(PriorConfig::StandardNormal.receptive_field(16), 0);
     Ok(())
 }
 

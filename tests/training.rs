@@ -343,6 +343,13 @@ fn resume_without_the_metrics_history_is_refused() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("metrics.csv") && e.contains("incomplete"), "{e}");
+    // A repeated row is not called incomplete.
+    let repeated = format!("{csv}{}\n", csv.lines().last().unwrap());
+    std::fs::write(run.file("metrics.csv"), repeated).unwrap();
+    let e = train::train(&arm, &splits, &recipe(3), &run, true, &quiet())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("does not match") && !e.contains("incomplete"), "{e}");
     std::fs::write(run.file("metrics.csv"), csv).unwrap();
     train::train(&arm, &splits, &recipe(3), &run, true, &quiet()).unwrap();
 }

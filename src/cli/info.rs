@@ -46,7 +46,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             vae.decoder()
         }
     };
-    println!("receptive field: {} of {} positions", arm.receptive_field(), arm.dim());
+    println!(
+        "receptive field: {} of the {} positions before the last ({} in all)",
+        arm.receptive_field(),
+        arm.dim().saturating_sub(1),
+        arm.dim()
+    );
     println!("distribution: {}", cfg.model.distribution());
     println!(
         "families: {}",

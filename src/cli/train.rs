@@ -316,7 +316,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     };
     if !a.quiet {
         eprintln!(
-            "{} {}: {} parameters, {}receptive field {} of {}; data {}{} (train {}, val {}, test {}); {}",
+            "{} {}: {} parameters, {}receptive field {} of {} earlier positions; data {}{} (train {}, val {}, test {}); {}",
             if resume { "resuming" } else { "training" },
             run.path.display(),
             model.params().num_params(),
@@ -325,7 +325,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 None => String::new(),
             },
             decoder.receptive_field(),
-            decoder.dim(),
+            decoder.dim().saturating_sub(1),
             cfg.data.dataset,
             match (cfg.data.levels, cfg.data.binarize) {
                 (Some(l), _) => format!(", quantized to {l} levels"),

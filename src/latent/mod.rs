@@ -125,12 +125,12 @@ impl PriorConfig {
         }
     }
 
-    /// How many previous latent dimensions θ_l can see (`latents` for the standard normal, which needs none).
+    /// How many earlier latent dimensions θ_l can see (at most `latents` − 1; none for the standard normal).
     pub fn receptive_field(&self, latents: usize) -> usize {
         match *self {
-            PriorConfig::StandardNormal => latents,
+            PriorConfig::StandardNormal => 0,
             PriorConfig::Arm { layers, kernel, .. } => {
-                (kernel + layers.saturating_sub(1) * kernel.saturating_sub(1)).min(latents)
+                (kernel + layers.saturating_sub(1) * kernel.saturating_sub(1)).min(latents.saturating_sub(1))
             }
         }
     }

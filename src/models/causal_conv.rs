@@ -69,7 +69,7 @@ impl Config {
             .iter()
             .map(|c| c.reach())
             .sum::<usize>()
-            .min(length)
+            .min(length.saturating_sub(1))
     }
 }
 

@@ -95,7 +95,7 @@ impl FlowNet for MlpNet {
     }
 
     fn receptive_field(&self) -> usize {
-        self.cfg.memory.min(self.m.dim())
+        self.cfg.memory.min(self.m.dim().saturating_sub(1))
     }
 
     /// The window of the last m encoded values → Linear → ReLU → dropout → Linear: `[B, D, C]` → `[B, D, P]`.

@@ -31,7 +31,8 @@ pub trait CausalNet: Send + Sync {
     /// code of a latent-variable model, for the families that take one: see [`Family::takes_context`]); each
     /// network checks what it is given (an unconditioned one refuses both).
     fn forward(&self, x: &Tensor, labels: Option<&Tensor>, context: Option<&Tensor>, mode: Mode) -> Result<Tensor>;
-    /// How many previous positions θ_d can see (D if all of them); for images, the pixels the last one sees.
+    /// How many earlier positions θ_d can see (D − 1 if all of them: the last position's are the most); for
+    /// images, the pixels (and earlier colours) the last one sees.
     fn receptive_field(&self) -> usize;
     /// The number of classes a class-conditional network is conditioned on.
     fn num_classes(&self) -> Option<usize> {

@@ -165,7 +165,7 @@ impl CausalNet for RnnNet {
     }
 
     fn receptive_field(&self) -> usize {
-        self.m.dim()
+        self.m.dim().saturating_sub(1)
     }
 
     /// Stepping is native to an RNN: one cell step per position, the state carried along — the forward

@@ -37,7 +37,7 @@ impl Default for Config {
 impl Config {
     /// k for the type-A input layer, plus (k−1)·d for every block.
     pub fn receptive_field(&self, length: usize) -> usize {
-        (self.kernel + (self.kernel - 1) * self.dilations.iter().sum::<usize>()).min(length)
+        (self.kernel + (self.kernel - 1) * self.dilations.iter().sum::<usize>()).min(length.saturating_sub(1))
     }
 }
 

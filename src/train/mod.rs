@@ -596,10 +596,15 @@ fn check_history(path: &std::path::Path, rows: &[EpochRow], epochs: usize) -> Re
         return Err(Error::data(
             path,
             format!(
-                "holds {} row(s) for epochs up to {}, but the checkpoint is at epoch {epochs}: the history is \
-                 incomplete; restore metrics.csv, or start again with --force",
+                "holds {} row(s) for epochs up to {}, but the checkpoint is at epoch {epochs}: the history {}; \
+                 restore metrics.csv, or start again with --force",
                 rows.len(),
-                rows.last().map_or(0, |r| r.epoch)
+                rows.last().map_or(0, |r| r.epoch),
+                if rows.len() < epochs {
+                    "is incomplete"
+                } else {
+                    "does not match it (rows repeated, out of order or past the checkpoint)"
+                }
             ),
         ));
     }
