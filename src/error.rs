@@ -24,6 +24,16 @@ pub enum Error {
     #[error("invalid config: {0}")]
     Config(String),
 
+    /// A request that cannot be carried out as asked, through no fault of a config: an argument out of range
+    /// (`--importance-samples 0`), data of the wrong shape or without the labels the model needs, an empty
+    /// data set, a sampler the family lacks. The message says what and why.
+    #[error("{0}")]
+    Invalid(String),
+
+    /// A broken invariant inside the library: a bug, not the user's input.
+    #[error("internal error (please report it): {0}")]
+    Internal(String),
+
     /// A checkpoint tensor whose shape does not fit the model.
     #[error("{path}: tensor `{tensor}` has shape {found:?}, the model expects {expected:?}")]
     CheckpointMismatch {
@@ -139,7 +149,7 @@ impl Error {
     /// that data, not the config: it names the data set (`spec`) instead of saying "invalid config".
     pub fn about_data(self, spec: &str) -> Self {
         match self {
-            Error::Config(msg) => Error::data(spec, msg),
+            Error::Config(msg) | Error::Invalid(msg) => Error::data(spec, msg),
             e => e,
         }
     }

@@ -50,7 +50,7 @@ pub fn with_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> Re
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()
-        .map_err(|e| Error::Config(format!("cannot start {threads} worker threads: {e}")))?;
+        .map_err(|e| Error::Invalid(format!("cannot start {threads} worker threads: {e}")))?;
     Ok(pool.install(f))
 }
 

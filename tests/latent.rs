@@ -653,8 +653,8 @@ fn iwae_is_deterministic_and_independent_of_the_chunk() -> Result<()> {
         }
     }
     assert_ne!(vae.iwae(&x, 37, 4, 37)?.to_vec1::<f64>()?, whole);
-    assert!(matches!(vae.iwae(&x, 0, 3, 1), Err(Error::Config(_))));
-    assert!(matches!(vae.iwae(&x, 3, 3, 0), Err(Error::Config(_))));
+    assert!(matches!(vae.iwae(&x, 0, 3, 1), Err(Error::Invalid(_))));
+    assert!(matches!(vae.iwae(&x, 3, 3, 0), Err(Error::Invalid(_))));
     Ok(())
 }
 
@@ -951,7 +951,7 @@ fn config_defaults_sizes_and_errors() -> Result<()> {
     );
     assert!(matches!(
         vae.iwae(&Tensor::new(&[[0u32; 63]], &CPU)?, 2, 0, 1),
-        Err(Error::Config(_))
+        Err(Error::Invalid(_))
     ));
     Ok(())
 }
@@ -1201,7 +1201,7 @@ fn marginal_kl_splits_the_kl_term_into_information_and_prior_mismatch() -> Resul
         (marginal - kl).abs() < 0.04,
         "one posterior: marginal {marginal} vs KL {kl}"
     );
-    assert!(matches!(vae.marginal_kl(&x, 0, 0, 7), Err(Error::Config(_))));
+    assert!(matches!(vae.marginal_kl(&x, 0, 0, 7), Err(Error::Invalid(_))));
     Ok(())
 }
 

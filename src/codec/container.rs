@@ -224,7 +224,7 @@ impl Fnv64 {
 /// in) and of every parameter in name order (name, shape, f32 little-endian values).
 pub fn fingerprint(arm: &Arm) -> Result<u64> {
     let mut h = Fnv64::default();
-    let json = serde_json::to_value(arm.config()).map_err(|e| Error::Config(format!("config to JSON: {e}")))?;
+    let json = serde_json::to_value(arm.config()).map_err(|e| Error::Internal(format!("config to JSON: {e}")))?;
     h.write(canonical(json).to_string().as_bytes());
     for (name, var) in arm.params().vars() {
         h.write(name.as_bytes());

@@ -93,7 +93,7 @@ pub fn compress(arm: &Arm, data: &Data, opts: &Options, progress: &(dyn Fn(usize
     check_model(arm)?;
     let (dim, k) = (arm.dim(), arm.num_values());
     if data.dim != dim || !data.values.len().is_multiple_of(dim) || data.is_empty() {
-        return Err(Error::Config(format!(
+        return Err(Error::Invalid(format!(
             "the data are {} values of {} per example; the model codes examples of {dim}",
             data.values.len(),
             data.dim
@@ -116,7 +116,7 @@ pub fn compress(arm: &Arm, data: &Data, opts: &Options, progress: &(dyn Fn(usize
         ("values per example", dim),
     ] {
         if v > u32::MAX as usize {
-            return Err(Error::Config(format!(
+            return Err(Error::Invalid(format!(
                 "{what}: {v} is above the container's limit of {}",
                 u32::MAX
             )));
@@ -220,15 +220,15 @@ pub fn decompress(arm: &Arm, bytes: &[u8], opts: &Options, progress: &(dyn Fn(us
 fn label_classes(arm: &Arm, labels: Option<&[u8]>, n: usize) -> Result<usize> {
     if let Some(l) = labels {
         if l.len() != n {
-            return Err(Error::Config(format!("{} labels for {n} examples", l.len())));
+            return Err(Error::Invalid(format!("{} labels for {n} examples", l.len())));
         }
     }
     match (arm.num_classes(), labels) {
         (Some(c), Some(l)) => match l.iter().find(|&&v| v as usize >= c) {
-            Some(v) => Err(Error::Config(format!("label {v} is outside 0..{}", c - 1))),
+            Some(v) => Err(Error::Invalid(format!("label {v} is outside 0..{}", c - 1))),
             None => Ok(c),
         },
-        (Some(c), None) => Err(Error::Config(format!(
+        (Some(c), None) => Err(Error::Invalid(format!(
             "this model is class-conditional: the data need a label in 0..{} per example",
             c.saturating_sub(1)
         ))),
@@ -251,7 +251,7 @@ type Model = DefaultContiguousCategoricalEntropyModel;
 
 fn model(freq: &[u32]) -> Result<Model> {
     Model::from_nonzero_fixed_point_probabilities(freq, false)
-        .map_err(|()| Error::Config("internal: frequencies that do not sum to 2^24".into()))
+        .map_err(|()| Error::Internal("frequencies that do not sum to 2^24".into()))
 }
 
 /// Consecutive groups of `batch` examples out of `n`, stepped together.
@@ -350,5 +350,5 @@ fn decode_chunk(
 }
 
 fn internal(msg: String) -> Error {
-    Error::Config(format!("internal: range coding failed: {msg}"))
+    Error::Internal(format!("range coding failed: {msg}"))
 }

@@ -52,7 +52,7 @@ impl Dataset {
         let labels = self
             .labels
             .as_ref()
-            .ok_or_else(|| Error::Config("the model is class-conditional but the data set has no labels".into()))?;
+            .ok_or_else(|| Error::Invalid("the model is class-conditional but the data set has no labels".into()))?;
         Ok(Tensor::from_vec(
             idx.iter().map(|&i| labels[i]).collect::<Vec<u32>>(),
             idx.len(),

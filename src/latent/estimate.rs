@@ -80,7 +80,7 @@ impl Vae {
         progress: &dyn Fn(usize),
     ) -> Result<Tensor> {
         if k == 0 || chunk == 0 {
-            return Err(Error::Config(format!(
+            return Err(Error::Invalid(format!(
                 "IWAE: samples (k = {k}) and chunk ({chunk}) must be at least 1"
             )));
         }
@@ -114,7 +114,7 @@ impl Vae {
         self.check_input(x)?;
         let (n, l) = (x.dim(0)?, self.latents());
         if n == 0 || samples == 0 || batch == 0 {
-            return Err(Error::Config(format!(
+            return Err(Error::Invalid(format!(
                 "the aggregate posterior's KL needs examples ({n}), samples ({samples}) and a batch ({batch})"
             )));
         }
@@ -157,7 +157,7 @@ impl Vae {
         self.check_input(x)?;
         let n = x.dim(0)?;
         if n == 0 || batch == 0 {
-            return Err(Error::Config(format!(
+            return Err(Error::Invalid(format!(
                 "active units: need at least one example and a batch of at least 1 (got {n} and {batch})"
             )));
         }

@@ -77,7 +77,7 @@ impl Vae {
     /// frozen for the whole pass; an empty `data` is refused.
     fn for_each_batch(&self, data: &Dataset, mut f: impl FnMut(usize, &Tensor) -> Result<()>) -> Result<()> {
         if data.is_empty() {
-            return Err(Error::Config("cannot evaluate on an empty dataset".into()));
+            return Err(Error::Invalid("cannot evaluate on an empty dataset".into()));
         }
         let idx: Vec<usize> = (0..data.len()).collect();
         crate::nn::kernels::shifted_conv::with_frozen_weights(|| -> Result<()> {
@@ -133,7 +133,7 @@ impl Vae {
     /// after every pass through the decoder.
     pub fn evaluate(&self, data: &Dataset, k: usize, seed: u64, progress: &dyn Fn(usize)) -> Result<LatentEvaluation> {
         if k == 0 {
-            return Err(Error::Config(
+            return Err(Error::Invalid(
                 "--importance-samples must be at least 1 (1 gives the ELBO; 1000 is the usual choice)".into(),
             ));
         }
@@ -188,7 +188,7 @@ impl Vae {
     /// one; its draws are exactly the naive sampler's).
     pub fn decode(&self, z: &[f32], noise: &Noise, temperature: f64) -> Result<Vec<u32>> {
         if z.len() != noise.len() * self.latents() {
-            return Err(Error::Config(format!(
+            return Err(Error::Invalid(format!(
                 "{} latent values for {} examples of {} latents",
                 z.len(),
                 noise.len(),

@@ -164,7 +164,7 @@ impl Vae {
     pub fn check_input(&self, x: &Tensor) -> Result<()> {
         let (_, d) = x.dims2()?;
         if d != self.dim || x.dtype() != DType::U32 {
-            return Err(Error::Config(format!(
+            return Err(Error::Invalid(format!(
                 "input is [B, {d}] {:?}, the VAE takes [B, {}] U32",
                 x.dtype(),
                 self.dim

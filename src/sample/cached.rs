@@ -37,7 +37,7 @@ pub fn sample_cached_given(
     let mut stepper = arm
         .stepper_context(n, labels, context, Arithmetic::Fast)?
         .ok_or_else(|| {
-            Error::Config("this model family has no cached sampler; use --method naive or predictive".into())
+            Error::Invalid("this model family has no cached sampler; use --method naive or predictive".into())
         })?;
     let mut x = vec![0u32; n * dim];
     let mut prev: Option<Vec<u32>> = None;

@@ -36,7 +36,7 @@ pub struct Evaluation {
 /// ```
 pub fn evaluate(arm: &Arm, data: &Dataset, batch_size: usize) -> Result<Evaluation> {
     if data.is_empty() {
-        return Err(Error::Config("cannot evaluate on an empty dataset".into()));
+        return Err(Error::Invalid("cannot evaluate on an empty dataset".into()));
     }
     let idx: Vec<usize> = (0..data.len()).collect();
     let mut total = 0.0;

@@ -114,7 +114,7 @@ impl RunDir {
     /// An existing run directory.
     pub fn open(path: &Path) -> Result<Self> {
         if !path.join("config.toml").is_file() {
-            return Err(Error::Config(format!(
+            return Err(Error::Invalid(format!(
                 "{} is not a run directory (it has no config.toml)",
                 path.display()
             )));
