@@ -1347,9 +1347,9 @@ mod tests {
         assert!((lhs - dot(&gw, w)).abs() < 1e-9 * lhs.abs().max(1.0), "{g:?}: grad w");
     }
 
-    /// Runs of 4–7 taps between wide layers over many rows take F(2, n) (winograd.rs), forward and input
-    /// gradient (and runs of 3 below AVX-512): against the naive loop, and the backward as its adjoint (f64,
-    /// where both are exact up to rounding).
+    /// Runs of 4–7 taps between wide layers over many rows take Winograd (winograd.rs: F(2, n); a run of 7 in
+    /// pieces below AVX-512, here forced both ways), forward and input gradient (and runs of 3 below AVX-512):
+    /// against the naive loop, and the backward as its adjoint (f64, where both are exact up to rounding).
     #[test]
     fn winograd_path_matches_the_naive_loop_and_its_adjoint() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(13);
@@ -1371,6 +1371,18 @@ mod tests {
             let bias = random(c_out, &mut rng);
             let go = random(b * 64 * c_out, &mut rng);
             check_forward_and_adjoint(&g, (&x, &w, &bias), &go, 1e-11);
+            // A run of 7 in the pieces a CPU below AVX-512 takes, and whole as at AVX-512, on any machine: on
+            // one worker, where the forced choice (a thread-local) holds for every call.
+            if n_k == 7 {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+                for below in [true, false] {
+                    pool.install(|| {
+                        winograd::tests::forced_pieces(below, || {
+                            check_forward_and_adjoint(&g, (&x, &w, &bias), &go, 1e-11)
+                        })
+                    });
+                }
+            }
         }
         // The gated PixelCNN's vertical stack (two runs of 3 over 8×8 images, 64 → 128 channels): F(4, 3)
         // below AVX-512, the direct products at it (the published figures' bits).

@@ -45,14 +45,15 @@ pub const MIN_CHANNELS: usize = 128;
 /// runs below AVX-512 ([`below_avx512`]).
 pub const MIN_CHANNELS_3: usize = 64;
 
-/// Whether gemm runs below AVX-512 here (an AVX2 CPU, or a build without the `avx512` feature): then runs of
-/// 3 taps take Winograd, and a run of 7 takes the cheaper pieces of [`pieces`] (the seed net's forward pass
-/// at batch 64 at AVX2: 34 → 27 ms on two threads, 66 → 48 ms on one). Runs of 3 were measured on the gated
-/// PixelCNN's train step at batch 64 (its vertical stack: 64 → 128 channels, two runs of 3), one thread: F(2, 3) 9–10 % faster than the direct products at
-/// AVX2 (7 % at AVX-512), F(4, 3) another 3–5 % (AVX2: 144–150 → 137–143 ms; on two threads within the
-/// noise). The published figures were trained at AVX-512 with the direct products, so that level keeps
-/// them and reproduces them bit for bit; below it gemm blocks its sums differently (other kernels, other
-/// blocks), so its bits differ from them already and the faster sums cost no reproducibility there.
+/// Whether gemm runs below AVX-512 here (an AVX2 CPU, a build without the `avx512` feature, or a CPU with
+/// neither): then runs of 3 taps take Winograd, and a run of 7 takes the cheaper pieces of [`pieces`] (the
+/// seed net's forward pass at batch 64 at AVX2: 34 → 27 ms on two threads, 66 → 48 ms on one). Runs of 3
+/// were measured on the gated PixelCNN's train step at batch 64 (its vertical stack: 64 → 128 channels, two
+/// runs of 3), one thread: F(2, 3) 9–10 % faster than the direct products at AVX2 (7 % at AVX-512), F(4, 3)
+/// another 3–5 % (AVX2: 144–150 → 137–143 ms; on two threads within the noise). The published figures were
+/// trained at AVX-512 with the direct products and F(2, 7), so that level keeps them and reproduces them bit
+/// for bit; below it gemm blocks its sums differently (other kernels, other blocks), so its bits differ from
+/// them already and the faster sums cost no reproducibility there.
 pub fn below_avx512() -> bool {
     crate::nn::exact::best_simd() != crate::nn::exact::Simd::Avx512
 }
@@ -61,7 +62,8 @@ pub fn below_avx512() -> bool {
 /// call (α·n multiply-adds per weight, each call): there it and the smaller products cost more than the
 /// saved arithmetic. Measured on the seed net's forward pass (rows = batch × 70): level at batch 16 (1,120
 /// rows, 5 % faster), 15–20 % faster from batch 32 on, slower at batch 1–4. A transform kept from an earlier
-/// call (an evaluation pass, a sampler) costs nothing, and then F(2, n) pays at every batch: the seed net's
+/// call (an evaluation pass, a sampler) costs nothing, and then F(2, n) pays at every batch (measured with
+/// F(2, 7) at both levels; this and [`TILES`] were not measured again for the pieces below AVX-512): the seed net's
 /// forward at batch 1, 2, 8 took 0.38 → 0.29, 0.75 → 0.49, 2.7 → 1.9 ms at AVX-512 and 0.77 → 0.49,
 /// 1.4 → 0.9, 5.0 → 3.5 ms at AVX2 (2 threads).
 pub const MIN_ROWS: usize = 1024;
@@ -85,9 +87,11 @@ pub fn fits(n: usize, c_in: usize, c_out: usize, m: usize, kept: bool) -> bool {
 /// How a run of n taps is computed: as one F(q, n), or as consecutive pieces of it, each its own F(q, n_p)
 /// whose sums add up. F(4, 3) for runs of 3; a run of 7 below AVX-512 ([`below_avx512`]) as F(5, 4) on
 /// its first four taps and F(6, 3) on the last three — 8/5 + 8/6 ≈ 2.9 products of all the rows instead of
-/// F(2, 7)'s 4 (direct: 7), at the same eight points, so with the same rounding (a single F(3, 7) would need a
-/// ninth point, and its f32 error, ≈ 6 times F(2, 7)'s, broke the PyTorch parity of the seed net's logits);
-/// F(2, n) otherwise. Returns `(first tap, taps, output rows per tile)` for each piece.
+/// F(2, 7)'s 4 (direct: 7). Each piece takes at most the same eight points as F(2, 7), and rounds about as
+/// much (f32 against f64 on the seed net's layer shapes, numpy: 1.8e-6 of the largest output, F(2, 7)
+/// 1.6–1.9e-6), though not to the same bits; a single F(3, 7) would need a ninth point, and its error,
+/// ≈ 6 times F(2, 7)'s, broke the PyTorch parity of the seed net's logits. F(2, n) otherwise. Returns
+/// `(first tap, taps, output rows per tile)` for each piece.
 fn pieces(n: usize, below_avx512: bool) -> Vec<(usize, usize, usize)> {
     match n {
         3 => vec![(0, 3, 4)],
@@ -156,9 +160,13 @@ impl Piece {
 }
 
 impl Transforms {
-    /// For this machine's SIMD level.
+    /// For this machine's SIMD level (in tests, as [`tests::forced_pieces`] says on this thread).
     pub fn new(n: usize) -> Self {
-        Self::at_level(n, below_avx512())
+        #[cfg(test)]
+        let below = tests::PIECES.get().unwrap_or_else(below_avx512);
+        #[cfg(not(test))]
+        let below = below_avx512();
+        Self::at_level(n, below)
     }
 
     /// For a CPU below AVX-512 or not (the tests take both on any machine).
@@ -207,7 +215,7 @@ impl Transforms {
             let (bt, at) = piece.input_and_output_in();
             let mut p = Vec::<T>::with_capacity(alpha * block);
             let job = GradJob {
-                src: &src[piece.k0 * c_in..],
+                src: src.get(piece.k0 * c_in..).unwrap_or_default(),
                 c_in,
                 gy,
                 c_out,
@@ -277,7 +285,7 @@ impl Transforms {
             let (bt, at) = piece.input_and_output_in();
             let (tiles, per_task, _) = blocking(piece);
             let job = Job {
-                src: &src[piece.k0 * c_in..],
+                src: src.get(piece.k0 * c_in..).unwrap_or_default(),
                 c_in,
                 v,
                 first_matrix,
@@ -625,9 +633,23 @@ fn invert(mut a: Vec<Vec<f64>>) -> Vec<Vec<f64>> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
+
+    thread_local! {
+        /// Whether [`Transforms::new`] takes the pieces of a CPU below AVX-512 (`Some(true)`: the callers'
+        /// tests on AVX-512 machines too), those of AVX-512 (`Some(false)`), or as this machine does (`None`).
+        pub static PIECES: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+    }
+
+    /// Runs `f` with the pieces forced on or off on this thread (see [`PIECES`]).
+    pub fn forced_pieces<R>(below_avx512: bool, f: impl FnOnce() -> R) -> R {
+        PIECES.set(Some(below_avx512));
+        let r = f();
+        PIECES.set(None);
+        r
+    }
 
     /// F(q, n) on scalars reproduces the direct sums: y_o = Σ_k d_{o+k} g_k, for every piece of every n
     /// provided; the pieces cover the run's taps in order.
@@ -667,6 +689,7 @@ mod tests {
         for &(n, c_in, c_out, m, below_avx512) in &[
             (7usize, 128usize, 130usize, 601usize, false),
             (7, 128, 130, 601, true),
+            (7, 40, 36, 1601, true),
             (7, 130, 128, 38, true),
             (4, 129, 128, 40, false),
             (3, 64, 128, 301, false),
