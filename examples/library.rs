@@ -33,11 +33,11 @@ fn run() -> anyhow::Result<()> {
     // The model, its parameters drawn from the recipe's seed.
     let arm = Arm::new(&cfg.model, cfg.train.seed, DType::F32, &Device::Cpu)?;
     println!(
-        "{}: {} parameters, receptive field {} of {} positions",
+        "{}: {} parameters, receptive field {} of the {} earlier positions the last one has",
         cfg.model.distribution(),
         arm.params().num_params(),
         arm.receptive_field(),
-        arm.dim()
+        arm.dim() - 1
     );
 
     // Training writes checkpoints and metrics.csv into a run directory (held by a lock while it runs) and

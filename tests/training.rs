@@ -343,13 +343,18 @@ fn resume_without_the_metrics_history_is_refused() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("metrics.csv") && e.contains("incomplete"), "{e}");
-    // A repeated row is not called incomplete.
-    let repeated = format!("{csv}{}\n", csv.lines().last().unwrap());
-    std::fs::write(run.file("metrics.csv"), repeated).unwrap();
-    let e = train::train(&arm, &splits, &recipe(3), &run, true, &quiet())
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("does not match") && !e.contains("incomplete"), "{e}");
+    // A repeated row is not called incomplete, with as many rows as epochs or fewer.
+    let row1 = csv.lines().nth(1).unwrap();
+    for repeated in [
+        format!("{csv}{}\n", csv.lines().last().unwrap()),
+        format!("{}\n{row1}\n{row1}\n", csv.lines().next().unwrap()),
+    ] {
+        std::fs::write(run.file("metrics.csv"), repeated).unwrap();
+        let e = train::train(&arm, &splits, &recipe(3), &run, true, &quiet())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("does not match") && !e.contains("incomplete"), "{e}");
+    }
     std::fs::write(run.file("metrics.csv"), csv).unwrap();
     train::train(&arm, &splits, &recipe(3), &run, true, &quiet()).unwrap();
 }

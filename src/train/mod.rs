@@ -600,10 +600,10 @@ fn check_history(path: &std::path::Path, rows: &[EpochRow], epochs: usize) -> Re
                  restore metrics.csv, or start again with --force",
                 rows.len(),
                 rows.last().map_or(0, |r| r.epoch),
-                if rows.len() < epochs {
+                if rows.iter().enumerate().all(|(i, r)| r.epoch == i + 1) {
                     "is incomplete"
                 } else {
-                    "does not match it (rows repeated, out of order or past the checkpoint)"
+                    "does not match it (rows repeated or out of order)"
                 }
             ),
         ));
