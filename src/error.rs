@@ -25,8 +25,9 @@ pub enum Error {
     Config(String),
 
     /// A request that cannot be carried out as asked, through no fault of a config: an argument out of range
-    /// (`--importance-samples 0`), data of the wrong shape or without the labels the model needs, an empty
-    /// data set, a sampler the family lacks. The message says what and why.
+    /// (`--importance-samples 0`), data or tensors of the wrong shape, labels or a context vector missing or
+    /// not expected, an empty data set, a sampler the family lacks, worker threads the system will not start.
+    /// The message says what and why.
     #[error("{0}")]
     Invalid(String),
 

@@ -298,13 +298,13 @@ fn logistic_density_refuses_bad_shapes() -> Result<()> {
         Tensor::zeros(6, DType::F64, &CPU)?,
     ] {
         assert!(
-            matches!(continuous::log_density(&theta, &z), Err(Error::Config(_))),
+            matches!(continuous::log_density(&theta, &z), Err(Error::Invalid(_))),
             "{z:?}"
         );
     }
     let theta = Tensor::zeros((2, 3, 5), DType::F64, &CPU)?;
     let z = Tensor::zeros((2, 3), DType::F64, &CPU)?;
-    assert!(matches!(continuous::log_density(&theta, &z), Err(Error::Config(_))));
+    assert!(matches!(continuous::log_density(&theta, &z), Err(Error::Invalid(_))));
     Ok(())
 }
 
@@ -463,7 +463,7 @@ fn standard_normal_prior_density_and_samples() -> Result<()> {
     );
     assert!(matches!(
         prior.log_density(&Tensor::zeros((1, 4), DType::F64, &CPU)?),
-        Err(Error::Config(_))
+        Err(Error::Invalid(_))
     ));
     Ok(())
 }

@@ -85,7 +85,7 @@ impl Splits {
         let n_train = (n * 1000 + 1797 / 2) / 1797;
         let n_val = (n * 350 + 1797 / 2) / 1797;
         if n_train == 0 || n_val == 0 || n_train + n_val >= n {
-            return Err(Error::Config(format!(
+            return Err(Error::Invalid(format!(
                 "{n} examples are too few to split into train, validation and test"
             )));
         }

@@ -89,7 +89,7 @@ pub fn to_pixel_major(ds: Dataset) -> Dataset {
 /// The result is labelled only when both are.
 pub fn concat(a: &Dataset, b: &Dataset) -> Result<Dataset> {
     if (a.dim, a.num_values, a.image_shape) != (b.dim, b.num_values, b.image_shape) {
-        return Err(Error::Config(format!(
+        return Err(Error::Invalid(format!(
             "cannot join datasets of {} values of {} kinds shaped {:?} and of {} values of {} kinds shaped {:?}",
             a.dim, a.num_values, a.image_shape, b.dim, b.num_values, b.image_shape
         )));

@@ -48,7 +48,7 @@ pub fn build(cfg: &PriorConfig, latents: usize, vb: VarBuilder) -> Result<Box<dy
 fn check_latents(z: &Tensor, latents: usize, dtype: DType) -> Result<usize> {
     match z.dims() {
         &[b, l] if l == latents && z.dtype() == dtype => Ok(b),
-        _ => Err(Error::Config(format!(
+        _ => Err(Error::Invalid(format!(
             "the prior takes z as [B, {latents}] {dtype:?}, got {:?} {:?}",
             z.dims(),
             z.dtype()

@@ -24,7 +24,7 @@ pub fn params_len(n_mix: usize) -> usize {
 pub fn log_density_dims(theta: &Tensor, z: &Tensor) -> Result<Tensor> {
     let (b, d, p) = theta.dims3()?;
     if p == 0 || p % 3 != 0 || z.dims() != [b, d] || z.dtype() != theta.dtype() {
-        return Err(Error::Config(format!(
+        return Err(Error::Invalid(format!(
             "logistic density: θ {:?} ({:?}) must be [B, D, 3M] with M ≥ 1, and z {:?} ({:?}) [B, D] of its dtype",
             theta.dims(),
             theta.dtype(),

@@ -341,7 +341,7 @@ fn check_shapes(
         Some(c) => x.dims() == [n, c],
     };
     if p != width || !x_ok {
-        return Err(Error::Config(format!(
+        return Err(Error::Invalid(format!(
             "logistic mixture with {n_mix} components: params {:?} (want [N, {width}]) do not fit x {:?}",
             params.dims(),
             x.dims()
@@ -857,13 +857,14 @@ mod tests {
     }
 
     #[test]
-    fn bad_shapes_are_config_errors() {
+    fn bad_shapes_and_mixtures_are_errors() {
         let dev = Device::Cpu;
         let params = Tensor::zeros((2, 9), DType::F32, &dev).unwrap();
         let x = Tensor::zeros(2, DType::U32, &dev).unwrap();
         assert!(log_prob_gray(&params, &x, 3, 256).is_ok());
-        assert!(matches!(log_prob_gray(&params, &x, 2, 256), Err(Error::Config(_))));
+        // θ that does not fit the mixture or x: the caller's tensors; a mixture of one bin: its config.
+        assert!(matches!(log_prob_gray(&params, &x, 2, 256), Err(Error::Invalid(_))));
         assert!(matches!(log_prob_gray(&params, &x, 3, 1), Err(Error::Config(_))));
-        assert!(matches!(log_prob_rgb(&params, &x, 3, 256), Err(Error::Config(_))));
+        assert!(matches!(log_prob_rgb(&params, &x, 3, 256), Err(Error::Invalid(_))));
     }
 }

@@ -137,7 +137,7 @@ impl CausalNet for DenseNet {
         if arithmetic == Arithmetic::Exact {
             return Err(Error::NoExactMode("the dense decoder".into()));
         }
-        let context = context.ok_or_else(|| Error::Config("the dense decoder needs its context".into()))?;
+        let context = context.ok_or_else(|| Error::Internal("the dense decoder needs its context".into()))?;
         let device = self.out.weight().device();
         let c = Tensor::from_slice(context, (batch, self.m.context), device)?;
         let theta = self

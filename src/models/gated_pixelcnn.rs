@@ -334,7 +334,7 @@ impl CausalNet for GatedPixelCnn {
         let (b, d) = x.dims2()?;
         let (hh, w, k) = (self.m.height(), self.m.width(), self.m.num_values);
         if d != self.m.dim() {
-            return Err(Error::Config(format!(
+            return Err(Error::Invalid(format!(
                 "gated_pixelcnn: input has {d} values per example, the model is {hh}×{w}×{}",
                 self.m.colors()
             )));

@@ -167,7 +167,7 @@ impl HeadStepper {
         });
         match self.kind {
             Out::PerColour { colors, p } => {
-                let out = out.ok_or_else(|| Error::Config("the head needs the network's column".into()))?;
+                let out = out.ok_or_else(|| Error::Internal("the head needs the network's column".into()))?;
                 Ok(out
                     .chunks(colors * p)
                     .map(|r| r[colour * p..(colour + 1) * p].to_vec())

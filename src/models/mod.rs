@@ -62,7 +62,7 @@ fn unconditioned(labels: Option<&Tensor>, context: Option<&Tensor>) -> Result<()
 
 fn no_context(given: bool) -> Result<()> {
     match given {
-        true => Err(Error::Config("this network takes no context vector".into())),
+        true => Err(Error::Invalid("this network takes no context vector".into())),
         false => Ok(()),
     }
 }
@@ -72,13 +72,13 @@ fn no_context(given: bool) -> Result<()> {
 pub(crate) fn check_context(size: usize, context: Option<&Tensor>, batch: usize) -> Result<()> {
     match (size, context) {
         (0, None) => Ok(()),
-        (0, Some(_)) => Err(Error::Config("this model takes no context vector".into())),
-        (e, None) => Err(Error::Config(format!(
+        (0, Some(_)) => Err(Error::Invalid("this model takes no context vector".into())),
+        (e, None) => Err(Error::Invalid(format!(
             "this model is conditioned on a context of {e} numbers per example: give one"
         ))),
         (e, Some(c)) => match c.dims() {
             [b, w] if *b == batch && *w == e => Ok(()),
-            dims => Err(Error::Config(format!(
+            dims => Err(Error::Invalid(format!(
                 "the context has shape {dims:?}; the model needs [{batch}, {e}]"
             ))),
         },
@@ -123,7 +123,7 @@ impl<N: FlowNet> CausalNet for N {
         };
         let (b, d) = x.dims2()?;
         if d != m.dim() {
-            return Err(Error::Config(format!(
+            return Err(Error::Invalid(format!(
                 "{}: input has {d} values per example, the model is {}×{}×{}",
                 m.kind(),
                 m.height(),
@@ -224,20 +224,20 @@ pub(crate) fn record_colour(pixel: &mut Vec<f32>, m: &ModelConfig, colors: usize
 pub(crate) fn check_labels(num_classes: Option<usize>, labels: Option<&Tensor>, batch: usize) -> Result<()> {
     match (num_classes, labels) {
         (None, None) => Ok(()),
-        (None, Some(_)) => Err(Error::Config(
+        (None, Some(_)) => Err(Error::Invalid(
             "this model is not class-conditional: it takes no labels".into(),
         )),
-        (Some(n), None) => Err(Error::Config(format!(
+        (Some(n), None) => Err(Error::Invalid(format!(
             "this model is class-conditional: give a label in 0..{} per example",
             n.saturating_sub(1)
         ))),
         (Some(n), Some(l)) => {
             let v = l.to_vec1::<u32>()?;
             if v.len() != batch {
-                return Err(Error::Config(format!("{} labels for {batch} examples", v.len())));
+                return Err(Error::Invalid(format!("{} labels for {batch} examples", v.len())));
             }
             match v.iter().find(|&&c| c as usize >= n) {
-                Some(c) => Err(Error::Config(format!("label {c} is outside 0..{}", n - 1))),
+                Some(c) => Err(Error::Invalid(format!("label {c} is outside 0..{}", n - 1))),
                 None => Ok(()),
             }
         }
@@ -1050,7 +1050,7 @@ impl Arm {
     pub fn check_input(&self, x: &Tensor) -> Result<()> {
         let (_, d) = x.dims2()?;
         if d != self.dim() {
-            return Err(Error::Config(format!(
+            return Err(Error::Invalid(format!(
                 "input has {d} dimensions, the model has {}",
                 self.dim()
             )));
