@@ -314,30 +314,36 @@ impl RunConfig {
     /// shapes allow, and give wrong figures). A config without a stamp (another version's, or a plain one)
     /// is taken as it is.
     pub fn from_stamped_file(path: &Path) -> Result<Self> {
+        Self::read_stamped(path, false)
+    }
+
+    /// For `--resume`: as [`Self::from_stamped_file`], and the recipe stamped, if any, must be the file's too.
+    pub fn from_stamped_file_to_resume(path: &Path) -> Result<Self> {
+        Self::read_stamped(path, true)
+    }
+
+    /// The config file at `path`, read once, checked against its stamp: the model always, the recipe too if
+    /// `recipe`.
+    fn read_stamped(path: &Path, recipe: bool) -> Result<Self> {
         let text = read_text(path)?;
         let cfg = Self::parse(&text, path)?;
-        if let Some((model, _)) = stamp_in(&text, path)? {
-            if model != cfg.model_fingerprint() {
+        if let Some((model_stamp, recipe_stamp)) = stamp_in(&text, path)? {
+            if model_stamp != cfg.model_fingerprint() {
                 return Err(edited(
                     path,
                     "[model] or [latent]",
                     "its weights were trained with another",
                 ));
             }
+            if recipe && recipe_stamp != cfg.recipe_fingerprint() {
+                return Err(edited(
+                    path,
+                    "[train] or [data]",
+                    "the run was started with another, and --resume continues a run exactly",
+                ));
+            }
         }
         Ok(cfg)
-    }
-
-    /// For `--resume`: the recipe stamped in the run's config file at `path`, if any, must be this config's.
-    pub fn check_recipe_stamp(&self, path: &Path) -> Result<()> {
-        match stamp_in(&read_text(path)?, path)? {
-            Some((_, recipe)) if recipe != self.recipe_fingerprint() => Err(edited(
-                path,
-                "[train] or [data]",
-                "the run was started with another, and --resume continues a run exactly",
-            )),
-            _ => Ok(()),
-        }
     }
 
     /// The config as TOML; [`Self::validate`] has checked that it can be written.

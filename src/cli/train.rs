@@ -247,8 +247,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             }
             let run = RunDir::open(dir)?;
             let lock = run.lock()?;
-            let cfg = run.read_config()?;
-            run.check_resumable(&cfg)?;
+            let cfg = run.read_config_to_resume()?;
             run.remove_temp_files()?;
             let resume = run.file("resume.safetensors").is_file();
             if !resume {

@@ -592,7 +592,8 @@ fn check_history(path: &std::path::Path, rows: &[EpochRow], epochs: usize) -> Re
             ),
         ));
     }
-    if rows.len() != epochs || rows.iter().enumerate().any(|(i, r)| r.epoch != i + 1) {
+    let in_order = rows.iter().enumerate().all(|(i, r)| r.epoch == i + 1);
+    if rows.len() != epochs || !in_order {
         return Err(Error::data(
             path,
             format!(
@@ -600,7 +601,7 @@ fn check_history(path: &std::path::Path, rows: &[EpochRow], epochs: usize) -> Re
                  restore metrics.csv, or start again with --force",
                 rows.len(),
                 rows.last().map_or(0, |r| r.epoch),
-                if rows.iter().enumerate().all(|(i, r)| r.epoch == i + 1) {
+                if in_order {
                     "is incomplete"
                 } else {
                     "does not match it (rows repeated or out of order)"

@@ -144,9 +144,10 @@ impl RunDir {
         RunConfig::from_stamped_file(&self.file("config.toml"))
     }
 
-    /// For `--resume`: the whole recipe must be what the run was started with (its data's path aside).
-    pub fn check_resumable(&self, cfg: &RunConfig) -> Result<()> {
-        cfg.check_recipe_stamp(&self.file("config.toml"))
+    /// For `--resume`: the config as [`Self::read_config`], and the whole recipe what the run was started
+    /// with (its data's path aside).
+    pub fn read_config_to_resume(&self) -> Result<RunConfig> {
+        RunConfig::from_stamped_file_to_resume(&self.file("config.toml"))
     }
 
     /// Writes `tensors` with a JSON `state` as metadata to `resume.safetensors`, atomically.
