@@ -98,6 +98,41 @@ fn a_second_writer_is_refused_naming_the_holder() {
     assert_ne!(pid.trim(), "999999999", "the new writer records its own PID");
 }
 
+/// A run another process is starting (its lock held, its config half written, or written without a checkpoint
+/// yet) is refused as in use — not as a folder of stray files nor as a run that stopped — and is not touched.
+#[test]
+fn a_run_being_started_is_refused_as_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("dup");
+    std::fs::create_dir(&run).unwrap();
+    let lock = RunDir { path: run.clone() }.lock().unwrap();
+    for written in ["config.toml.tmp", "config.toml"] {
+        std::fs::write(run.join(written), "half").unwrap();
+        armory()
+            .arg("train")
+            .args(TINY)
+            .args(["1", "--name", "dup", "--runs-dir"])
+            .arg(dir.path())
+            .assert()
+            .failure()
+            .stderr(
+                contains("in use by another armory process")
+                    .and(contains("holds files").not())
+                    .and(contains("stopped").not()),
+            );
+        assert_eq!(std::fs::read_to_string(run.join(written)).unwrap(), "half");
+    }
+    drop(lock);
+    armory()
+        .arg("train")
+        .args(TINY)
+        .args(["1", "--name", "dup", "--runs-dir"])
+        .arg(dir.path())
+        .assert()
+        .failure()
+        .stderr(contains("stopped before its first checkpoint"));
+}
+
 /// Two trains on one name started together: exactly one trains, the other is refused, and the directory
 /// holds one run — its config.toml and its weights from the same process, so they load together.
 #[test]

@@ -163,10 +163,18 @@ enum RunTarget {
 const AFTER_TRAINING: &str =
     "interrupted after training: the run's checkpoints are saved; its test figures and pictures are not";
 
-/// Refuses to start a new run where a run is, unless `--force`, saying what to run instead.
-fn refuse_existing(dir: &std::path::Path, force: bool) -> anyhow::Result<()> {
+/// Refuses to start a new run where a run is, unless `--force`, saying what to run instead. A folder whose
+/// lock another process holds is refused as in use: it may be that process's run, half written (`locked`:
+/// this process holds the lock itself).
+fn refuse_existing(dir: &std::path::Path, force: bool, locked: bool) -> anyhow::Result<()> {
     if force {
         return Ok(());
+    }
+    if !locked && dir.join("lock").is_file() {
+        let run = RunDir {
+            path: dir.to_path_buf(),
+        };
+        drop(run.lock()?); // Error::RunLocked if another process holds it
     }
     let config = dir.join("config.toml");
     if !(config.exists() || config.is_symlink()) {
@@ -270,12 +278,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             });
             train::check_run_name(&name)?;
             let dir = a.runs_dir.join(name);
-            refuse_existing(&dir, a.force)?; // before the lock, which would leave its file in a folder refused
+            refuse_existing(&dir, a.force, false)?; // before the lock, which would leave its file in a folder refused
             let lock = match dir.is_dir() {
                 true => Some(RunDir { path: dir.clone() }.lock()?),
                 false => None,
             };
-            refuse_existing(&dir, a.force)?;
+            refuse_existing(&dir, a.force, lock.is_some())?;
             (cfg, RunTarget::New(dir), lock, false)
         }
     };
@@ -302,7 +310,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 Some(l) => l,
                 None => run.lock()?,
             };
-            refuse_existing(&dir, a.force)?; // again under the lock: another run may have begun meanwhile
+            refuse_existing(&dir, a.force, true)?; // again under the lock: another run may have begun meanwhile
             run.clear()?;
             run.write_config(&cfg)?;
             (run, Some(lock))
