@@ -183,6 +183,37 @@ pub struct RunConfig {
     pub latent: Option<VaeConfig>,
 }
 
+/// serde's messages name the Rust type a setting is read into ("expected usize"): said in words instead.
+fn plain_types(message: &str) -> String {
+    const WORDS: [(&str, &str); 10] = [
+        ("usize", "a whole number, 0 or more"),
+        ("u64", "a whole number, 0 or more"),
+        ("u32", "a whole number, 0 or more"),
+        ("u16", "a whole number, 0 or more"),
+        ("u8", "a whole number, 0 or more"),
+        ("i64", "a whole number"),
+        ("i32", "a whole number"),
+        ("f64", "a number"),
+        ("f32", "a number"),
+        ("bool", "true or false"),
+    ];
+    let mut out = message.to_string();
+    for (rust, words) in WORDS {
+        let from = format!("expected {rust}");
+        let mut at = 0;
+        while let Some(i) = out[at..].find(&from).map(|i| i + at) {
+            let end = i + from.len();
+            if out[end..].starts_with(|c: char| c.is_alphanumeric() || c == '_') {
+                at = end;
+                continue;
+            }
+            out.replace_range(i..end, &format!("expected {words}"));
+            at = i;
+        }
+    }
+    out
+}
+
 impl RunConfig {
     pub fn seed() -> Self {
         Self::parse(SEED_CONFIG, Path::new("<embedded configs/seed-arm.toml>")).expect("the embedded config parses")
@@ -217,7 +248,7 @@ impl RunConfig {
                 let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
                 format!(" (line {line}, column {column})")
             });
-            Error::Config(format!("{}{at}: {}", path.display(), e.message()))
+            Error::Config(format!("{}{at}: {}", path.display(), plain_types(e.message())))
         })?;
         // A VAE's decoder is conditioned on its latents: the config need not say so twice.
         if let (Some(latent), 0) = (&cfg.latent, cfg.model.context) {
@@ -502,6 +533,37 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("cfg.toml"), "{e}");
+        // A value of the wrong type: the setting named (the family's own too), the type said in words.
+        for (from, to, setting, words) in [
+            (
+                "hidden = 256",
+                "hidden = \"abc\"",
+                "`hidden`",
+                "a whole number, 0 or more",
+            ),
+            ("hidden = 256", "hidden = -3", "`hidden`", "a whole number, 0 or more"),
+            ("kernel = 7", "kernel = 3.5", "`kernel`", "a whole number, 0 or more"),
+            (
+                "num_values = 17",
+                "num_values = true",
+                "`num_values`",
+                "a whole number, 0 or more",
+            ),
+            ("lr = 1e-3", "lr = \"fast\"", "", "expected a number"),
+        ] {
+            let bad = SEED_CONFIG.replace(from, to);
+            assert_ne!(bad, SEED_CONFIG, "{from}");
+            let e = RunConfig::parse(&bad, Path::new("t.toml")).unwrap_err().to_string();
+            assert!(
+                e.contains("t.toml") && e.contains(setting) && e.contains(words),
+                "{to}: {e}"
+            );
+            assert!(!e.contains("usize") && !e.contains("f64"), "{to}: {e}");
+        }
+        assert_eq!(
+            plain_types("expected u8, expected u8x, expected f32"),
+            "expected a whole number, 0 or more, expected u8x, expected a number"
+        );
     }
 
     /// Quantization and both binarizations apply to every split; stochastic binarization is fixed by its

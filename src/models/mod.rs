@@ -589,18 +589,47 @@ impl Flat {
 
 impl<'de> Deserialize<'de> for ModelConfig {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let flat = Flat::deserialize(d).map_err(|e| {
-            let e = e.to_string().trim_end().to_string();
-            match e.contains("unknown field") {
+        // Through a table first: the family's settings are read from a buffered copy (serde's `flatten`),
+        // whose errors name neither the setting nor its place; the table says which setting holds the value.
+        let table = toml::Table::deserialize(d)?;
+        let flat = Flat::deserialize(toml::Value::Table(table.clone())).map_err(|e| {
+            let e = e.message().trim_end().to_string();
+            match (e.contains("unknown field"), holding(&table, &e)) {
                 // The family's own settings are listed; the model's are valid too.
-                true => serde::de::Error::custom(format!(
+                (true, _) => serde::de::Error::custom(format!(
                     "{e} — or one of the model's own: num_values, length, height, width, colors, input, n_mix, \
                      colour_mixture, dropout, context"
                 )),
-                false => serde::de::Error::custom(e),
+                (false, Some(key)) => serde::de::Error::custom(format!("`{key}`: {e}")),
+                (false, None) => serde::de::Error::custom(e),
             }
         })?;
         flat.resolve().map_err(serde::de::Error::custom)
+    }
+}
+
+/// The one setting of `table` whose value serde's error `message` shows ("invalid type: string \"abc\",
+/// expected …"), if exactly one does.
+fn holding<'a>(table: &'a toml::Table, message: &str) -> Option<&'a str> {
+    let shown = |v: &toml::Value| match v {
+        toml::Value::String(s) => format!("string {s:?}"),
+        toml::Value::Integer(i) => format!("integer `{i}`"),
+        toml::Value::Float(f) => match f.to_string() {
+            s if s.contains('.') || !f.is_finite() => format!("floating point `{s}`"),
+            s => format!("floating point `{s}.0`"),
+        },
+        toml::Value::Boolean(b) => format!("boolean `{b}`"),
+        toml::Value::Array(_) => "sequence".into(),
+        toml::Value::Table(_) => "map".into(),
+        toml::Value::Datetime(d) => d.to_string(),
+    };
+    let mut hits = table
+        .iter()
+        .filter(|(_, v)| message.contains(&shown(v)))
+        .map(|(k, _)| k.as_str());
+    match (hits.next(), hits.next()) {
+        (Some(key), None) => Some(key),
+        _ => None,
     }
 }
 
