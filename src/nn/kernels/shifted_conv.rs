@@ -674,11 +674,12 @@ fn backward_on_worker<T: WithDType>(
         unsafe { gxpad.set_len(rows * c_in) };
         unpad_rows(gxpad, g, c_in, g.plan.pad_top, g.plan.pad_left, |_| {})
     };
-    // Side by side only for small layers: the gated PixelCNN's at batch 4 (≈ 35 MFLOP per gradient, its
-    // train step 4 % faster), not the seed net's 256-channel ones at batch 64 (3.7 GFLOP, already split by
-    // gemm and Winograd: 5 % slower with both at once); the gated layers at batch 64 (0.6 GFLOP) gain nothing.
+    // Side by side only for layers under 1 GFLOP: the gated PixelCNN's at batch 4 (≈ 35 MFLOP per gradient,
+    // its train step 4 % faster) and at batch 64 (0.6 GFLOP: nothing gained on a Zen 4, its step 2 % faster
+    // on an Intel Xeon with AVX-512 — 71.8 → 70.3 ms), not the seed net's 256-channel ones at batch 64
+    // (3.7 GFLOP, already split by gemm and Winograd: 5 % slower with both at once).
     let flops = 2 * m * c_in * c_out * g.plan.taps.len();
-    let (gw, gx) = if flops < 1 << 26 {
+    let (gw, gx) = if flops < 1 << 30 {
         rayon::join(weight_gradient, input_gradient)
     } else {
         (weight_gradient(), input_gradient())
