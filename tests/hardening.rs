@@ -105,9 +105,7 @@ fn a_run_being_started_is_refused_as_in_use() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("dup");
     std::fs::create_dir(&run).unwrap();
-    let lock = RunDir { path: run.clone() }.lock().unwrap();
-    for written in ["config.toml.tmp", "config.toml"] {
-        std::fs::write(run.join(written), "half").unwrap();
+    let train_dup = || {
         armory()
             .arg("train")
             .args(TINY)
@@ -115,22 +113,19 @@ fn a_run_being_started_is_refused_as_in_use() {
             .arg(dir.path())
             .assert()
             .failure()
-            .stderr(
-                contains("in use by another armory process")
-                    .and(contains("holds files").not())
-                    .and(contains("stopped").not()),
-            );
+    };
+    let lock = RunDir { path: run.clone() }.lock().unwrap();
+    for written in ["config.toml.tmp", "config.toml"] {
+        std::fs::write(run.join(written), "half").unwrap();
+        train_dup().stderr(
+            contains("in use by another armory process")
+                .and(contains("holds files").not())
+                .and(contains("stopped").not()),
+        );
         assert_eq!(std::fs::read_to_string(run.join(written)).unwrap(), "half");
     }
     drop(lock);
-    armory()
-        .arg("train")
-        .args(TINY)
-        .args(["1", "--name", "dup", "--runs-dir"])
-        .arg(dir.path())
-        .assert()
-        .failure()
-        .stderr(contains("stopped before its first checkpoint"));
+    train_dup().stderr(contains("stopped before its first checkpoint"));
 }
 
 /// Two trains on one name started together: exactly one trains, the other is refused, and the directory
