@@ -619,8 +619,9 @@ fn holding<'a>(table: &'a toml::Table, message: &str) -> Option<&'a str> {
             s => format!("floating point `{s}.0`"),
         },
         toml::Value::Boolean(b) => format!("boolean `{b}`"),
-        toml::Value::Array(_) => "sequence".into(),
-        toml::Value::Table(_) => "map".into(),
+        // Not "sequence" alone: "expected a sequence" is in the message when an array was not given.
+        toml::Value::Array(_) => "invalid type: sequence".into(),
+        toml::Value::Table(_) => "invalid type: map".into(),
         toml::Value::Datetime(d) => d.to_string(),
     };
     let mut hits = table
