@@ -63,3 +63,24 @@ pub unsafe fn par_build<T: WithDType>(
     unsafe { v.set_len(n) };
     v
 }
+
+/// A test's override of a kernel's choice on this thread: `key` holds `Some(on)` while `f` runs, and its
+/// earlier value again afterwards, also when `f` panics.
+#[cfg(test)]
+pub(crate) fn overriding<R>(
+    key: &'static std::thread::LocalKey<std::cell::Cell<Option<bool>>>,
+    on: bool,
+    f: impl FnOnce() -> R,
+) -> R {
+    struct Restore(
+        &'static std::thread::LocalKey<std::cell::Cell<Option<bool>>>,
+        Option<bool>,
+    );
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            self.0.set(self.1);
+        }
+    }
+    let _restore = Restore(key, key.replace(Some(on)));
+    f()
+}

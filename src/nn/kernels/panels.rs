@@ -158,10 +158,7 @@ pub(super) mod tests {
 
     /// Runs `f` with the products forced on or off on this thread (see [`FORCED`]).
     pub fn forced<R>(on: bool, f: impl FnOnce() -> R) -> R {
-        FORCED.set(Some(on));
-        let r = f();
-        FORCED.set(None);
-        r
+        crate::nn::kernels::overriding(&FORCED, on, f)
     }
 
     /// Bit for bit gemm's product (whichever kernel gemm runs on this machine: each sums one chain per

@@ -645,10 +645,7 @@ pub(super) mod tests {
 
     /// Runs `f` with the pieces forced on or off on this thread (see [`PIECES`]).
     pub fn forced_pieces<R>(below_avx512: bool, f: impl FnOnce() -> R) -> R {
-        PIECES.set(Some(below_avx512));
-        let r = f();
-        PIECES.set(None);
-        r
+        crate::nn::kernels::overriding(&PIECES, below_avx512, f)
     }
 
     /// F(q, n) on scalars reproduces the direct sums: y_o = Σ_k d_{o+k} g_k, for every piece of every n
