@@ -296,6 +296,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         // from any directory (a relative path was read against the directory they ran in).
         cfg.data.dataset = armory::data::absolute_spec(&cfg.data.dataset);
     }
+    // The model too is built before an old run is cleared: a config that cannot be built leaves it whole.
+    let model = super::model_source::build(&cfg)?;
     let (run, _lock) = match run {
         RunTarget::Existing(run) => {
             if !resume {
@@ -316,7 +318,6 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             (run, Some(lock))
         }
     };
-    let model = super::model_source::build(&cfg)?;
     let (trainable, decoder): (&dyn train::Trainable, &Arm) = match &model {
         Model::Arm(arm) => (arm, arm),
         Model::Vae(vae) => (vae.as_ref(), vae.decoder()),
