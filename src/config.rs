@@ -320,6 +320,13 @@ impl RunConfig {
         fingerprint(&serde_json::json!({ "model": self.model, "latent": self.latent }))
     }
 
+    /// What a run's checkpoints are stamped with ([`crate::params::ParamStore::set_stamp`]): the model
+    /// fingerprint, in hex, of this config as a run folder holds it (written, then read back).
+    pub fn checkpoint_stamp(&self) -> String {
+        let back = Self::parse(&self.to_toml(), Path::new("config.toml"));
+        format!("{:016x}", back.as_ref().unwrap_or(self).model_fingerprint())
+    }
+
     /// What resuming a run exactly needs: the same of the whole config, the data's path aside (data moved
     /// and named anew in the config are the same data).
     pub fn recipe_fingerprint(&self) -> u64 {
@@ -434,8 +441,8 @@ fn fingerprint(v: &serde_json::Value) -> u64 {
 mod tests {
     use super::*;
 
-    /// Every shipped config read back from what a run writes has the fingerprints it was stamped with, so a
-    /// run is never refused for a config nobody edited.
+    /// Every shipped config read back from what a run writes has the fingerprints it was stamped with, and
+    /// its checkpoints' stamp, so a run is never refused for a config or weights nobody edited.
     #[test]
     fn shipped_configs_keep_their_fingerprints_through_a_run_folder() {
         for (name, _) in NAMED {
@@ -444,6 +451,7 @@ mod tests {
             let back = RunConfig::parse(&written, Path::new(name)).unwrap();
             assert_eq!(back.model_fingerprint(), cfg.model_fingerprint(), "{name}");
             assert_eq!(back.recipe_fingerprint(), cfg.recipe_fingerprint(), "{name}");
+            assert_eq!(back.checkpoint_stamp(), cfg.checkpoint_stamp(), "{name}");
             assert!(written.starts_with(STAMP), "{name}");
         }
     }

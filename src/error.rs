@@ -52,6 +52,18 @@ pub enum Error {
         held: String,
     },
 
+    /// A checkpoint stamped as the weights of another model than the one loading it (another run's, copied
+    /// in: its shapes may fit, its figures would be wrong).
+    #[error(
+        "{path}: holds the weights of another model (stamped {stamped}; this config's model is {own}): a \
+         checkpoint of another run copied in? Use it with the run it was trained in"
+    )]
+    ForeignCheckpoint {
+        path: PathBuf,
+        stamped: String,
+        own: String,
+    },
+
     /// A checkpoint file that cannot be read at all.
     #[error("{path}: not a readable safetensors checkpoint: {msg}")]
     Checkpoint { path: PathBuf, msg: String },

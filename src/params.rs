@@ -20,7 +20,15 @@ use crate::error::{Error, Result};
 pub struct ParamStore {
     seed: u64,
     vars: Arc<Mutex<BTreeMap<String, Var>>>,
+    /// What model these are the weights of ([`ParamStore::set_stamp`]), if it was said.
+    stamp: Arc<Mutex<Option<String>>>,
 }
+
+/// A safetensors file's metadata: text pairs in its header.
+pub type Metadata = HashMap<String, String>;
+
+/// The metadata key of a checkpoint's stamp: what model its weights are of.
+const STAMP_KEY: &str = "armory.model";
 
 /// FNV-1a: a stable hash of a tensor name (std's hasher may change between releases).
 fn stable_hash(s: &str) -> u64 {
@@ -73,7 +81,48 @@ impl ParamStore {
         Self {
             seed,
             vars: Arc::new(Mutex::new(BTreeMap::new())),
+            stamp: Arc::new(Mutex::new(None)),
         }
+    }
+
+    /// Says what model these are the weights of (a run's model fingerprint): every checkpoint this store
+    /// writes carries it in its metadata, and one it reads that carries another is refused — the weights of
+    /// another run copied in, whose shapes may fit and whose figures would be wrong. A checkpoint without a
+    /// stamp (an older run's, a PyTorch export) loads as before.
+    pub fn set_stamp(&self, stamp: impl Into<String>) {
+        *self.stamp.lock().unwrap() = Some(stamp.into());
+    }
+
+    /// The stamp as checkpoint metadata, if one was set.
+    pub fn stamp_metadata(&self) -> Option<Metadata> {
+        let stamp = self.stamp.lock().unwrap().clone()?;
+        Some(HashMap::from([(STAMP_KEY.to_string(), stamp)]))
+    }
+
+    /// Refuses the checkpoint `path` (its `tensors` and `metadata`) stamped as another model than this
+    /// store's. Where its tensors do not fit this model anyway, the first that does not is named instead (the
+    /// error a load gives): that says more than the stamp does.
+    pub fn check_stamp(
+        &self,
+        tensors: &HashMap<String, Tensor>,
+        metadata: Option<&Metadata>,
+        path: &Path,
+    ) -> Result<()> {
+        let own = self.stamp.lock().unwrap().clone();
+        let (Some(own), Some(stamped)) = (own, metadata.and_then(|m| m.get(STAMP_KEY))) else {
+            return Ok(());
+        };
+        if own == *stamped {
+            return Ok(());
+        }
+        for (name, var) in self.vars.lock().unwrap().iter() {
+            checkpoint_tensor(tensors, name, var, path, || held(tensors))?;
+        }
+        Err(Error::ForeignCheckpoint {
+            path: path.into(),
+            stamped: stamped.clone(),
+            own,
+        })
     }
 
     /// A `VarBuilder` whose `get` creates (or returns) trainable variables in this store.
@@ -107,26 +156,15 @@ impl ParamStore {
 
     /// Writes all variables to a safetensors file (to a temporary file first, then renamed into place).
     pub fn save(&self, path: &Path) -> Result<()> {
-        save_tensors(&self.tensors()?, path)
+        save_with_metadata(&self.tensors()?, self.stamp_metadata(), path)
     }
 
     /// Loads every variable from `tensors` (read from `path`), which must hold exactly the model's tensors
     /// with the model's shapes. Values are converted to the model's dtype.
     pub fn assign(&self, tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
         let vars = self.vars.lock().unwrap();
-        let held = || {
-            let mut names: Vec<&String> = tensors.keys().collect();
-            names.sort();
-            let shown: Vec<String> = names.iter().take(8).map(|s| s.to_string()).collect();
-            let more = if names.len() > 8 {
-                format!(", … {} in all", names.len())
-            } else {
-                String::new()
-            };
-            format!("{}{more}", shown.join(", "))
-        };
         for (name, var) in vars.iter() {
-            checkpoint_tensor(tensors, name, var, path, held)?;
+            checkpoint_tensor(tensors, name, var, path, || held(tensors))?;
         }
         if let Some(extra) = tensors.keys().find(|k| !vars.contains_key(*k)) {
             return Err(Error::Checkpoint {
@@ -174,10 +212,26 @@ impl ParamStore {
         Ok(())
     }
 
-    /// Reads a safetensors checkpoint and loads it (see [`ParamStore::assign`]).
+    /// Reads a safetensors checkpoint and loads it (see [`ParamStore::assign`]), refused if it is stamped as
+    /// another model's ([`ParamStore::set_stamp`]).
     pub fn load(&self, path: &Path) -> Result<()> {
-        self.assign(&load_tensors(path)?, path)
+        let (tensors, metadata) = load_with_metadata(path)?;
+        self.check_stamp(&tensors, metadata.as_ref(), path)?;
+        self.assign(&tensors, path)
     }
+}
+
+/// What a checkpoint holds, for an error: its first tensor names, sorted, and how many there are.
+fn held(tensors: &HashMap<String, Tensor>) -> String {
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    let shown: Vec<String> = names.iter().take(8).map(|s| s.to_string()).collect();
+    let more = if names.len() > 8 {
+        format!(", … {} in all", names.len())
+    } else {
+        String::new()
+    };
+    format!("{}{more}", shown.join(", "))
 }
 
 /// The tensor `name` of a checkpoint read from `path`, which must have `like`'s shape; `held` says what the
@@ -255,11 +309,17 @@ pub fn read_checkpoint(path: &Path) -> Result<Vec<u8>> {
 
 /// Reads every tensor of a safetensors file, with errors that name the file.
 pub fn load_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
+    Ok(load_with_metadata(path)?.0)
+}
+
+/// Every tensor of a safetensors file and its metadata (the text pairs of its header, if any), with errors
+/// that name the file.
+pub fn load_with_metadata(path: &Path) -> Result<(HashMap<String, Tensor>, Option<Metadata>)> {
     let bytes = read_checkpoint(path)?;
-    candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).map_err(|e| Error::Checkpoint {
-        path: path.into(),
-        msg: e.to_string(),
-    })
+    let bad = |msg: String| Error::Checkpoint { path: path.into(), msg };
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
+    let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).map_err(|e| bad(e.to_string()))?;
+    Ok((tensors, header.metadata().clone()))
 }
 
 /// Writes tensors to a safetensors file atomically: a crash mid-write leaves the old file intact.

@@ -393,7 +393,7 @@ fn resume_files() {
     train::train(&arm, &splits, &recipe, &seed_run, false, &quiet).unwrap();
     let resume = std::fs::read(seed_run.file("resume.safetensors")).unwrap();
     let csv = std::fs::read(seed_run.file("metrics.csv")).unwrap();
-    let (tensors, state) = seed_run.load_resume().unwrap();
+    let (tensors, state) = seed_run.load_resume(arm.params()).unwrap();
     let again = armory::train::TrainConfig {
         max_epochs: 2,
         ..recipe
@@ -403,7 +403,7 @@ fn resume_files() {
         std::fs::write(run.file("metrics.csv"), csv_bytes).unwrap();
         match (bytes, state) {
             (Some(b), _) => std::fs::write(run.file("resume.safetensors"), b).unwrap(),
-            (_, Some(s)) => run.save_resume(&tensors, s).unwrap(),
+            (_, Some(s)) => run.save_resume(&tensors, s, arm.params()).unwrap(),
             _ => unreachable!(),
         }
         let arm = Arm::new(&cfg.model, 0, DType::F32, &Device::Cpu).unwrap();

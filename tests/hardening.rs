@@ -910,3 +910,53 @@ fn a_config_edited_after_training_is_refused_where_it_would_mislead() {
     );
     armory().args(["eval", "--run"]).arg(&run).assert().success();
 }
+
+/// Checkpoints say what model they hold: one copied in from another run whose shapes fit (other dilations)
+/// is refused by eval and by --resume, naming the file; the same weights without the stamp (a run of an
+/// earlier version, a PyTorch export) load as before.
+#[test]
+fn a_checkpoint_of_another_run_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = tiny_run(dir.path(), "a");
+    armory()
+        .arg("train")
+        .args(TINY)
+        .args(["2", "--dilations", "1,2,4,8", "--name", "b", "--runs-dir"])
+        .arg(dir.path())
+        .assert()
+        .success();
+    let b = dir.path().join("b");
+    for file in ["best.safetensors", "resume.safetensors"] {
+        std::fs::copy(a.join(file), b.join(file)).unwrap();
+    }
+    let foreign = |a: assert_cmd::assert::Assert, file: &str| {
+        a.failure().stderr(
+            contains(format!("b/{file}: holds the weights of another model")).and(contains("another run copied in")),
+        );
+    };
+    foreign(armory().args(["eval", "--run"]).arg(&b).assert(), "best.safetensors");
+    foreign(
+        armory().args(["train", "--quiet", "--resume"]).arg(&b).assert(),
+        "resume.safetensors",
+    );
+    // Beside --weights, the config given says what the weights must be.
+    armory()
+        .args(["eval", "--weights"])
+        .arg(a.join("last.safetensors"))
+        .arg("--config")
+        .arg(b.join("config.toml"))
+        .assert()
+        .failure()
+        .stderr(contains("holds the weights of another model"));
+    armory()
+        .args(["eval", "--weights"])
+        .arg(a.join("last.safetensors"))
+        .arg("--config")
+        .arg(a.join("config.toml"))
+        .assert()
+        .success();
+    // Without the stamp the shapes are all that can be checked: the copy loads.
+    let tensors = armory::params::load_tensors(&a.join("best.safetensors")).unwrap();
+    armory::params::save_tensors(&tensors, &b.join("best.safetensors")).unwrap();
+    armory().args(["eval", "--run"]).arg(&b).assert().success();
+}

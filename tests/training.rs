@@ -158,7 +158,7 @@ fn interrupted_and_resumed_run_with_a_weight_average_continues_the_same_curve() 
     let rows = metrics::read_csv(&straight.file("metrics.csv")).unwrap();
     let val = train::evaluate(&arm, &splits.val, 256).unwrap().nll;
     assert!((val - rows[2].val_nll).abs() < 1e-5, "{val} vs {}", rows[2].val_nll);
-    let (resume, _) = straight.load_resume().unwrap();
+    let (resume, _) = straight.load_resume(arm.params()).unwrap();
     let raw = resume["net.0.conv1d.weight"]
         .flatten_all()
         .unwrap()
@@ -224,7 +224,7 @@ fn a_resume_state_that_does_not_add_up_is_refused() {
     let run = RunDir::create(dir.path()).unwrap();
     let arm = Arm::new(&small_model(), 0, DType::F32, &Device::Cpu).unwrap();
     train::train(&arm, &splits, &recipe(1), &run, false, &quiet()).unwrap();
-    let (tensors, state) = run.load_resume().unwrap();
+    let (tensors, state) = run.load_resume(arm.params()).unwrap();
     let good: serde_json::Value = serde_json::from_str(&state).unwrap();
     let cases: [(&str, serde_json::Value, &str); 6] = [
         ("/early/best", "NaN".into(), "the best validation NLL is NaN"),
@@ -244,7 +244,7 @@ fn a_resume_state_that_does_not_add_up_is_refused() {
         if field == "/step" {
             *bad.pointer_mut("/loss_count").unwrap() = 32.into(); // one batch: only the step is wrong
         }
-        run.save_resume(&tensors, &bad.to_string()).unwrap();
+        run.save_resume(&tensors, &bad.to_string(), arm.params()).unwrap();
         let arm = Arm::new(&small_model(), 0, DType::F32, &Device::Cpu).unwrap();
         let err = train::train(&arm, &splits, &recipe(2), &run, true, &quiet())
             .unwrap_err()
@@ -254,7 +254,7 @@ fn a_resume_state_that_does_not_add_up_is_refused() {
             "{field}: {err}"
         );
     }
-    run.save_resume(&tensors, &state).unwrap();
+    run.save_resume(&tensors, &state, arm.params()).unwrap();
     let arm = Arm::new(&small_model(), 0, DType::F32, &Device::Cpu).unwrap();
     let s = train::train(&arm, &splits, &recipe(2), &run, true, &quiet()).unwrap();
     assert_eq!(s.outcome, Outcome::MaxEpochs);

@@ -33,9 +33,10 @@ pub enum Model {
     Vae(Box<Vae>),
 }
 
-/// Builds the model of `cfg` with fresh parameters: an ARM, or a VAE when the config has `[latent]`.
+/// Builds the model of `cfg` with fresh parameters, stamped as `cfg`'s ([`RunConfig::checkpoint_stamp`]): an
+/// ARM, or a VAE when the config has `[latent]`.
 pub fn build(cfg: &RunConfig) -> anyhow::Result<Model> {
-    Ok(match &cfg.latent {
+    let model = match &cfg.latent {
         None => Model::Arm(Arm::new(&cfg.model, cfg.train.seed, DType::F32, &Device::Cpu)?),
         Some(latent) => Model::Vae(Box::new(Vae::with_decoder(
             latent,
@@ -44,7 +45,10 @@ pub fn build(cfg: &RunConfig) -> anyhow::Result<Model> {
             DType::F32,
             &Device::Cpu,
         )?)),
-    })
+    };
+    // Its checkpoints say what model they hold, and one of another model is refused at load.
+    model.params().set_stamp(cfg.checkpoint_stamp());
+    Ok(model)
 }
 
 impl Model {

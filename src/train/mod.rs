@@ -306,7 +306,7 @@ impl<'a> Session<'a> {
             epoch_secs: 0.0,
         };
         if resume {
-            let (tensors, state) = run.load_resume()?;
+            let (tensors, state) = run.load_resume(params)?;
             let path = run.file("resume.safetensors");
             st = serde_json::from_str(&state)
                 .map_err(|e| e.to_string())
@@ -382,7 +382,7 @@ impl<'a> Session<'a> {
             tensors.extend(ema.state_tensors());
         }
         let state = serde_json::to_string(&self.st).expect("state serialises");
-        self.run.save_resume(&tensors, &state)
+        self.run.save_resume(&tensors, &state, self.model.params())
     }
 
     /// The rest of the current epoch: shuffled batches of `train`, one optimiser step each. Returns `false`

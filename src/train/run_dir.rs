@@ -17,6 +17,7 @@ use candle_core::Tensor;
 
 use crate::config::RunConfig;
 use crate::error::{Error, Result};
+use crate::params::ParamStore;
 
 pub struct RunDir {
     pub path: PathBuf,
@@ -150,28 +151,27 @@ impl RunDir {
         RunConfig::from_stamped_file_to_resume(&self.file("config.toml"))
     }
 
-    /// Writes `tensors` with a JSON `state` as metadata to `resume.safetensors`, atomically.
-    pub fn save_resume(&self, tensors: &HashMap<String, Tensor>, state: &str) -> Result<()> {
-        let meta = HashMap::from([(STATE_KEY.to_string(), state.to_string())]);
+    /// Writes `tensors` with a JSON `state` as metadata to `resume.safetensors`, atomically, stamped as
+    /// `params`' model ([`ParamStore::set_stamp`]).
+    pub fn save_resume(&self, tensors: &HashMap<String, Tensor>, state: &str, params: &ParamStore) -> Result<()> {
+        let mut meta = params.stamp_metadata().unwrap_or_default();
+        meta.insert(STATE_KEY.to_string(), state.to_string());
         crate::params::save_with_metadata(tensors, Some(meta), &self.file("resume.safetensors"))
     }
 
-    /// Reads `resume.safetensors`: its tensors and the JSON state.
-    pub fn load_resume(&self) -> Result<(HashMap<String, Tensor>, String)> {
+    /// Reads `resume.safetensors`: its tensors and the JSON state; refused if it is stamped as another model
+    /// than `params`'.
+    pub fn load_resume(&self, params: &ParamStore) -> Result<(HashMap<String, Tensor>, String)> {
         let path = self.file("resume.safetensors");
-        let bytes = crate::params::read_checkpoint(&path)?;
-        let bad = |msg: String| Error::Checkpoint {
-            path: path.clone(),
-            msg,
-        };
-        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
+        let (tensors, meta) = crate::params::load_with_metadata(&path)?;
+        params.check_stamp(&tensors, meta.as_ref(), &path)?;
         let state = meta
-            .metadata()
             .as_ref()
             .and_then(|m| m.get(STATE_KEY).cloned())
-            .ok_or_else(|| bad("no training state in its metadata".into()))?;
-        let tensors =
-            candle_core::safetensors::load_buffer(&bytes, &candle_core::Device::Cpu).map_err(|e| bad(e.to_string()))?;
+            .ok_or_else(|| Error::Checkpoint {
+                path: path.clone(),
+                msg: "no training state in its metadata".into(),
+            })?;
         Ok((tensors, state))
     }
 }
