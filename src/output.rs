@@ -7,17 +7,64 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
-/// The temporary file a write of `path` goes through: `path` with `.tmp` added to its extension.
-pub fn temp_path(path: &Path) -> PathBuf {
-    path.with_extension(format!(
-        "{}.tmp",
-        path.extension().and_then(|e| e.to_str()).unwrap_or("")
-    ))
+/// A name beside `path` for a temporary file or folder of this process: `path`'s file name with
+/// `.<pid>-<n><suffix>` added, `n` counting up. Ending in `.tmp`, a run folder's leftovers are found by it.
+fn numbered(path: &Path, suffix: &str) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!("{name}.{}-{n}{suffix}", std::process::id()))
 }
 
-/// Writes `bytes` to `tmp`, flushed to the device; errors name `path`, the file the user asked for.
-pub(crate) fn write_synced(tmp: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut f = std::fs::File::create(tmp).map_err(|e| Error::io(path, e))?;
+/// A temporary file beside `path`, created now and new: never a file that was there (an input named like
+/// it, another process's), so nothing is written over or renamed away but what this process wrote.
+fn fresh_temp(path: &Path) -> Result<(PathBuf, std::fs::File)> {
+    loop {
+        let tmp = numbered(path, ".tmp");
+        match std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp) {
+            Ok(f) => return Ok((tmp, f)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(Error::io(path, e)),
+        }
+    }
+}
+
+/// An empty folder beside `path`, created now and new (as [`fresh_temp`]); errors name `path`.
+pub(crate) fn fresh_temp_dir(path: &Path) -> Result<PathBuf> {
+    loop {
+        let tmp = numbered(path, ".tmp");
+        match std::fs::create_dir(&tmp) {
+            Ok(()) => return Ok(tmp),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(Error::io(path, e)),
+        }
+    }
+}
+
+/// Writes `bytes` to a fresh temporary file beside `path` ([`fresh_temp`]), flushed to the device, and
+/// returns its name; errors name `path`, the file the user asked for, and leave no temporary file.
+pub(crate) fn write_temp(path: &Path, bytes: &[u8]) -> Result<PathBuf> {
+    let (tmp, mut f) = fresh_temp(path)?;
+    match f.write_all(bytes).and_then(|_| f.sync_all()) {
+        Ok(()) => Ok(tmp),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(Error::io(path, e))
+        }
+    }
+}
+
+/// Writes `bytes` to the new file `file` (in a folder this process made), flushed to the device; errors
+/// name `path`, the file the user asked for.
+pub(crate) fn write_synced(file: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(file)
+        .map_err(|e| Error::io(path, e))?;
     f.write_all(bytes)
         .and_then(|_| f.sync_all())
         .map_err(|e| Error::io(path, e))
@@ -33,16 +80,19 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// temporary file first; only when all are written are they renamed into place. On an error, the temporary
 /// files are removed, and files already renamed that did not exist before are removed too.
 pub fn write_all_atomic(files: &[(&Path, &[u8])]) -> Result<()> {
-    let temps: Vec<PathBuf> = files.iter().map(|(p, _)| temp_path(p)).collect();
     let cleanup = |temps: &[PathBuf]| {
         for t in temps {
             let _ = std::fs::remove_file(t);
         }
     };
-    for ((path, bytes), tmp) in files.iter().zip(&temps) {
-        if let Err(e) = write_synced(tmp, path, bytes) {
-            cleanup(&temps);
-            return Err(e);
+    let mut temps: Vec<PathBuf> = Vec::with_capacity(files.len());
+    for (path, bytes) in files {
+        match write_temp(path, bytes) {
+            Ok(tmp) => temps.push(tmp),
+            Err(e) => {
+                cleanup(&temps);
+                return Err(e);
+            }
         }
     }
     let existed: Vec<bool> = files.iter().map(|(p, _)| p.exists()).collect();
@@ -61,21 +111,39 @@ pub fn write_all_atomic(files: &[(&Path, &[u8])]) -> Result<()> {
 }
 
 /// Refuses to write over an existing `path` unless `overwrite` (the CLI's `--force`), and over anything but
-/// a regular file even then (a directory, a device such as `/dev/full`: the rename would replace it).
+/// a regular file even then: a directory, a device such as `/dev/full`, or a symbolic link (the rename would
+/// replace the link itself — `/dev/stdout` is one — not the file it points to).
 pub fn check_new(path: &Path, overwrite: bool) -> Result<()> {
-    let exists = path.exists() || path.is_symlink();
-    if exists && !overwrite {
+    if let Some(why) = not_replaceable(path) {
+        return Err(Error::io(path, std::io::Error::other(why)));
+    }
+    if (path.exists() || path.is_symlink()) && !overwrite {
         return Err(Error::OutputExists {
             path: path.to_path_buf(),
         });
     }
-    if exists && !path.is_file() {
-        return Err(Error::io(
-            path,
-            std::io::Error::other("exists and is not a regular file; not replaced, even with --force"),
-        ));
-    }
     Ok(())
+}
+
+/// Why an existing `path` cannot be replaced by a file renamed onto it, even with `--force`: a symbolic link
+/// or anything but a regular file. `None` for a regular file, or nothing there.
+pub fn not_replaceable(path: &Path) -> Option<String> {
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    if meta.file_type().is_symlink() {
+        return Some(link_refusal(path, "a regular file"));
+    }
+    (!meta.is_file()).then(|| "exists and is not a regular file; not replaced, even with --force".to_string())
+}
+
+/// The refusal of an output `path` that is a symbolic link, where `kind` ("a regular file") was asked for.
+pub fn link_refusal(path: &Path, kind: &str) -> String {
+    let to = std::fs::read_link(path)
+        .map(|t| t.display().to_string())
+        .unwrap_or_default();
+    format!(
+        "already exists as a symbolic link (to {to}), not {kind}; not replaced, even with --force: name the \
+         target itself, or a new path"
+    )
 }
 
 /// Refuses an output that is one of the command's own inputs (a data file, a container, a run's config or
@@ -153,5 +221,36 @@ mod tests {
         );
         check_not_input(&dir.path().join("y.png"), &inputs).unwrap();
         assert!(!same_file(&p, &dir.path().join("y.png")));
+    }
+
+    /// A symbolic link is not an output, even with --force, whatever it points to (a regular file, nothing);
+    /// and a write touches no file but its own temporary file (made new) and its output.
+    #[cfg(unix)]
+    #[test]
+    fn links_are_refused_and_writes_touch_no_other_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("target.csv");
+        std::fs::write(&target, b"kept").unwrap();
+        for (link, to) in [("link.csv", target.clone()), ("dangling.csv", dir.path().join("none"))] {
+            let link = dir.path().join(link);
+            std::os::unix::fs::symlink(&to, &link).unwrap();
+            for force in [false, true] {
+                let e = check_new(&link, force).unwrap_err().to_string();
+                assert!(e.contains("symbolic link") && e.contains("even with --force"), "{e}");
+            }
+        }
+        let out = dir.path().join("x.png");
+        // The name earlier versions wrote through (an input of the command could be called so).
+        let named_like = dir.path().join("x.png.tmp");
+        std::fs::write(&named_like, b"not ours").unwrap();
+        write_atomic(&out, b"new").unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), b"new");
+        assert_eq!(std::fs::read(&named_like).unwrap(), b"not ours");
+        assert_eq!(std::fs::read(&target).unwrap(), b"kept");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            5,
+            "a temporary file was left"
+        );
     }
 }

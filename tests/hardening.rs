@@ -20,9 +20,7 @@ fn tiny_run(dir: &Path, name: &str) -> PathBuf {
 /// The first embedded digit as a digits CSV of one row (values, then its label), `dir/d.csv`.
 fn one_digit_csv(dir: &Path) -> PathBuf {
     let csv = dir.join("d.csv");
-    let all = armory::data::digits::embedded().unwrap();
-    let row: Vec<String> = all.example(0).iter().map(|v| v.to_string()).collect();
-    std::fs::write(&csv, format!("{},{}\n", row.join(","), all.labels.as_ref().unwrap()[0])).unwrap();
+    std::fs::write(&csv, one_digit_text()).unwrap();
     csv
 }
 
@@ -959,4 +957,84 @@ fn a_checkpoint_of_another_run_is_refused() {
     let tensors = armory::params::load_tensors(&a.join("best.safetensors")).unwrap();
     armory::params::save_tensors(&tensors, &b.join("best.safetensors")).unwrap();
     armory().args(["eval", "--run"]).arg(&b).assert().success();
+}
+
+/// An input named like an output's temporary file (`z.arm.tmp` for `-o z.arm`) is read, not written over
+/// and renamed away; an output that is a symbolic link is refused even with --force, the link and what it
+/// points to left as they were (a link to `/proc/self/fd/1` had been replaced by a file).
+#[cfg(unix)]
+#[test]
+fn outputs_never_replace_a_link_or_a_file_named_like_their_temporary_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let run = tiny_run(d, "t");
+    let input = d.join("z.arm.tmp");
+    std::fs::write(&input, one_digit_text()).unwrap();
+    armory()
+        .args(["compress", "--run"])
+        .arg(&run)
+        .arg(&input)
+        .arg("-o")
+        .arg(d.join("z.arm"))
+        .assert()
+        .success();
+    assert_eq!(std::fs::read_to_string(&input).unwrap(), one_digit_text());
+    armory()
+        .args(["decompress", "--run"])
+        .arg(&run)
+        .arg(d.join("z.arm"))
+        .arg("-o")
+        .arg(d.join("back.csv"))
+        .assert()
+        .success();
+    assert_eq!(std::fs::read_to_string(d.join("back.csv")).unwrap(), one_digit_text());
+
+    let target = d.join("target.txt");
+    std::fs::write(&target, b"kept").unwrap();
+    let link = d.join("link.csv");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let refused = |a: assert_cmd::assert::Assert| {
+        a.failure().stderr(
+            contains("link.csv")
+                .and(contains("symbolic link"))
+                .and(contains("even with --force")),
+        );
+        assert!(link.is_symlink() && std::fs::read(&target).unwrap() == b"kept");
+    };
+    refused(
+        armory()
+            .args(["sample", "-n", "2", "--force", "--run"])
+            .arg(&run)
+            .arg("--out")
+            .arg(d.join("s.png"))
+            .arg("--raw")
+            .arg(&link)
+            .assert(),
+    );
+    refused(
+        armory()
+            .args(["compress", "--force", "--run"])
+            .arg(&run)
+            .arg(&input)
+            .arg("-o")
+            .arg(&link)
+            .assert(),
+    );
+    refused(
+        armory()
+            .args(["decompress", "--force", "--run"])
+            .arg(&run)
+            .arg(d.join("z.arm"))
+            .arg("-o")
+            .arg(&link)
+            .assert(),
+    );
+    assert!(!d.join("s.png").exists());
+}
+
+/// The first embedded digit as the text of a digits CSV of one row (values, then its label).
+fn one_digit_text() -> String {
+    let all = armory::data::digits::embedded().unwrap();
+    let row: Vec<String> = all.example(0).iter().map(|v| v.to_string()).collect();
+    format!("{},{}\n", row.join(","), all.labels.as_ref().unwrap()[0])
 }

@@ -10,7 +10,7 @@
 //! - a folder of PNGs: names and sizes are kept; the pictures come back pixel-identical (PNG's own
 //!   compression choices are not kept).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use image::{ExtendedColorType, ImageFormat};
 
@@ -237,14 +237,19 @@ pub const PNG_FOLDER_TAG: u8 = 4;
 pub fn write(data: &Data, out: &Path, force: bool) -> Result<()> {
     let pngs = matches!(data.format, Format::PngFolder { .. });
     check_replaceable(out, pngs, force)?;
-    let tmp = temp_path(out);
     let written = match &data.format {
         Format::PngFolder {
             names,
             colors,
             height,
             width,
-        } => write_pngs(data, names, *colors, *height, *width, &tmp, out),
+        } => crate::output::fresh_temp_dir(out).and_then(|tmp| {
+            write_pngs(data, names, *colors, *height, *width, &tmp, out)
+                .map(|()| tmp.clone())
+                .inspect_err(|_| {
+                    let _ = std::fs::remove_dir_all(&tmp);
+                })
+        }),
         format => {
             let bytes = match format {
                 Format::Raw => data.values.clone(),
@@ -255,30 +260,29 @@ pub fn write(data: &Data, out: &Path, force: bool) -> Result<()> {
                 }
                 Format::PngFolder { .. } => unreachable!(),
             };
-            crate::output::write_synced(&tmp, out, &bytes)
+            crate::output::write_temp(out, &bytes)
         }
     };
-    let replaced = written.and_then(|()| {
+    let tmp = written?;
+    let replaced = (|| {
         if !(pngs && out.is_dir()) {
             return std::fs::rename(&tmp, out).map_err(|e| Error::io(out, e));
         }
-        // A folder cannot be renamed over another: the old one steps aside, the new one takes its name, and
-        // only then is the old one removed (put back if the new one could not take its place).
-        let old = out.with_file_name(format!(
-            ".{}.armory-old",
-            out.file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default()
-        ));
-        let _ = std::fs::remove_dir_all(&old);
-        std::fs::rename(out, &old).map_err(|e| Error::io(out, e))?;
+        // A folder cannot be renamed over another: the old one steps aside (onto an empty folder made for
+        // it, which a rename may replace), the new one takes its name, and only then is the old one removed
+        // (put back if the new one could not take its place).
+        let old = crate::output::fresh_temp_dir(out)?;
+        std::fs::rename(out, &old).map_err(|e| {
+            let _ = std::fs::remove_dir(&old);
+            Error::io(out, e)
+        })?;
         if let Err(e) = std::fs::rename(&tmp, out) {
             let _ = std::fs::rename(&old, out);
             return Err(Error::io(out, e));
         }
         let _ = std::fs::remove_dir_all(&old);
         Ok(())
-    });
+    })();
     if replaced.is_err() {
         let _ = if pngs {
             std::fs::remove_dir_all(&tmp)
@@ -294,6 +298,10 @@ pub fn write(data: &Data, out: &Path, force: bool) -> Result<()> {
 pub fn check_replaceable(out: &Path, pngs: bool, force: bool) -> Result<()> {
     if !(out.exists() || out.is_symlink()) {
         return Ok(());
+    }
+    let kind = if pngs { "a folder of PNGs" } else { "a regular file" };
+    if out.is_symlink() {
+        return Err(Error::data(out, crate::output::link_refusal(out, kind)));
     }
     if !force {
         return Err(Error::data(out, "already exists (add --force to replace it)"));
@@ -316,7 +324,6 @@ pub fn check_replaceable(out: &Path, pngs: bool, force: bool) -> Result<()> {
     if !pngs && out.is_file() {
         return Ok(());
     }
-    let kind = if pngs { "a folder of PNGs" } else { "a regular file" };
     Err(Error::data(
         out,
         format!("exists and is not {kind}; not replaced, even with --force"),
@@ -345,14 +352,6 @@ fn check_header(format: &Format, header: &[u8], data: &Data) -> Result<()> {
     Ok(())
 }
 
-fn temp_path(out: &Path) -> PathBuf {
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    out.with_file_name(format!(".{name}.armory-tmp"))
-}
-
 /// The PNGs into `dir` (the temporary folder); an error names them in `out`, the folder asked for.
 fn write_pngs(
     data: &Data,
@@ -363,9 +362,6 @@ fn write_pngs(
     dir: &Path,
     out: &Path,
 ) -> Result<()> {
-    let _ = std::fs::remove_dir_all(dir);
-    // The folder itself only: a missing parent is an error, as for every other output.
-    std::fs::create_dir(dir).map_err(|e| Error::io(out, e))?;
     let ct = match colors {
         1 => ExtendedColorType::L8,
         3 => ExtendedColorType::Rgb8,
