@@ -4,7 +4,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::data::{self, transform, Dataset, Splits};
+use crate::data::{self, transform, Dataset, Split, Splits};
 use crate::error::{Error, Result};
 use crate::latent::VaeConfig;
 use crate::limits;
@@ -104,52 +104,56 @@ impl DataConfig {
 /// label in 0..num_classes for every example. Checked before a run directory is written, so a mismatch is an
 /// error naming the data, not a failure in the middle of the first epoch.
 pub fn check_fits(model: &ModelConfig, splits: &Splits, spec: &str) -> Result<()> {
-    for (part, ds) in [
-        ("train", &splits.train),
-        ("validation", &splits.val),
-        ("test", &splits.test),
-    ] {
-        if ds.dim != model.dim() || ds.num_values > model.num_values() {
+    for split in [Split::Train, Split::Val, Split::Test] {
+        check_split_fits(model, splits, split, spec)?;
+    }
+    Ok(())
+}
+
+/// Whether the `split` of data set `spec` fits `model`, as [`check_fits`] asks of every split; for a command
+/// that reads only one (`eval`, `encode`), the error names that one.
+pub fn check_split_fits(model: &ModelConfig, splits: &Splits, split: Split, spec: &str) -> Result<()> {
+    let (part, ds) = (split, splits.get(split));
+    if ds.dim != model.dim() || ds.num_values > model.num_values() {
+        return Err(Error::data(
+            spec,
+            format!(
+                "the {part} set has {} dimensions with {} values, the model expects {} and {}",
+                ds.dim,
+                ds.num_values,
+                model.dim(),
+                model.num_values()
+            ),
+        ));
+    }
+    // The same number of values in another shape would train on the wrong neighbours (a row of the
+    // model's picture made of two of the data's).
+    if let Some(shape) = model.image_shape().filter(|&s| s != ds.image_shape) {
+        let words = |(c, h, w): (usize, usize, usize)| {
+            format!("{h}×{w} pictures of {c} colour{}", if c == 1 { "" } else { "s" })
+        };
+        let (c, h, w) = ds.image_shape;
+        return Err(Error::data(
+            spec,
+            format!(
+                "the {part} set holds {}, the model expects {}: set height = {h}, width = {w}, colors = {c}",
+                words(ds.image_shape),
+                words(shape)
+            ),
+        ));
+    }
+    if let Some(n) = model.num_classes() {
+        let labels = ds.labels.as_ref().ok_or_else(|| {
+            Error::data(
+                spec,
+                format!("the {part} set has no labels, but the model is class-conditional ({n} classes)"),
+            )
+        })?;
+        if let Some(l) = labels.iter().find(|&&l| l as usize >= n) {
             return Err(Error::data(
                 spec,
-                format!(
-                    "the {part} set has {} dimensions with {} values, the model expects {} and {}",
-                    ds.dim,
-                    ds.num_values,
-                    model.dim(),
-                    model.num_values()
-                ),
+                format!("the {part} set has label {l}, outside the model's classes 0..{}", n - 1),
             ));
-        }
-        // The same number of values in another shape would train on the wrong neighbours (a row of the
-        // model's picture made of two of the data's).
-        if let Some(shape) = model.image_shape().filter(|&s| s != ds.image_shape) {
-            let words = |(c, h, w): (usize, usize, usize)| {
-                format!("{h}×{w} pictures of {c} colour{}", if c == 1 { "" } else { "s" })
-            };
-            let (c, h, w) = ds.image_shape;
-            return Err(Error::data(
-                spec,
-                format!(
-                    "the {part} set holds {}, the model expects {}: set height = {h}, width = {w}, colors = {c}",
-                    words(ds.image_shape),
-                    words(shape)
-                ),
-            ));
-        }
-        if let Some(n) = model.num_classes() {
-            let labels = ds.labels.as_ref().ok_or_else(|| {
-                Error::data(
-                    spec,
-                    format!("the {part} set has no labels, but the model is class-conditional ({n} classes)"),
-                )
-            })?;
-            if let Some(l) = labels.iter().find(|&&l| l as usize >= n) {
-                return Err(Error::data(
-                    spec,
-                    format!("the {part} set has label {l}, outside the model's classes 0..{}", n - 1),
-                ));
-            }
         }
     }
     Ok(())
@@ -382,6 +386,24 @@ impl RunConfig {
             }
         }
         Ok(cfg)
+    }
+
+    /// A new run's model takes the values its data is quantized to (`levels`, or 2 when binarized): a model
+    /// of more would put mass on values the data never has, and draw them. Runs of earlier versions that
+    /// differ still load; only `train` asks this.
+    pub fn check_quantized_values(&self) -> Result<()> {
+        let left = match (self.data.levels, self.data.binarize) {
+            (Some(l), _) => format!("levels = {l}"),
+            (None, Some(_)) => "binarize".to_string(),
+            (None, None) => return Ok(()),
+        };
+        let k = self.data.levels.unwrap_or(2);
+        match self.model.num_values() {
+            n if n == k => Ok(()),
+            n => Err(Error::Config(format!(
+                "[data] {left} leaves the data {k} values, but [model] num_values = {n}: set num_values = {k}"
+            ))),
+        }
     }
 
     /// The config as TOML; [`Self::validate`] has checked that it can be written.

@@ -1038,3 +1038,49 @@ fn one_digit_text() -> String {
     let row: Vec<String> = all.example(0).iter().map(|v| v.to_string()).collect();
     format!("{},{}\n", row.join(","), all.labels.as_ref().unwrap()[0])
 }
+
+/// Quantized data gets a model of its values: `--levels 2` makes a model of 2 values (it drew values up to 16
+/// that the data never has, in a 17-value model), `--binarize` one of 2; a config whose [data] levels and
+/// [model] num_values disagree is refused, naming both.
+#[test]
+fn quantized_data_gets_a_model_of_its_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for (flags, name) in [(["--levels", "2"], "l2"), (["--binarize", "threshold"], "b")] {
+        armory()
+            .arg("train")
+            .args(TINY)
+            .arg("1")
+            .args(flags)
+            .args(["--name", name, "--runs-dir"])
+            .arg(d)
+            .assert()
+            .success();
+        let config = std::fs::read_to_string(d.join(name).join("config.toml")).unwrap();
+        assert!(config.contains("num_values = 2"), "{config}");
+        let raw = d.join(format!("{name}.csv"));
+        armory()
+            .args(["sample", "-n", "8", "--run"])
+            .arg(d.join(name))
+            .arg("--out")
+            .arg(d.join(format!("{name}.png")))
+            .arg("--raw")
+            .arg(&raw)
+            .assert()
+            .success();
+        let text = std::fs::read_to_string(&raw).unwrap();
+        assert!(
+            text.split([',', '\n'])
+                .filter(|v| !v.is_empty())
+                .all(|v| v == "0" || v == "1"),
+            "{text}"
+        );
+    }
+    let mismatched = shipped_config("seed-arm").replace("[data]", "[data]\nlevels = 4");
+    let a = train_fails_with_config(d, "q.toml", &mismatched);
+    let e = stderr_of(&a);
+    assert!(
+        e.contains("levels = 4") && e.contains("num_values = 17") && e.contains("set num_values = 4"),
+        "{e}"
+    );
+}

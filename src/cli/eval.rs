@@ -71,7 +71,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     let spec = data.dataset.clone();
     let splits = data.load().with_context(|| format!("loading {spec}"))?;
-    armory::config::check_fits(&cfg.model, &splits, &spec)?;
+    armory::config::check_split_fits(&cfg.model, &splits, a.split, &spec)?;
     let part = splits.get(a.split);
     let arm = match model {
         Model::Arm(arm) => arm,

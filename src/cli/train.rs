@@ -109,6 +109,8 @@ fn apply_overrides(cfg: &mut RunConfig, a: &RecipeFlags) -> anyhow::Result<()> {
     if a.levels.is_some() || a.binarize.is_some() {
         (cfg.data.levels, cfg.data.binarize) = (a.levels, a.binarize);
         cfg.data.binarize_seed = a.seed.unwrap_or(cfg.train.seed);
+        // The model takes the values the data is left with: L levels, or 0 and 1.
+        cfg.model.num_values = a.levels.unwrap_or(2);
     }
     let t = &mut cfg.train;
     t.seed = a.seed.unwrap_or(t.seed);
@@ -270,6 +272,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 (None, None) => RunConfig::seed(),
             };
             apply_overrides(&mut cfg, &a.recipe)?;
+            cfg.check_quantized_values()?;
             let name = a.name.clone().or_else(|| a.model.clone()).unwrap_or_else(|| {
                 a.config
                     .as_ref()
