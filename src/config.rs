@@ -273,6 +273,17 @@ impl RunConfig {
         self.train.validate()?;
         // The run directory keeps the config as TOML, whose integers are i64: a seed or count above that
         // (from a command-line flag) could not be written.
+        for (name, n) in [
+            ("train.seed", self.train.seed),
+            ("data.binarize_seed", self.data.binarize_seed),
+        ] {
+            if i64::try_from(n).is_err() {
+                return Err(Error::Config(format!(
+                    "{name} = {n} is too large: the config cannot be written as TOML, whose integers go up to {}",
+                    i64::MAX
+                )));
+            }
+        }
         if let Err(e) = toml::to_string(self) {
             return Err(Error::Config(format!(
                 "the config cannot be written as TOML ({e}): its integers go up to {}",

@@ -141,7 +141,10 @@ pub enum Error {
     RunLocked { path: PathBuf, holder: String },
 
     /// A run name that is not a single path component.
-    #[error("run name {name:?} {why}: a run name is one path component (no `/` or `\\`, not empty, `.` or `..`)")]
+    #[error(
+        "run name {name:?} {why}: a run name is one path component (no `/` or `\\`, not empty, `.` or `..`), \
+         printable, without spaces at its ends"
+    )]
     RunName { name: String, why: &'static str },
 
     /// An output file that exists and may not be replaced.

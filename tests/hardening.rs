@@ -236,7 +236,9 @@ fn force_cleans_leftover_temporary_files() {
 fn run_names_must_be_one_path_component() {
     let dir = tempfile::tempdir().unwrap();
     let runs = dir.path().join("runs");
-    for name in ["", ".", "..", "../../x", "a/b", "a\\b", "/abs"] {
+    for name in [
+        "", ".", "..", "../../x", "a/b", "a\\b", "/abs", "a\nb", "  ", " x", "t\tab",
+    ] {
         armory()
             .arg("train")
             .args(TINY)
@@ -1083,4 +1085,71 @@ fn quantized_data_gets_a_model_of_its_values() {
         e.contains("levels = 4") && e.contains("num_values = 17") && e.contains("set num_values = 4"),
         "{e}"
     );
+}
+
+/// Dead ends found by a fresh-eyes review, each with a message that says what to do instead: a folder given
+/// as --data without its kind, --runs-dir naming a file, a seed TOML cannot hold, a run without a checkpoint
+/// yet; and --force over a VAE's run leaves none of its pictures behind.
+#[test]
+fn more_dead_ends_say_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let train = |args: &[&str]| {
+        armory()
+            .arg("train")
+            .args(TINY)
+            .arg("1")
+            .args(args)
+            .arg("--runs-dir")
+            .arg(d.join("runs"))
+            .assert()
+    };
+    let pngs = d.join("pngs");
+    std::fs::create_dir(&pngs).unwrap();
+    train(&["--data", pngs.to_str().unwrap()])
+        .failure()
+        .stderr(contains("pngs: is a folder").and(contains(format!("png:{}", pngs.display()))));
+    std::fs::write(d.join("file"), b"x").unwrap();
+    armory()
+        .args(["train", "--quiet", "--epochs", "1", "--runs-dir"])
+        .arg(d.join("file"))
+        .assert()
+        .failure()
+        .stderr(contains("--runs-dir").and(contains("is not a folder")));
+    train(&["--seed", "18446744073709551615"])
+        .failure()
+        .stderr(contains("train.seed = 18446744073709551615 is too large"));
+    train(&["--batch-size", "0"])
+        .failure()
+        .stderr(contains("train.batch_size must be at least 1").and(contains("max_epochs").not()));
+
+    let early = d.join("early");
+    std::fs::create_dir(&early).unwrap();
+    std::fs::copy(tiny_run(d, "t").join("config.toml"), early.join("config.toml")).unwrap();
+    armory()
+        .args(["eval", "--run"])
+        .arg(&early)
+        .assert()
+        .failure()
+        .stderr(contains("has no best.safetensors yet").and(contains("--resume")));
+
+    armory()
+        .args([
+            "train",
+            "--quiet",
+            "--epochs",
+            "1",
+            "--model",
+            "vae",
+            "--name",
+            "v",
+            "--runs-dir",
+        ])
+        .arg(d.join("runs"))
+        .assert()
+        .success();
+    let v = d.join("runs/v");
+    assert!(v.join("reconstructions.png").is_file() && v.join("interpolations.png").is_file());
+    train(&["--name", "v", "--force"]).success();
+    assert!(!v.join("reconstructions.png").exists() && !v.join("interpolations.png").exists());
 }

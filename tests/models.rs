@@ -289,6 +289,27 @@ fn every_family_trains_and_round_trips_its_checkpoint() {
     }
 }
 
+/// The earlier positions j < d whose value moves θ_d (every value of x changed by one, in turn).
+fn positions_moving(arm: &Arm, x: &Tensor, d: usize, k: u32) -> Vec<usize> {
+    let base = arm.forward(x, Mode::Eval).unwrap();
+    (0..d)
+        .filter(|&j| {
+            let mut v = x.to_vec2::<u32>().unwrap();
+            v[0][j] = (v[0][j] + 1) % k;
+            let moved = arm.forward(&Tensor::new(v, &Device::Cpu).unwrap(), Mode::Eval).unwrap();
+            let delta = (moved - &base)
+                .unwrap()
+                .narrow(1, d, 1)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap();
+            delta.to_scalar::<f64>().unwrap() > 0.0
+        })
+        .collect()
+}
+
 /// WaveNet's receptive field is k + (k−1)·Σ dilations — the formula, and the farthest input that moves θ_d.
 #[test]
 fn wavenet_receptive_field_equals_the_formula() {
@@ -307,29 +328,50 @@ fn wavenet_receptive_field_equals_the_formula() {
     )
     .unwrap();
     assert_eq!(arm.receptive_field(), 17);
-    let x = random_x(1, 40, 3, 0);
-    let base = arm.forward(&x, Mode::Eval).unwrap();
     let d = 35;
-    let mut farthest = 0;
-    for j in 0..d {
-        let mut v = x.to_vec2::<u32>().unwrap();
-        v[0][j] = (v[0][j] + 1) % 3;
-        let moved = arm.forward(&Tensor::new(v, &Device::Cpu).unwrap(), Mode::Eval).unwrap();
-        let delta = (moved - &base)
-            .unwrap()
-            .narrow(1, d, 1)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap();
-        if delta > 0.0 {
-            farthest = farthest.max(d - j);
-        }
+    let farthest = positions_moving(&arm, &random_x(1, 40, 3, 0), d, 3)
+        .iter()
+        .map(|j| d - j)
+        .max();
+    assert_eq!(
+        farthest,
+        Some(17),
+        "θ_{d} is moved by inputs up to {farthest:?} positions back"
+    );
+}
+
+/// Dilations that leave gaps: the receptive field counts the positions seen, not the span (kernel 2,
+/// dilations 4 and 4 see 1, 5 and 9 positions back — `armory info` said 9), as measured, for the causal
+/// convolutions and WaveNet alike.
+#[test]
+fn the_receptive_field_counts_the_positions_seen_through_gaps() {
+    let conv = causal_conv::Config {
+        hidden: 3,
+        kernel: 2,
+        dilations: vec![4, 4],
+        ..Default::default()
+    };
+    let wave = wavenet::Config {
+        residual_channels: 3,
+        skip_channels: 3,
+        kernel: 2,
+        dilations: vec![3, 6],
+    };
+    let d = 25;
+    for (network, back) in [
+        (Network::CausalConv(conv), vec![1, 5, 9]),
+        (Network::Wavenet(wave), vec![1, 2, 4, 5, 7, 8, 10, 11]),
+    ] {
+        let arm = Arm::new(&ModelConfig::sequence(network, 3, 30), 0, DType::F64, &Device::Cpu).unwrap();
+        let mut measured: Vec<usize> = (0..3)
+            .flat_map(|seed| positions_moving(&arm, &random_x(1, 30, 3, seed), d, 3))
+            .map(|j| d - j)
+            .collect();
+        measured.sort();
+        measured.dedup();
+        assert_eq!(measured, back);
+        assert_eq!(arm.receptive_field(), back.len());
     }
-    assert_eq!(farthest, 17, "θ_{d} is moved by inputs up to {farthest} positions back");
 }
 
 /// Dropout changes training passes (deterministically per seed) and leaves evaluation alone.

@@ -85,8 +85,9 @@ pub fn compress(a: CompressArgs) -> anyhow::Result<()> {
     let (header, body) = codec::Header::read(&bytes).context("the compressed container does not read back")?;
     armory::output::write_atomic(&a.out, &bytes)?;
     println!(
-        "{}: {n} examples ({}) → {}: {} bytes, {:.4} bits per dimension ({body}-byte header), {:.2} s, {:.0} examples/s",
+        "{}: {} ({}) → {}: {} bytes, {:.4} bits per dimension ({body}-byte header), {:.2} s, {:.0} examples/s",
         a.input.display(),
+        super::count(n, "example"),
         data.format.name(),
         a.out.display(),
         bytes.len(),
@@ -121,10 +122,10 @@ pub fn decompress(a: DecompressArgs) -> anyhow::Result<()> {
     bar.finish_and_clear();
     formats::write(&data, &a.out, a.force)?;
     println!(
-        "{} → {}: {} examples ({}), {:.2} s, {:.0} examples/s",
+        "{} → {}: {} ({}), {:.2} s, {:.0} examples/s",
         a.input.display(),
         a.out.display(),
-        data.len(),
+        super::count(data.len(), "example"),
         data.format.name(),
         secs,
         data.len() as f64 / secs

@@ -85,8 +85,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         );
     } else {
         println!(
-            "{} split of {spec}: {:.3} nats per example, {:.4} bits per dimension ({} examples)",
-            a.split, ev.nll, ev.bpd, ev.examples
+            "{} split of {spec}: {:.3} nats per example, {:.4} bits per dimension ({})",
+            a.split,
+            ev.nll,
+            ev.bpd,
+            super::count(ev.examples, "example")
         );
     }
     Ok(())
@@ -114,7 +117,7 @@ fn eval_vae(vae: &Vae, a: &Args, k: usize, part: &armory::data::Dataset, spec: &
         println!(
             "{} split of {spec}: −log p(x) ≤ {:.3} nats per example, {:.4} bits per dimension (importance-weighted, \
              K = {}, seed {}); −ELBO {:.3} (KL {:.3} = I(x; z) {:.3} + KL(q(z) ‖ p(z)) {:.3}); {} of {} latents active; \
-             {} examples, {:.1}s",
+             {}, {:.1}s",
             a.split,
             ev.nll,
             ev.bpd,
@@ -126,7 +129,7 @@ fn eval_vae(vae: &Vae, a: &Args, k: usize, part: &armory::data::Dataset, spec: &
             marginal,
             ev.active_units,
             ev.latents,
-            ev.examples,
+            super::count(ev.examples, "example"),
             started.elapsed().as_secs_f64()
         );
     }

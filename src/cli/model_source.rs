@@ -97,10 +97,17 @@ impl ModelSource {
         let (cfg, weights) = match (&self.run, &self.weights) {
             (Some(run), None) => {
                 let dir = armory::train::RunDir::open(run)?;
-                (
-                    dir.read_config()?,
-                    dir.file(&format!("{}.safetensors", self.checkpoint)),
-                )
+                let weights = dir.file(&format!("{}.safetensors", self.checkpoint));
+                if !(weights.exists() || weights.is_symlink()) {
+                    bail!(
+                        "{} has no {}.safetensors yet: it has not finished its first epoch (continue it with \
+                         `armory train --resume {}`, or wait for the run that holds it)",
+                        run.display(),
+                        self.checkpoint,
+                        run.display()
+                    );
+                }
+                (dir.read_config()?, weights)
             }
             (None, Some(w)) => {
                 let cfg = match &self.config {

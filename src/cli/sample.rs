@@ -74,8 +74,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             let secs = started.elapsed().as_secs_f64();
             write(&a, vae.decoder(), &x)?;
             println!(
-                "{} samples in {secs:.3}s (z from the prior, x from the decoder) → {}",
-                a.n,
+                "{} in {secs:.3}s (z from the prior, x from the decoder) → {}",
+                super::count(a.n, "sample"),
                 a.out.display()
             );
             report_raw(&a);
@@ -116,8 +116,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         _ => format!("{calls} ARM calls for D = {d}"),
     };
     println!(
-        "{} samples in {:.3}s ({method} sampler, {calls}) → {}",
-        a.n,
+        "{} in {:.3}s ({method} sampler, {calls}) → {}",
+        super::count(a.n, "sample"),
         secs,
         a.out.display()
     );

@@ -280,6 +280,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                     .map_or("seed-arm".into(), |s| s.to_string_lossy().into())
             });
             train::check_run_name(&name)?;
+            if a.runs_dir.exists() && !a.runs_dir.is_dir() {
+                bail!(
+                    "--runs-dir {} is not a folder: name a folder (made if missing)",
+                    a.runs_dir.display()
+                );
+            }
             let dir = a.runs_dir.join(name);
             refuse_existing(&dir, a.force, false)?; // before the lock, which would leave its file in a folder refused
             let lock = match dir.is_dir() {

@@ -207,6 +207,16 @@ fn open(spec: &str) -> Result<Source> {
         ));
     }
     let Some((kind, arg)) = spec.split_once(':').filter(|(k, _)| PREFIXES.contains(k)) else {
+        if Path::new(spec).is_dir() {
+            return Err(Error::data(
+                spec,
+                format!(
+                    "is a folder; a file in the digits CSV format was expected. A folder is named with its \
+                     kind: png:{spec} (PNGs), mnist:{spec}, fashion-mnist:{spec}, binarized-mnist:{spec}, \
+                     cifar10:{spec}"
+                ),
+            ));
+        }
         return Ok(Source::One(digits::from_file(Path::new(spec))?));
     };
     if arg.is_empty() {

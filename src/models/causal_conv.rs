@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::{at_most, ArchFlags, CausalNet, Family, FlowNet, ModelConfig};
 use crate::error::{Error, Result};
 use crate::limits;
+use crate::nn::causal_conv1d::positions_seen;
 use crate::nn::{causal_conv1d, CausalConv1d, CausalConv1dConfig, ConvType, Flow};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -63,13 +64,10 @@ impl Config {
             .collect()
     }
 
-    /// Previous positions θ_d sees: (k−1)·d + 1 for the type-A layer, plus (k−1)·d per type-B layer.
+    /// Previous positions θ_d sees ([`positions_seen`]): with no gaps, (k−1)·d + 1 for the type-A layer plus
+    /// (k−1)·d per type-B layer, at most `length` − 1.
     pub fn receptive_field(&self, length: usize) -> usize {
-        self.layer_configs()
-            .iter()
-            .map(|c| c.reach())
-            .sum::<usize>()
-            .min(length.saturating_sub(1))
+        positions_seen(&self.layer_configs(), length)
     }
 }
 

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::{at_most, ArchFlags, CausalNet, Family, FlowNet, InputEncoding, ModelConfig};
 use crate::error::{Error, Result};
 use crate::limits;
+use crate::nn::causal_conv1d::positions_seen;
 use crate::nn::{causal_conv1d, CausalConv1d, CausalConv1dConfig, ConvType, Flow};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -35,9 +36,17 @@ impl Default for Config {
 }
 
 impl Config {
-    /// k for the type-A input layer, plus (k−1)·d for every block.
+    /// Previous positions θ_d sees ([`positions_seen`]): with no gaps, k for the type-A input layer plus
+    /// (k−1)·d for every block, at most `length` − 1.
     pub fn receptive_field(&self, length: usize) -> usize {
-        (self.kernel + (self.kernel - 1) * self.dilations.iter().sum::<usize>()).min(length.saturating_sub(1))
+        let layer = |dilation, kind| CausalConv1dConfig {
+            kernel: self.kernel,
+            dilation,
+            kind,
+        };
+        let blocks = self.dilations.iter().map(|&d| layer(d, ConvType::B));
+        let layers: Vec<_> = std::iter::once(layer(1, ConvType::A)).chain(blocks).collect();
+        positions_seen(&layers, length)
     }
 }
 

@@ -40,10 +40,28 @@ impl CausalConv1dConfig {
     pub fn left_pad(&self) -> usize {
         (self.kernel - 1) * self.dilation + usize::from(self.kind == ConvType::A)
     }
-    /// How many past positions one output sees (type A: k·d positions back, excluding the current one).
-    pub fn reach(&self) -> usize {
-        (self.kernel - 1) * self.dilation + usize::from(self.kind == ConvType::A)
+}
+
+/// How many of the `length − 1` earlier positions an output sees through `layers` applied in turn, each
+/// reading the one before: the offsets a layer reaches back (type A: 1, 1 + d, …, 1 + (k−1)·d; type B: 0, d,
+/// …, (k−1)·d) added along every path. Dilations that leave gaps see fewer positions than they span (kernel
+/// 2, dilations 4 and 4: offsets 1, 5 and 9 — three of the nine spanned). A residual path beside type-B layers
+/// (WaveNet's) adds none: their offset 0 keeps every path anyway.
+pub fn positions_seen(layers: &[CausalConv1dConfig], length: usize) -> usize {
+    let n = length.max(1);
+    let mut seen = vec![false; n];
+    seen[0] = true;
+    for c in layers {
+        let first = usize::from(c.kind == ConvType::A);
+        let mut next = vec![false; n];
+        for o in (0..n).filter(|&o| seen[o]) {
+            for t in (0..c.kernel).map(|j| o + first + j * c.dilation).take_while(|&t| t < n) {
+                next[t] = true;
+            }
+        }
+        seen = next;
     }
+    seen[1..].iter().filter(|&&s| s).count()
 }
 
 #[derive(Debug, Clone)]

@@ -81,8 +81,14 @@ impl TrainConfig {
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             return bad("train.lr must be a positive number");
         }
-        if self.batch_size == 0 || self.max_epochs == 0 || self.patience == 0 {
-            return bad("train.batch_size, train.max_epochs and train.patience must be at least 1");
+        for (name, n) in [
+            ("batch_size", self.batch_size),
+            ("max_epochs", self.max_epochs),
+            ("patience", self.patience),
+        ] {
+            if n == 0 {
+                return bad(&format!("train.{name} must be at least 1"));
+            }
         }
         if self.grad_clip.is_some_and(|c| c <= 0.0 || !c.is_finite()) {
             return bad("train.grad_clip must be a positive number");

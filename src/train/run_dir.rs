@@ -8,6 +8,7 @@
 //! - `metrics.csv`       one row per epoch
 //! - `summary.json`      the final figures
 //! - `real.png`, `samples.png`, `curve.png` — test images, samples, the learning curve
+//! - `reconstructions.png`, `interpolations.png` — a VAE's, beside those
 //! - `lock`              the advisory lock of the one process writing the run, holding its PID
 
 use std::collections::HashMap;
@@ -36,6 +37,8 @@ const FILES: &[&str] = &[
     "real.png",
     "samples.png",
     "curve.png",
+    "reconstructions.png",
+    "interpolations.png",
 ];
 
 impl RunDir {
@@ -183,7 +186,8 @@ pub struct RunLock {
     _file: std::fs::File,
 }
 
-/// A run name must be one path component, so that `runs/NAME` stays inside `runs/`.
+/// A run name must be one path component, so that `runs/NAME` stays inside `runs/`, and one a listing shows
+/// as it is: no control characters, no spaces at its ends.
 pub fn check_run_name(name: &str) -> Result<()> {
     let why = if name.is_empty() {
         "is empty"
@@ -191,8 +195,10 @@ pub fn check_run_name(name: &str) -> Result<()> {
         "is `.` or `..`"
     } else if name.contains(['/', '\\']) {
         "contains a path separator"
-    } else if name.contains('\0') {
-        "contains a NUL byte"
+    } else if name.contains(char::is_control) {
+        "contains a control character (a newline, a tab, NUL)"
+    } else if name.trim() != name {
+        "starts or ends with a space"
     } else if Path::new(name).components().count() != 1 {
         "is not a plain file name"
     } else {
