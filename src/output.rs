@@ -27,9 +27,26 @@ fn fresh_temp(path: &Path) -> Result<(PathBuf, std::fs::File)> {
         match std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp) {
             Ok(f) => return Ok((tmp, f)),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(Error::io(path, e)),
+            Err(e) => return Err(missing_folder(path, e)),
         }
     }
+}
+
+/// The error of a temporary file or folder that could not be made beside `path`: where its folder does not
+/// exist, that, in words (none is made on the way).
+fn missing_folder(path: &Path, e: std::io::Error) -> Error {
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if e.kind() == std::io::ErrorKind::NotFound && !parent.is_dir() {
+        let why = format!(
+            "its folder {} does not exist (none is made on the way)",
+            parent.display()
+        );
+        return Error::io(path, std::io::Error::other(why));
+    }
+    Error::io(path, e)
 }
 
 /// An empty folder beside `path`, created now and new (as [`fresh_temp`]); errors name `path`.
@@ -39,7 +56,7 @@ pub(crate) fn fresh_temp_dir(path: &Path) -> Result<PathBuf> {
         match std::fs::create_dir(&tmp) {
             Ok(()) => return Ok(tmp),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(Error::io(path, e)),
+            Err(e) => return Err(missing_folder(path, e)),
         }
     }
 }

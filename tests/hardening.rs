@@ -1088,8 +1088,9 @@ fn quantized_data_gets_a_model_of_its_values() {
 }
 
 /// Dead ends found by a fresh-eyes review, each with a message that says what to do instead: a folder given
-/// as --data without its kind, --runs-dir naming a file, a seed TOML cannot hold, a run without a checkpoint
-/// yet; and --force over a VAE's run leaves none of its pictures behind.
+/// as --data without its kind, --runs-dir naming a file, a seed TOML cannot hold, a CSV line too long (not
+/// "truncated?"), an output in a folder that does not exist, a run without a checkpoint yet; and --force
+/// over a VAE's run leaves none of its pictures behind.
 #[test]
 fn more_dead_ends_say_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
@@ -1123,9 +1124,23 @@ fn more_dead_ends_say_what_to_do() {
         .failure()
         .stderr(contains("train.batch_size must be at least 1").and(contains("max_epochs").not()));
 
+    let long = d.join("long.csv");
+    std::fs::write(&long, format!("{}\n", vec!["1"; 66].join(","))).unwrap();
+    let a = train(&["--data", long.to_str().unwrap()]).failure();
+    let e = stderr_of(&a);
+    assert!(e.contains("found 66") && !e.contains("truncated"), "{e}");
+
     let early = d.join("early");
     std::fs::create_dir(&early).unwrap();
     std::fs::copy(tiny_run(d, "t").join("config.toml"), early.join("config.toml")).unwrap();
+    armory()
+        .args(["sample", "--run"])
+        .arg(d.join("t"))
+        .arg("--out")
+        .arg(d.join("nodir/x.png"))
+        .assert()
+        .failure()
+        .stderr(contains("nodir/x.png: its folder").and(contains("nodir does not exist")));
     armory()
         .args(["eval", "--run"])
         .arg(&early)

@@ -51,7 +51,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let means = vae.encode_means(part)?;
     let (n, l) = (part.len(), vae.latents());
     let bytes = if npy { npy_f32(&means, n, l) } else { csv(&means, l) };
-    armory::output::write_atomic(&a.out, &bytes).with_context(|| format!("writing {}", a.out.display()))?;
+    armory::output::write_atomic(&a.out, &bytes)?; // its errors name the file
     println!(
         "{n} posterior means of {l} latents ({} split of {spec}) → {}",
         a.split,

@@ -57,13 +57,14 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<Dataset> {
         // not listed.
         let row: Vec<&str> = line.trim().splitn(d + 2, ',').collect();
         if row.len() != d + 1 {
+            let found = line.trim().split(',').count();
             return Err(Error::data(
                 path,
                 format!(
-                    "line {}: expected {} comma-separated values (64 pixels and a label), found {} (truncated?)",
+                    "line {}: expected {} comma-separated values (64 pixels and a label), found {found}{}",
                     i + 1,
                     d + 1,
-                    line.trim().split(',').count()
+                    if found < d + 1 { " (truncated?)" } else { "" }
                 ),
             ));
         }

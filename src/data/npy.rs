@@ -292,7 +292,7 @@ fn layout(bytes: &[u8], path: &Path) -> Result<(Layout, usize)> {
         limits::wide(limits::MAX_DIM),
     )?;
     limits::check(
-        format!("{}: data bytes shape {shape:?} needs", path.display()),
+        format!("{}: data bytes of shape {shape:?}", path.display()),
         limits::wide(total),
         limits::MAX_DATA_BYTES,
     )?;
