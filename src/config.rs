@@ -335,11 +335,22 @@ impl RunConfig {
         fingerprint(&serde_json::json!({ "model": self.model, "latent": self.latent }))
     }
 
-    /// What a run's checkpoints are stamped with ([`crate::params::ParamStore::set_stamp`]): the model
-    /// fingerprint, in hex, of this config as a run folder holds it (written, then read back).
+    /// What a run's checkpoints are stamped with ([`crate::params::ParamStore::set_stamp`]): what the
+    /// weights are — `[model]` and `[latent]` without the settings that only steer training (dropout, the
+    /// VAE's warm-ups, free bits, training samples) — of this config as a run folder holds it (written, then
+    /// read back), FNV-1a 64 in hex behind a version (`v1:`: a later version that describes models
+    /// differently stamps another and ignores this one).
     pub fn checkpoint_stamp(&self) -> String {
         let back = Self::parse(&self.to_toml(), Path::new("config.toml"));
-        format!("{:016x}", back.as_ref().unwrap_or(self).model_fingerprint())
+        let cfg = back.as_ref().unwrap_or(self);
+        let mut model = cfg.model.clone();
+        model.dropout = 0.0;
+        let latent = cfg
+            .latent
+            .as_ref()
+            .map(|l| serde_json::json!({ "latents": l.latents, "hidden": l.hidden, "prior": l.prior }));
+        let weights = fingerprint(&serde_json::json!({ "model": model, "latent": latent }));
+        format!("{}{weights:016x}", crate::params::STAMP_VERSION)
     }
 
     /// What resuming a run exactly needs: the same of the whole config, the data's path aside (data moved

@@ -55,8 +55,9 @@ pub enum Error {
     /// A checkpoint stamped as the weights of another model than the one loading it (another run's, copied
     /// in: its shapes may fit, its figures would be wrong).
     #[error(
-        "{path}: holds the weights of another model (stamped {stamped}; this config's model is {own}): a \
-         checkpoint of another run copied in? Use it with the run it was trained in"
+        "{path}: holds the weights of another model than the config describes (stamped {stamped}, the config's \
+         {own}): weights copied in from another run, or another run's --config? Use them with the config of the \
+         run they were trained in"
     )]
     ForeignCheckpoint {
         path: PathBuf,

@@ -30,6 +30,10 @@ pub type Metadata = HashMap<String, String>;
 /// The metadata key of a checkpoint's stamp: what model its weights are of.
 const STAMP_KEY: &str = "armory.model";
 
+/// The version a stamp starts with ([`crate::config::RunConfig::checkpoint_stamp`]); a stamp of another
+/// version is not compared.
+pub const STAMP_VERSION: &str = "v1:";
+
 /// FNV-1a: a stable hash of a tensor name (std's hasher may change between releases).
 fn stable_hash(s: &str) -> u64 {
     s.bytes()
@@ -112,7 +116,8 @@ impl ParamStore {
         let (Some(own), Some(stamped)) = (own, metadata.and_then(|m| m.get(STAMP_KEY))) else {
             return Ok(());
         };
-        if own == *stamped {
+        let comparable = |s: &str| s.starts_with(STAMP_VERSION);
+        if own == *stamped || !comparable(&own) || !comparable(stamped) {
             return Ok(());
         }
         for (name, var) in self.vars.lock().unwrap().iter() {
