@@ -49,19 +49,42 @@ impl CausalConv1dConfig {
 /// (WaveNet's) adds none: their offset 0 keeps every path anyway.
 pub fn positions_seen(layers: &[CausalConv1dConfig], length: usize) -> usize {
     let n = length.max(1);
-    let mut seen = vec![false; n];
-    seen[0] = true;
+    // The offsets seen so far, as sorted disjoint runs [lo, hi] below n: a few runs however long the
+    // sequence, where a set of positions would take time quadratic in it for kernels as long as the sequence.
+    let mut seen = vec![(0usize, 0usize)];
     for c in layers {
         let first = usize::from(c.kind == ConvType::A);
-        let mut next = vec![false; n];
-        for o in (0..n).filter(|&o| seen[o]) {
-            for t in (0..c.kernel).map(|j| o + first + j * c.dilation).take_while(|&t| t < n) {
-                next[t] = true;
+        let mut shifted = Vec::new();
+        for &(lo, hi) in &seen {
+            if lo + first >= n {
+                continue;
+            }
+            if c.kernel > 0 && hi - lo + 1 >= c.dilation {
+                // The run's k copies, d apart, touch: one run.
+                let far = (c.kernel - 1).saturating_mul(c.dilation).saturating_add(hi + first);
+                shifted.push((lo + first, far.min(n - 1)));
+                continue;
+            }
+            for shift in (0..c.kernel)
+                .map(|j| first + j * c.dilation)
+                .take_while(|&s| lo + s < n)
+            {
+                shifted.push((lo + shift, (hi + shift).min(n - 1)));
             }
         }
-        seen = next;
+        shifted.sort_unstable();
+        seen.clear();
+        for (lo, hi) in shifted {
+            match seen.last_mut() {
+                Some(last) if lo <= last.1 + 1 => last.1 = last.1.max(hi),
+                _ => seen.push((lo, hi)),
+            }
+        }
     }
-    seen[1..].iter().filter(|&&s| s).count()
+    seen.iter()
+        .filter(|&&(_, hi)| hi >= 1)
+        .map(|&(lo, hi)| hi - lo.max(1) + 1)
+        .sum()
 }
 
 #[derive(Debug, Clone)]
@@ -161,6 +184,51 @@ pub fn causal_conv1d(c_in: usize, c_out: usize, cfg: CausalConv1dConfig, vb: Var
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The runs of offsets count what a set of positions, grown tap by tap, counts: every mix of kernels,
+    /// dilations (gaps or none) and lengths up to 40, and a kernel as long as a long sequence in no time.
+    #[test]
+    fn positions_seen_counts_what_a_set_of_positions_counts() {
+        let naive = |layers: &[CausalConv1dConfig], n: usize| {
+            let mut seen = vec![false; n];
+            seen[0] = true;
+            for c in layers {
+                let first = usize::from(c.kind == ConvType::A);
+                let mut next = vec![false; n];
+                for o in (0..n).filter(|&o| seen[o]) {
+                    for t in (0..c.kernel).map(|j| o + first + j * c.dilation).filter(|&t| t < n) {
+                        next[t] = true;
+                    }
+                }
+                seen = next;
+            }
+            seen[1..].iter().filter(|&&s| s).count()
+        };
+        let mut checked = 0;
+        for n in [1, 2, 7, 40] {
+            for kernel in 1..5 {
+                for d1 in 1..7 {
+                    for d2 in 1..9 {
+                        for d3 in [1, 3, 16] {
+                            let layers: Vec<_> = [(d1, ConvType::A), (d2, ConvType::B), (d3, ConvType::B)]
+                                .map(|(dilation, kind)| CausalConv1dConfig { kernel, dilation, kind })
+                                .to_vec();
+                            assert_eq!(positions_seen(&layers, n), naive(&layers, n), "{layers:?}, {n}");
+                            checked += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(checked, 4 * 4 * 6 * 8 * 3);
+        let n = 1 << 22;
+        let long = [ConvType::A, ConvType::B].map(|kind| CausalConv1dConfig {
+            kernel: n + 1,
+            dilation: 1,
+            kind,
+        });
+        assert_eq!(positions_seen(&long, n), n - 1);
+    }
     use candle_core::{DType, Device};
 
     fn layer(c_in: usize, c_out: usize, cfg: CausalConv1dConfig, dtype: DType) -> Result<CausalConv1d> {
