@@ -7,15 +7,21 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
-/// A name beside `path` for a temporary file or folder of this process: `path`'s file name with
-/// `.<pid>-<n><suffix>` added, `n` counting up. Ending in `.tmp`, a run folder's leftovers are found by it.
+/// A name beside `path` for a temporary file or folder of this process: `path`'s file name (its first 200
+/// bytes: a name near the file system's 255 stays writable) with `.<pid>-<n><suffix>` added, `n` counting
+/// up. Ending in `.tmp`, a run folder's leftovers are found by it.
 fn numbered(path: &Path, suffix: &str) -> PathBuf {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let name = path
+    let mut name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    let cut = (0..=name.len().min(200))
+        .rev()
+        .find(|&i| name.is_char_boundary(i))
+        .unwrap_or(0);
+    name.truncate(cut);
     path.with_file_name(format!("{name}.{}-{n}{suffix}", std::process::id()))
 }
 
@@ -238,6 +244,16 @@ mod tests {
         );
         check_not_input(&dir.path().join("y.png"), &inputs).unwrap();
         assert!(!same_file(&p, &dir.path().join("y.png")));
+    }
+
+    /// A file name near the file system's limit of 255 bytes is written: its temporary file's name is cut.
+    #[test]
+    fn a_name_near_the_limit_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(format!("{}é.csv", "a".repeat(248)));
+        write_atomic(&p, b"x").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"x");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     /// A symbolic link is not an output, even with --force, whatever it points to (a regular file, nothing);

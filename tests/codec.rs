@@ -586,6 +586,39 @@ fn only_a_file_or_a_folder_of_pngs_is_replaced() {
     assert_eq!(listing(), before);
 }
 
+/// A container naming its PNGs outside their folder (`../x.png`, `/tmp/x.png`), twice the same, or not as
+/// PNGs is corrupt: refused when read, and never written (nothing appears outside the output folder).
+#[test]
+fn png_names_that_leave_their_folder_or_repeat_are_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let inside = d.join("inside");
+    std::fs::create_dir(&inside).unwrap();
+    let escape = d.join("escaped.png");
+    for (names, says) in [
+        (["a.png", "../escaped.png"], "not a plain .png file name"),
+        (["a.png", escape.to_str().unwrap()], "not a plain .png file name"),
+        (["a.png", ".."], "not a plain .png file name"),
+        (["a.png", "b.txt"], "not a plain .png file name"),
+        (["a.png", "a.png"], "two PNGs are named \"a.png\""),
+    ] {
+        let format = Format::PngFolder {
+            names: names.map(String::from).to_vec(),
+            colors: 1,
+            height: 2,
+            width: 2,
+        };
+        let e = Format::parse(format.tag(), &format.info()).unwrap_err().to_string();
+        assert!(e.contains(says), "{names:?}: {e}");
+        let e = formats::write(&two_examples(format), &inside.join("out"), false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(says), "{names:?}: {e}");
+        assert!(!escape.exists() && !inside.join("out").exists(), "{names:?}: written");
+    }
+    assert_eq!(std::fs::read_dir(&inside).unwrap().count(), 0, "a temporary was left");
+}
+
 /// Two examples of 4 values (all 7) in `format`.
 fn two_examples(format: Format) -> Data {
     Data {

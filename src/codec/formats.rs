@@ -96,6 +96,7 @@ impl Format {
                         String::from_utf8(r.take(len)?.to_vec()).map_err(|_| corrupt("a PNG name is not UTF-8"))
                     })
                     .collect::<Result<Vec<_>>>()?;
+                check_png_names(&names)?;
                 Format::PngFolder {
                     names,
                     colors,
@@ -265,6 +266,9 @@ pub fn write(data: &Data, out: &Path, force: bool) -> Result<()> {
     };
     let tmp = written?;
     let replaced = (|| {
+        // Asked again: what is at `out` may have changed while the data was written (a folder made there
+        // meanwhile is not swapped away without --force and the PNG-only check).
+        check_replaceable(out, pngs, force)?;
         if !(pngs && out.is_dir()) {
             return std::fs::rename(&tmp, out).map_err(|e| Error::io(out, e));
         }
@@ -277,7 +281,12 @@ pub fn write(data: &Data, out: &Path, force: bool) -> Result<()> {
             Error::io(out, e)
         })?;
         if let Err(e) = std::fs::rename(&tmp, out) {
-            let _ = std::fs::rename(&old, out);
+            if std::fs::rename(&old, out).is_err() {
+                return Err(Error::io(
+                    out,
+                    std::io::Error::other(format!("{e}; the folder that was there is kept as {}", old.display())),
+                ));
+            }
             return Err(Error::io(out, e));
         }
         let _ = std::fs::remove_dir_all(&old);
@@ -352,6 +361,29 @@ fn check_header(format: &Format, header: &[u8], data: &Data) -> Result<()> {
     Ok(())
 }
 
+/// The names a container gives its PNGs must be what a folder of PNGs holds: plain file names (one path
+/// component: a forged `../x.png` or `/x.png` would be written outside the folder), ending in `.png`, each
+/// once.
+fn check_png_names(names: &[String]) -> Result<()> {
+    let mut seen = std::collections::HashSet::new();
+    for name in names {
+        let plain = !name.is_empty()
+            && name != "."
+            && name != ".."
+            && !name.contains(['/', '\\', '\0'])
+            && Path::new(name)
+                .extension()
+                .is_some_and(|x| x.eq_ignore_ascii_case("png"));
+        if !plain {
+            return Err(corrupt(format!("a PNG is named {name:?}, not a plain .png file name")));
+        }
+        if !seen.insert(name.as_str()) {
+            return Err(corrupt(format!("two PNGs are named {name:?}")));
+        }
+    }
+    Ok(())
+}
+
 /// The PNGs into `dir` (the temporary folder); an error names them in `out`, the folder asked for.
 fn write_pngs(
     data: &Data,
@@ -370,6 +402,7 @@ fn write_pngs(
     if names.len() != data.len() || (colors as usize * height as usize * width as usize) != data.dim {
         return Err(corrupt("the PNG names or sizes do not fit the data"));
     }
+    check_png_names(names)?;
     for (name, ex) in names.iter().zip(data.values.chunks(data.dim)) {
         if name.contains(['/', '\\']) || name == "." || name == ".." {
             return Err(corrupt(format!("PNG name `{name}` is not a plain file name")));
