@@ -919,14 +919,25 @@ fn a_config_edited_after_training_is_refused_where_it_would_mislead() {
 fn a_checkpoint_of_another_run_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let a = tiny_run(dir.path(), "a");
-    armory()
-        .arg("train")
-        .args(TINY)
-        .args(["2", "--dilations", "1,2,4,8", "--name", "b", "--runs-dir"])
-        .arg(dir.path())
-        .assert()
-        .success();
-    let b = dir.path().join("b");
+    let train = |flags: [&str; 2], name: &str| {
+        armory()
+            .arg("train")
+            .args(TINY)
+            .args(["1", flags[0], flags[1], "--name", name, "--runs-dir"])
+            .arg(dir.path())
+            .assert()
+            .success();
+        dir.path().join(name)
+    };
+    let eval_weights = |weights: PathBuf, config: PathBuf| {
+        armory()
+            .args(["eval", "--weights"])
+            .arg(weights)
+            .arg("--config")
+            .arg(config)
+            .assert()
+    };
+    let b = train(["--dilations", "1,2,4,8"], "b");
     for file in ["best.safetensors", "resume.safetensors"] {
         std::fs::copy(a.join(file), b.join(file)).unwrap();
     }
@@ -942,37 +953,14 @@ fn a_checkpoint_of_another_run_is_refused() {
         "resume.safetensors",
     );
     // Beside --weights, the config given says what the weights must be.
-    armory()
-        .args(["eval", "--weights"])
-        .arg(a.join("last.safetensors"))
-        .arg("--config")
-        .arg(b.join("config.toml"))
-        .assert()
+    eval_weights(a.join("last.safetensors"), b.join("config.toml"))
         .failure()
         .stderr(contains("holds the weights of another model"));
-    armory()
-        .args(["eval", "--weights"])
-        .arg(a.join("last.safetensors"))
-        .arg("--config")
-        .arg(a.join("config.toml"))
-        .assert()
-        .success();
+    eval_weights(a.join("last.safetensors"), a.join("config.toml")).success();
     // What only steers training is not part of what the weights are: a run with dropout loads beside the
     // config of one without.
-    armory()
-        .arg("train")
-        .args(TINY)
-        .args(["1", "--dropout", "0.2", "--name", "c", "--runs-dir"])
-        .arg(dir.path())
-        .assert()
-        .success();
-    armory()
-        .args(["eval", "--weights"])
-        .arg(dir.path().join("c/best.safetensors"))
-        .arg("--config")
-        .arg(a.join("config.toml"))
-        .assert()
-        .success();
+    let c = train(["--dropout", "0.2"], "c");
+    eval_weights(c.join("best.safetensors"), a.join("config.toml")).success();
     // Without the stamp the shapes are all that can be checked: the copy loads.
     let tensors = armory::params::load_tensors(&a.join("best.safetensors")).unwrap();
     armory::params::save_tensors(&tensors, &b.join("best.safetensors")).unwrap();
@@ -1031,24 +1019,17 @@ fn outputs_never_replace_a_link_or_a_file_named_like_their_temporary_file() {
             .arg(&link)
             .assert(),
     );
-    refused(
-        armory()
-            .args(["compress", "--force", "--run"])
-            .arg(&run)
-            .arg(&input)
-            .arg("-o")
-            .arg(&link)
-            .assert(),
-    );
-    refused(
-        armory()
-            .args(["decompress", "--force", "--run"])
-            .arg(&run)
-            .arg(d.join("z.arm"))
-            .arg("-o")
-            .arg(&link)
-            .assert(),
-    );
+    for (command, read) in [("compress", input.clone()), ("decompress", d.join("z.arm"))] {
+        refused(
+            armory()
+                .args([command, "--force", "--run"])
+                .arg(&run)
+                .arg(read)
+                .arg("-o")
+                .arg(&link)
+                .assert(),
+        );
+    }
     assert!(!d.join("s.png").exists());
 }
 
