@@ -1088,8 +1088,8 @@ fn quantized_data_gets_a_model_of_its_values() {
 
 /// Dead ends found by a fresh-eyes review, each with a message that says what to do instead: a folder given
 /// as --data without its kind, --runs-dir naming a file, a seed TOML cannot hold, a CSV line too long (not
-/// "truncated?"), an output in a folder that does not exist, a run without a checkpoint yet; and --force
-/// over a VAE's run leaves none of its pictures behind.
+/// "truncated?"), an output in a folder that does not exist, a run without a checkpoint yet, --method for a
+/// VAE, a relative dataset in a config; and --force over a VAE's run leaves none of its pictures behind.
 #[test]
 fn more_dead_ends_say_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
@@ -1164,6 +1164,31 @@ fn more_dead_ends_say_what_to_do() {
         .success();
     let v = d.join("runs/v");
     assert!(v.join("reconstructions.png").is_file() && v.join("interpolations.png").is_file());
+    armory()
+        .args(["sample", "--method", "naive", "--run"])
+        .arg(&v)
+        .arg("--out")
+        .arg(d.join("v.png"))
+        .assert()
+        .failure()
+        .stderr(contains("--method does not apply to a VAE"));
     train(&["--name", "v", "--force"]).success();
     assert!(!v.join("reconstructions.png").exists() && !v.join("interpolations.png").exists());
+
+    // A relative dataset in a config file is read from the current folder, not the config's: said.
+    let config = d.join("rel.toml");
+    std::fs::write(
+        &config,
+        shipped_config("seed-arm").replace("\"digits\"", "\"sub/x.csv\""),
+    )
+    .unwrap();
+    armory()
+        .args(["train", "--quiet", "--config"])
+        .arg(&config)
+        .arg("--runs-dir")
+        .arg(d.join("runs"))
+        .current_dir(d)
+        .assert()
+        .failure()
+        .stderr(contains("rel.toml (a relative path is read from the current folder").and(contains("sub/x.csv")));
 }

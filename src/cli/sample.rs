@@ -67,7 +67,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             anyhow::ensure!(a.label.is_none(), "--label: a VAE is not class-conditional");
             anyhow::ensure!(
                 a.method.is_none(),
-                "--method: a VAE draws z from its prior and x from its decoder (cached where it steps)"
+                "--method does not apply to a VAE, which draws z from its prior and x from its decoder (cached where \
+                 it steps): leave it out"
             );
             let started = std::time::Instant::now();
             let x = vae.sample(a.n, a.seed, a.temperature)?;

@@ -167,6 +167,12 @@ enum RunTarget {
     New(std::path::PathBuf),
 }
 
+/// Whether a dataset spec names a file or folder by a relative path (read from the current folder).
+fn data_is_relative(spec: &str) -> bool {
+    let path = spec.split_once(':').map_or(spec, |(_, p)| p);
+    spec != "digits" && !path.is_empty() && std::path::Path::new(path).is_relative()
+}
+
 /// What a Ctrl-C after the last epoch says: training is over, the test figures are not done.
 const AFTER_TRAINING: &str =
     "interrupted after training: the run's checkpoints are saved; its test figures and pictures are not";
@@ -304,7 +310,21 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     };
 
     // The data is loaded and checked before a new run directory is made or an old one overwritten.
-    let splits = cfg.data.load()?;
+    let splits = match (cfg.data.load(), &a.config) {
+        (Ok(splits), _) => splits,
+        // The data's own errors name it; a relative path from a config file is read from here, not from the
+        // config's folder: say so.
+        (Err(e), Some(config)) if a.recipe.data.is_none() && data_is_relative(&cfg.data.dataset) => {
+            return Err(anyhow::Error::new(e).context(format!(
+                "loading the dataset of {} (a relative path is read from the current folder, {})",
+                config.display(),
+                std::env::current_dir()
+                    .map(|d| d.display().to_string())
+                    .unwrap_or_default()
+            )))
+        }
+        (Err(e), _) => return Err(e.into()),
+    };
     armory::config::check_fits(&cfg.model, &splits, &cfg.data.dataset)?;
     if !resume {
         // The run's config names its data by an absolute path: eval, sample and --resume find the same files
