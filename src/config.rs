@@ -269,6 +269,11 @@ impl RunConfig {
     /// Checks the model (see [`ModelConfig::validate`]), the recipe, that a validation set will be left, and
     /// that a training batch's activations fit in [`limits::MAX_ACTIVATION_BYTES`] (estimated).
     pub fn validate(&self) -> Result<()> {
+        // A VAE's [latent] first: its decoder takes `latents` as its context, and a wrong size should be named
+        // as the setting written, not as the model's context.
+        if let Some(latent) = &self.latent {
+            latent.validate(self.model.dim(), self.model.num_values)?;
+        }
         self.model.validate()?;
         self.train.validate()?;
         // The run directory keeps the config as TOML, whose integers are i64: a seed or count above that
@@ -292,7 +297,6 @@ impl RunConfig {
         }
         match &self.latent {
             Some(latent) => {
-                latent.validate(self.model.dim(), self.model.num_values)?;
                 if self.model.context != latent.latents {
                     return Err(Error::Config(format!(
                         "model.context = {} but the VAE has {} latents: the decoder reads all of them",
@@ -320,12 +324,22 @@ impl RunConfig {
                     .into(),
             ));
         }
+        // A VAE trained on the k-sample bound decodes k codes of every example in the batch.
+        let samples = self.latent.as_ref().map_or(1, |l| l.train_samples);
         limits::check(
-            format!(
-                "activation memory of a training batch of {} (bytes, estimated; lower train.batch_size)",
-                self.train.batch_size
-            ),
-            self.model.activation_bytes(self.train.batch_size),
+            match samples {
+                1 => format!(
+                    "activation memory of a training batch of {} (bytes, estimated; lower train.batch_size)",
+                    self.train.batch_size
+                ),
+                k => format!(
+                    "activation memory of a training batch of {} × {k} importance samples (bytes, estimated; \
+                     lower train.batch_size or latent.train_samples)",
+                    self.train.batch_size
+                ),
+            },
+            self.model
+                .activation_bytes(self.train.batch_size.saturating_mul(samples)),
             limits::MAX_ACTIVATION_BYTES,
         )
     }

@@ -1164,6 +1164,23 @@ fn more_dead_ends_say_what_to_do() {
         .success();
     let v = d.join("runs/v");
     assert!(v.join("reconstructions.png").is_file() && v.join("interpolations.png").is_file());
+    let json = armory()
+        .args(["eval", "--importance-samples", "5", "--json", "--run"])
+        .arg(&v)
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let figures: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    let (kl, marginal) = (
+        figures["kl"].as_f64().unwrap(),
+        figures["marginal_kl"].as_f64().unwrap(),
+    );
+    assert!(
+        marginal <= kl,
+        "KL(q(z) ‖ p(z)) {marginal} above the KL term {kl}: I(x; z) < 0"
+    );
     armory()
         .args(["sample", "--method", "naive", "--run"])
         .arg(&v)
@@ -1174,6 +1191,36 @@ fn more_dead_ends_say_what_to_do() {
         .stderr(contains("--method does not apply to a VAE"));
     train(&["--name", "v", "--force"]).success();
     assert!(!v.join("reconstructions.png").exists() && !v.join("interpolations.png").exists());
+
+    armory()
+        .args(["sample", "--temperature", "-1", "--run"])
+        .arg(d.join("t"))
+        .arg("--out")
+        .arg(d.join("t.png"))
+        .assert()
+        .failure()
+        .stderr(contains("--temperature must be a positive"));
+    armory()
+        .args(["sample", "--run"])
+        .arg(d.join("t"))
+        .arg("--out")
+        .arg(d.join("t.png"))
+        .arg("--raw")
+        .arg(d.join("t.npy"))
+        .assert()
+        .failure()
+        .stderr(contains("comma-separated text; name a .csv"));
+    // A VAE's settings are named as written: its latents (not the decoder's context derived from them), and
+    // the importance samples a training batch decodes.
+    for (setting, says) in [
+        ("latents = 1000000000000", "vae.latents = 1000000000000 exceeds"),
+        ("latents = 16\ntrain_samples = 4096", "64 × 4096 importance samples"),
+        ("latents = 16\nfree_bits = inf", "must be a finite number"),
+    ] {
+        let text = shipped_config("vae").replace("latents = 16", setting);
+        let e = stderr_of(&train_fails_with_config(d, "vae.toml", &text));
+        assert!(e.contains(says), "{setting}: {e}");
+    }
 
     // A relative dataset in a config file is read from the current folder, not the config's: said.
     let config = d.join("rel.toml");
@@ -1191,4 +1238,41 @@ fn more_dead_ends_say_what_to_do() {
         .assert()
         .failure()
         .stderr(contains("rel.toml (a relative path is read from the current folder").and(contains("sub/x.csv")));
+}
+
+/// A run whose best.safetensors was deleted cannot finish (its best epoch's weights are gone): `--resume`
+/// refuses before training (it trained every remaining epoch and failed at the end), and `eval` says the
+/// file is missing rather than that no epoch has finished.
+#[test]
+fn a_run_that_lost_its_best_weights_says_so_up_front() {
+    let dir = tempfile::tempdir().unwrap();
+    armory()
+        .arg("train")
+        .args(TINY)
+        .args(["3", "--stop-after-steps", "20", "--name", "d", "--runs-dir"])
+        .arg(dir.path())
+        .assert()
+        .code(130);
+    let run = dir.path().join("d");
+    std::fs::remove_file(run.join("best.safetensors")).unwrap();
+    let metrics = std::fs::read(run.join("metrics.csv")).unwrap();
+    armory()
+        .args(["train", "--quiet", "--resume"])
+        .arg(&run)
+        .assert()
+        .failure()
+        .stderr(contains("best.safetensors: is missing").and(contains("best epoch (1)")));
+    assert_eq!(
+        std::fs::read(run.join("metrics.csv")).unwrap(),
+        metrics,
+        "it trained on"
+    );
+    armory()
+        .args(["eval", "--run"])
+        .arg(&run)
+        .assert()
+        .failure()
+        .stderr(contains(
+            "best.safetensors is missing, though the run has finished epochs",
+        ));
 }

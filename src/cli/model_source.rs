@@ -99,6 +99,13 @@ impl ModelSource {
                 let dir = armory::train::RunDir::open(run)?;
                 let weights = dir.file(&format!("{}.safetensors", self.checkpoint));
                 if !(weights.exists() || weights.is_symlink()) {
+                    if dir.file("resume.safetensors").exists() {
+                        bail!(
+                            "{} is missing, though the run has finished epochs (deleted?): restore it, or train \
+                             the run again with --force",
+                            weights.display()
+                        );
+                    }
                     bail!(
                         "{} has no {}.safetensors yet: it has not finished its first epoch (continue it with \
                          `armory train --resume {}`, or wait for the run that holds it)",

@@ -20,7 +20,7 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Softmax temperature (1 = the model's distribution).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     temperature: f64,
     /// PNG grid of the samples.
     #[arg(long, default_value = "samples.png")]
@@ -59,6 +59,14 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         );
         armory::output::check_new(raw, a.force)?;
         armory::output::check_not_input(raw, &inputs)?;
+        // CSV text, whatever the name: a name that promises a binary format is refused, not written as text.
+        if let Some(ext) = raw.extension().map(|e| e.to_string_lossy().to_lowercase()) {
+            anyhow::ensure!(
+                !["npy", "npz", "png", "safetensors", "arm", "gz"].contains(&ext.as_str()),
+                "--raw {}: the raw values are written as comma-separated text; name a .csv or .txt file",
+                raw.display()
+            );
+        }
     }
     let (_, model) = a.model.load()?;
     let arm = match model {

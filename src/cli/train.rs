@@ -87,16 +87,18 @@ struct RecipeFlags {
     /// Dropout probability (every model family).
     #[arg(long)]
     dropout: Option<f64>,
-    /// Hidden channels / units (causal_conv, mlp, rnn).
+    /// Hidden channels / units of the network: causal_conv, mlp, rnn, pixelcnn, dense (a VAE's decoder), and
+    /// gated_pixelcnn's channels (a VAE's encoder keeps its [latent] hidden).
     #[arg(long)]
     hidden: Option<usize>,
-    /// Kernel size (causal_conv, wavenet).
+    /// Kernel size (causal_conv, wavenet, pixelcnn, gated_pixelcnn).
     #[arg(long)]
     kernel: Option<usize>,
     /// Dilations, one per layer or block, e.g. 1,2,4,8 (causal_conv, wavenet).
     #[arg(long, value_delimiter = ',')]
     dilations: Option<Vec<usize>>,
-    /// Number of layers, all dilation 1 unless --dilations is given (causal_conv).
+    /// Number of layers: causal_conv (all dilation 1 unless --dilations is given), dense, gated_pixelcnn, and
+    /// pixelcnn's blocks.
     #[arg(long)]
     layers: Option<usize>,
 }

@@ -94,7 +94,7 @@ pub fn compress(arm: &Arm, data: &Data, opts: &Options, progress: &(dyn Fn(usize
     let (dim, k) = (arm.dim(), arm.num_values());
     if data.dim != dim || !data.values.len().is_multiple_of(dim) || data.is_empty() {
         return Err(Error::Invalid(format!(
-            "the data are {} values of {} per example; the model codes examples of {dim}",
+            "the data hold {} values, {} per example; the model codes examples of {dim} values",
             data.values.len(),
             data.dim
         )));

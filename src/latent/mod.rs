@@ -161,7 +161,7 @@ impl VaeConfig {
         }
         if !(self.free_bits >= 0.0 && self.free_bits.is_finite()) {
             return Err(Error::Config(format!(
-                "vae.free_bits = {} must be a number ≥ 0",
+                "vae.free_bits = {} must be a finite number ≥ 0",
                 self.free_bits
             )));
         }

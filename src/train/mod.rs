@@ -339,6 +339,19 @@ impl<'a> Session<'a> {
                 .filter(|r| r.epoch <= st.epoch)
                 .collect();
             check_history(&metrics_path, &rows, st.epoch)?;
+            // The best epoch's weights live only in best.safetensors: without it the run would train on and
+            // fail at its end, when the best weights are read back for the test figures.
+            let best = run.file("best.safetensors");
+            if st.early.best.is_some() && !best.is_file() {
+                return Err(Error::data(
+                    best,
+                    format!(
+                        "is missing, and with it the weights of the run's best epoch ({}): restore it, or start \
+                         the run again with --force",
+                        st.early.best_epoch
+                    ),
+                ));
+            }
         }
         let pb = if controls.quiet {
             ProgressBar::hidden()
