@@ -619,6 +619,38 @@ fn png_names_that_leave_their_folder_or_repeat_are_corrupt() {
     assert_eq!(std::fs::read_dir(&inside).unwrap().count(), 0, "a temporary was left");
 }
 
+/// Pictures of another shape with as many values as the model's (an npy of 4×16 pictures for an 8×8 model)
+/// are refused, naming both shapes: coded, they round-tripped, with every neighbourhood wrong. The same
+/// values as rows (a CSV, raw) have no shape to compare, and the model's own shape passes.
+#[test]
+fn pictures_of_another_shape_are_refused() {
+    let arm = common::random_arm(&common::gated(3, 8, 8, None), 0);
+    let npy = |shape: &str| {
+        let mut text = format!("{{'descr': '|u1', 'fortran_order': False, 'shape': {shape}, }}");
+        while (10 + text.len() + 1) % 64 != 0 {
+            text.push(' ');
+        }
+        text.push('\n');
+        let mut header = b"\x93NUMPY\x01\x00".to_vec();
+        header.extend_from_slice(&(text.len() as u16).to_le_bytes());
+        header.extend_from_slice(text.as_bytes());
+        Format::Npy { header }
+    };
+    let data = |format| Data {
+        values: vec![1; 5 * 64],
+        labels: None,
+        dim: 64,
+        format,
+    };
+    let e = compress(&arm, &data(npy("(5, 4, 16)")), &opts(2, 2), &|_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("4×16 pictures") && e.contains("takes 8×8 pictures"), "{e}");
+    for format in [npy("(5, 8, 8)"), Format::DigitsCsv, Format::Raw] {
+        compress(&arm, &data(format), &opts(2, 2), &|_| {}).unwrap();
+    }
+}
+
 /// Two examples of 4 values (all 7) in `format`.
 fn two_examples(format: Format) -> Data {
     Data {

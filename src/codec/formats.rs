@@ -51,6 +51,20 @@ impl Format {
         }
     }
 
+    /// The pictures' shape (colours, height, width) the format says, where it says one: a PNG folder's, an
+    /// IDX or `.npy` header's. `None` for a digits CSV and raw values (rows of values, no shape).
+    pub fn picture_shape(&self) -> Option<(usize, usize, usize)> {
+        let at = Path::new("the header");
+        match self {
+            Format::PngFolder {
+                colors, height, width, ..
+            } => Some((*colors as usize, *height as usize, *width as usize)),
+            Format::Idx { header } => idx::images_header_shape(header, at).ok().map(|s| s.2),
+            Format::Npy { header } => npy::header_shape(header, at).ok().map(|s| s.2),
+            Format::Raw | Format::DigitsCsv => None,
+        }
+    }
+
     /// What the container keeps for this format.
     pub fn info(&self) -> Vec<u8> {
         match self {
@@ -348,7 +362,7 @@ fn check_header(format: &Format, header: &[u8], data: &Data) -> Result<()> {
         _ => npy::header_shape(header, at),
     }
     .map_err(|e| corrupt(format!("the {} header does not parse: {e}", format.name())))?;
-    if announced != (data.len(), data.dim) {
+    if (announced.0, announced.1) != (data.len(), data.dim) {
         return Err(corrupt(format!(
             "the {} header announces {} examples of {} values, the data are {} of {}",
             format.name(),

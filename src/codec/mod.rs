@@ -99,6 +99,20 @@ pub fn compress(arm: &Arm, data: &Data, opts: &Options, progress: &(dyn Fn(usize
             data.dim
         )));
     }
+    // Pictures of another shape with as many values would be coded with the wrong neighbours (lossless, but
+    // as if a 4×16 picture were 8×8).
+    if let (Some(model), Some(given)) = (arm.config().image_shape(), data.format.picture_shape()) {
+        if model != given {
+            let words = |(c, h, w): (usize, usize, usize)| {
+                format!("{h}×{w} pictures of {c} colour{}", if c == 1 { "" } else { "s" })
+            };
+            return Err(Error::Invalid(format!(
+                "the data are {}, the model takes {}",
+                words(given),
+                words(model)
+            )));
+        }
+    }
     if let Some((i, &v)) = data.values.iter().enumerate().find(|(_, &v)| v as usize >= k) {
         return Err(Error::ValueOutOfRange {
             value: v as i64,

@@ -147,7 +147,7 @@ fn header(bytes: &[u8], magic: u32, path: &Path) -> Result<(Vec<usize>, usize, u
 
 /// What an IDX images header alone announces: (examples, values per example); refused unless `bytes` is
 /// exactly the header.
-pub(crate) fn images_header_shape(bytes: &[u8], path: &Path) -> Result<(usize, usize)> {
+pub(crate) fn images_header_shape(bytes: &[u8], path: &Path) -> Result<(usize, usize, (usize, usize, usize))> {
     let (dims, header, expected) = header(bytes, IMAGES_MAGIC, path)?;
     if header != bytes.len() {
         return Err(Error::data(
@@ -155,7 +155,7 @@ pub(crate) fn images_header_shape(bytes: &[u8], path: &Path) -> Result<(usize, u
             format!("{} bytes are not one IDX images header", bytes.len()),
         ));
     }
-    Ok((dims[0], expected / dims[0]))
+    Ok((dims[0], expected / dims[0], (1, dims[1], dims[2])))
 }
 
 /// Parses an IDX file of unsigned bytes with the given magic number; returns its dimensions and its data.

@@ -309,9 +309,9 @@ fn layout(bytes: &[u8], path: &Path) -> Result<(Layout, usize)> {
     ))
 }
 
-/// What an `.npy` header alone announces: (examples, values per example); refused unless `bytes` is exactly
-/// the preamble and the header.
-pub(crate) fn header_shape(bytes: &[u8], path: &Path) -> Result<(usize, usize)> {
+/// What an `.npy` header alone announces: (examples, values per example, (colours, height, width)); refused
+/// unless `bytes` is exactly the preamble and the header.
+pub(crate) fn header_shape(bytes: &[u8], path: &Path) -> Result<(usize, usize, (usize, usize, usize))> {
     let (layout, data_start) = layout(bytes, path)?;
     if data_start != bytes.len() {
         return Err(Error::data(
@@ -319,7 +319,7 @@ pub(crate) fn header_shape(bytes: &[u8], path: &Path) -> Result<(usize, usize)> 
             format!("{} bytes are not one .npy header", bytes.len()),
         ));
     }
-    Ok((layout.total / layout.dim, layout.dim))
+    Ok((layout.total / layout.dim, layout.dim, (layout.c, layout.h, layout.w)))
 }
 
 /// Parses an `.npy` file of pictures; `path` names the source in errors.
