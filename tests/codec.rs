@@ -379,18 +379,7 @@ fn every_format_round_trips() {
     std::fs::write(d.join("x-idx3-ubyte"), &idx).unwrap();
     round_trip(&bytes_arm, &d.join("x-idx3-ubyte"), &d.join("x.out"));
     assert_eq!(std::fs::read(d.join("x.out")).unwrap(), idx);
-    let npy = |shape: &str, data: &[u8]| {
-        let mut h = format!("{{'descr': '|u1', 'fortran_order': False, 'shape': {shape}, }}");
-        while (10 + h.len() + 1) % 64 != 0 {
-            h.push(' ');
-        }
-        h.push('\n');
-        let mut b = b"\x93NUMPY\x01\x00".to_vec();
-        b.extend_from_slice(&(h.len() as u16).to_le_bytes());
-        b.extend_from_slice(h.as_bytes());
-        b.extend_from_slice(data);
-        b
-    };
+    let npy = npy_bytes;
     let gray = npy("(5, 3, 4)", &pixels);
     std::fs::write(d.join("g.npy"), &gray).unwrap();
     round_trip(&bytes_arm, &d.join("g.npy"), &d.join("g.out.npy"));
@@ -625,16 +614,8 @@ fn png_names_that_leave_their_folder_or_repeat_are_corrupt() {
 #[test]
 fn pictures_of_another_shape_are_refused() {
     let arm = common::random_arm(&common::gated(3, 8, 8, None), 0);
-    let npy = |shape: &str| {
-        let mut text = format!("{{'descr': '|u1', 'fortran_order': False, 'shape': {shape}, }}");
-        while (10 + text.len() + 1) % 64 != 0 {
-            text.push(' ');
-        }
-        text.push('\n');
-        let mut header = b"\x93NUMPY\x01\x00".to_vec();
-        header.extend_from_slice(&(text.len() as u16).to_le_bytes());
-        header.extend_from_slice(text.as_bytes());
-        Format::Npy { header }
+    let npy = |shape: &str| Format::Npy {
+        header: npy_bytes(shape, &[]),
     };
     let data = |format| Data {
         values: vec![1; 5 * 64],
@@ -649,6 +630,20 @@ fn pictures_of_another_shape_are_refused() {
     for format in [npy("(5, 8, 8)"), Format::DigitsCsv, Format::Raw] {
         compress(&arm, &data(format), &opts(2, 2), &|_| {}).unwrap();
     }
+}
+
+/// A version-1.0 `.npy` file of unsigned bytes with `shape` (Python's tuple, e.g. "(5, 3, 4)") and `data`.
+fn npy_bytes(shape: &str, data: &[u8]) -> Vec<u8> {
+    let mut h = format!("{{'descr': '|u1', 'fortran_order': False, 'shape': {shape}, }}");
+    while (10 + h.len() + 1) % 64 != 0 {
+        h.push(' ');
+    }
+    h.push('\n');
+    let mut b = b"\x93NUMPY\x01\x00".to_vec();
+    b.extend_from_slice(&(h.len() as u16).to_le_bytes());
+    b.extend_from_slice(h.as_bytes());
+    b.extend_from_slice(data);
+    b
 }
 
 /// Two examples of 4 values (all 7) in `format`.
