@@ -129,9 +129,7 @@ pub fn check_split_fits(model: &ModelConfig, splits: &Splits, split: Split, spec
     // The same number of values in another shape would train on the wrong neighbours (a row of the
     // model's picture made of two of the data's).
     if let Some(shape) = model.image_shape().filter(|&s| s != ds.image_shape) {
-        let words = |(c, h, w): (usize, usize, usize)| {
-            format!("{h}×{w} pictures of {c} colour{}", if c == 1 { "" } else { "s" })
-        };
+        let words = data::pictures_in_words;
         let (c, h, w) = ds.image_shape;
         return Err(Error::data(
             spec,

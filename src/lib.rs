@@ -56,9 +56,10 @@ pub fn with_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> Re
 
 /// Runs `f` with the pool's other workers kept awake: between parallel loops each looks for work (rayon's
 /// `yield_now`, then a `sched_yield`) instead of going to sleep after a thousand empty rounds (~1 ms; the
-/// vendored rayon-core's count, 32 as published: see vendor/README.md) as rayon's workers do. A training step alternates parallel kernels with short stretches on one thread (candle's own
-/// ops, the loss); a worker that falls asleep in one must be woken for the next kernel — a futex call and, on
-/// a virtual machine, the idle vCPU's wake-up, ~20 times a step of the gated PixelCNN (`perf sched`), while
+/// vendored rayon-core's count, 32 as published: see vendor/README.md) as rayon's workers do. A training step
+/// alternates parallel kernels with short stretches on one thread (candle's own ops, the loss); a worker that
+/// falls asleep in one must be woken for the next kernel — a futex call and, on a virtual machine, the idle
+/// vCPU's wake-up, ~20 times a step of the gated PixelCNN (`perf sched`), while
 /// the calling thread starts the kernel alone. The price: the other cores busy-wait through `f`, as OpenMP's
 /// threads do by default — unless another program wants a core: a worker whose `sched_yield`s gave its core
 /// away for more than half of a stretch of 20 ms stops busy-waiting for the rest of `f`. Outside a pool, or

@@ -120,9 +120,7 @@ impl ParamStore {
         if own == *stamped || !comparable(&own) || !comparable(stamped) {
             return Ok(());
         }
-        for (name, var) in self.vars.lock().unwrap().iter() {
-            checkpoint_tensor(tensors, name, var, path, || held(tensors))?;
-        }
+        check_shapes(&self.vars.lock().unwrap(), tensors, path)?;
         Err(Error::ForeignCheckpoint {
             path: path.into(),
             stamped: stamped.clone(),
@@ -168,9 +166,7 @@ impl ParamStore {
     /// with the model's shapes. Values are converted to the model's dtype.
     pub fn assign(&self, tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
         let vars = self.vars.lock().unwrap();
-        for (name, var) in vars.iter() {
-            checkpoint_tensor(tensors, name, var, path, || held(tensors))?;
-        }
+        check_shapes(&vars, tensors, path)?;
         if let Some(extra) = tensors.keys().find(|k| !vars.contains_key(*k)) {
             return Err(Error::Checkpoint {
                 path: path.into(),
@@ -224,6 +220,14 @@ impl ParamStore {
         self.check_stamp(&tensors, metadata.as_ref(), path)?;
         self.assign(&tensors, path)
     }
+}
+
+/// Every variable of `vars` is in the checkpoint `tensors` (read from `path`) with its shape.
+fn check_shapes(vars: &BTreeMap<String, Var>, tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
+    for (name, var) in vars {
+        checkpoint_tensor(tensors, name, var, path, || held(tensors))?;
+    }
+    Ok(())
 }
 
 /// What a checkpoint holds, for an error: its first tensor names, sorted, and how many there are.

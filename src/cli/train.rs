@@ -108,11 +108,8 @@ fn apply_overrides(cfg: &mut RunConfig, a: &RecipeFlags) -> anyhow::Result<()> {
         cfg.data.dataset = d.clone();
     }
     cfg.data.validation = a.validation.unwrap_or(cfg.data.validation);
-    if a.levels.is_some_and(|l| l < 2) {
-        bail!(
-            "--levels {}: quantizing leaves at least 2 levels",
-            a.levels.unwrap_or(0)
-        );
+    if let Some(l) = a.levels.filter(|&l| l < 2) {
+        bail!("--levels {l}: quantizing leaves at least 2 levels");
     }
     if a.levels.is_some() || a.binarize.is_some() {
         (cfg.data.levels, cfg.data.binarize) = (a.levels, a.binarize);

@@ -103,9 +103,7 @@ pub fn compress(arm: &Arm, data: &Data, opts: &Options, progress: &(dyn Fn(usize
     // as if a 4×16 picture were 8×8).
     if let (Some(model), Some(given)) = (arm.config().image_shape(), data.format.picture_shape()) {
         if model != given {
-            let words = |(c, h, w): (usize, usize, usize)| {
-                format!("{h}×{w} pictures of {c} colour{}", if c == 1 { "" } else { "s" })
-            };
+            let words = crate::data::pictures_in_words;
             return Err(Error::Invalid(format!(
                 "the data are {}, the model takes {}",
                 words(given),

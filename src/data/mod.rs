@@ -16,6 +16,11 @@ use candle_core::{Device, Tensor};
 
 use crate::error::{Error, Result};
 
+/// A picture shape (colours, height, width) in words, for messages: "8×8 pictures of 1 colour".
+pub fn pictures_in_words((c, h, w): (usize, usize, usize)) -> String {
+    format!("{h}×{w} pictures of {c} colour{}", if c == 1 { "" } else { "s" })
+}
+
 /// N examples of D integer values in 0..K (images flattened in raster order).
 #[derive(Debug, Clone)]
 pub struct Dataset {
